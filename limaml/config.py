@@ -1,0 +1,220 @@
+"""Typed settings of LiMAML, passed explicitly from the runners to every part.
+
+One object, :class:`LimamlConfig`, groups the settings of each stage. Runners (CLI, Kubeflow
+compile, tests) build it, override a few fields, and hand it down; no module reads globals.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional, Tuple
+
+from schema import features
+
+DEFAULT_COHORT_EDGES: Tuple[int, ...] = (0, 1, 5, 20, 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """Evaluation protocol: how evaluated users' histories and queries are chosen.
+
+    Attributes:
+        name: ``"budget"`` (MovieLens) or ``"cutoff"`` (production view, synthetic/real logs).
+        cohort_edges: lower edges of the activity cohorts by history size; the default
+            ``(0, 1, 5, 20, 100)`` gives cohorts ``0``, ``1-4``, ``5-19``, ``20-99``, ``100+``.
+        eval_fraction: budget: fraction of users (by stable hash) that are evaluation users.
+        horizon: budget: at most this many query interactions per evaluated user.
+        cutoff_quantile: cutoff: T is this quantile of all timestamps, unless ``cutoff_ts`` is set.
+        cutoff_ts: cutoff: explicit T (seconds).
+        horizon_seconds: cutoff: the query window is ``[T, T + horizon_seconds)``.
+        seed: salt of the stable user hash and of the history-size draw.
+    """
+
+    name: str = "budget"
+    cohort_edges: Tuple[int, ...] = DEFAULT_COHORT_EDGES
+    eval_fraction: float = 0.2
+    horizon: int = 20
+    cutoff_quantile: float = 0.8
+    cutoff_ts: Optional[int] = None
+    horizon_seconds: int = 30 * 24 * 3600
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in ("budget", "cutoff"):
+            raise ValueError(f"protocol {self.name!r} is unknown; use 'budget' or 'cutoff'")
+        edges = tuple(self.cohort_edges)
+        if not edges or edges[0] != 0 or list(edges) != sorted(set(edges)):
+            raise ValueError(
+                f"cohort_edges {edges} must be strictly increasing and start at 0, e.g. (0, 1, 5, 20, 100)"
+            )
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction {self.eval_fraction} must be in (0, 1)")
+        if self.horizon < 1:
+            raise ValueError(f"horizon {self.horizon} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the meta block and the global block.
+
+    Attributes:
+        meta_features: raw features fed to the meta block (the rest go to the global block).
+        meta_hidden: hidden layer widths of the meta block MLP.
+        embedding_dim: size E of the meta embedding.
+        use_user_id_in_meta: add a hashed user-id one-hot to the meta block input.
+        user_id_buckets: hash buckets of the user id (meta block input and wide&deep baseline).
+        global_hidden: hidden layer widths of the global block MLP.
+        categorical_embedding_dim: width of the global block's categorical feature embeddings.
+    """
+
+    meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
+    meta_hidden: Tuple[int, ...] = (64,)
+    embedding_dim: int = 16
+    use_user_id_in_meta: bool = False
+    user_id_buckets: int = 2048
+    global_hidden: Tuple[int, ...] = (128, 64)
+    categorical_embedding_dim: int = 16
+
+    def __post_init__(self) -> None:
+        features.validate_meta_features(tuple(self.meta_features))
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim {self.embedding_dim} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class MamlConfig:
+    """MAML hyper-parameters (names from the MAML literature).
+
+    Attributes:
+        inner_lr: alpha of the inner update theta_u = theta_meta - alpha * grad L_support.
+        learn_inner_lr: Meta-SGD: learn one inner learning rate per parameter entry.
+        adaptation_steps: k, number of inner gradient steps.
+        first_order: drop second-order terms of the meta-gradient.
+        meta_lr: Adam learning rate of the outer loop.
+        train_aggregation: ``None`` uses per-sample meta embeddings on the query set;
+            ``"latest"``/``"mean"``/``"max"`` use the serving-time aggregate over the support set.
+    """
+
+    inner_lr: float = 0.1
+    learn_inner_lr: bool = False
+    adaptation_steps: int = 1
+    first_order: bool = False
+    meta_lr: float = 1e-3
+    train_aggregation: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.adaptation_steps < 0:
+            raise ValueError(f"adaptation_steps {self.adaptation_steps} must be >= 0")
+        if self.train_aggregation not in (None, "latest", "mean", "max"):
+            raise ValueError(
+                f"train_aggregation {self.train_aggregation!r} must be None, 'latest', 'mean' or 'max'"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """Shape of task records (support = earlier interactions, query = later ones).
+
+    Attributes:
+        support_size: S, support interactions per task (padded with a mask).
+        query_size: Q, query interactions per task (padded with a mask).
+        min_support: tasks need at least this many support interactions.
+        min_query: tasks need at least this many query interactions.
+        max_tasks_per_user: a long history is cut into at most this many tasks.
+    """
+
+    support_size: int = 32
+    query_size: int = 16
+    min_support: int = 1
+    min_query: int = 1
+    max_tasks_per_user: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Outer-loop training schedule.
+
+    Attributes:
+        tasks_per_batch: tasks in one meta-batch.
+        epochs: passes over the task records.
+        seed: initialisation and shuffling seed.
+        baseline_lr: Adam learning rate of the baselines.
+        baseline_batch_size: examples per baseline step.
+        baseline_epochs: passes over the examples for the baselines.
+    """
+
+    tasks_per_batch: int = 64
+    epochs: int = 10
+    seed: int = 0
+    baseline_lr: float = 1e-3
+    baseline_batch_size: int = 256
+    baseline_epochs: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig:
+    """Meta-embedding generation (MEG) and its stores.
+
+    Attributes:
+        aggregation: ``"latest"``, ``"mean"`` or ``"max"`` over the user's recent samples.
+        max_recent: K, most recent interactions used per user.
+        users_per_batch: users fine-tuned per call of the batched kernel.
+        bigtable_project, bigtable_instance, bigtable_table: Bigtable target (all set or none).
+        keep_versions: versions kept by the Bigtable GC rule.
+    """
+
+    aggregation: str = "mean"
+    max_recent: int = 32
+    users_per_batch: int = 2048
+    bigtable_project: Optional[str] = None
+    bigtable_instance: Optional[str] = None
+    bigtable_table: Optional[str] = None
+    keep_versions: int = 3
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in ("latest", "mean", "max"):
+            raise ValueError(f"aggregation {self.aggregation!r} must be 'latest', 'mean' or 'max'")
+        bt = (self.bigtable_project, self.bigtable_instance, self.bigtable_table)
+        if any(bt) and not all(bt):
+            raise ValueError(
+                f"Bigtable needs project, instance and table together; got {bt}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class LimamlConfig:
+    """All settings of one LiMAML run."""
+
+    dataset: str = "movielens-100k"
+    protocol: ProtocolConfig = ProtocolConfig()
+    model: ModelConfig = ModelConfig()
+    maml: MamlConfig = MamlConfig()
+    tasks: TaskConfig = TaskConfig()
+    train: TrainConfig = TrainConfig()
+    embeddings: EmbeddingConfig = EmbeddingConfig()
+
+    def to_json(self) -> str:
+        """Serialises the config (for artifacts and Kubeflow runtime parameters)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LimamlConfig":
+        """Inverse of :meth:`to_json`."""
+        raw: Dict[str, Any] = json.loads(text)
+        kinds = {
+            "protocol": ProtocolConfig, "model": ModelConfig, "maml": MamlConfig,
+            "tasks": TaskConfig, "train": TrainConfig, "embeddings": EmbeddingConfig,
+        }
+        kwargs: Dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in kinds:
+                sub = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+                kwargs[key] = kinds[key](**sub)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+def default_protocol(dataset: str) -> ProtocolConfig:
+    """The default evaluation protocol of a dataset: budget for MovieLens, cutoff otherwise."""
+    return ProtocolConfig(name="budget" if dataset.startswith("movielens") else "cutoff")

@@ -1,0 +1,1 @@
+"""Feature contract of LiMAML: raw feature keys, their roles and the curated schema."""
