@@ -65,6 +65,9 @@ class ModelConfig:
         user_id_buckets: hash buckets of the user id (meta block input and wide&deep baseline).
         global_hidden: hidden layer widths of the global block MLP.
         categorical_embedding_dim: width of the global block's categorical feature embeddings.
+        activation: hidden activation of both blocks (``"relu"`` or ``"tanh"``).
+        use_cross: put deep&cross (DCN-v2) cross layers in front of the global block MLP.
+        cross_layers: number of cross layers when ``use_cross``.
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -74,9 +77,14 @@ class ModelConfig:
     user_id_buckets: int = 2048
     global_hidden: Tuple[int, ...] = (128, 64)
     categorical_embedding_dim: int = 16
+    activation: str = "relu"
+    use_cross: bool = False
+    cross_layers: int = 2
 
     def __post_init__(self) -> None:
         features.validate_meta_features(tuple(self.meta_features))
+        if self.activation not in ("relu", "tanh"):
+            raise ValueError(f"activation {self.activation!r} must be 'relu' or 'tanh'")
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim {self.embedding_dim} must be >= 1")
 
@@ -141,6 +149,12 @@ class TrainConfig:
         baseline_lr: Adam learning rate of the baselines.
         baseline_batch_size: examples per baseline step.
         baseline_epochs: passes over the examples for the baselines.
+        baseline_patience: early stopping: epochs without validation-loss improvement.
+        baseline_val_fraction: fraction of the baseline examples held out for early stopping.
+        baseline_l2: L2 penalty on the baselines' embedding tables and weights.
+        log_every: steps between progress log lines.
+        checkpoint_every: steps between checkpoints.
+        train_steps: outer steps (0: derive from ``epochs``).
     """
 
     tasks_per_batch: int = 64
@@ -149,6 +163,12 @@ class TrainConfig:
     baseline_lr: float = 1e-3
     baseline_batch_size: int = 256
     baseline_epochs: int = 5
+    baseline_patience: int = 2
+    baseline_val_fraction: float = 0.1
+    baseline_l2: float = 0.0
+    log_every: int = 50
+    checkpoint_every: int = 200
+    train_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

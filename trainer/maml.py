@@ -1,0 +1,298 @@
+"""Batched MAML over tasks (one user = one task), written with tf.GradientTape.
+
+Task batch (fixed shapes, padded with masks)::
+
+    {"support": {feature: [tasks, S, ...], "label": [tasks, S], "mask": [tasks, S]},
+     "query":   {feature: [tasks, Q, ...], "label": [tasks, Q], "mask": [tasks, Q]}}
+
+Inner loop (all tasks at once, θ_meta tiled to per-task copies θ_u [tasks, ...], functional:
+no variable is ever assigned)::
+
+    θ_u^0 = θ_meta
+    θ_u^{j+1} = θ_u^j − α ⊙ ∇_{θ_u^j} L_support,u(θ_u^j, θ_global),   j < adaptation_steps
+
+where L_*,u is the masked mean binary cross-entropy of task u and α is ``inner_lr`` (fixed) or a
+learned per-entry tensor (Meta-SGD, ``learn_inner_lr``). Outer loss, minimised with Adam over
+θ_meta, θ_global (and α)::
+
+    L_outer = mean_u L_query,u(θ_u^k, θ_global)
+
+Second-order by default (the outer tape differentiates through the inner gradients);
+``first_order`` stops the gradient through the inner gradients (FOMAML).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from limaml.config import MamlConfig
+from trainer.layout import MASK, QUERY, SUPPORT
+from trainer.model import LimamlModel, Params, global_forward, meta_forward
+
+LABEL = "label"
+AGGREGATIONS = ("latest", "mean", "max")
+log = logging.getLogger(__name__)
+
+
+def masked_task_loss(logits: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Per-task masked mean binary cross-entropy.
+
+    Args:
+        logits: ``[tasks, n]``.
+        labels: ``[tasks, n]`` 0/1.
+        mask: ``[tasks, n]`` 1 for valid positions.
+
+    Returns:
+        ``[tasks]``: Σ_n mask·bce / max(Σ_n mask, 1) (0 for a task without valid positions).
+    """
+    labels = tf.cast(labels, logits.dtype)
+    mask = tf.cast(mask, logits.dtype)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_sum(bce * mask, axis=-1) / tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
+
+
+def tile_params(params: Mapping[str, tf.Tensor], tasks) -> Params:
+    """Per-task copies: every ``p [...]`` becomes ``[tasks, ...]`` (differentiable w.r.t. ``p``)."""
+    return {k: tf.tile(tf.convert_to_tensor(v)[None], tf.concat(
+        [[tasks], tf.ones([len(v.shape)], tf.int32)], 0)) for k, v in params.items()}
+
+
+def aggregate(emb: tf.Tensor, mask: tf.Tensor, aggregation: str) -> tf.Tensor:
+    """Aggregates per-sample meta embeddings over a (support) set.
+
+    Args:
+        emb: ``[tasks, n, E]`` meta embeddings, positions ordered by time (padding after).
+        mask: ``[tasks, n]``.
+        aggregation: ``"latest"`` (last valid position), ``"mean"`` (masked mean) or ``"max"``
+            (masked elementwise max).
+
+    Returns:
+        ``[tasks, E]``. A task without any valid position gets ``emb[:, 0]``.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation {aggregation!r} must be one of {AGGREGATIONS}")
+    m = tf.cast(mask, emb.dtype) > 0
+    n = tf.shape(emb)[1]
+    has_any = tf.reduce_any(m, axis=1)
+    if aggregation == "latest":
+        pos = tf.where(m, tf.range(n)[None, :], -1)
+        last = tf.maximum(tf.reduce_max(pos, axis=1), 0)
+        return tf.gather(emb, last, batch_dims=1)
+    if aggregation == "mean":
+        mf = tf.cast(m, emb.dtype)[..., None]
+        out = tf.reduce_sum(emb * mf, axis=1) / tf.maximum(tf.reduce_sum(mf, axis=1), 1.0)
+    else:
+        neg = tf.fill(tf.shape(emb), tf.constant(-np.inf, emb.dtype))
+        out = tf.reduce_max(tf.where(m[..., None], emb, neg), axis=1)
+    return tf.where(has_any[:, None], out, emb[:, 0])
+
+
+def set_loss(model: LimamlModel, meta_params: Params, global_params: Mapping[str, tf.Tensor],
+             meta_x: tf.Tensor, part: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """Per-task loss of one set with per-sample meta embeddings; ``[tasks]``."""
+    emb = meta_forward(meta_params, meta_x, model.model_cfg.activation)
+    logits = global_forward(global_params, emb, part, model.layout, model.model_cfg)
+    return masked_task_loss(logits, part[LABEL], part[MASK])
+
+
+def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
+          first_order: bool = False, meta_params: Optional[Mapping[str, tf.Tensor]] = None,
+          global_params: Optional[Mapping[str, tf.Tensor]] = None,
+          inner_lrs: Optional[Mapping[str, tf.Tensor]] = None,
+          support_meta_x: Optional[tf.Tensor] = None) -> Params:
+    """The inner loop for all tasks at once; never assigns a variable.
+
+    θ_u^{j+1} = θ_u^j − α ⊙ ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts.
+
+    Args:
+        model: the model (layout, config; default parameter source).
+        support: support set ``{feature: [tasks, S, ...], "label": [tasks, S], "mask": [tasks, S]}``.
+        steps: adaptation_steps k (static).
+        first_order: stop gradients through the inner gradients.
+        meta_params: θ_meta to start from (default: the model's variables), unbatched.
+        global_params: θ_global (default: the model's variables).
+        inner_lrs: α per θ_meta entry (default: ``model.inner_lr_tensors()``).
+        support_meta_x: precomputed dense meta input ``[tasks, S, D]``.
+
+    Returns:
+        Adapted per-task θ_u, each ``[tasks, ...]``.
+    """
+    meta_params = model.meta_params if meta_params is None else meta_params
+    global_params = model.global_params if global_params is None else global_params
+    inner_lrs = model.inner_lr_tensors() if inner_lrs is None else inner_lrs
+    meta_x = model.meta_x(support) if support_meta_x is None else support_meta_x
+    tasks = tf.shape(meta_x)[0]
+    theta = tile_params(meta_params, tasks)
+    names = sorted(theta)
+    for _ in range(steps):
+        with tf.GradientTape() as inner:
+            inner.watch([theta[k] for k in names])
+            # Sum over tasks: task u's loss depends only on its own copy θ_u, so the gradient
+            # w.r.t. θ_u is exactly ∇ L_support,u.
+            loss = tf.reduce_sum(set_loss(model, theta, global_params, meta_x, support))
+        grads = inner.gradient(loss, [theta[k] for k in names])
+        new = {}
+        for k, g in zip(names, grads):
+            g = tf.zeros_like(theta[k]) if g is None else tf.convert_to_tensor(g)
+            if first_order:
+                g = tf.stop_gradient(g)
+            new[k] = theta[k] - inner_lrs[k] * g
+        theta = new
+    return theta
+
+
+def query_embeddings(model: LimamlModel, adapted: Params, batch: Mapping[str, Mapping[str, tf.Tensor]],
+                     aggregation: Optional[str], support_meta_x: Optional[tf.Tensor] = None
+                     ) -> tf.Tensor:
+    """Meta embeddings used for the query set, ``[tasks, Q, E]``.
+
+    Per-sample f(x_meta,q; θ_u) when ``aggregation`` is None, else the aggregate of
+    f(x_meta,s; θ_u) over the valid support positions, broadcast to every query sample.
+    """
+    act = model.model_cfg.activation
+    q_x = model.meta_x(batch[QUERY])
+    if aggregation is None:
+        return meta_forward(adapted, q_x, act)
+    s_x = model.meta_x(batch[SUPPORT]) if support_meta_x is None else support_meta_x
+    agg = aggregate(meta_forward(adapted, s_x, act), batch[SUPPORT][MASK], aggregation)
+    return tf.broadcast_to(agg[:, None, :], tf.concat([tf.shape(q_x)[:2], tf.shape(agg)[1:]], 0))
+
+
+def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
+              maml_cfg: Optional[MamlConfig] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Post-adaptation query loss.
+
+    Args:
+        model: the model.
+        batch: task batch (see module docstring).
+        maml_cfg: adaptation settings (default: ``model.maml_cfg``).
+
+    Returns:
+        ``(loss, per_task)``: scalar mean over tasks with a valid query position, and ``[tasks]``.
+    """
+    cfg = model.maml_cfg if maml_cfg is None else maml_cfg
+    s_x = model.meta_x(batch[SUPPORT])
+    adapted = adapt(model, batch[SUPPORT], cfg.adaptation_steps, cfg.first_order,
+                    support_meta_x=s_x)
+    emb = query_embeddings(model, adapted, batch, cfg.train_aggregation, support_meta_x=s_x)
+    q = batch[QUERY]
+    logits = global_forward(model.global_params, emb, q, model.layout, model.model_cfg)
+    per_task = masked_task_loss(logits, q[LABEL], q[MASK])
+    has_q = tf.cast(tf.reduce_sum(tf.cast(q[MASK], per_task.dtype), axis=1) > 0, per_task.dtype)
+    loss = tf.reduce_sum(per_task * has_q) / tf.maximum(tf.reduce_sum(has_q), 1.0)
+    return loss, per_task
+
+
+class Adam(tf.Module):
+    """Adam over a fixed list of variables (slots are tf.Variables, so it checkpoints).
+
+    m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  θ ← θ − lr·√(1−β2^t)/(1−β1^t) · m/(√v + ε)
+    """
+
+    def __init__(self, variables: Sequence[tf.Variable], lr: float, beta1: float = 0.9,
+                 beta2: float = 0.999, epsilon: float = 1e-7, name: str = "adam"):
+        super().__init__(name=name)
+        self.variables_ = list(variables)
+        self.lr, self.beta1, self.beta2, self.epsilon = lr, beta1, beta2, epsilon
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in self.variables_]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in self.variables_]
+
+    def apply(self, grads: Sequence[Optional[tf.Tensor]]) -> None:
+        """Applies one Adam update; None gradients count as zero."""
+        self.iterations.assign_add(1)
+        t = tf.cast(self.iterations, tf.float64)
+        for var, m, v, g in zip(self.variables_, self.m, self.v, grads):
+            if g is None:
+                continue
+            g = tf.convert_to_tensor(g)
+            dt = var.dtype
+            lr_t = tf.cast(self.lr * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t), dt)
+            m.assign(self.beta1 * m + (1.0 - self.beta1) * g)
+            v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(g))
+            var.assign_sub(lr_t * m / (tf.sqrt(v) + tf.cast(self.epsilon, dt)))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the outer loss or its gradient is NaN/Inf."""
+
+
+class MamlTrainer(tf.Module):
+    """Outer loop: Adam on θ_meta, θ_global (and Meta-SGD α) from the post-adaptation query loss.
+
+    Create it (and the model) inside ``strategy.scope()`` when using a distribution strategy.
+    """
+
+    def __init__(self, model: LimamlModel, maml_cfg: Optional[MamlConfig] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None, name: str = "maml_trainer"):
+        super().__init__(name=name)
+        self.model = model
+        self.maml_cfg = model.maml_cfg if maml_cfg is None else maml_cfg
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.optimizer = Adam(model.outer_variables(), lr=self.maml_cfg.meta_lr)
+        self._step_fn = tf.function(self._train_step, reduce_retracing=True)
+
+    def meta_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
+        """Outer loss and its gradient w.r.t. ``model.outer_variables()``."""
+        variables = self.model.outer_variables()
+        with tf.GradientTape() as outer:
+            loss, _ = maml_loss(self.model, batch, self.maml_cfg)
+        grads = outer.gradient(loss, variables)
+        return loss, [None if g is None else tf.convert_to_tensor(g) for g in grads]
+
+    def _train_step(self, batch):
+        strategy = self.strategy
+        loss, grads = strategy.run(self.meta_gradients, args=(batch,))
+        n = strategy.num_replicas_in_sync
+        loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+        grads = [None if g is None else strategy.reduce(tf.distribute.ReduceOp.MEAN, g, axis=None)
+                 for g in grads]
+        del n
+        finite = tf.math.is_finite(tf.cast(loss, tf.float64))
+        for g in grads:
+            if g is not None:
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+        if finite:
+            self.optimizer.apply(grads)
+        return loss, finite
+
+    def train_step(self, batch, step: Optional[int] = None) -> float:
+        """One outer step (one tf.function, all tasks batched); returns the loss.
+
+        Raises:
+            NonFiniteLossError: the loss or a gradient is NaN/Inf (no update is applied).
+        """
+        loss, finite = self._step_fn(batch)
+        loss = float(loss)
+        if not bool(finite):
+            step = int(self.optimizer.iterations.numpy()) + 1 if step is None else step
+            raise NonFiniteLossError(
+                f"non-finite meta-training loss at step {step}: loss={loss} "
+                f"(loss or meta-gradient is NaN/Inf; lower meta_lr/inner_lr or check the inputs)")
+        return loss
+
+    def fit(self, batches: Iterable, steps: int, log_every: int = 50,
+            on_step: Optional[Callable[[int, float], None]] = None) -> List[float]:
+        """Runs up to ``steps`` outer steps over ``batches``; logs progress; returns the losses."""
+        losses: List[float] = []
+        start = time.time()
+        it = iter(batches)
+        for i in range(steps):
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            step = int(self.optimizer.iterations.numpy()) + 1
+            losses.append(self.train_step(batch, step=step))
+            if on_step is not None:
+                on_step(step, losses[-1])
+            if log_every and (step % log_every == 0 or i == steps - 1):
+                recent = losses[-log_every:]
+                log.info("maml step %d: query loss %.4f (mean of last %d %.4f), %.1f steps/s",
+                         step, losses[-1], len(recent), float(np.mean(recent)),
+                         (i + 1) / max(time.time() - start, 1e-9))
+        return losses
