@@ -117,3 +117,10 @@ def validate_meta_features(meta_features: Tuple[str, ...]) -> Tuple[str, ...]:
     if not meta_features:
         raise ValueError("meta_features is empty; the meta block needs at least one input feature")
     return tuple(meta_features)
+
+
+def schema_path() -> str:
+    """Path of the curated ``schema.pbtxt`` shipped with the package."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.pbtxt")

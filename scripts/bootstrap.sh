@@ -34,8 +34,9 @@ want=$(cat setup.py requirements/lock.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing LiMAML and its pinned dependencies (first time: ~2-4 minutes)"
   start=$(date +%s)
-  .venv/bin/python -m pip install --quiet --upgrade "pip<25" wheel
-  .venv/bin/python -m pip install --quiet -c requirements/lock.txt -e ".[test]"
+  # grep drops this machine's notes about absent local mirrors; pipefail keeps pip's exit status
+  .venv/bin/python -m pip install --quiet --upgrade "pip<25" wheel 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  .venv/bin/python -m pip install --quiet -c requirements/lock.txt -e ".[test]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
   echo "$want" > "$stamp"
   echo "[bootstrap] installed in $(( $(date +%s) - start )) s"
 fi

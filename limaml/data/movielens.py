@@ -1,0 +1,211 @@
+"""MovieLens readers: ML-100K and ML-1M in their original formats -> canonical interactions.
+
+Label = rating >= 4. User meta features: age bucket (ML-1M's buckets, applied to ML-100K's raw
+ages), gender, occupation (ML-1M codes mapped to names), zip prefix (first character: the US
+national area). Item features: genres ('|'-joined, sorted) and release year (the year in the title, else the
+release date's; 0 when unknown).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pandas as pd
+
+from limaml.data import textio
+from limaml.data.errors import DataError
+from schema import features as F
+
+POSITIVE_RATING = 4
+ZIP_PREFIX_LEN = 1
+
+# ML-1M age codes and the bucket names used for both datasets.
+AGE_BUCKETS: Tuple[Tuple[int, str], ...] = (
+    (1, "under18"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-49"), (50, "50-55"), (56, "56+"))
+ML1M_OCCUPATIONS: Tuple[str, ...] = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
+
+
+def age_bucket(ages: np.ndarray) -> np.ndarray:
+    """Maps raw ages (years) to the ML-1M age buckets, e.g. 24 -> '18-24', 17 -> 'under18'."""
+    lows = np.array([0] + [lo for lo, _ in AGE_BUCKETS[1:]])
+    names = np.array([name for _, name in AGE_BUCKETS], dtype=object)
+    return names[np.searchsorted(lows, ages, side="right") - 1]
+
+
+def zip_prefix(zips: pd.Series) -> np.ndarray:
+    """First character of the zip code, upper-cased ('85711' -> '8', 'T8H1N' -> 'T')."""
+    return zips.str.strip().str.upper().str[:ZIP_PREFIX_LEN].replace("", "?").to_numpy(dtype=object)
+
+
+def _assemble(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
+              ratings_path: str) -> pd.DataFrame:
+    """Joins ratings with user and item features into the canonical columns.
+
+    Args:
+        ratings: columns user_id, item_id (str), rating (float), timestamp (int64).
+        users: user_id, age_bucket, gender, occupation, zip_prefix.
+        items: item_id, genres, release_year.
+        ratings_path: for error messages.
+    """
+    for name, table, key in (("user", users, F.USER_ID), ("item", items, F.ITEM_ID)):
+        unknown = ~ratings[key].isin(table[key])
+        if unknown.any():
+            line = int(ratings.index[np.flatnonzero(unknown.to_numpy())[0]])
+            raise DataError(ratings_path, f"unknown {name} {ratings[key][line]!r} (not in the {name} file)",
+                            line=line, field=key)
+    frame = ratings.merge(users, on=F.USER_ID, how="left").merge(items, on=F.ITEM_ID, how="left")
+    frame[F.LABEL] = (frame[F.RATING] >= POSITIVE_RATING).astype(np.int64)
+    return frame[list(F.CANONICAL_COLUMNS)]
+
+
+def _ratings_frame(path: str, raw: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        F.USER_ID: raw["user"].str.strip(),
+        F.ITEM_ID: raw["item"].str.strip(),
+        F.RATING: textio.to_float(path, raw, "rating"),
+        F.TIMESTAMP: textio.to_int(path, raw, "timestamp"),
+    }, index=raw.index)
+    bad = (out[F.RATING] < 0.5) | (out[F.RATING] > 5)
+    if bad.any():
+        line = int(out.index[np.flatnonzero(bad.to_numpy())[0]])
+        raise DataError(path, f"rating {out[F.RATING][line]} outside [0.5, 5]", line=line, field="rating")
+    return out
+
+
+def _title_year(titles: pd.Series) -> pd.Series:
+    """Year in a title such as 'Toy Story (1995)' (the film's year, as ML-1M and RecBole use); NaN if none."""
+    return pd.to_numeric(titles.str.extract(r"\((\d{4})\)\s*$", expand=False), errors="coerce")
+
+
+def _genre_string(flags: np.ndarray, names: List[str]) -> np.ndarray:
+    """'|'-joined sorted genre names from a [items, genres] 0/1 matrix."""
+    order = np.argsort(names)
+    sorted_names = [names[i] for i in order]
+    flags = flags[:, order]
+    return np.array([F.GENRE_SEPARATOR.join(n for n, f in zip(sorted_names, row) if f) for row in flags],
+                    dtype=object)
+
+
+def read_ml100k(source: str) -> pd.DataFrame:
+    """Reads ML-100K from ``source`` (u.data, u.user, u.item, u.genre) into canonical rows."""
+    p = lambda name: os.path.join(source, name)  # noqa: E731
+    ratings_raw = textio.parse_delimited(p("u.data"), textio.read_text(p("u.data"), "ascii"), "\t",
+                                         ["user", "item", "rating", "timestamp"])
+    ratings = _ratings_frame(p("u.data"), ratings_raw)
+
+    users_raw = textio.parse_delimited(p("u.user"), textio.read_text(p("u.user"), "ascii"), "|",
+                                       ["user", "age", "gender", "occupation", "zip"])
+    users = pd.DataFrame({
+        F.USER_ID: users_raw["user"].str.strip(),
+        F.AGE_BUCKET: age_bucket(textio.to_int(p("u.user"), users_raw, "age")),
+        F.GENDER: users_raw["gender"].str.strip().to_numpy(dtype=object),
+        F.OCCUPATION: users_raw["occupation"].str.strip().to_numpy(dtype=object),
+        F.ZIP_PREFIX: zip_prefix(users_raw["zip"]),
+    })
+
+    genre_raw = textio.parse_delimited(p("u.genre"), textio.read_text(p("u.genre"), "latin-1"), "|",
+                                       ["name", "index"])
+    genre_names = list(genre_raw.sort_values("index", key=lambda s: s.astype(int))["name"])
+    cols = ["item", "title", "release", "video", "url"] + [f"g{i}" for i in range(len(genre_names))]
+    items_raw = textio.parse_delimited(p("u.item"), textio.read_text(p("u.item"), "latin-1"), "|", cols)
+    flags = np.stack([textio.to_int(p("u.item"), items_raw, f"g{i}") for i in range(len(genre_names))], 1)
+    year = _title_year(items_raw["title"]).fillna(pd.to_numeric(items_raw["release"].str[-4:], errors="coerce"))
+    year = year.fillna(0).astype(np.int64)
+    items = pd.DataFrame({
+        F.ITEM_ID: items_raw["item"].str.strip(),
+        F.GENRES: _genre_string(flags, genre_names),
+        F.RELEASE_YEAR: year.to_numpy(),
+    })
+    return _assemble(ratings, users, items, p("u.data"))
+
+
+def read_recbole_ml100k(folder: str) -> pd.DataFrame:
+    """Reads ML-100K in RecBole's atomic-file format (ml-100k.inter/.user/.item) into canonical rows."""
+    p = lambda ext: os.path.join(folder, f"ml-100k.{ext}")  # noqa: E731
+    inter = textio.parse_delimited(p("inter"), textio.read_text(p("inter"), "utf-8"), "\t",
+                                   ["user", "item", "rating", "timestamp"], skip_header=True)
+    ratings = _ratings_frame(p("inter"), inter)
+    users_raw = textio.parse_delimited(p("user"), textio.read_text(p("user"), "utf-8"), "\t",
+                                       ["user", "age", "gender", "occupation", "zip"], skip_header=True)
+    users = pd.DataFrame({
+        F.USER_ID: users_raw["user"].str.strip(),
+        F.AGE_BUCKET: age_bucket(textio.to_int(p("user"), users_raw, "age")),
+        F.GENDER: users_raw["gender"].to_numpy(dtype=object),
+        F.OCCUPATION: users_raw["occupation"].to_numpy(dtype=object),
+        F.ZIP_PREFIX: zip_prefix(users_raw["zip"]),
+    })
+    items_raw = textio.parse_delimited(p("item"), textio.read_text(p("item"), "utf-8"), "\t",
+                                       ["item", "title", "year", "genres"], skip_header=True)
+    genres = items_raw["genres"].str.split().map(lambda g: F.GENRE_SEPARATOR.join(sorted(g)))
+    items = pd.DataFrame({
+        F.ITEM_ID: items_raw["item"].str.strip(),
+        F.GENRES: genres.to_numpy(dtype=object),
+        F.RELEASE_YEAR: pd.to_numeric(items_raw["year"], errors="coerce").fillna(0).astype(np.int64).to_numpy(),
+    })
+    return _assemble(ratings, users, items, p("inter"))
+
+
+def _read_ml1m_ratings(source: str) -> Tuple[str, pd.DataFrame]:
+    for name in ("ratings.dat", "ratings.dat.gz", "ratings.users0001-2999.dat.gz"):
+        path = os.path.join(source, name)
+        if os.path.exists(path):
+            break
+    else:
+        raise DataError(os.path.join(source, "ratings.dat"),
+                        "file not found (also looked for ratings.dat.gz and ratings.users0001-2999.dat.gz)")
+    if path.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError as err:
+            raise DataError(path, f"cannot decode byte {raw[err.start]:#04x} as ascii (unknown encoding?)",
+                            line=raw[: err.start].count(b"\n") + 1) from None
+    else:
+        text = textio.read_text(path, "ascii")
+    frame = textio.parse_delimited(path, text.replace("::", "\t"), "\t", ["user", "item", "rating", "timestamp"])
+    return path, _ratings_frame(path, frame)
+
+
+def read_ml1m(source: str) -> pd.DataFrame:
+    """Reads ML-1M (ratings with timestamps, users.dat, movies.dat) into canonical rows.
+
+    Only ratings with timestamps are used: in ``../shared/data/movielens-1m`` that is
+    ``ratings.users0001-2999.dat.gz`` (users 1-2999); a full ``ratings.dat`` is used when present.
+    """
+    ratings_path, ratings = _read_ml1m_ratings(source)
+    upath = os.path.join(source, "users.dat")
+    users_raw = textio.parse_delimited(upath, textio.read_text(upath, "latin-1").replace("::", "\t"), "\t",
+                                       ["user", "gender", "age", "occupation", "zip"])
+    age_codes = textio.to_int(upath, users_raw, "age")
+    occ_codes = textio.to_int(upath, users_raw, "occupation")
+    code_to_bucket: Dict[int, str] = dict(AGE_BUCKETS)
+    for codes, known, field in ((age_codes, code_to_bucket, "age"), (occ_codes, range(len(ML1M_OCCUPATIONS)), "occupation")):
+        bad = ~np.isin(codes, list(known))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(upath, f"unknown {field} code {codes[i]}", line=int(users_raw.index[i]), field=field)
+    users = pd.DataFrame({
+        F.USER_ID: users_raw["user"].str.strip(),
+        F.AGE_BUCKET: np.array([code_to_bucket[c] for c in age_codes], dtype=object),
+        F.GENDER: users_raw["gender"].to_numpy(dtype=object),
+        F.OCCUPATION: np.array(ML1M_OCCUPATIONS, dtype=object)[occ_codes],
+        F.ZIP_PREFIX: zip_prefix(users_raw["zip"]),
+    })
+    mpath = os.path.join(source, "movies.dat")
+    movies_raw = textio.parse_delimited(mpath, textio.read_text(mpath, "latin-1").replace("::", "\t"), "\t",
+                                        ["item", "title", "genres"])
+    year = _title_year(movies_raw["title"])
+    items = pd.DataFrame({
+        F.ITEM_ID: movies_raw["item"].str.strip(),
+        F.GENRES: movies_raw["genres"].str.split("|").map(lambda g: F.GENRE_SEPARATOR.join(sorted(g))),
+        F.RELEASE_YEAR: year.fillna(0).astype(np.int64).to_numpy(),
+    })
+    return _assemble(ratings, users, items, ratings_path)
