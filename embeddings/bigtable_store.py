@@ -1,0 +1,515 @@
+"""Bigtable meta-embedding store (production online store; tests run it on ``cbtemulator``).
+
+Layout (DESIGN.md section 3):
+
+* **Row key** ``<h>#<user_id>`` where ``<h>`` is the first 4 hex characters of md5(user_id):
+  consecutive user ids land in different tablets, so bulk writes do not hot-spot.
+  The cold-start default lives in the reserved row ``__meta__#cold_start``; the version pointer
+  in ``__meta__#versions`` (``_`` is not a hex digit, so no user key can collide).
+* **Family ``e``**: qualifier = model version, value = E little-endian float32 (``4*E`` bytes).
+* **Family ``m``**: qualifier = model version, value = 3 little-endian int64
+  ``(support_size, last_interaction_ts, generated_at)``; in the pointer row the value is the JSON
+  commit record of the version.
+* **Cell timestamp** = the *write attempt* timestamp (ms granularity). Every write of a version
+  (first run or rerun) gets a new, strictly larger attempt timestamp.
+
+Visibility and atomicity:
+
+1. All user rows (and the cold-start row) are written with ``Table.mutate_rows`` in chunks; the
+   status of every row is checked and any failure raises :class:`BigtableWriteError` naming the
+   failed row keys. Nothing is committed then.
+2. Only after every row succeeded, the pointer cell ``m:<version>`` of ``__meta__#versions`` is
+   written, holding the attempt timestamp. That single-cell write is the commit.
+3. Readers read the pointer first and then ask only for cells with qualifier == version **and**
+   timestamp == committed attempt timestamp (server-side filter, re-checked client-side). So a
+   reader never sees another version's values, nor cells of a crashed or in-progress attempt
+   (including a rerun of an already committed version: readers keep the old attempt until the
+   new pointer lands). A rerun with the same input commits identical values.
+
+Garbage collection: both families use ``MaxVersionsGCRule(keep_versions)``, which bounds the
+*cells per (row, family, qualifier)*, i.e. attempts of one version. Because each model version
+is its own qualifier, that rule alone never removes old versions. After each commit the writer
+therefore **retires** versions beyond the newest ``keep_versions`` commits: it deletes their
+pointer cell first (they become unreadable at once), then scans for rows holding their qualifier
+and deletes those columns (chunked ``mutate_rows``). :meth:`BigtableEmbeddingStore.retire_versions`
+does the same on demand. Caveat: if a committed version is rewritten and more than
+``keep_versions - 1`` of those rewrites fail before one succeeds, GC may collect the committed
+attempt's cells; finish the rerun to restore the version.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+from google.api_core import exceptions as gexc
+from google.cloud.bigtable import column_family as cf
+from google.cloud.bigtable import row_filters as rf
+from google.cloud.bigtable.row_data import DEFAULT_RETRY_READ_ROWS
+from google.cloud.bigtable.row_set import RowSet
+from google.cloud.bigtable.table import DEFAULT_RETRY
+
+from embeddings.parquet_store import WriteSummary
+from embeddings.record import (
+    COLD_START_USER,
+    EmbeddingBatch,
+    StoreLookup,
+    VersionNotCommittedError,
+    as_user_id_array,
+    batches_of,
+    validate_model_version,
+)
+
+EMB_FAMILY = "e"
+META_FAMILY = "m"
+POINTER_ROW_KEY = b"__meta__#versions"
+COLD_START_ROW_KEY = b"__meta__#cold_start"
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_OK = 0
+
+
+class BigtableWriteError(RuntimeError):
+    """Some row mutations failed; ``failed`` lists ``(row_key, code, message)``."""
+
+    def __init__(self, message: str, failed: Sequence[Tuple[bytes, int, str]]) -> None:
+        super().__init__(message)
+        self.failed = list(failed)
+
+
+def row_key(user_id: str) -> bytes:
+    """Row key of one user: 4 hex chars of md5(user_id) + ``#`` + user_id (UTF-8)."""
+    if user_id == COLD_START_USER:
+        return COLD_START_ROW_KEY
+    return (hashlib.md5(user_id.encode("utf-8")).hexdigest()[:4] + "#" + user_id).encode("utf-8")
+
+
+def row_keys(user_ids: Union[Sequence[str], np.ndarray]) -> List[bytes]:
+    """Row keys of many users (see :func:`row_key`)."""
+    return [row_key(u) for u in user_ids]
+
+
+def _ts_datetime(ts_us: int) -> _dt.datetime:
+    return _EPOCH + _dt.timedelta(microseconds=int(ts_us))
+
+
+def _qualifier(model_version: str) -> bytes:
+    return validate_model_version(model_version).encode("ascii")
+
+
+def _version_filter(qualifier: bytes, ts_us: Optional[int], families: str) -> rf.RowFilter:
+    parts: List[rf.RowFilter] = [
+        rf.FamilyNameRegexFilter(families),
+        # Bigtable regexes must match the whole qualifier; escape the version's '.' and '-'.
+        rf.ColumnQualifierRegexFilter(re.escape(qualifier.decode("ascii")).encode("ascii")),
+    ]
+    if ts_us is not None:
+        parts.append(rf.TimestampRangeFilter(
+            rf.TimestampRange(start=_ts_datetime(ts_us), end=_ts_datetime(ts_us + 1000))))
+    parts.append(rf.CellsColumnLimitFilter(1))
+    return rf.RowFilterChain(parts)
+
+
+class BigtableEmbeddingStore:
+    """Writes and reads meta embeddings in one Bigtable table.
+
+    Args:
+        table: a ``google.cloud.bigtable.table.Table`` (its instance's client must be ``admin=True``
+            if the table may need to be created).
+        keep_versions: committed versions kept (older ones are retired after each commit) and
+            cells per column kept by the GC rule.
+        create_if_missing: create the table / missing column families on first write.
+        mutation_chunk_rows: rows per ``mutate_rows`` RPC.
+        write_timeout_s: deadline of one ``mutate_rows`` (retries included).
+        read_timeout_s: default deadline of a lookup's ``read_rows`` (retries included).
+        pointer_ttl_s: how long a lookup trusts its cached copy of the version pointer.
+
+    Use :meth:`open` to build one from project / instance / table ids.
+    """
+
+    def __init__(self, table: Any, keep_versions: int = 3, create_if_missing: bool = True,
+                 mutation_chunk_rows: int = 1000, write_timeout_s: float = 120.0,
+                 read_timeout_s: float = 5.0, pointer_ttl_s: float = 30.0) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        if mutation_chunk_rows < 1:
+            raise ValueError(f"mutation_chunk_rows must be >= 1, got {mutation_chunk_rows}")
+        self.table = table
+        self.keep_versions = int(keep_versions)
+        self.create_if_missing = create_if_missing
+        self.mutation_chunk_rows = int(mutation_chunk_rows)
+        self.write_timeout_s = float(write_timeout_s)
+        self.read_timeout_s = float(read_timeout_s)
+        self.pointer_ttl_s = float(pointer_ttl_s)
+        self._pointer_cache: Optional[Tuple[float, Dict[str, Dict]]] = None
+        self._lock = threading.Lock()
+        self._table_ready = False
+
+    @classmethod
+    def open(cls, project: str, instance_id: str, table_id: str, client: Any = None,
+             **kwargs: Any) -> "BigtableEmbeddingStore":
+        """Store on ``projects/<project>/instances/<instance_id>/tables/<table_id>``.
+
+        ``client`` defaults to ``bigtable.Client(project=project, admin=True)``, which honours
+        ``BIGTABLE_EMULATOR_HOST``. Extra keyword arguments go to the constructor.
+        """
+        if client is None:
+            from google.cloud import bigtable
+
+            client = bigtable.Client(project=project, admin=True)
+        return cls(client.instance(instance_id).table(table_id), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"BigtableEmbeddingStore({self.table.name!r})"
+
+    # ------------------------------------------------------------------ admin
+    def gc_rule(self) -> cf.MaxVersionsGCRule:
+        """GC rule of both families: keep the newest ``keep_versions`` cells per column."""
+        return cf.MaxVersionsGCRule(self.keep_versions)
+
+    def ensure_table(self) -> None:
+        """Creates the table with families ``e`` and ``m`` if missing; adds missing families.
+
+        Raises:
+            RuntimeError: the table is missing and ``create_if_missing`` is False.
+        """
+        if self._table_ready:
+            return
+        if not self.table.exists():
+            if not self.create_if_missing:
+                raise RuntimeError(
+                    f"Bigtable table {self.table.name} does not exist; create it with families "
+                    f"{EMB_FAMILY!r} and {META_FAMILY!r} or pass create_if_missing=True")
+            try:
+                self.table.create(column_families={
+                    EMB_FAMILY: self.gc_rule(), META_FAMILY: self.gc_rule()})
+            except gexc.AlreadyExists:
+                pass
+        families = self.table.list_column_families()
+        for fam in (EMB_FAMILY, META_FAMILY):
+            if fam not in families:
+                self.table.column_family(fam, self.gc_rule()).create()
+        self._table_ready = True
+
+    # ------------------------------------------------------------------ pointer
+    def _read_pointer(self, timeout_s: Optional[float] = None) -> Dict[str, Dict]:
+        retry = DEFAULT_RETRY_READ_ROWS.with_deadline(timeout_s or self.read_timeout_s)
+        try:
+            row = self.table.read_row(POINTER_ROW_KEY, filter_=rf.RowFilterChain([
+                rf.FamilyNameRegexFilter(META_FAMILY), rf.CellsColumnLimitFilter(1)]),
+                retry=retry)
+        except gexc.NotFound:
+            return {}
+        out: Dict[str, Dict] = {}
+        if row is None:
+            return out
+        for q, cells in row.cells.get(META_FAMILY, {}).items():
+            if cells:
+                info = json.loads(cells[0].value.decode("utf-8"))
+                out[q.decode("ascii")] = info
+        return out
+
+    def _pointer(self, timeout_s: Optional[float] = None, fresh: bool = False) -> Dict[str, Dict]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._pointer_cache
+        if not fresh and cached is not None and now - cached[0] < self.pointer_ttl_s:
+            return cached[1]
+        pointer = self._read_pointer(timeout_s)
+        with self._lock:
+            self._pointer_cache = (time.monotonic(), pointer)
+        return pointer
+
+    def committed_versions(self) -> List[str]:
+        """Committed (readable) versions, oldest commit first (always reads the pointer row)."""
+        pointer = self._pointer(fresh=True)
+        return [v for v, _ in sorted(pointer.items(),
+                                     key=lambda kv: (kv[1]["committed_at_us"], kv[0]))]
+
+    list_versions = committed_versions
+
+    def latest_committed_version(self) -> Optional[str]:
+        """The most recently committed version, or None."""
+        versions = self.committed_versions()
+        return versions[-1] if versions else None
+
+    def version_info(self, model_version: str, fresh: bool = True,
+                     timeout_s: Optional[float] = None) -> Dict:
+        """Commit record of a version: attempt_ts_us, embedding_dim, num_users, committed_at_us.
+
+        Raises:
+            VersionNotCommittedError: the version is not committed (never written, still being
+                written, crashed before its commit, or retired).
+        """
+        validate_model_version(model_version)
+        pointer = self._pointer(timeout_s=timeout_s, fresh=fresh)
+        info = pointer.get(model_version)
+        if info is None and not fresh:
+            pointer = self._pointer(timeout_s=timeout_s, fresh=True)
+            info = pointer.get(model_version)
+        if info is None:
+            raise VersionNotCommittedError(
+                f"model version {model_version!r} is not committed in Bigtable table "
+                f"{self.table.name} (committed: {sorted(pointer)}); it was never written, is "
+                "being written, failed before its commit, or was retired. Run meta-embedding "
+                "generation for it or ask for a committed version")
+        return info
+
+    def embedding_dim(self, model_version: str) -> int:
+        """E of a committed version."""
+        return int(self.version_info(model_version)["embedding_dim"])
+
+    # ------------------------------------------------------------------ write
+    def _mutate(self, rows: List[Any]) -> None:
+        if not rows:
+            return
+        statuses = self.table.mutate_rows(
+            rows, retry=DEFAULT_RETRY.with_deadline(self.write_timeout_s),
+            timeout=self.write_timeout_s)
+        failed = [(r.row_key, s.code, s.message) for r, s in zip(rows, statuses) if s.code != _OK]
+        if len(statuses) != len(rows):
+            failed.append((b"<missing statuses>", -1,
+                           f"{len(statuses)} statuses for {len(rows)} rows"))
+        if failed:
+            shown = "; ".join(f"{k.decode('utf-8', 'replace')}: code {c} {m}"
+                              for k, c, m in failed[:10])
+            raise BigtableWriteError(
+                f"{len(failed)} of {len(rows)} row mutations failed in {self.table.name} "
+                f"({shown}{' ...' if len(failed) > 10 else ''}); the version was not committed, "
+                "rerun the write", failed)
+
+    def write(self, batches: Union[EmbeddingBatch, Iterable[EmbeddingBatch]],
+              require_cold_start: bool = True) -> WriteSummary:
+        """Writes one model version in chunked ``mutate_rows`` calls, then commits it.
+
+        Streams: one input batch and one chunk of mutations are in memory at a time.
+
+        Args:
+            batches: one :class:`EmbeddingBatch` or an iterable of them (same version and E).
+            require_cold_start: fail unless the stream holds the :data:`COLD_START_USER` row.
+
+        Returns:
+            :class:`WriteSummary` (location = ``<table name>/<version>``).
+
+        Raises:
+            BigtableWriteError: some rows failed (named); the version stays uncommitted.
+            ValueError: empty input, mixed versions or sizes, a user in two batches, no
+                cold-start row. The version stays uncommitted (readers keep any earlier commit).
+        """
+        t0 = time.perf_counter()
+        it = iter(batches_of(batches))
+        first = next(it, None)
+        if first is None:
+            raise ValueError("no batches to write: pass at least one EmbeddingBatch")
+        version, dim = first.model_version, first.embedding_dim
+        q = _qualifier(version)
+        self.ensure_table()
+        previous = self._pointer(fresh=True).get(version)
+        attempt_us = time.time_ns() // 1_000_000 * 1000
+        if previous is not None:
+            attempt_us = max(attempt_us, int(previous["attempt_ts_us"]) + 1000)
+        ts = _ts_datetime(attempt_us)
+        seen: set = set()
+        total, has_cold = 0, False
+        generated_at = first.generated_at
+        pending: List[Any] = []
+        batch: Optional[EmbeddingBatch] = first
+        while batch is not None:
+            if batch.model_version != version:
+                raise ValueError(
+                    f"mixed model versions in one write: {version!r} then "
+                    f"{batch.model_version!r}; write each version separately")
+            if batch.embedding_dim != dim:
+                raise ValueError(
+                    f"embedding size changed within version {version!r}: {dim} then "
+                    f"{batch.embedding_dim}")
+            if not seen.isdisjoint(batch.user_ids):
+                dup = sorted(seen.intersection(batch.user_ids))[:5]
+                raise ValueError(
+                    f"user(s) {dup} appear in more than one batch of version {version!r}; "
+                    "emit one record per user")
+            seen.update(batch.user_ids)
+            has_cold = has_cold or batch.has_cold_start()
+            generated_at = max(generated_at, batch.generated_at)
+            emb = np.ascontiguousarray(batch.embeddings, dtype="<f4").view(np.uint8)
+            meta = np.ascontiguousarray(np.stack(
+                [batch.support_size, batch.last_interaction_ts,
+                 np.full(batch.num_users, batch.generated_at, dtype=np.int64)], axis=1),
+                dtype="<i8").view(np.uint8)
+            keys = row_keys(batch.user_ids)
+            for i, key in enumerate(keys):  # building mutations is per row by API design
+                row = self.table.direct_row(key)
+                row.set_cell(EMB_FAMILY, q, emb[i].tobytes(), timestamp=ts)
+                row.set_cell(META_FAMILY, q, meta[i].tobytes(), timestamp=ts)
+                pending.append(row)
+                if len(pending) >= self.mutation_chunk_rows:
+                    self._mutate(pending)
+                    pending = []
+            total += batch.num_users
+            batch = next(it, None)
+        if require_cold_start and not has_cold:
+            raise ValueError(
+                f"version {version!r} has no cold-start row: add "
+                f"EmbeddingBatch.cold_start(<un-adapted meta block output>, {version!r}, ...) "
+                "to the stream (or pass require_cold_start=False); nothing was committed")
+        self._mutate(pending)
+        # Commit: the pointer cell, written last.
+        record = {"attempt_ts_us": attempt_us, "embedding_dim": dim, "num_users": total,
+                  "generated_at": generated_at, "committed_at_us": time.time_ns() // 1000,
+                  "has_cold_start": has_cold}
+        prow = self.table.direct_row(POINTER_ROW_KEY)
+        prow.set_cell(META_FAMILY, q, json.dumps(record, sort_keys=True).encode("utf-8"),
+                      timestamp=ts)
+        self._mutate([prow])
+        with self._lock:
+            self._pointer_cache = None
+        self.retire_versions()
+        return WriteSummary(version, total, dim, f"{self.table.name}/{version}",
+                            time.perf_counter() - t0)
+
+    def retire_versions(self, keep: Optional[int] = None) -> List[str]:
+        """Removes committed versions beyond the newest ``keep`` (default ``keep_versions``).
+
+        For each retired version: delete its pointer cell (unreadable from then on), then delete
+        its ``e``/``m`` columns from every row that has them (a filtered key-only scan, then
+        chunked ``mutate_rows``).
+
+        Returns:
+            The retired versions.
+        """
+        keep = self.keep_versions if keep is None else int(keep)
+        committed = self.committed_versions()
+        old = committed[:-keep] if keep > 0 else committed
+        for version in old:
+            q = _qualifier(version)
+            prow = self.table.direct_row(POINTER_ROW_KEY)
+            prow.delete_cell(META_FAMILY, q)
+            self._mutate([prow])
+            with self._lock:
+                self._pointer_cache = None
+            self.delete_version_cells(version)
+        return old
+
+    def delete_version_cells(self, model_version: str) -> int:
+        """Deletes every ``e:<v>``/``m:<v>`` cell of user and cold-start rows.
+
+        Use for retired versions or to clean up a version whose write crashed. It does not touch
+        the pointer; deleting the cells of a committed version makes its users unknown.
+
+        Returns:
+            Rows touched.
+        """
+        q = _qualifier(model_version)
+        scan = self.table.read_rows(
+            filter_=rf.RowFilterChain([
+                rf.ColumnQualifierRegexFilter(re.escape(q.decode("ascii")).encode("ascii")),
+                rf.CellsColumnLimitFilter(1), rf.StripValueTransformerFilter(True)]),
+            retry=DEFAULT_RETRY_READ_ROWS.with_deadline(self.write_timeout_s))
+        pending: List[Any] = []
+        touched = 0
+        for r in scan:
+            if r.row_key == POINTER_ROW_KEY:
+                continue
+            row = self.table.direct_row(r.row_key)
+            row.delete_cell(EMB_FAMILY, q)
+            row.delete_cell(META_FAMILY, q)
+            pending.append(row)
+            touched += 1
+            if len(pending) >= self.mutation_chunk_rows:
+                self._mutate(pending)
+                pending = []
+        self._mutate(pending)
+        return touched
+
+    # ------------------------------------------------------------------ read
+    def _read_cells(self, user_ids: np.ndarray, model_version: str, family: str,
+                    timeout_s: Optional[float]) -> Tuple[np.ndarray, List[bytes], int]:
+        """Unique ids' positions found and their cell values (one read_rows for all keys)."""
+        info = self.version_info(model_version, fresh=False, timeout_s=timeout_s)
+        ts_us = int(info["attempt_ts_us"])
+        q = _qualifier(model_version)
+        keys = row_keys(user_ids)
+        row_set = RowSet()
+        for k in keys:  # RowSet is built per key by API design; it is one RPC
+            row_set.add_row_key(k)
+        deadline = timeout_s if timeout_s is not None else self.read_timeout_s
+        rows = self.table.read_rows(
+            row_set=row_set, filter_=_version_filter(q, ts_us, family),
+            retry=DEFAULT_RETRY_READ_ROWS.with_deadline(deadline))
+        got_keys: List[bytes] = []
+        values: List[bytes] = []
+        for r in rows:
+            cells = r.cells.get(family, {}).get(q, ())
+            # Client-side re-check: exactly this version's committed attempt.
+            match = [c for c in cells if c.timestamp_micros == ts_us]
+            if match:
+                got_keys.append(r.row_key)
+                values.append(match[0].value)
+        pos = pd.Index(keys).get_indexer(got_keys) if got_keys else np.zeros(0, dtype=np.intp)
+        return pos, values, int(info["embedding_dim"])
+
+    def lookup(self, user_ids: Union[Sequence[str], np.ndarray], model_version: str,
+               timeout_s: Optional[float] = None) -> StoreLookup:
+        """Batched lookup: one ``read_rows`` with a RowSet of all (unique) keys.
+
+        Args:
+            user_ids: [N] str, duplicates allowed.
+            model_version: a committed version.
+            timeout_s: deadline for the RPCs (retries included); default ``read_timeout_s``.
+
+        Returns:
+            :class:`StoreLookup`: ``embeddings`` float32 [N, E] (zeros where not found),
+            ``found`` bool [N].
+
+        Raises:
+            VersionNotCommittedError: the version is not committed.
+            google.api_core.exceptions.GoogleAPICallError / RetryError: the store failed.
+            ValueError: a stored value has the wrong size for the version's E.
+        """
+        ids = as_user_id_array(user_ids)
+        if ids.size == 0:
+            dim = self.embedding_dim(model_version)
+            return StoreLookup(np.zeros((0, dim), np.float32), np.zeros(0, bool))
+        uniq, inverse = np.unique(ids.astype(str), return_inverse=True)
+        pos, values, dim = self._read_cells(uniq.astype(object), model_version, EMB_FAMILY,
+                                            timeout_s)
+        emb_u = np.zeros((uniq.shape[0], dim), dtype=np.float32)
+        found_u = np.zeros(uniq.shape[0], dtype=bool)
+        if values:
+            blob = b"".join(values)
+            if len(blob) != 4 * dim * len(values):
+                bad = [v for v in values if len(v) != 4 * dim][0]
+                raise ValueError(
+                    f"stored embedding of version {model_version!r} has {len(bad)} bytes, "
+                    f"expected {4 * dim} (E={dim} float32): the table holds foreign data")
+            emb_u[pos] = np.frombuffer(blob, dtype="<f4").reshape(len(values), dim)
+            found_u[pos] = True
+        return StoreLookup(embeddings=emb_u[inverse], found=found_u[inverse])
+
+    def lookup_metadata(self, user_ids: Union[Sequence[str], np.ndarray], model_version: str,
+                        timeout_s: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """int64 [N, 3] ``(support_size, last_interaction_ts, generated_at)`` and found [N]."""
+        ids = as_user_id_array(user_ids)
+        out = np.zeros((ids.shape[0], 3), dtype=np.int64)
+        found = np.zeros(ids.shape[0], dtype=bool)
+        if ids.size == 0:
+            return out, found
+        uniq, inverse = np.unique(ids.astype(str), return_inverse=True)
+        pos, values, _ = self._read_cells(uniq.astype(object), model_version, META_FAMILY,
+                                          timeout_s)
+        meta_u = np.zeros((uniq.shape[0], 3), dtype=np.int64)
+        found_u = np.zeros(uniq.shape[0], dtype=bool)
+        if values:
+            meta_u[pos] = np.frombuffer(b"".join(values), dtype="<i8").reshape(len(values), 3)
+            found_u[pos] = True
+        return meta_u[inverse], found_u[inverse]
+
+    def cold_start_default(self, model_version: str) -> Optional[np.ndarray]:
+        """The cold-start embedding [E] of a version, or None if it has none."""
+        res = self.lookup([COLD_START_USER], model_version)
+        return res.embeddings[0] if res.found[0] else None
