@@ -66,6 +66,11 @@ CANONICAL_COLUMNS: Dict[str, str] = {
 # Columns a dataset may add to the canonical ones.
 OPTIONAL_COLUMNS: Dict[str, str] = {ORACLE_PROB: "float64"}
 
+# Columns the protocol-aware ExampleGen adds to evaluation (query) examples, for TFMA slicing.
+COHORT = "cohort"
+HISTORY_SIZE = "history_size"
+PROTOCOL_COLUMNS: Dict[str, str] = {COHORT: "str", HISTORY_SIZE: "int64"}
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureEncoding:

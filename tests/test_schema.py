@@ -11,7 +11,7 @@ def test_schema_matches_feature_module():
     types = {"str": schema_pb2.BYTES, "int64": schema_pb2.INT, "float64": schema_pb2.FLOAT}
     got = {f.name: (f.type, f.presence.min_fraction) for f in schema.feature}
     want = {**{n: (types[k], 1.0) for n, k in F.CANONICAL_COLUMNS.items()},
-            **{n: (types[k], 0.0) for n, k in F.OPTIONAL_COLUMNS.items()}}
+            **{n: (types[k], 0.0) for n, k in {**F.OPTIONAL_COLUMNS, **F.PROTOCOL_COLUMNS}.items()}}
     assert got == want
 
 

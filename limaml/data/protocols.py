@@ -19,7 +19,7 @@ history, the next ones up to ``horizon`` are query.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -91,16 +91,26 @@ def _position_in_user(frame: pd.DataFrame) -> np.ndarray:
     return frame.groupby(F.USER_ID, sort=False).cumcount().to_numpy()
 
 
-def apply_budget(frame: pd.DataFrame, cfg: ProtocolConfig) -> Split:
-    """Applies the ``budget`` protocol (see module docstring)."""
-    frame = frame.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable").reset_index(drop=True)
-    counts = frame.groupby(F.USER_ID, sort=True).size()
-    user_ids = counts.index.to_numpy(dtype=object)
+def budget_assignment(user_ids: np.ndarray, counts: np.ndarray, cfg: ProtocolConfig) -> pd.DataFrame:
+    """Chooses the evaluation users of the budget protocol, their cohort and history size.
+
+    Needs only the per-user interaction counts (users x 1), never the interactions, so a
+    distributed job can collect the counts and broadcast the result.
+
+    Args:
+        user_ids: [users] ids.
+        counts: [users] interactions per user.
+        cfg: the protocol settings.
+
+    Returns:
+        One row per evaluation user: user_id, cohort, history_size, query_size.
+    """
+    user_ids = np.asarray(user_ids, dtype=object)
+    counts = np.asarray(counts, dtype=np.int64)
     h = stable_user_hash(user_ids, cfg.seed)
     is_eval = (h % np.uint64(1_000_000)).astype(np.float64) / 1e6 < cfg.eval_fraction
-    eval_ids, eval_n = user_ids[is_eval], counts.to_numpy()[is_eval]
     order = np.argsort(h[is_eval], kind="stable")
-    eval_ids, eval_n = eval_ids[order], eval_n[order]
+    eval_ids, eval_n = user_ids[is_eval][order], counts[is_eval][order]
 
     edges = np.asarray(cfg.cohort_edges)
     names = cohort_names(cfg.cohort_edges)
@@ -108,7 +118,7 @@ def apply_budget(frame: pd.DataFrame, cfg: ProtocolConfig) -> Split:
     feasible = edges[None, :] <= (eval_n[:, None] - 1)
     assigned = np.empty(len(eval_ids), dtype=np.int64)
     filled = np.zeros(len(edges), dtype=np.int64)
-    for i in range(len(eval_ids)):  # greedy balancing over evaluation users (data prep only)
+    for i in range(len(eval_ids)):  # greedy balancing over evaluation users (per user, not per row)
         options = np.flatnonzero(feasible[i])
         pick = options[np.argmin(filled[options])]
         assigned[i] = pick
@@ -118,24 +128,43 @@ def apply_budget(frame: pd.DataFrame, cfg: ProtocolConfig) -> Split:
     hi_edge = np.append(edges[1:] - 1, np.iinfo(np.int64).max)[assigned]
     hi = np.minimum(hi_edge, eval_n - 1)
     k = lo + np.floor(rng.uniform(0, 1, len(eval_ids)) * (hi - lo + 1)).astype(np.int64)
-
-    pos = _position_in_user(frame)
-    per_user_k = pd.Series(k, index=eval_ids)
-    k_row = frame[F.USER_ID].map(per_user_k)
-    role = np.full(len(frame), "train", dtype=object)
-    ev = k_row.notna().to_numpy()
-    kr = k_row.fillna(0).to_numpy().astype(np.int64)
-    role[ev & (pos < kr)] = "history"
-    role[ev & (pos >= kr) & (pos < kr + cfg.horizon)] = "query"
-    role[ev & (pos >= kr + cfg.horizon)] = "unused"
-    out = frame.assign(**{ROLE: role})
     users = pd.DataFrame({
         F.USER_ID: eval_ids,
         COHORT: np.array(names, dtype=object)[assigned],
         "history_size": k,
         "query_size": np.minimum(eval_n - k, cfg.horizon),
     })
-    return Split(out, users.sort_values(F.USER_ID).reset_index(drop=True), cfg)
+    return users.sort_values(F.USER_ID).reset_index(drop=True)
+
+
+def budget_roles(positions: np.ndarray, history_size: Optional[int], horizon: int) -> np.ndarray:
+    """Roles of one user's interactions by their 0-based position in time order.
+
+    ``history_size`` None means a training user (every interaction is ``train``).
+    """
+    if history_size is None:
+        return np.full(len(positions), "train", dtype=object)
+    return np.where(positions < history_size, "history",
+                    np.where(positions < history_size + horizon, "query", "unused")).astype(object)
+
+
+def cutoff_roles(timestamps: np.ndarray, cutoff_ts: int, horizon_seconds: int) -> np.ndarray:
+    """Roles under the cutoff protocol: before T history, [T, T+horizon) query, later unused."""
+    return np.where(timestamps < cutoff_ts, "history",
+                    np.where(timestamps < cutoff_ts + horizon_seconds, "query", "unused")).astype(object)
+
+
+def apply_budget(frame: pd.DataFrame, cfg: ProtocolConfig) -> Split:
+    """Applies the ``budget`` protocol (see module docstring)."""
+    frame = frame.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable").reset_index(drop=True)
+    counts = frame.groupby(F.USER_ID, sort=True).size()
+    users = budget_assignment(counts.index.to_numpy(dtype=object), counts.to_numpy(), cfg)
+    pos = _position_in_user(frame)
+    k_row = frame[F.USER_ID].map(pd.Series(users["history_size"].to_numpy(), index=users[F.USER_ID]))
+    evaluated = k_row.notna().to_numpy()
+    k = k_row.fillna(0).to_numpy().astype(np.int64)
+    role = np.where(evaluated, budget_roles(pos - k, 0, cfg.horizon), "train").astype(object)
+    return Split(frame.assign(**{ROLE: role}), users, cfg)
 
 
 def apply_cutoff(frame: pd.DataFrame, cfg: ProtocolConfig) -> Split:
@@ -143,8 +172,7 @@ def apply_cutoff(frame: pd.DataFrame, cfg: ProtocolConfig) -> Split:
     frame = frame.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable").reset_index(drop=True)
     ts = frame[F.TIMESTAMP].to_numpy()
     cutoff = int(cfg.cutoff_ts if cfg.cutoff_ts is not None else np.quantile(ts, cfg.cutoff_quantile))
-    end = cutoff + cfg.horizon_seconds
-    role = np.where(ts < cutoff, "history", np.where(ts < end, "query", "unused")).astype(object)
+    role = cutoff_roles(ts, cutoff, cfg.horizon_seconds)
     out = frame.assign(**{ROLE: role})
     by_user = pd.DataFrame({F.USER_ID: out[F.USER_ID], "h": role == "history", "q": role == "query"})
     sizes = by_user.groupby(F.USER_ID, sort=True)[["h", "q"]].sum()
