@@ -1,0 +1,229 @@
+"""Serving latency benchmark: the HTTP ranker service driven from a separate process.
+
+``run_serve_bench`` starts (or reuses) a model server for a model base dir, a ``Ranker`` and the
+HTTP ranker service on loopback, then, for each candidate count, runs a load-generator process
+(stdlib only: ``http.client`` with keep-alive, one request at a time) that sends at most
+``max_requests`` requests or runs at most ``max_seconds``, and reports:
+
+    candidates    candidates per request
+    p50_ms, p95_ms, p99_ms   end-to-end latency seen by the client (HTTP + JSON + embedding
+                  lookup + tf.Example building + gRPC Predict + model)
+    qps           requests per second of that sequential client
+    floor_p50_ms  p50 of calling the same SavedModel signature in-process on the same serialized
+                  inputs: the model's own cost, what serving overhead is measured against
+    requests      how many timed requests the row is based on
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from schema import features as F
+
+# The load generator: runs in its own interpreter, imports only the stdlib.
+_CLIENT = r"""
+import http.client, json, sys, time
+host, port, body_path, max_requests, max_seconds, warmup = sys.argv[1:7]
+body = open(body_path, "rb").read()
+conn = http.client.HTTPConnection(host, int(port), timeout=30)
+headers = {"Content-Type": "application/json"}
+def once():
+    conn.request("POST", "/v1/rank", body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise SystemExit("ranker service answered %d: %s" % (resp.status, data[:500]))
+for _ in range(int(warmup)):
+    once()
+lat = []
+start = time.perf_counter()
+deadline = start + float(max_seconds)
+while len(lat) < int(max_requests) and time.perf_counter() < deadline:
+    t0 = time.perf_counter()
+    once()
+    lat.append((time.perf_counter() - t0) * 1000.0)
+elapsed = time.perf_counter() - start
+print(json.dumps({"latencies_ms": lat, "elapsed_s": elapsed}))
+"""
+
+
+@dataclass
+class _Result:
+    embeddings: np.ndarray
+    cold: np.ndarray
+    degraded: Optional[str] = None
+
+
+class ConstantEmbeddingLookup:
+    """A lookup that gives every user the same embedding (benchmark default).
+
+    Args:
+        embedding_dim: E.
+        seed: seed of the embedding values.
+    """
+
+    def __init__(self, embedding_dim: int, seed: int = 0) -> None:
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim={embedding_dim}; must be >= 1")
+        self.vector = np.random.default_rng(seed).normal(size=embedding_dim).astype(np.float32)
+
+    def lookup(self, user_ids: Sequence[str], model_version: str) -> _Result:
+        """Returns the constant embedding for every user; never cold."""
+        n = len(user_ids)
+        return _Result(np.tile(self.vector, (n, 1)), np.zeros(n, bool), None)
+
+
+def synthetic_candidates(n: int, required: Sequence[str]) -> List[Dict[str, Any]]:
+    """``n`` candidates with plausible values for every required feature, by canonical kind."""
+    out = []
+    for i in range(n):
+        cand: Dict[str, Any] = {}
+        for name in required:
+            kind = F.CANONICAL_COLUMNS[name]
+            if name == F.GENRES:
+                cand[name] = F.GENRE_SEPARATOR.join(("Drama", "Comedy")[: 1 + i % 2])
+            elif kind == "str":
+                cand[name] = f"{name}-{i}"
+            elif kind == "int64":
+                cand[name] = 1950 + (i * 7) % 70
+            else:
+                cand[name] = float(i % 5) / 5.0
+        out.append(cand)
+    return out
+
+
+def _percentiles(lat_ms: Sequence[float]) -> Dict[str, float]:
+    arr = np.asarray(lat_ms, dtype=np.float64)
+    return {f"p{q}_ms": float(np.percentile(arr, q)) for q in (50, 95, 99)}
+
+
+def _floor_p50_ms(saved_model_dir: str, examples: List[bytes], max_calls: int,
+                  max_seconds: float) -> float:
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    inp = tf.constant(examples)
+    for _ in range(3):
+        fn(examples=inp)
+    lat = []
+    deadline = time.perf_counter() + max_seconds
+    while len(lat) < max_calls and time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn(examples=inp)["probabilities"].numpy()
+        lat.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.percentile(lat, 50))
+
+
+def run_serve_bench(
+    model_base_dir: str,
+    model_name: str = "global_block",
+    embedding_lookup: Any = None,
+    embedding_dim: Optional[int] = None,
+    candidate_counts: Sequence[int] = (1, 10, 100),
+    max_requests: int = 500,
+    max_seconds: float = 10.0,
+    warmup: int = 5,
+    user_id: str = "bench-user",
+    model_target: Optional[str] = None,
+    timeout_s: float = 5.0,
+) -> List[Dict[str, float]]:
+    """Measures the HTTP ranker service end to end from a separate client process.
+
+    Args:
+        model_base_dir: model base path in TF Serving layout (``<dir>/<version>/``); the
+            floor uses its highest version, which is what the server serves.
+        model_name: name to serve the model as.
+        embedding_lookup: the lookup for the ranker; default ``ConstantEmbeddingLookup``.
+        embedding_dim: E, needed when ``embedding_lookup`` is None.
+        candidate_counts: candidates per request, one row each.
+        max_requests: most timed requests per row (bounded count).
+        max_seconds: most seconds of timed requests per row (bounded time).
+        warmup: untimed requests before each row.
+        user_id: the user of every request.
+        model_target: an already running TF Serving to use instead of launching one.
+        timeout_s: the ranker's gRPC deadline.
+
+    Returns:
+        One row per candidate count: candidates, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms,
+        requests.
+
+    Raises:
+        ValueError: on bad arguments (no versions under model_base_dir, no embedding_dim).
+        RuntimeError: if the load generator fails (it reports the service's error).
+    """
+    from serving import model_server
+    from serving.ranker import Ranker
+    from serving.ranker_service import start_ranker_service
+    from serving.tf_example import DEFAULT_REQUIRED_CANDIDATE_FEATURES, serialize_candidates
+
+    versions = model_server.list_versions(model_base_dir)
+    if not versions:
+        raise ValueError(f"no integer version directories under {model_base_dir!r}; expected "
+                         "<base>/<version>/saved_model.pb")
+    if embedding_lookup is None:
+        if not embedding_dim:
+            raise ValueError("pass embedding_dim (the model's E) or an embedding_lookup")
+        embedding_lookup = ConstantEmbeddingLookup(embedding_dim)
+    if max_requests < 1 or max_seconds <= 0:
+        raise ValueError(f"max_requests={max_requests}, max_seconds={max_seconds}; both must be > 0")
+
+    server = None
+    if model_target is None:
+        server = model_server.launch_model_server(model_base_dir, model_name)
+        model_target = server.target
+    ranker = Ranker(model_target, model_name, embedding_lookup, timeout_s=timeout_s,
+                    max_candidates=max(max(candidate_counts), 1))
+    service = start_ranker_service(ranker)
+    rows: List[Dict[str, float]] = []
+    try:
+        version = ranker.model_version()
+        emb = embedding_lookup.lookup([user_id], str(version)).embeddings[0]
+        saved_model_dir = os.path.join(model_base_dir, str(version))
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+            for n in candidate_counts:
+                cands = synthetic_candidates(n, DEFAULT_REQUIRED_CANDIDATE_FEATURES)
+                body_path = os.path.join(tmp, f"body_{n}.json")
+                with open(body_path, "w", encoding="utf-8") as fh:
+                    json.dump({"user_id": user_id, "candidates": cands}, fh)
+                proc = subprocess.run(
+                    [sys.executable, "-c", _CLIENT, "127.0.0.1", str(service.port), body_path,
+                     str(max_requests), str(max_seconds), str(warmup)],
+                    capture_output=True, text=True, timeout=max_seconds + 120,
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"load generator failed for {n} candidates: "
+                                       f"{proc.stderr.strip()[-2000:]}")
+                out = json.loads(proc.stdout.strip().splitlines()[-1])
+                lat = out["latencies_ms"]
+                examples = serialize_candidates(user_id, cands, emb)
+                row: Dict[str, float] = {"candidates": n, **_percentiles(lat),
+                                         "qps": len(lat) / max(out["elapsed_s"], 1e-9),
+                                         "floor_p50_ms": _floor_p50_ms(
+                                             saved_model_dir, examples, max_requests, max_seconds),
+                                         "requests": len(lat)}
+                rows.append(row)
+    finally:
+        service.stop()
+        ranker.close()
+        if server is not None:
+            server.stop()
+    return rows
+
+
+def format_rows(rows: Sequence[Dict[str, float]]) -> str:
+    """A small fixed-width table of ``run_serve_bench`` rows."""
+    head = f"{'candidates':>10} {'p50_ms':>8} {'p95_ms':>8} {'p99_ms':>8} {'qps':>8} {'floor_p50':>9}"
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['candidates']:>10} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
+                     f"{r['p99_ms']:>8.2f} {r['qps']:>8.1f} {r['floor_p50_ms']:>9.2f}")
+    return "\n".join(lines)
