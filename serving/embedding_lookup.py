@@ -1,0 +1,342 @@
+"""Meta-embedding lookup for the online ranker: store + LRU cache + timeout + cold-start fallback.
+
+``EmbeddingLookup.lookup(user_ids, model_version)`` returns, for every user, the embedding that
+``model_version``'s meta block made for that user, or that version's cold-start default
+(:data:`embeddings.record.COLD_START_USER`) when the user has none. It never raises because the
+store is down or slow: those users get the cold-start default and ``degraded`` says why.
+
+* **Batched**: all cache misses of a call (plus the version's cold-start row, until cached) go to
+  the store in one call (Parquet: one vectorized index join; Bigtable: one ``read_rows`` with a
+  RowSet of all keys).
+* **Cache**: bounded LRU keyed by ``(model_version, user_id)``; users the version does not know
+  are cached too (as "cold"), fallbacks caused by store failures are not.
+* **Timeout**: store calls run on a small worker pool and are abandoned after ``timeout_s``
+  (the Bigtable RPC deadline is set to the same value so the worker finishes soon after). When
+  every worker is still busy with abandoned calls, new calls degrade at once instead of queueing.
+* **Version safety**: only the requested version's values (and its own cold-start row) are ever
+  returned. Asking for a version the store has not committed raises
+  :class:`embeddings.record.VersionNotCommittedError` (a deployment error, not an outage).
+
+``from_env()`` builds one from environment variables for ``serving.ranker_service
+--embedding-lookup serving.embedding_lookup:from_env``.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Dict, Optional, Protocol, Sequence, Union
+
+import numpy as np
+
+from embeddings.record import (
+    COLD_START_USER,
+    StoreLookup,
+    VersionNotCommittedError,
+    as_user_id_array,
+    validate_model_version,
+)
+
+SOURCE_CACHE = "cache"
+SOURCE_STORE = "store"
+SOURCE_FALLBACK = "fallback"
+
+_MISS = object()
+
+
+class EmbeddingStore(Protocol):
+    """What :class:`EmbeddingLookup` needs from a store (Parquet and Bigtable stores have it)."""
+
+    def lookup(self, user_ids: Sequence[str], model_version: str,
+               timeout_s: Optional[float] = None) -> StoreLookup:
+        """Embeddings [N, E] and found [N] of ``user_ids`` in ``model_version``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LookupResult:
+    """Embeddings of N users for one model version.
+
+    Attributes:
+        embeddings: float32 [N, E].
+        cold: bool [N]; True where the cold-start default was used (unknown user or store
+            failure).
+        source: object [N] of ``"cache"``, ``"store"`` or ``"fallback"`` (store failed/slow).
+        degraded: None, or why some users got the default although the store may know them
+            (store down, timed out, saturated) or why the default itself is a stand-in.
+        model_version: the version asked for.
+    """
+
+    embeddings: np.ndarray
+    cold: np.ndarray
+    source: np.ndarray
+    degraded: Optional[str]
+    model_version: str
+
+    @property
+    def summary(self) -> Dict[str, int]:
+        """Counts per source plus ``cold``."""
+        out = {s: int((self.source == s).sum()) for s in (SOURCE_CACHE, SOURCE_STORE,
+                                                          SOURCE_FALLBACK)}
+        out["cold"] = int(self.cold.sum())
+        return out
+
+
+class EmbeddingLookup:
+    """Reader API of the meta-embedding stores for the online ranker.
+
+    Args:
+        store: a :class:`embeddings.parquet_store.ParquetEmbeddingStore`,
+            :class:`embeddings.bigtable_store.BigtableEmbeddingStore` or anything with
+            ``lookup(user_ids, model_version, timeout_s) -> StoreLookup``.
+        embedding_dim: E of the served model (lets the lookup answer when the store is down).
+        cache_size: max ``(version, user)`` entries in the LRU cache (0 disables it).
+        timeout_s: budget of one store call; slower calls are abandoned (fallback).
+        cold_start_fallback: float32 [E] used when a version's own cold-start default is not
+            known (store down before it was first read, or the version has none); zeros if None.
+        max_workers: store calls allowed in flight at once (including abandoned slow ones).
+
+    Raises:
+        ValueError: bad sizes (named).
+    """
+
+    def __init__(self, store: EmbeddingStore, embedding_dim: int, cache_size: int = 100_000,
+                 timeout_s: float = 0.05, cold_start_fallback: Optional[np.ndarray] = None,
+                 max_workers: int = 4) -> None:
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self.store = store
+        self.embedding_dim = int(embedding_dim)
+        self.cache_size = int(cache_size)
+        self.timeout_s = float(timeout_s)
+        if cold_start_fallback is None:
+            fallback = np.zeros(self.embedding_dim, dtype=np.float32)
+        else:
+            fallback = np.asarray(cold_start_fallback, dtype=np.float32)
+            if fallback.shape != (self.embedding_dim,) or not np.isfinite(fallback).all():
+                raise ValueError(
+                    f"cold_start_fallback must be finite float32 [{self.embedding_dim}], got "
+                    f"shape {fallback.shape}")
+        self.cold_start_fallback = fallback
+        self.max_workers = int(max_workers)
+        self._pool = cf.ThreadPoolExecutor(max_workers=self.max_workers,
+                                           thread_name_prefix="embedding-lookup")
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        # (version, user) -> float32 [E] vector, or None meaning "unknown user: cold default".
+        self._cache: "OrderedDict[tuple, Optional[np.ndarray]]" = OrderedDict()
+        # version -> that version's own cold-start default [E] (bounded, newest kept).
+        self._cold: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._max_cold_versions = 8
+        self.stats = {"calls": 0, "store_calls": 0, "store_failures": 0, "cache_hits": 0}
+
+    # ------------------------------------------------------------------ cache
+    def cache_len(self) -> int:
+        """Entries in the LRU cache now."""
+        with self._lock:
+            return len(self._cache)
+
+    def clear_cache(self) -> None:
+        """Empties the cache (e.g. after a version was rewritten with different input)."""
+        with self._lock:
+            self._cache.clear()
+            self._cold.clear()
+
+    def _cache_put_many(self, version: str, users: np.ndarray, values: Sequence[Any]) -> None:
+        if self.cache_size == 0:
+            return
+        with self._lock:
+            cache = self._cache
+            for u, val in zip(users, values):
+                key = (version, u)
+                cache[key] = val
+                cache.move_to_end(key)
+            over = len(cache) - self.cache_size
+            for _ in range(max(0, over)):
+                cache.popitem(last=False)
+
+    # ------------------------------------------------------------------ store call
+    def _call_store(self, ids: np.ndarray, version: str):
+        """Returns (StoreLookup, None) or (None, reason). Re-raises VersionNotCommittedError."""
+        with self._lock:
+            if self._in_flight >= self.max_workers:
+                return None, (f"embedding store {self.store!r} saturated: {self._in_flight} "
+                              f"calls still running past the {self.timeout_s:g}s timeout")
+            self._in_flight += 1
+        self.stats["store_calls"] += 1
+
+        def run() -> StoreLookup:
+            try:
+                return self.store.lookup(ids, version, timeout_s=self.timeout_s)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+
+        t0 = time.monotonic()
+        try:
+            fut = self._pool.submit(run)
+        except RuntimeError as exc:  # pool shut down
+            with self._lock:
+                self._in_flight -= 1
+            return None, f"embedding lookup closed: {exc}"
+        try:
+            res = fut.result(timeout=self.timeout_s)
+        except cf.TimeoutError:
+            self.stats["store_failures"] += 1
+            return None, (f"embedding store {self.store!r} timed out after "
+                          f"{time.monotonic() - t0:.3f}s (timeout {self.timeout_s:g}s)")
+        except VersionNotCommittedError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store failure degrades, never raises
+            self.stats["store_failures"] += 1
+            msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+            return None, f"embedding store {self.store!r} failed: {type(exc).__name__}: {msg}"
+        emb = np.asarray(res.embeddings)
+        if emb.shape != (ids.shape[0], self.embedding_dim):
+            raise ValueError(
+                f"store {self.store!r} returned embeddings of shape {emb.shape} for "
+                f"{ids.shape[0]} users of version {version!r}; this lookup is configured for "
+                f"E={self.embedding_dim}: fix embedding_dim or the store")
+        return res, None
+
+    # ------------------------------------------------------------------ lookup
+    def lookup(self, user_ids: Union[Sequence[str], np.ndarray],
+               model_version: str) -> LookupResult:
+        """Embeddings of ``user_ids`` made by ``model_version``; cold-start default if none.
+
+        Args:
+            user_ids: [N] str (duplicates allowed).
+            model_version: the served model version (e.g. ``"1700000000"``).
+
+        Returns:
+            :class:`LookupResult` with ``embeddings`` float32 [N, E].
+
+        Raises:
+            VersionNotCommittedError: the store answered and has no such committed version.
+            ValueError / TypeError: malformed ids or version; store/lookup size mismatch.
+        """
+        version = validate_model_version(str(model_version))
+        ids = as_user_id_array(user_ids)
+        n, e = ids.shape[0], self.embedding_dim
+        self.stats["calls"] += 1
+        with self._lock:
+            cache = self._cache
+            vals = [cache.get((version, u), _MISS) for u in ids]
+            for u, val in zip(ids, vals):
+                if val is not _MISS:
+                    cache.move_to_end((version, u))
+            cold_vec = self._cold.get(version)
+        hit = np.fromiter((v is not _MISS for v in vals), dtype=bool, count=n)
+        self.stats["cache_hits"] += int(hit.sum())
+        out = np.empty((n, e), dtype=np.float32)
+        cold = np.zeros(n, dtype=bool)
+        source = np.full(n, SOURCE_CACHE, dtype=object)
+        vec_hit = hit & np.fromiter((v is not None and v is not _MISS for v in vals),
+                                    dtype=bool, count=n)
+        if vec_hit.any():
+            out[vec_hit] = np.stack([vals[i] for i in np.flatnonzero(vec_hit)])
+        cold[hit & ~vec_hit] = True
+
+        miss = ~hit
+        degraded: Optional[str] = None
+        if miss.any() or cold_vec is None and cold.any():
+            miss_users = np.unique(ids[miss].astype(str)).astype(object) if miss.any() \
+                else np.zeros(0, dtype=object)
+            query = miss_users
+            if cold_vec is None:
+                query = np.concatenate([miss_users, np.array([COLD_START_USER], dtype=object)])
+            res, reason = self._call_store(query, version) if query.size else (None, None)
+            if res is not None:
+                emb_q, found_q = np.asarray(res.embeddings, np.float32), np.asarray(res.found)
+                if cold_vec is None:
+                    if found_q[-1]:
+                        cold_vec = emb_q[-1].copy()
+                        with self._lock:
+                            self._cold[version] = cold_vec
+                            while len(self._cold) > self._max_cold_versions:
+                                self._cold.popitem(last=False)
+                    else:
+                        degraded = (f"model version {version!r} has no cold-start row "
+                                    f"({COLD_START_USER!r}) in {self.store!r}; served the "
+                                    "configured fallback vector to unknown users")
+                    emb_q, found_q = emb_q[:-1], found_q[:-1]
+                values = [emb_q[i].copy() if found_q[i] else None
+                          for i in range(miss_users.shape[0])]
+                self._cache_put_many(version, miss_users, values)
+                pos = np.searchsorted(miss_users.astype(str), ids[miss].astype(str))
+                found_m = found_q[pos]
+                rows = np.flatnonzero(miss)
+                out[rows[found_m]] = emb_q[pos[found_m]]
+                cold[rows[~found_m]] = True
+                source[miss] = SOURCE_STORE
+            else:
+                degraded = reason
+                cold[miss] = True
+                source[miss] = SOURCE_FALLBACK
+        if cold.any():
+            if cold_vec is None:
+                note = (f"cold-start default of version {version!r} unknown; served the "
+                        "configured fallback vector")
+                degraded = note if degraded is None else f"{degraded}; {note}"
+                out[cold] = self.cold_start_fallback
+            else:
+                out[cold] = cold_vec
+        return LookupResult(embeddings=out, cold=cold, source=source, degraded=degraded,
+                            model_version=version)
+
+    def close(self) -> None:
+        """Stops the worker pool (abandoned store calls finish in the background)."""
+        self._pool.shutdown(wait=False)
+
+    def __enter__(self) -> "EmbeddingLookup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def from_env() -> EmbeddingLookup:
+    """Builds a lookup from environment variables (factory for ``serving.ranker_service``).
+
+    Variables:
+        LIMAML_EMBEDDING_STORE: ``parquet:<dir>`` (default backend) or
+            ``bigtable:<project>/<instance>/<table>`` (honours ``BIGTABLE_EMULATOR_HOST``).
+        LIMAML_EMBEDDING_DIM: E (required).
+        LIMAML_EMBEDDING_TIMEOUT_S: store timeout, default 0.05.
+        LIMAML_EMBEDDING_CACHE_SIZE: LRU entries, default 100000.
+
+    Raises:
+        ValueError: a variable is missing or malformed (the message names it).
+    """
+    spec = os.environ.get("LIMAML_EMBEDDING_STORE")
+    dim = os.environ.get("LIMAML_EMBEDDING_DIM")
+    if not spec or not dim:
+        raise ValueError(
+            "set LIMAML_EMBEDDING_STORE (parquet:<dir> or bigtable:<project>/<instance>/<table>) "
+            f"and LIMAML_EMBEDDING_DIM; got {spec!r} and {dim!r}")
+    kind, _, target = spec.partition(":")
+    if kind == "parquet" and target:
+        from embeddings.parquet_store import ParquetEmbeddingStore
+
+        store: Any = ParquetEmbeddingStore(target)
+    elif kind == "bigtable" and target.count("/") == 2:
+        from embeddings.bigtable_store import BigtableEmbeddingStore
+
+        project, instance, table = target.split("/")
+        store = BigtableEmbeddingStore.open(project, instance, table)
+    else:
+        raise ValueError(
+            f"LIMAML_EMBEDDING_STORE={spec!r}: expected parquet:<dir> or "
+            "bigtable:<project>/<instance>/<table>")
+    return EmbeddingLookup(
+        store, embedding_dim=int(dim),
+        timeout_s=float(os.environ.get("LIMAML_EMBEDDING_TIMEOUT_S", "0.05")),
+        cache_size=int(os.environ.get("LIMAML_EMBEDDING_CACHE_SIZE", "100000")))
