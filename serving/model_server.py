@@ -154,8 +154,13 @@ def load_model_config_file(path: str) -> List[model_server_config_pb2.ModelConfi
                 f"model {mc.name!r}: model_platform {mc.model_platform!r} is not supported; "
                 "use 'tensorflow'"
             )
-        mc.base_path = os.path.abspath(mc.base_path)
+        mc.base_path = _abs_path(mc.base_path)
     return models
+
+
+def _abs_path(path: str) -> str:
+    # Local paths become absolute; URLs (gs://, s3://, hdfs://) stay as they are.
+    return path if "://" in path else os.path.abspath(path)
 
 
 def single_model_config(base_path: str, model_name: str) -> model_server_config_pb2.ModelConfig:
@@ -163,19 +168,23 @@ def single_model_config(base_path: str, model_name: str) -> model_server_config_
     if not model_name:
         raise ValueError("model_name is empty; pass the name clients put in model_spec.name")
     return model_server_config_pb2.ModelConfig(
-        name=model_name, base_path=os.path.abspath(base_path), model_platform="tensorflow"
+        name=model_name, base_path=_abs_path(base_path), model_platform="tensorflow"
     )
 
 
 def list_versions(base_path: str) -> List[int]:
-    """Integer version directories under ``base_path``, ascending (others are ignored)."""
+    """Integer version directories under ``base_path``, ascending (others are ignored).
+
+    ``base_path`` may be local or any filesystem ``tf.io.gfile`` reads (``gs://``...).
+    """
     try:
-        names = os.listdir(base_path)
-    except OSError:
+        names = tf.io.gfile.listdir(base_path)
+    except (tf.errors.OpError, OSError):
         return []
     out = []
     for name in names:
-        if name.isdigit() and os.path.isdir(os.path.join(base_path, name)):
+        name = name.rstrip("/")
+        if name.isdigit() and tf.io.gfile.isdir(os.path.join(base_path, name)):
             out.append(int(name))
     return sorted(out)
 
@@ -218,16 +227,16 @@ class Servable:
 
 def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
     pb_path = os.path.join(path, "saved_model.pb")
+    pbtxt_path = os.path.join(path, "saved_model.pbtxt")
     sm = saved_model_pb2.SavedModel()
-    if os.path.isfile(pb_path):
-        with open(pb_path, "rb") as fh:
+    if tf.io.gfile.exists(pb_path):
+        with tf.io.gfile.GFile(pb_path, "rb") as fh:
             sm.ParseFromString(fh.read())
-    else:
-        pbtxt = os.path.join(path, "saved_model.pbtxt")
-        if not os.path.isfile(pbtxt):
-            raise FileNotFoundError(f"no saved_model.pb or saved_model.pbtxt in {path!r}")
-        with open(pbtxt, encoding="utf-8") as fh:
+    elif tf.io.gfile.exists(pbtxt_path):
+        with tf.io.gfile.GFile(pbtxt_path, "r") as fh:
             text_format.Parse(fh.read(), sm)
+    else:
+        raise FileNotFoundError(f"no saved_model.pb or saved_model.pbtxt in {path!r}")
     for mg in sm.meta_graphs:
         if _SERVE_TAG in mg.meta_info_def.tags:
             return dict(mg.signature_def)
@@ -372,8 +381,8 @@ class ModelRegistry:
 
 def _dir_mtime(path: str) -> float:
     try:
-        return os.stat(path).st_mtime
-    except OSError:
+        return float(tf.io.gfile.stat(path).mtime_nsec)
+    except (tf.errors.OpError, OSError):
         return -1.0
 
 
@@ -798,7 +807,7 @@ def launch_model_server(
             )
         configs = [single_model_config(base_dir, model_name)]
         model_flags = [f"--model_name={model_name}",
-                       f"--model_base_path={os.path.abspath(base_dir)}"]
+                       f"--model_base_path={_abs_path(base_dir)}"]
     exe = shutil.which(MODEL_SERVER_BINARY) if binary is None else (binary or None)
     names = [mc.name for mc in configs]
     if exe is None:

@@ -247,8 +247,8 @@ def _load_factory(spec: str):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs the service until SIGINT/SIGTERM."""
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The command-line flags of ``python -m serving.ranker_service``."""
     parser = argparse.ArgumentParser(description="LiMAML ranker HTTP service")
     parser.add_argument("--model-target", required=True, help="TF Serving gRPC host:port")
     parser.add_argument("--model-name", required=True)
@@ -258,7 +258,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--timeout-s", type=float, default=1.0)
     parser.add_argument("--max-candidates", type=int, default=1000)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the service until SIGINT/SIGTERM."""
+    args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     lookup = _load_factory(args.embedding_lookup)()
     ranker = Ranker(args.model_target, args.model_name, lookup, timeout_s=args.timeout_s,

@@ -316,3 +316,50 @@ def test_launch_uses_the_binary_with_tf_serving_flags(toy_model_base, tmp_path):
                                    toy_scores(2, np.tile(emb, (3, 1)), years), atol=1e-6, rtol=0)
     finally:
         handle.stop()
+
+
+def test_kubernetes_manifests_are_consistent(tmp_path):
+    """kubeflow/serving/*.yaml parse; the TF Serving model config is a valid model_config_list;
+    the ranker's flags parse and point at the TF Serving Service and the served model name."""
+    import yaml
+
+    from serving.ranker_service import build_arg_parser
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(model_server.__file__)))
+    folder = os.path.join(repo, "kubeflow", "serving")
+    docs = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".yaml") and name != "kustomization.yaml":
+            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                for doc in yaml.safe_load_all(fh):
+                    docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    with open(os.path.join(folder, "kustomization.yaml"), encoding="utf-8") as fh:
+        listed = yaml.safe_load(fh)["resources"]
+    assert sorted(listed) == sorted(n for n in os.listdir(folder)
+                                    if n.endswith(".yaml") and n != "kustomization.yaml")
+
+    config_text = docs[("ConfigMap", "limaml-tfserving-config")]["data"]["models.config"]
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config_text)
+    (model,) = model_server.load_model_config_file(str(config_file))
+    assert model.base_path.startswith("gs://")  # URLs are not turned into local paths
+
+    tfs = docs[("Deployment", "limaml-tfserving")]["spec"]["template"]["spec"]
+    container = tfs["containers"][0]
+    assert container["image"].startswith("tensorflow/serving:")
+    assert "--model_config_file=/config/models.config" in container["args"]
+    assert container["volumeMounts"][0]["mountPath"] == "/config"
+    assert tfs["volumes"][0]["configMap"]["name"] == "limaml-tfserving-config"
+    tfs_service = docs[("Service", "limaml-tfserving")]["spec"]
+    grpc_port = next(p["port"] for p in tfs_service["ports"] if p["name"] == "grpc")
+
+    ranker = docs[("Deployment", "limaml-ranker")]["spec"]["template"]["spec"]["containers"][0]
+    args = build_arg_parser().parse_args(ranker["args"])
+    assert args.model_target == f"limaml-tfserving:{grpc_port}"
+    assert args.model_name == model.name
+    env_map = ranker["envFrom"][0]["configMapRef"]["name"]
+    store_env = docs[("ConfigMap", env_map)]["data"]
+    assert store_env["LIMAML_EMBEDDING_STORE"].startswith("bigtable:")
+    assert int(store_env["LIMAML_EMBEDDING_DIM"]) > 0
+    assert {p["path"] for p in (ranker["readinessProbe"]["httpGet"],
+                                ranker["livenessProbe"]["httpGet"])} == {"/readyz", "/healthz"}

@@ -337,3 +337,51 @@ def test_serve_bench_smoke(toy_model_base):
         assert 0 < r["floor_p50_ms"] and 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["qps"] > 0
     assert "floor_p50" in format_rows(rows)
+
+
+def test_with_the_real_embedding_lookup(toy_model_server):
+    """End to end with serving.embedding_lookup.EmbeddingLookup over a tiny in-test store:
+    known user, unknown user, slow store and failing store."""
+    el = pytest.importorskip("serving.embedding_lookup")
+    from embeddings.record import COLD_START_USER, StoreLookup
+
+    class DictStore:
+        mode = "ok"
+
+        def lookup(self, user_ids, model_version, timeout_s=None):
+            if self.mode == "down":
+                raise ConnectionError("store unreachable")
+            if self.mode == "slow":
+                time.sleep(0.5)
+            table = {**KNOWN.get(model_version, {}), COLD_START_USER: COLD[model_version]}
+            found = np.array([u in table for u in user_ids])
+            embs = np.stack([table.get(u, np.zeros(EMBED_DIM, np.float32)) for u in user_ids])
+            return StoreLookup(embs.astype(np.float32), found)
+
+        def __repr__(self):
+            return "DictStore"
+
+    store = DictStore()
+    lookup = el.EmbeddingLookup(store, EMBED_DIM, timeout_s=0.1)
+    ranker = Ranker(toy_model_server.target, MODEL_NAME, lookup, timeout_s=5.0)
+    cands = make_candidates(3, seed=11)
+    try:
+        known = ranker.rank("alice", cands)
+        assert (known.cold_start, known.degraded) == (False, None)
+        np.testing.assert_allclose(known.scores, toy_scores(2, np.tile(KNOWN["2"]["alice"], (3, 1)),
+                                                            _years(cands)), atol=1e-6, rtol=0)
+        cold_want = toy_scores(2, np.tile(COLD["2"], (3, 1)), _years(cands))
+        unknown = ranker.rank("bob", cands)
+        assert (unknown.cold_start, unknown.degraded) == (True, None)
+        np.testing.assert_allclose(unknown.scores, cold_want, atol=1e-6, rtol=0)
+        store.mode = "slow"
+        slow = ranker.rank("carol", cands)
+        assert slow.cold_start and "timed out" in slow.degraded
+        np.testing.assert_allclose(slow.scores, cold_want, atol=1e-6, rtol=0)
+        store.mode = "down"
+        down = ranker.rank("dave", cands)
+        assert down.cold_start and "ConnectionError" in down.degraded
+        np.testing.assert_allclose(down.scores, cold_want, atol=1e-6, rtol=0)
+    finally:
+        ranker.close()
+        lookup.close()
