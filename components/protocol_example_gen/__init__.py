@@ -1,0 +1,1 @@
+"""Protocol-aware ExampleGen: canonical Parquet -> train (trainable) and eval (query) splits."""
