@@ -1,0 +1,275 @@
+"""Bigtable meta-embedding store (embeddings/bigtable_store.py) against the real cbtemulator."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.cloud.bigtable import column_family
+from google.rpc import status_pb2
+
+from embeddings import bigtable_store as bts
+from embeddings.bigtable_store import BigtableEmbeddingStore, BigtableWriteError, row_key
+from embeddings.parquet_store import ParquetEmbeddingStore
+from embeddings.record import COLD_START_USER, EmbeddingBatch, VersionNotCommittedError
+
+REPO = Path(__file__).resolve().parents[1]
+E = 8
+
+
+def make_data(n: int, seed: int, e: int = E):
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"user-{seed}-{i}" for i in range(n)], dtype=object)
+    emb = rng.standard_normal((n, e)).astype(np.float32)
+    emb[0, :4] = [-0.0, np.float32(1e-45), np.finfo(np.float32).max, np.finfo(np.float32).tiny]
+    return ids, emb
+
+
+def stream(ids, emb, version, batch=64, cold=None, generated_at=1000):
+    for i in range(0, len(ids), batch):
+        m = len(ids[i:i + batch])
+        yield EmbeddingBatch.create(ids[i:i + batch], emb[i:i + batch], version, generated_at,
+                                    support_size=np.arange(i, i + m),
+                                    last_interaction_ts=np.full(m, 77))
+    cold = np.full(emb.shape[1], 0.25, np.float32) if cold is None else cold
+    yield EmbeddingBatch.cold_start(cold, version, generated_at)
+
+
+def bits(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+@pytest.fixture
+def store(bigtable_emulator):
+    client = bigtable_emulator.client()
+    table = client.instance("limaml").table(f"emb-{uuid.uuid4().hex[:12]}")
+    return BigtableEmbeddingStore(table, keep_versions=3, mutation_chunk_rows=50,
+                                  write_timeout_s=10, read_timeout_s=5)
+
+
+def raw_qualifier_rows(table, version: str):
+    """Row keys holding any cell with qualifier == version (raw scan, no store logic)."""
+    out = []
+    for r in table.read_rows():
+        for fam in r.cells.values():
+            if version.encode() in fam:
+                out.append(r.row_key)
+                break
+    return out
+
+
+def test_table_created_with_families_and_gc_rule(store):
+    assert not store.table.exists()
+    ids, emb = make_data(10, seed=1)
+    store.write(stream(ids, emb, "v1"))
+    fams = store.table.list_column_families()
+    assert set(fams) == {"e", "m"}
+    for fam in fams.values():
+        assert fam.gc_rule == column_family.MaxVersionsGCRule(3)
+
+
+def test_row_layout_and_cell_bytes(store):
+    ids, emb = make_data(30, seed=2)
+    store.write(stream(ids, emb, "v1", generated_at=4242))
+    for i in (0, 7, 29):
+        uid = ids[i]
+        key = f"{hashlib.md5(uid.encode()).hexdigest()[:4]}#{uid}".encode()
+        assert row_key(uid) == key and re.match(rb"^[0-9a-f]{4}#", key)
+        row = store.table.read_row(key)
+        assert set(row.cells) == {"e", "m"}
+        assert row.cells["e"][b"v1"][0].value == emb[i].astype("<f4").tobytes()
+        meta = np.frombuffer(row.cells["m"][b"v1"][0].value, "<i8")
+        assert meta.tolist() == [i, 77, 4242]
+    cold = store.table.read_row(b"__meta__#cold_start")
+    assert cold.cells["e"][b"v1"][0].value == np.full(E, 0.25, "<f4").tobytes()
+    pointer = store.table.read_row(b"__meta__#versions")
+    assert list(pointer.cells["m"]) == [b"v1"]
+    meta, found = store.lookup_metadata([ids[3], "nobody"], "v1")
+    assert found.tolist() == [True, False] and meta[0].tolist() == [3, 77, 4242]
+
+
+def test_parquet_and_bigtable_hold_identical_vectors(store, tmp_path):
+    ids, emb = make_data(500, seed=3)
+    pstore = ParquetEmbeddingStore(tmp_path)
+    pstore.write(stream(ids, emb, "v1"))
+    store.write(stream(ids, emb, "v1"))
+    query = np.concatenate([ids[::-1], ["nobody", COLD_START_USER]]).astype(object)
+    rp, rb = pstore.lookup(query, "v1"), store.lookup(query, "v1")
+    np.testing.assert_array_equal(rb.found, rp.found)
+    assert rb.found.tolist() == [True] * 500 + [False, True]
+    np.testing.assert_array_equal(bits(rb.embeddings[:500]), bits(emb[::-1]))
+    np.testing.assert_array_equal(bits(rp.embeddings), bits(rb.embeddings))
+
+
+def test_versions_never_mix(store):
+    ids, emb1 = make_data(120, seed=4)
+    emb2 = np.ascontiguousarray(emb1[::-1])
+    assert not np.array_equal(emb1, emb2)
+    store.write(stream(ids, emb1, "v1", cold=np.full(E, 1.0, np.float32)))
+    store.write(stream(ids, emb2, "v2", cold=np.full(E, 2.0, np.float32)))
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v1").embeddings), bits(emb1))
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v2").embeddings), bits(emb2))
+    assert store.cold_start_default("v1")[0] == 1.0 and store.cold_start_default("v2")[0] == 2.0
+    assert store.committed_versions() == ["v1", "v2"] and store.latest_committed_version() == "v2"
+
+
+def _fail_after(store, k):
+    real = store.table.mutate_rows
+    calls = {"n": 0}
+
+    def wrapper(rows, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > k:
+            raise ConnectionError("injected: writer died half-way")
+        return real(rows, *a, **kw)
+
+    store.table.mutate_rows = wrapper
+    return calls
+
+
+def test_interrupted_write_keeps_previous_version_and_hides_new(store):
+    ids, emb = make_data(400, seed=5)
+    store.write(stream(ids, emb, "v1"))
+    # A rerun of v1 with other values dies after 3 chunks (150 rows written, newer cells).
+    _fail_after(store, 3)
+    with pytest.raises(ConnectionError):
+        store.write(stream(ids, emb * 0.5, "v1"))
+    # A new version v2 dies the same way.
+    store.table.mutate_rows = type(store.table).mutate_rows.__get__(store.table)
+    _fail_after(store, 3)
+    with pytest.raises(ConnectionError):
+        store.write(stream(ids, emb + 1, "v2"))
+    del store.table.mutate_rows
+    assert len(raw_qualifier_rows(store.table, "v2")) == 150  # rows were written ...
+    assert store.committed_versions() == ["v1"]                # ... but never committed
+    with pytest.raises(VersionNotCommittedError, match=r"'v2' is not committed"):
+        store.lookup(ids[:3], "v2")
+    fresh = BigtableEmbeddingStore(store.table)  # a new reader sees the same
+    np.testing.assert_array_equal(bits(fresh.lookup(ids, "v1").embeddings), bits(emb))
+    assert fresh.latest_committed_version() == "v1"
+
+
+def test_failed_row_status_is_named_and_blocks_commit(store):
+    ids, emb = make_data(60, seed=6)
+    real = store.table.mutate_rows
+
+    def wrapper(rows, *a, **kw):
+        statuses = real(rows, *a, **kw)
+        statuses = list(statuses)
+        statuses[2] = status_pb2.Status(code=14, message="injected unavailable")
+        return statuses
+
+    store.table.mutate_rows = wrapper
+    with pytest.raises(BigtableWriteError) as ei:
+        store.write(stream(ids, emb, "v1"))
+    key = row_key(ids[2]).decode()
+    assert key in str(ei.value) and "injected unavailable" in str(ei.value)
+    assert ei.value.failed[0][0] == row_key(ids[2])
+    del store.table.mutate_rows
+    assert store.committed_versions() == []
+    with pytest.raises(VersionNotCommittedError):
+        store.lookup(ids, "v1")
+
+
+def test_rerun_is_idempotent(store):
+    ids, emb = make_data(200, seed=7)
+    store.write(stream(ids, emb, "v1"))
+    first = store.lookup(ids, "v1")
+    ts1 = store.version_info("v1")["attempt_ts_us"]
+    store.write(stream(ids, emb, "v1"))
+    second = store.lookup(ids, "v1")
+    assert store.version_info("v1")["attempt_ts_us"] > ts1
+    np.testing.assert_array_equal(bits(first.embeddings), bits(second.embeddings))
+    np.testing.assert_array_equal(bits(second.embeddings), bits(emb))
+    assert store.committed_versions() == ["v1"]
+
+
+def test_old_versions_are_retired(store):
+    store.keep_versions = 2
+    ids, emb = make_data(80, seed=8)
+    for k, v in enumerate(["v1", "v2", "v3"]):
+        store.write(stream(ids, emb + k, v))
+    assert store.committed_versions() == ["v2", "v3"]
+    assert raw_qualifier_rows(store.table, "v1") == []
+    assert len(raw_qualifier_rows(store.table, "v2")) == 82  # 80 users + cold row + pointer
+    with pytest.raises(VersionNotCommittedError, match="retired"):
+        store.lookup(ids, "v1")
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v3").embeddings), bits(emb + 2))
+
+
+_KILLED_WRITER = r"""
+import os, sys, time, numpy as np
+from pathlib import Path
+from embeddings.bigtable_store import BigtableEmbeddingStore
+from embeddings.record import EmbeddingBatch
+from embeddings.emulator import BigtableEmulator
+host, table_id, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+os.environ["BIGTABLE_EMULATOR_HOST"] = host
+from google.cloud import bigtable
+client = bigtable.Client(project="limaml-local", admin=True)
+store = BigtableEmbeddingStore(client.instance("limaml").table(table_id), mutation_chunk_rows=50)
+def gen():
+    for i in range(100):
+        yield EmbeddingBatch.create([f"k{i}-{j}" for j in range(50)],
+                                    np.full((50, 8), 9.0, np.float32), "v2", 5)
+        if i == 3:
+            marker.write_text("half-way")
+            time.sleep(60)  # the parent SIGKILLs us here
+store.write(gen())
+"""
+
+
+def test_killed_writer_process_leaves_version_invisible(store, bigtable_emulator, tmp_path):
+    ids, emb = make_data(50, seed=9)
+    store.write(stream(ids, emb, "v1"))
+    marker = tmp_path / "marker"
+    table_id = store.table.table_id
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", _KILLED_WRITER,
+                             bigtable_emulator.address, table_id, str(marker)], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "writer exited before the half-way mark"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(raw_qualifier_rows(store.table, "v2")) == 200  # 4 chunks landed
+    assert store.committed_versions() == ["v1"]
+    with pytest.raises(VersionNotCommittedError):
+        store.lookup(["k0-0"], "v2")
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v1").embeddings), bits(emb))
+    # cleaning up the crashed version's cells
+    assert store.delete_version_cells("v2") == 200
+    assert raw_qualifier_rows(store.table, "v2") == []
+
+
+def test_write_rejects_bad_streams(store):
+    ids, emb = make_data(20, seed=10)
+    with pytest.raises(ValueError, match="no cold-start row"):
+        store.write(EmbeddingBatch.create(ids, emb, "v1", 1))
+    with pytest.raises(ValueError, match="appear in more than one batch"):
+        store.write([EmbeddingBatch.create(ids[:5], emb[:5], "v1", 1),
+                     EmbeddingBatch.create(ids[4:], emb[4:], "v1", 1)])
+    assert store.committed_versions() == []
+
+
+def test_missing_table_without_create_raises(bigtable_emulator):
+    table = bigtable_emulator.client().instance("limaml").table("absent-" + uuid.uuid4().hex[:8])
+    st = BigtableEmbeddingStore(table, create_if_missing=False)
+    ids, emb = make_data(3, seed=11)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        st.write(stream(ids, emb, "v1"))
+    assert bts.COLD_START_ROW_KEY == row_key(COLD_START_USER)
