@@ -1,0 +1,103 @@
+"""Meta-embedding generation (MEG): fine-tune the meta block per user, batched over users.
+
+For every user u with support (recent interactions) ``x_u,1..S`` (padded, mask ``m_u``)::
+
+    θ_u = inner loop of :func:`trainer.maml.adapt` (adaptation_steps steps, inner_lr / Meta-SGD α)
+    e_u = aggregate_{s: m_u,s = 1} f(x_meta,u,s; θ_u)       (latest | mean | max)
+
+Users with no valid support interaction get the un-adapted output f(x_meta,u,0; θ_meta)
+(cold start); their padded row 0 must carry the user's meta features. For users with no row at
+all, use :func:`cold_start_embedding` on their meta features.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Tuple
+
+import tensorflow as tf
+
+from limaml.config import MamlConfig
+from trainer.layout import MASK
+from trainer.maml import LABEL, adapt, aggregate
+from trainer.model import LimamlModel, meta_forward
+
+
+def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Tensor],
+                                mask: tf.Tensor, aggregation: str, adaptation_steps: int,
+                                inner_lr: Optional[float] = None) -> tf.Tensor:
+    """Traceable body of :func:`generate_meta_embeddings` (no Python loop over users).
+
+    Args:
+        model: the trained model (θ_meta, θ_global, α are read, never written).
+        support: ``{feature: [users, S, ...], "label": [users, S]}`` encoded support sets.
+        mask: ``[users, S]`` valid support positions (time-ordered, padding after).
+        aggregation: ``"latest"``, ``"mean"`` or ``"max"``.
+        adaptation_steps: inner steps k.
+        inner_lr: fixed α overriding the model's (ignored when the model learned Meta-SGD rates).
+
+    Returns:
+        ``[users, E]`` meta embeddings.
+    """
+    part = dict(support)
+    part[MASK] = tf.cast(mask, model.dtype)
+    if LABEL not in part:
+        raise KeyError("support needs 'label' (the inner loop fine-tunes on the support loss)")
+    s_x = model.meta_x(part)
+    lrs = None
+    if inner_lr is not None and not model.inner_lrs:
+        lrs = {k: tf.constant(inner_lr, model.dtype) for k in model.meta_names}
+    adapted = adapt(model, part, adaptation_steps, first_order=True, inner_lrs=lrs,
+                    support_meta_x=s_x)
+    act = model.model_cfg.activation
+    emb = tf.stop_gradient(aggregate(meta_forward(adapted, s_x, act), part[MASK], aggregation))
+    cold = meta_forward(model.meta_params, s_x[:, 0, :], act)
+    has_any = tf.reduce_any(part[MASK] > 0, axis=1)
+    return tf.where(has_any[:, None], emb, cold)
+
+
+_FN_CACHE: Dict[Tuple[int, str, int, float], object] = {}
+
+
+def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.Tensor],
+                             mask: tf.Tensor, aggregation: str = "mean",
+                             maml_cfg: Optional[MamlConfig] = None) -> tf.Tensor:
+    """Fine-tunes the meta block on each user's support set and aggregates (one tf.function).
+
+    Args:
+        model: the trained model.
+        support_batch: ``{feature: [users, S, ...], "label": [users, S]}`` encoded features.
+        mask: ``[users, S]`` valid positions.
+        aggregation: ``"latest"`` | ``"mean"`` | ``"max"``.
+        maml_cfg: adaptation hyper-parameters (default: ``model.maml_cfg``); α is the model's
+            learned Meta-SGD rates when it has them, else ``maml_cfg.inner_lr``.
+
+    Returns:
+        ``[users, E]``; users without valid support get the un-adapted (cold-start) output.
+    """
+    cfg = model.maml_cfg if maml_cfg is None else maml_cfg
+    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr)
+    fn = _FN_CACHE.get(key)
+    if fn is None:
+        inner_lr = None if model.inner_lrs else cfg.inner_lr
+        fn = tf.function(
+            lambda support, mask_: generate_meta_embeddings_fn(
+                model, support, mask_, aggregation, cfg.adaptation_steps, inner_lr),
+            reduce_retracing=True)
+        _FN_CACHE[key] = fn
+    return fn({k: tf.convert_to_tensor(v) for k, v in support_batch.items() if k != MASK},
+              tf.convert_to_tensor(mask))
+
+
+def cold_start_embedding(model: LimamlModel, meta_x: tf.Tensor) -> tf.Tensor:
+    """Un-adapted meta embedding f(x_meta; θ_meta) for users without history.
+
+    Args:
+        model: the trained model.
+        meta_x: dense meta input ``[users, D]`` (see :func:`trainer.model.meta_input`), or an
+            encoded feature dict with ``[users]`` entries.
+
+    Returns:
+        ``[users, E]``.
+    """
+    if isinstance(meta_x, Mapping):
+        meta_x = model.meta_x(meta_x)
+    return meta_forward(model.meta_params, tf.cast(meta_x, model.dtype), model.model_cfg.activation)
