@@ -270,9 +270,16 @@ class Ranker:
         try:
             if user_features is not None:
                 validate_features(user_features, "user_features", allowed=self._user_allowed)
+            shared = {k for k, v in (user_features or {}).items() if v is not None}
             for i, cand in enumerate(candidates):
                 validate_features(cand, f"candidates[{i}]", required=self.required_features,
                                   allowed=self._candidate_allowed)
+                for name in shared.intersection(cand):
+                    if cand[name] is not None:
+                        raise FeatureError(
+                            f"candidates[{i}].{name}",
+                            "is also given in user_features; send it in one place only",
+                        )
         except FeatureError as exc:
             raise InvalidRequest(exc.field, str(exc)) from None
 

@@ -57,6 +57,45 @@ def _kind_error(field: str, kind: str, value: Any) -> FeatureError:
     )
 
 
+def check_value(field: str, kind: str, value: Any) -> None:
+    """Checks that a raw value fits its canonical kind (see the module docstring).
+
+    Args:
+        field: path of the value, used in error messages.
+        kind: canonical kind, ``"str"``, ``"int64"`` or ``"float64"``.
+        value: the raw value.
+
+    Raises:
+        FeatureError: if the value does not match the kind.
+        ValueError: if ``kind`` is not a known kind.
+    """
+    if kind == "str":
+        if not isinstance(value, str):
+            raise _kind_error(field, kind, value)
+    elif kind == "int64":
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise _kind_error(field, kind, value)
+        if not _INT64_MIN <= int(value) <= _INT64_MAX:
+            raise FeatureError(field, f"value {value} does not fit in int64")
+    elif kind == "float64":
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise _kind_error(field, kind, value)
+        if not math.isfinite(float(value)):
+            raise FeatureError(field, f"value {value!r} is not finite; send a finite number")
+    else:
+        raise ValueError(f"unknown feature kind {kind!r} for {field}; expected str, int64 or float64")
+
+
+def _set_feature(fmap: Any, name: str, kind: str, value: Any) -> None:
+    # Caller has checked the value (check_value).
+    if kind == "str":
+        fmap[name].bytes_list.value.append(value.encode("utf-8"))
+    elif kind == "int64":
+        fmap[name].int64_list.value.append(int(value))
+    else:
+        fmap[name].float_list.value.append(float(value))
+
+
 def encode_feature(field: str, kind: str, value: Any) -> feature_pb2.Feature:
     """Encodes one raw value as a ``tf.train.Feature`` of its canonical kind.
 
@@ -71,23 +110,10 @@ def encode_feature(field: str, kind: str, value: Any) -> feature_pb2.Feature:
     Raises:
         FeatureError: if the value does not match the kind.
     """
-    if kind == "str":
-        if not isinstance(value, str):
-            raise _kind_error(field, kind, value)
-        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value.encode("utf-8")]))
-    if kind == "int64":
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise _kind_error(field, kind, value)
-        if not _INT64_MIN <= int(value) <= _INT64_MAX:
-            raise FeatureError(field, f"value {value} does not fit in int64")
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(value)]))
-    if kind == "float64":
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise _kind_error(field, kind, value)
-        if not math.isfinite(float(value)):
-            raise FeatureError(field, f"value {value!r} is not finite; send a finite number")
-        return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
-    raise ValueError(f"unknown feature kind {kind!r} for {field}; expected str, int64 or float64")
+    check_value(field, kind, value)
+    holder = example_pb2.Example()
+    _set_feature(holder.features.feature, "f", kind, value)
+    return holder.features.feature["f"]
 
 
 def validate_features(
@@ -121,7 +147,7 @@ def validate_features(
             )
         if value is None:
             continue
-        encode_feature(f"{where}.{name}", SERVING_FEATURE_KINDS[name], value)
+        check_value(f"{where}.{name}", SERVING_FEATURE_KINDS[name], value)
 
 
 def make_example(
@@ -152,7 +178,8 @@ def make_example(
                 f"{where}.{name}",
                 f"unknown feature; allowed features: {', '.join(sorted(SERVING_FEATURE_KINDS))}",
             )
-        fmap[name].CopyFrom(encode_feature(f"{where}.{name}", kind, value))
+        check_value(f"{where}.{name}", kind, value)
+        _set_feature(fmap, name, kind, value)
     emb = np.asarray(meta_embedding, dtype=np.float32).reshape(-1)
     fmap[F.META_EMBEDDING].float_list.value.extend(emb.tolist())
     return example
@@ -167,29 +194,43 @@ def serialize_candidates(
     """Serializes one ``tf.Example`` per candidate: user id, user features, candidate features
     and the user's meta embedding.
 
-    The candidates must already be validated (``validate_features``); shared user features are
-    encoded once and copied into every example.
+    The part shared by all candidates (user id, user features, meta embedding) is serialized
+    once and appended to each candidate's own serialized features. Concatenated serialized
+    protobuf messages parse as their merge, so each result is a valid serialized ``tf.Example``
+    holding both parts, for any protobuf parser (``tf.io.parse_example``, TF Serving, Python).
+    The candidates must not repeat a shared key (``validate_features`` plus the ranker's
+    overlap check ensure it), and must already be validated.
 
     Args:
         user_id: the user; stored as feature ``USER_ID``.
-        candidates: raw candidate feature dicts.
+        candidates: raw candidate feature dicts (values checked with ``check_value``).
         meta_embedding: float vector ``[E]`` of the user.
         user_features: optional raw user features shared by all candidates.
 
     Returns:
         Serialized examples, in candidate order.
+
+    Raises:
+        FeatureError: if a candidate repeats a shared key or holds an unknown feature.
     """
-    base = make_example({**(user_features or {}), F.USER_ID: user_id}, meta_embedding, "user")
+    shared_raw = {**(user_features or {}), F.USER_ID: user_id}
+    shared = make_example(shared_raw, meta_embedding, "user").SerializeToString()
+    shared_keys = set(shared_raw) | {F.META_EMBEDDING}
+    kinds = SERVING_FEATURE_KINDS
     out: List[bytes] = []
     for i, cand in enumerate(candidates):
         ex = example_pb2.Example()
-        ex.CopyFrom(base)
         fmap = ex.features.feature
         for name, value in cand.items():
             if value is None:
                 continue
-            fmap[name].CopyFrom(
-                encode_feature(f"candidates[{i}].{name}", SERVING_FEATURE_KINDS[name], value)
-            )
-        out.append(ex.SerializeToString())
+            kind = kinds.get(name)
+            if kind is None or name in shared_keys:
+                raise FeatureError(
+                    f"candidates[{i}].{name}",
+                    "is set for the whole request (user id, user features, meta embedding); "
+                    "remove it from the candidate" if kind else "unknown feature",
+                )
+            _set_feature(fmap, name, kind, value)
+        out.append(ex.SerializeToString() + shared)
     return out

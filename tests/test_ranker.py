@@ -163,6 +163,8 @@ BAD_REQUESTS: Dict[str, tuple] = {
     "candidate not an object": ("u", ["item1"], None, "candidates[0]"),
     "user_id not a string": (42, make_candidates(1), None, "user_id"),
     "empty user_id": ("", make_candidates(1), None, "user_id"),
+    "feature in user_features and candidate": (
+        "u", [{**make_candidates(1)[0], F.GENDER: "M"}], {F.GENDER: "F"}, f"candidates[0].{F.GENDER}"),
     "bad user feature": ("u", make_candidates(1), {F.ITEM_ID: "x"}, f"user_features.{F.ITEM_ID}"),
 }
 
@@ -337,6 +339,9 @@ def test_serve_bench_smoke(toy_model_base):
         assert 0 < r["floor_p50_ms"] and 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert r["qps"] > 0
     assert "floor_p50" in format_rows(rows)
+    # Loopback keep-alive requests take ~1-5 ms here; ~40 ms would mean Nagle + delayed ACK
+    # (the service must send with TCP_NODELAY).
+    assert rows[0]["p50_ms"] < 30, rows
 
 
 def test_with_the_real_embedding_lookup(toy_model_server):
