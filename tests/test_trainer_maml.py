@@ -1,0 +1,253 @@
+"""Correctness of the batched MAML inner/outer loop, aggregation and MEG (float64, tiny model)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from limaml.config import MamlConfig, ModelConfig
+from trainer import finetune, maml
+from trainer.layout import build_layout
+from trainer.model import LimamlModel, meta_forward, meta_input
+
+VOCABS = {"item_id": 5, "age_bucket": 3, "gender": 2, "occupation": 3, "zip_prefix": 2}
+T, S, Q = 3, 4, 3
+
+
+def tiny_model(steps=2, first_order=False, learn_inner_lr=False, aggregation=None,
+               inner_lr=0.3, use_cross=False, seed=0):
+    mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
+                       categorical_embedding_dim=2, activation="tanh", use_cross=use_cross,
+                       cross_layers=1, user_id_buckets=8, use_user_id_in_meta=True)
+    mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
+                    learn_inner_lr=learn_inner_lr, train_aggregation=aggregation)
+    layout = build_layout(mcfg, VOCABS)
+    return LimamlModel(layout, mcfg, mm, seed=seed, dtype=tf.float64)
+
+
+def make_part(rng, n, mask_lens):
+    d = {f: rng.randint(0, v, size=(T, n)) for f, v in VOCABS.items()}
+    d["genres"] = (rng.rand(T, n, 64) < 0.1).astype(np.float32)
+    d["release_year"] = rng.randn(T, n).astype(np.float32)
+    d["user_hash"] = np.repeat(rng.randint(0, 8, size=(T, 1)), n, axis=1)
+    d["label"] = rng.randint(0, 2, size=(T, n)).astype(np.float32)
+    d["mask"] = (np.arange(n)[None, :] < np.asarray(mask_lens)[:, None]).astype(np.float32)
+    return d
+
+
+def make_batch(seed=0):
+    rng = np.random.RandomState(seed)
+    b = {"support": make_part(rng, S, [4, 2, 3]), "query": make_part(rng, Q, [3, 1, 2])}
+    return {p: {k: tf.constant(v) for k, v in d.items()} for p, d in b.items()}
+
+
+def loss_value(model, batch):
+    return float(maml.maml_loss(model, batch)[0])
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(steps=2),
+    dict(steps=1, learn_inner_lr=True, use_cross=True),
+    dict(steps=2, aggregation="mean"),
+])
+def test_second_order_meta_gradient_matches_finite_differences(kwargs):
+    model = tiny_model(**kwargs)
+    batch = make_batch()
+    trainer = maml.MamlTrainer(model)
+    _, grads = trainer.meta_gradients(batch)
+    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
+    rng = np.random.RandomState(1)
+    eps = 1e-6
+    checked = 0
+    for var, g in zip(model.outer_variables(), grads):
+        g = np.zeros(var.shape) if g is None else tf.convert_to_tensor(g).numpy()
+        flat = np.arange(int(np.prod(var.shape)))
+        picks = flat if flat.size <= 12 else rng.choice(flat, 12, replace=False)
+        base = var.numpy()
+        for i in picks:
+            e = np.zeros(base.size)
+            e[i] = eps
+            e = e.reshape(base.shape)
+            var.assign(base + e)
+            lp = float(loss_fn())
+            var.assign(base - e)
+            lm = float(loss_fn())
+            var.assign(base)
+            fd = (lp - lm) / (2 * eps)
+            assert g.reshape(-1)[i] == pytest.approx(fd, rel=1e-4, abs=1e-8), (var.name, i)
+            checked += 1
+    assert checked > 50
+
+
+def test_second_order_differs_from_first_order():
+    batch = make_batch()
+    g2 = maml.MamlTrainer(tiny_model(first_order=False)).meta_gradients(batch)[1]
+    g1 = maml.MamlTrainer(tiny_model(first_order=True)).meta_gradients(batch)[1]
+    assert max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(g1, g2) if a is not None) > 1e-6
+
+
+def test_first_order_gradient_equals_query_gradient_at_adapted_params():
+    model = tiny_model(steps=2, first_order=True)
+    batch = make_batch()
+    _, grads = maml.MamlTrainer(model).meta_gradients(batch)
+    adapted = maml.adapt(model, batch["support"], 2)
+    theta = {k: tf.Variable(v) for k, v in adapted.items()}
+    with tf.GradientTape() as tape:
+        q = batch["query"]
+        emb = meta_forward(theta, meta_input(q, model.layout, tf.float64), "tanh")
+        logits = maml.global_forward(model.global_params, emb, q, model.layout, model.model_cfg)
+        per_task = maml.masked_task_loss(logits, q["label"], q["mask"])
+        loss = tf.reduce_mean(per_task)  # every task has a valid query position
+    names = model.meta_names
+    gl = list(model.global_names)
+    expected = tape.gradient(loss, [theta[k] for k in names]
+                             + [model.global_params[k] for k in gl])
+    for k, e, g in zip(names, expected[:len(names)], grads[:len(names)]):
+        np.testing.assert_allclose(g.numpy(), tf.reduce_sum(e, axis=0).numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=k)
+    for k, e, g in zip(gl, expected[len(names):], grads[len(names):]):
+        np.testing.assert_allclose(g.numpy(), tf.convert_to_tensor(e).numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=k)
+
+
+def test_zero_adaptation_steps_is_the_plain_model():
+    model = tiny_model(steps=0)
+    batch = make_batch()
+    _, per_task = maml.maml_loss(model, batch)
+    q = batch["query"]
+    logits = model.logits(q).numpy()
+    y, m = q["label"].numpy(), q["mask"].numpy()
+    bce = np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))
+    expected = (bce * m).sum(1) / m.sum(1)
+    np.testing.assert_allclose(per_task.numpy(), expected, rtol=1e-10)
+
+
+def test_one_step_lowers_every_task_support_loss():
+    model = tiny_model(steps=1, inner_lr=0.05)
+    batch = make_batch()
+    s = batch["support"]
+    x = model.meta_x(s)
+    before = maml.set_loss(model, maml.tile_params(model.meta_params, T), model.global_params, x, s)
+    adapted = maml.adapt(model, s, 1)
+    after = maml.set_loss(model, adapted, model.global_params, x, s)
+    assert np.all(after.numpy() < before.numpy())
+
+
+def test_inner_loop_never_writes_a_variable_and_global_block_is_not_adapted():
+    model = tiny_model(steps=3, learn_inner_lr=True)
+    batch = make_batch()
+    before = {v.name: v.numpy().copy() for v in model.trainable_variables}
+    fn = tf.function(lambda b: maml.adapt(model, b["support"], 3))
+    adapted = fn(batch)
+    graph = fn.get_concrete_function(batch).graph
+    writes = [op.type for op in graph.get_operations()
+              if "Assign" in op.type or op.type.startswith("ResourceApply")
+              or op.type.startswith("ResourceScatter")]
+    assert writes == []
+    for v in model.trainable_variables:
+        np.testing.assert_array_equal(v.numpy(), before[v.name])
+    assert set(adapted) == set(model.meta_names)  # only θ_meta adapts
+    # adapted copies differ per task and from θ_meta
+    w0 = adapted["w0"].numpy()
+    assert w0.shape == (T,) + tuple(model.meta_params["w0"].shape)
+    assert not np.allclose(w0[0], model.meta_params["w0"].numpy())
+    # the query loss uses the un-adapted global variables: its gradient w.r.t. them is
+    # the same whether or not we pass them explicitly
+    loss_a = maml.maml_loss(model, batch)[0]
+    assert np.isfinite(loss_a.numpy())
+
+
+def test_batched_inner_loop_equals_per_task_loop():
+    model = tiny_model(steps=3)
+    batch = make_batch()
+    batched = maml.adapt(model, batch["support"], 3)
+    for t in range(T):
+        one = {k: v[t:t + 1] for k, v in batch["support"].items()}
+        single = maml.adapt(model, one, 3)
+        for k in model.meta_names:
+            np.testing.assert_allclose(batched[k][t].numpy(), single[k][0].numpy(), rtol=1e-12,
+                                       atol=1e-14)
+
+
+def test_aggregation_modes_match_hand_computation():
+    rng = np.random.RandomState(3)
+    emb = rng.randn(3, 5, 2)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], np.float64)
+    got = {a: maml.aggregate(tf.constant(emb), tf.constant(mask), a).numpy()
+           for a in maml.AGGREGATIONS}
+    np.testing.assert_allclose(got["latest"][0], emb[0, 2])
+    np.testing.assert_allclose(got["latest"][1], emb[1, 0])
+    np.testing.assert_allclose(got["mean"][0], emb[0, :3].mean(0))
+    np.testing.assert_allclose(got["max"][0], emb[0, :3].max(0))
+    np.testing.assert_allclose(got["max"][1], emb[1, 0])
+    for a in maml.AGGREGATIONS:  # no valid position -> row 0 (the un-adapted fallback input)
+        np.testing.assert_allclose(got[a][2], emb[2, 0])
+
+
+def test_train_aggregation_uses_the_support_aggregate_for_every_query_sample():
+    model = tiny_model(steps=1, aggregation="latest")
+    batch = make_batch()
+    adapted = maml.adapt(model, batch["support"], 1)
+    emb = maml.query_embeddings(model, adapted, batch, "latest").numpy()
+    s_emb = meta_forward(adapted, model.meta_x(batch["support"]), "tanh").numpy()
+    last = batch["support"]["mask"].numpy().sum(1).astype(int) - 1
+    for t in range(T):
+        for q in range(Q):
+            np.testing.assert_allclose(emb[t, q], s_emb[t, last[t]])
+
+
+def test_generate_meta_embeddings_cold_users_and_hand_computation():
+    model = tiny_model(steps=2, inner_lr=0.2)
+    batch = make_batch()
+    support = {k: v for k, v in batch["support"].items() if k != "mask"}
+    mask = batch["support"]["mask"].numpy().copy()
+    mask[1] = 0.0  # user 1 is cold
+    out = finetune.generate_meta_embeddings(model, support, tf.constant(mask), "mean").numpy()
+    assert out.shape == (T, 2)
+    cold = finetune.cold_start_embedding(
+        model, {k: v[:, 0] for k, v in support.items()}).numpy()
+    np.testing.assert_allclose(out[1], cold[1], rtol=1e-12)
+    # hand computation for user 0: two explicit gradient steps on its own support set
+    one = {k: v[0:1] for k, v in batch["support"].items()}
+    one["mask"] = tf.constant(mask[0:1])
+    theta = {k: tf.identity(v)[None] for k, v in model.meta_params.items()}
+    x = model.meta_x(one)
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            tape.watch(list(theta.values()))
+            loss = tf.reduce_sum(maml.set_loss(model, theta, model.global_params, x, one))
+        g = tape.gradient(loss, theta)
+        theta = {k: theta[k] - 0.2 * g[k] for k in theta}
+    e = meta_forward(theta, x, "tanh").numpy()[0]
+    expected = e[mask[0] > 0].mean(0)
+    np.testing.assert_allclose(out[0], expected, rtol=1e-10)
+    assert not np.allclose(out[0], cold[0])
+
+
+def test_nan_loss_raises_naming_step_and_loss():
+    model = tiny_model(steps=1)
+    batch = make_batch()
+    bad = {p: dict(d) for p, d in batch.items()}
+    ry = bad["query"]["release_year"].numpy()
+    ry[0, 0] = np.nan
+    bad["query"]["release_year"] = tf.constant(ry)
+    trainer = maml.MamlTrainer(model)
+    trainer.train_step(batch)
+    before = [v.numpy().copy() for v in model.outer_variables()]
+    with pytest.raises(maml.NonFiniteLossError, match=r"step 2.*loss=nan"):
+        trainer.train_step(bad)
+    for v, b in zip(model.outer_variables(), before):
+        np.testing.assert_array_equal(v.numpy(), b)  # no update applied
+
+
+def test_outer_step_lowers_query_loss_and_learns_inner_lr():
+    model = tiny_model(steps=1, learn_inner_lr=True)
+    model_cfg = dataclasses.replace(model.maml_cfg, meta_lr=0.01)
+    trainer = maml.MamlTrainer(model, model_cfg)
+    batch = make_batch()
+    lr0 = model.inner_lrs["w0"].numpy().copy()
+    losses = [trainer.train_step(batch) for _ in range(30)]
+    assert losses[-1] < losses[0]
+    assert not np.allclose(model.inner_lrs["w0"].numpy(), lr0)
