@@ -365,7 +365,8 @@ class Ranker:
         try:
             resp = self._predict.Predict(req, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND and "Specific(" in (exc.details() or ""):
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                # TF Serving: "Servable not found for request: Specific(name, version)"
                 raise _VersionGone(
                     f"model server {self.target} no longer serves {self.model_name!r} version "
                     f"{version}: {exc.details()}"

@@ -113,6 +113,7 @@ def _make_handler(ranker: Ranker, max_body_bytes: int):
         # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + the
         # client's delayed ACK add ~40 ms to every keep-alive response.
         disable_nagle_algorithm = True
+        timeout = 30  # seconds a client may stall mid-request before its socket is closed
 
         def log_message(self, fmt: str, *args: Any) -> None:  # quiet by default
             log.debug("%s " + fmt, self.address_string(), *args)

@@ -390,3 +390,19 @@ def test_with_the_real_embedding_lookup(toy_model_server):
     finally:
         ranker.close()
         lookup.close()
+
+
+def test_http_concurrent_requests(service, ranker):
+    """Parallel clients each get the scores of their own request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [("alice" if i % 2 else f"user{i}", make_candidates(1 + i % 7, seed=i))
+                for i in range(24)]
+    want = [ranker.rank(u, c).to_json() for u, c in requests]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda rc: _http(service.port, "POST", "/v1/rank",
+                                             {"user_id": rc[0], "candidates": rc[1]}), requests))
+    assert [g[0] for g in got] == [200] * len(requests)
+    for (status, body), expected in zip(got, want):
+        np.testing.assert_allclose(body["scores"], expected["scores"], atol=1e-7, rtol=0)
+        assert body["cold_start"] == expected["cold_start"]
