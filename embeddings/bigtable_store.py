@@ -226,15 +226,18 @@ class BigtableEmbeddingStore:
         return pointer
 
     def committed_versions(self) -> List[str]:
-        """Committed (readable) versions, oldest commit first (always reads the pointer row)."""
+        """Committed (readable) versions, oldest first commit first (reads the pointer row).
+
+        A rerun of a version does not move it: order is by the version's first commit.
+        """
         pointer = self._pointer(fresh=True)
-        return [v for v, _ in sorted(pointer.items(),
-                                     key=lambda kv: (kv[1]["committed_at_us"], kv[0]))]
+        return [v for v, _ in sorted(pointer.items(), key=lambda kv: (
+            kv[1].get("first_committed_at_us", kv[1]["committed_at_us"]), kv[0]))]
 
     list_versions = committed_versions
 
     def latest_committed_version(self) -> Optional[str]:
-        """The most recently committed version, or None."""
+        """The version first committed most recently, or None."""
         versions = self.committed_versions()
         return versions[-1] if versions else None
 
@@ -359,8 +362,12 @@ class BigtableEmbeddingStore:
                 "to the stream (or pass require_cold_start=False); nothing was committed")
         self._mutate(pending)
         # Commit: the pointer cell, written last.
+        now_us = time.time_ns() // 1000
         record = {"attempt_ts_us": attempt_us, "embedding_dim": dim, "num_users": total,
-                  "generated_at": generated_at, "committed_at_us": time.time_ns() // 1000,
+                  "generated_at": generated_at, "committed_at_us": now_us,
+                  # a rerun keeps the version's place in the commit order (retirement, latest)
+                  "first_committed_at_us": int(previous.get("first_committed_at_us", now_us))
+                  if previous is not None else now_us,
                   "has_cold_start": has_cold}
         prow = self.table.direct_row(POINTER_ROW_KEY)
         prow.set_cell(META_FAMILY, q, json.dumps(record, sort_keys=True).encode("utf-8"),

@@ -260,11 +260,16 @@ class ParquetEmbeddingStore:
                     f"version {version!r} has no cold-start row: add "
                     f"EmbeddingBatch.cold_start(<un-adapted meta block output>, {version!r}, ...) "
                     "to the stream (or pass require_cold_start=False)")
+            now_ns = time.time_ns()
+            try:  # a rerun keeps the version's place in the commit order
+                first_ns = int(self.version_metadata(version)["first_committed_at_ns"])
+            except (VersionNotCommittedError, KeyError, ValueError, OSError):
+                first_ns = now_ns
             meta = {
                 "model_version": version, "embedding_dim": dim, "num_users": total,
                 "generated_at_min": gen_min, "generated_at_max": gen_max,
-                "committed_at_ns": time.time_ns(), "files": files,
-                "has_cold_start": has_cold,
+                "committed_at_ns": now_ns, "first_committed_at_ns": first_ns,
+                "files": files, "has_cold_start": has_cold,
             }
             (tmp / _METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True))
             if self.fsync:
@@ -331,7 +336,10 @@ class ParquetEmbeddingStore:
 
     # ------------------------------------------------------------------ read
     def committed_versions(self) -> List[str]:
-        """Committed versions, oldest commit first (temp directories are never listed)."""
+        """Committed versions, oldest first commit first (temp directories are never listed).
+
+        A rerun of a version does not move it in this order.
+        """
         if not self.root.exists():
             return []
         found = []
@@ -339,7 +347,8 @@ class ParquetEmbeddingStore:
             if p.name.startswith(_PREFIX) and (p / _METADATA).is_file():
                 try:
                     meta = json.loads((p / _METADATA).read_text())
-                    found.append((int(meta["committed_at_ns"]), p.name[len(_PREFIX):]))
+                    first = meta.get("first_committed_at_ns", meta["committed_at_ns"])
+                    found.append((int(first), p.name[len(_PREFIX):]))
                 except (OSError, ValueError, KeyError):
                     continue
         return [v for _, v in sorted(found)]
@@ -347,7 +356,7 @@ class ParquetEmbeddingStore:
     list_versions = committed_versions
 
     def latest_committed_version(self) -> Optional[str]:
-        """The most recently committed version, or None if there is none."""
+        """The version first committed most recently, or None if there is none."""
         versions = self.committed_versions()
         return versions[-1] if versions else None
 

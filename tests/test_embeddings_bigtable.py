@@ -273,3 +273,15 @@ def test_missing_table_without_create_raises(bigtable_emulator):
     with pytest.raises(RuntimeError, match="does not exist"):
         st.write(stream(ids, emb, "v1"))
     assert bts.COLD_START_ROW_KEY == row_key(COLD_START_USER)
+
+
+def test_rerun_keeps_commit_order_for_retirement(store):
+    store.keep_versions = 2
+    ids, emb = make_data(10, seed=12)
+    store.write(stream(ids, emb, "v1"))
+    store.write(stream(ids, emb + 1, "v2"))
+    store.write(stream(ids, emb, "v1"))  # rerun of the older version
+    assert store.committed_versions() == ["v1", "v2"]
+    assert store.latest_committed_version() == "v2"
+    store.write(stream(ids, emb + 3, "v3"))
+    assert store.committed_versions() == ["v2", "v3"]  # v1 retired, not v2

@@ -182,3 +182,13 @@ def test_write_rejects_bad_streams_and_commits_nothing(tmp_path):
     store.write(EmbeddingBatch.create(ids, emb, "v1", 1), require_cold_start=False)
     assert store.cold_start_default("v1") is None
     assert COLD_START_USER not in set(store.read_version("v1").user_ids)
+
+
+def test_rerun_keeps_commit_order(tmp_path):
+    ids, emb = make_data(10, seed=7)
+    store = ParquetEmbeddingStore(tmp_path)
+    store.write(stream(ids, emb, "v1"))
+    store.write(stream(ids, emb, "v2"))
+    store.write(stream(ids, emb, "v1"))
+    assert store.committed_versions() == ["v1", "v2"]
+    assert store.latest_committed_version() == "v2"
