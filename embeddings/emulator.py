@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -176,6 +177,7 @@ class BigtableEmulator:
                     break
             if proc.poll() is None and wait_for_port(self.host, port, 0.01):
                 self._proc, self.port = proc, port
+                atexit.register(self.stop)  # no orphan emulators if the caller forgets
                 return self
             err = b""
             if proc.poll() is None:

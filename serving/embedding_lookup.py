@@ -292,6 +292,40 @@ class EmbeddingLookup:
         return LookupResult(embeddings=out, cold=cold, source=source, degraded=degraded,
                             model_version=version)
 
+    def warm_up(self, model_version: str, timeout_s: Optional[float] = None) -> np.ndarray:
+        """Loads a version's cold-start default (and, for Parquet, the version) before serving.
+
+        Call it at start-up or when a new model version is pushed, so the first requests do not
+        pay the store's cold start (which may exceed ``timeout_s`` and degrade them).
+
+        Args:
+            model_version: version to prepare.
+            timeout_s: budget for this call; default 30 s.
+
+        Returns:
+            The cold-start default [E] that will be served for the version.
+
+        Raises:
+            VersionNotCommittedError: the version is not committed.
+            Any store error (unlike :meth:`lookup`, warm-up reports failures).
+        """
+        version = validate_model_version(str(model_version))
+        fut = self._pool.submit(self.store.lookup, np.array([COLD_START_USER], dtype=object),
+                                version, timeout_s or 30.0)
+        res = fut.result(timeout=timeout_s or 30.0)
+        emb = np.asarray(res.embeddings, dtype=np.float32)
+        if emb.shape != (1, self.embedding_dim):
+            raise ValueError(
+                f"store {self.store!r} holds E={emb.shape[-1]} for version {version!r}; this "
+                f"lookup is configured for E={self.embedding_dim}")
+        if not res.found[0]:
+            return self.cold_start_fallback
+        with self._lock:
+            self._cold[version] = emb[0].copy()
+            while len(self._cold) > self._max_cold_versions:
+                self._cold.popitem(last=False)
+        return emb[0].copy()
+
     def close(self) -> None:
         """Stops the worker pool (abandoned store calls finish in the background)."""
         self._pool.shutdown(wait=False)

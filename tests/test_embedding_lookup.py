@@ -292,3 +292,16 @@ def test_slow_bigtable_through_delaying_proxy_falls_back(bigtable_emulator):
         patient.close()
     finally:
         proxy.close()
+
+
+def test_warm_up_loads_cold_default_so_store_outage_serves_it(parquet_two_versions):
+    store, ids, emb1, _ = parquet_two_versions
+    slow = CountingStore(store)
+    lk = EmbeddingLookup(slow, E, timeout_s=0.1, max_workers=2)
+    np.testing.assert_array_equal(lk.warm_up("2"), COLD2)
+    slow.delay_s = 0.5  # now the store is too slow
+    res = lk.lookup([ids[0]], "2")
+    np.testing.assert_array_equal(res.embeddings[0], COLD2)  # the version's own default
+    assert res.cold.all() and "timed out" in res.degraded and "unknown" not in res.degraded
+    with pytest.raises(VersionNotCommittedError):
+        EmbeddingLookup(store, E).warm_up("9")
