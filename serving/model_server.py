@@ -269,14 +269,22 @@ class _Model:
 class ModelRegistry:
     """Holds the models of a server, loads/unloads versions by policy, resolves model specs.
 
+    A version directory without ``saved_model.pb`` yet is skipped until it has one; a version
+    that fails to load is retried with a backoff (``LOAD_RETRY_S`` doubling up to 60 s). Loaded
+    versions the policy no longer wants are unloaded only once a wanted version is available,
+    so a broken push does not take the model down.
+
     Args:
         configs: one ``ModelConfig`` per model.
     """
 
+    LOAD_RETRY_S = 2.0
+
     def __init__(self, configs: Sequence[model_server_config_pb2.ModelConfig]) -> None:
         self._lock = threading.Lock()
         self._models: Dict[str, _Model] = {mc.name: _Model(mc) for mc in configs}
-        self._failed: Dict[Tuple[str, int], float] = {}
+        # (model, version) -> (monotonic time of the next load attempt, current backoff)
+        self._failed: Dict[Tuple[str, int], Tuple[float, float]] = {}
 
     def model_names(self) -> List[str]:
         """Names of the configured models."""
@@ -286,7 +294,9 @@ class ModelRegistry:
         """Scans every base path once: loads newly aspired versions, then unloads the rest."""
         for model in self._models.values():
             mc = model.config
-            on_disk = list_versions(mc.base_path)
+            # Directories without saved_model.pb yet (a push in progress) are not versions yet.
+            on_disk = [v for v in list_versions(mc.base_path)
+                       if _has_saved_model(os.path.join(mc.base_path, str(v)))]
             wanted = aspired_versions(mc, on_disk)
             if not on_disk and not model.available:
                 log.warning(
@@ -296,24 +306,30 @@ class ModelRegistry:
             for version in wanted:
                 if version in model.available:
                     continue
-                mtime = _dir_mtime(os.path.join(mc.base_path, str(version)))
-                if self._failed.get((mc.name, version)) == mtime:
-                    continue  # same broken directory as last time; retry when it changes
+                path = os.path.join(mc.base_path, str(version))
+                retry_at, backoff = self._failed.get((mc.name, version), (0.0, 0.0))
+                if time.monotonic() < retry_at:
+                    continue
                 with self._lock:
                     model.states[version] = (_State.LOADING, "")
                 try:
-                    servable = load_servable(mc.name, version, os.path.join(mc.base_path, str(version)))
+                    servable = load_servable(mc.name, version, path)
                 except Exception as exc:  # noqa: BLE001 - any load failure ends this version
-                    log.error("failed to load %s version %d: %s", mc.name, version, exc)
-                    self._failed[(mc.name, version)] = mtime
+                    backoff = min(max(2 * backoff, self.LOAD_RETRY_S), 60.0)
+                    log.error("failed to load %s version %d from %s (retrying in %.0f s): %s",
+                              mc.name, version, path, backoff, exc)
+                    self._failed[(mc.name, version)] = (time.monotonic() + backoff, backoff)
                     with self._lock:
                         model.states[version] = (_State.END, f"failed to load: {exc}")
                     continue
+                self._failed.pop((mc.name, version), None)
                 with self._lock:
                     model.available[version] = servable
                     model.states[version] = (_State.AVAILABLE, "")
                 log.info("loaded servable %s version %d from %s", mc.name, version, servable.path)
             with self._lock:
+                if not any(v in model.available for v in wanted):
+                    continue  # availability first: keep serving until a wanted version loads
                 for version in list(model.available):
                     if version not in wanted:
                         del model.available[version]
@@ -379,11 +395,9 @@ class ModelRegistry:
         return [(v, *states[v]) for v in sorted(states, reverse=True)]
 
 
-def _dir_mtime(path: str) -> float:
-    try:
-        return float(tf.io.gfile.stat(path).mtime_nsec)
-    except (tf.errors.OpError, OSError):
-        return -1.0
+def _has_saved_model(path: str) -> bool:
+    return any(tf.io.gfile.exists(os.path.join(path, f))
+               for f in ("saved_model.pb", "saved_model.pbtxt"))
 
 
 # --------------------------------------------------------------------------- tensors

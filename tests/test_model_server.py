@@ -26,11 +26,11 @@ from serving.tf_example import serialize_candidates
 
 try:
     from serving_fixtures import *  # noqa: F401,F403
-    from serving_fixtures import (EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL, WEIGHTS,
+    from serving_fixtures import (EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL,
                                   make_candidates, toy_scores)
 except ImportError:  # tests/ became a package
     from tests.serving_fixtures import *  # noqa: F401,F403
-    from tests.serving_fixtures import (EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL, WEIGHTS,
+    from tests.serving_fixtures import (EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL,
                                         make_candidates, toy_scores)
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
@@ -363,3 +363,32 @@ def test_kubernetes_manifests_are_consistent(tmp_path):
     assert int(store_env["LIMAML_EMBEDDING_DIM"]) > 0
     assert {p["path"] for p in (ranker["readinessProbe"]["httpGet"],
                                 ranker["livenessProbe"]["httpGet"])} == {"/readyz", "/healthz"}
+
+
+def test_broken_or_partial_push_keeps_serving_the_old_version(toy_model_base, tmp_path):
+    """A version that fails to load ends with an error status and the previous version keeps
+    serving; a version directory without saved_model.pb yet is not a version."""
+    base = tmp_path / "model"
+    shutil.copytree(os.path.join(toy_model_base, "1"), base / "1")
+    handle = model_server.start_model_server(str(base), "m", poll_interval_s=0.05)
+    try:
+        predict, status = _stubs(handle.target)
+        (base / "3").mkdir()
+        (base / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        (base / "4").mkdir()  # push in progress: no saved_model.pb yet
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = "m"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = {s.version: s for s in status.GetModelStatus(req, timeout=10).model_version_status}
+            if 3 in states and states[3].state == END:
+                break
+            time.sleep(0.05)
+        assert sorted(states) == [1, 3]
+        assert states[1].state == AVAILABLE
+        assert states[3].status.error_code != 0
+        assert "failed to load" in states[3].status.error_message
+        resp = predict.Predict(_predict_request("m", _examples(2)[0]), timeout=10)
+        assert resp.model_spec.version.value == 1
+    finally:
+        handle.stop()
