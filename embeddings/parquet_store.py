@@ -235,7 +235,8 @@ class ParquetEmbeddingStore:
                         "emit one record per user")
                 seen.update(ids)
                 has_cold = has_cold or batch.has_cold_start()
-                gen_min, gen_max = min(gen_min, batch.generated_at), max(gen_max, batch.generated_at)
+                gen_min = min(gen_min, batch.generated_at)
+                gen_max = max(gen_max, batch.generated_at)
                 start = 0
                 while start < batch.num_users:
                     if writer is None or rows_in_file >= self.rows_per_file:

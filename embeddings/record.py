@@ -220,7 +220,8 @@ class EmbeddingBatch:
         )
 
 
-def batches_of(batches: Union[EmbeddingBatch, Iterable[EmbeddingBatch]]) -> Iterable[EmbeddingBatch]:
+def batches_of(batches: Union[EmbeddingBatch, Iterable[EmbeddingBatch]]
+               ) -> Iterable[EmbeddingBatch]:
     """Accepts one batch or an iterable of batches; yields batches (type-checked)."""
     if isinstance(batches, EmbeddingBatch):
         yield batches
