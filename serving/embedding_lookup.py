@@ -13,6 +13,7 @@ store is down or slow: those users get the cold-start default and ``degraded`` s
 * **Timeout**: store calls run on a small worker pool and are abandoned after ``timeout_s``
   (the Bigtable RPC deadline is set to the same value so the worker finishes soon after). When
   every worker is still busy with abandoned calls, new calls degrade at once instead of queueing.
+  Thread-safe: one instance serves all request threads.
 * **Version safety**: only the requested version's values (and its own cold-start row) are ever
   returned. Asking for a version the store has not committed raises
   :class:`embeddings.record.VersionNotCommittedError` (a deployment error, not an outage).
@@ -96,7 +97,9 @@ class EmbeddingLookup:
         timeout_s: budget of one store call; slower calls are abandoned (fallback).
         cold_start_fallback: float32 [E] used when a version's own cold-start default is not
             known (store down before it was first read, or the version has none); zeros if None.
-        max_workers: store calls allowed in flight at once (including abandoned slow ones).
+        max_workers: worker threads for store calls. Callers beyond that queue (still bounded
+            by ``timeout_s``); when every worker is stuck in a call abandoned after its timeout,
+            new calls degrade at once instead of queueing behind them.
 
     Raises:
         ValueError: bad sizes (named).
@@ -129,7 +132,7 @@ class EmbeddingLookup:
         self.max_workers = int(max_workers)
         self._pool = cf.ThreadPoolExecutor(max_workers=self.max_workers,
                                            thread_name_prefix="embedding-lookup")
-        self._in_flight = 0
+        self._abandoned = 0  # timed-out store calls still occupying a worker
         self._lock = threading.Lock()
         # (version, user) -> float32 [E] vector, or None meaning "unknown user: cold default".
         self._cache: "OrderedDict[tuple, Optional[np.ndarray]]" = OrderedDict()
@@ -164,33 +167,31 @@ class EmbeddingLookup:
                 cache.popitem(last=False)
 
     # ------------------------------------------------------------------ store call
+    def _release_abandoned(self, _fut: "cf.Future") -> None:
+        with self._lock:
+            self._abandoned -= 1
+
     def _call_store(self, ids: np.ndarray, version: str):
         """Returns (StoreLookup, None) or (None, reason). Re-raises VersionNotCommittedError."""
         with self._lock:
-            if self._in_flight >= self.max_workers:
-                return None, (f"embedding store {self.store!r} saturated: {self._in_flight} "
-                              f"calls still running past the {self.timeout_s:g}s timeout")
-            self._in_flight += 1
+            if self._abandoned >= self.max_workers:
+                return None, (f"embedding store {self.store!r} saturated: all "
+                              f"{self.max_workers} workers still busy with calls abandoned "
+                              f"after the {self.timeout_s:g}s timeout")
         self.stats["store_calls"] += 1
-
-        def run() -> StoreLookup:
-            try:
-                return self.store.lookup(ids, version, timeout_s=self.timeout_s)
-            finally:
-                with self._lock:
-                    self._in_flight -= 1
-
         t0 = time.monotonic()
         try:
-            fut = self._pool.submit(run)
+            fut = self._pool.submit(self.store.lookup, ids, version, timeout_s=self.timeout_s)
         except RuntimeError as exc:  # pool shut down
-            with self._lock:
-                self._in_flight -= 1
             return None, f"embedding lookup closed: {exc}"
         try:
             res = fut.result(timeout=self.timeout_s)
         except cf.TimeoutError:
             self.stats["store_failures"] += 1
+            if not fut.cancel():  # running: it holds a worker until the store answers
+                with self._lock:
+                    self._abandoned += 1
+                fut.add_done_callback(self._release_abandoned)
             return None, (f"embedding store {self.store!r} timed out after "
                           f"{time.monotonic() - t0:.3f}s (timeout {self.timeout_s:g}s)")
         except VersionNotCommittedError:

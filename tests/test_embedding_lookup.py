@@ -126,7 +126,7 @@ def test_slow_store_falls_back_and_saturation_is_bounded(parquet_two_versions):
     assert time.monotonic() - t0 < 0.15 and "saturated" in res.degraded
     assert slow.calls == 1
     deadline = time.monotonic() + 5
-    while lk._in_flight and time.monotonic() < deadline:  # let the abandoned call finish
+    while lk._abandoned and time.monotonic() < deadline:  # let the abandoned call finish
         time.sleep(0.02)
     slow.delay_s = 0.0  # the store recovers; fallbacks were not cached
     res = lk.lookup([ids[1], ids[2]], "1")
@@ -305,3 +305,32 @@ def test_warm_up_loads_cold_default_so_store_outage_serves_it(parquet_two_versio
     assert res.cold.all() and "timed out" in res.degraded and "unknown" not in res.degraded
     with pytest.raises(VersionNotCommittedError):
         EmbeddingLookup(store, E).warm_up("9")
+
+
+def test_concurrent_lookups_are_exact(parquet_two_versions):
+    store, ids, emb1, emb2 = parquet_two_versions
+    lk = EmbeddingLookup(store, E, cache_size=20, timeout_s=5.0)
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(50):
+                idx = rng.integers(0, len(ids), size=8)
+                version = ("1", "2")[int(rng.integers(0, 2))]
+                res = lk.lookup(list(ids[idx]) + ["ghost"], version)
+                want = emb1 if version == "1" else emb2
+                np.testing.assert_array_equal(res.embeddings[:8], want[idx])
+                np.testing.assert_array_equal(res.embeddings[8], COLD1 if version == "1"
+                                              else COLD2)
+                assert res.degraded is None and lk.cache_len() <= 20
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    lk.close()
