@@ -282,6 +282,7 @@ class EmbeddingLookup:
                 degraded = reason
                 cold[miss] = True
                 source[miss] = SOURCE_FALLBACK
+        cold |= ids == COLD_START_USER  # the reserved id is the default itself
         if cold.any():
             if cold_vec is None:
                 note = (f"cold-start default of version {version!r} unknown; served the "
