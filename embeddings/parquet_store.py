@@ -73,6 +73,11 @@ class WriteSummary:
     location: str
     seconds: float
 
+    @property
+    def rows(self) -> int:
+        """Alias of ``num_users`` (rows written, the cold-start row included)."""
+        return self.num_users
+
 
 def arrow_schema(embedding_dim: int) -> pa.Schema:
     """Parquet schema of the meta-embedding record for embedding size ``embedding_dim``."""
