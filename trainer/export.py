@@ -1,0 +1,191 @@
+"""Model export: ``global_block/`` (TF Serving SavedModel) and ``meta_block/`` (what MEG needs).
+
+``global_block/`` signatures:
+
+* ``serving_default(examples: string[N])`` -> ``{"probabilities": float32[N]}``: parses serialized
+  ``tf.Example``s holding raw features plus ``meta_embedding`` (float list [E]), applies the
+  Transform graph (``TFTransformOutput.transform_features_layer()``) and the global block.
+* ``predict_dense(<encoded global features>, meta_embedding: float32[N, E])`` -> same output, for
+  callers that already hold encoded tensors (low-latency path).
+
+``meta_block/``:
+
+* a SavedModel whose ``generate`` / ``generate_latest`` / ``generate_mean`` / ``generate_max``
+  tf.functions take ``(support: {feature: [U, S, ...], "label": [U, S]}, mask: [U, S])`` encoded
+  tensors and return ``[U, E]`` meta embeddings (fine-tuned per user, cold users un-adapted),
+  and ``cold_start(meta_features: {feature: [U]})`` -> ``[U, E]``;
+* ``checkpoint/``: a ``tf.train.Checkpoint(model=LimamlModel)`` (rebuild with
+  :func:`load_meta_block`);
+* ``meta_block.json``: config (LimamlConfig JSON), layout, vocabulary sizes, adaptation
+  hyper-parameters, embedding dim, model version.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import tensorflow as tf
+
+from limaml.config import LimamlConfig
+from schema import features
+from trainer import finetune
+from trainer.layout import MASK, USER_HASH, FeatureLayout
+from trainer.model import LimamlModel, global_forward
+
+META_BLOCK_JSON = "meta_block.json"
+# Raw columns a serving request does not need to carry.
+_NOT_SERVED = (features.LABEL, features.RATING, features.ORACLE_PROB, features.TIMESTAMP)
+
+
+def encoded_spec(name: str, layout_buckets: Mapping[str, int], leading=(None,)) -> tf.TensorSpec:
+    """TensorSpec of one encoded feature with the given leading dims."""
+    if name == USER_HASH:
+        return tf.TensorSpec(list(leading), tf.int64, name=name)
+    enc = features.encoding(name)
+    if enc.kind == "categorical":
+        return tf.TensorSpec(list(leading), tf.int64, name=name)
+    if enc.kind == "multi_hot":
+        return tf.TensorSpec(list(leading) + [enc.buckets], tf.float32, name=name)
+    return tf.TensorSpec(list(leading), tf.float32, name=name)
+
+
+class GlobalBlockServing(tf.Module):
+    """Serving module of the global block (LiMAML) or a baseline (meta embedding ignored)."""
+
+    def __init__(self, scorer, params: tf.Module, tft_output, input_names: Tuple[str, ...],
+                 embedding_dim: int, require_meta_embedding: bool, needs_user_id: bool):
+        super().__init__(name="global_block")
+        self.params = params
+        self.tft_layer = tft_output.transform_features_layer()
+        self._scorer = scorer
+        drop = set(_NOT_SERVED) | (set() if needs_user_id else {features.USER_ID})
+        spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k not in drop}
+        spec[features.META_EMBEDDING] = (
+            tf.io.FixedLenFeature([embedding_dim], tf.float32) if require_meta_embedding else
+            tf.io.FixedLenFeature([embedding_dim], tf.float32, default_value=[0.0] * embedding_dim))
+        self._spec = spec
+        self._input_names = input_names
+        dense_specs = {n: encoded_spec(n, {}) for n in input_names}
+        dense_specs[features.META_EMBEDDING] = tf.TensorSpec([None, embedding_dim], tf.float32,
+                                                             name=features.META_EMBEDDING)
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None], tf.string, name="examples")])
+        self.predict_dense = tf.function(self._predict_dense, input_signature=[dense_specs])
+
+    def _serve(self, examples):
+        parsed = tf.io.parse_example(examples, self._spec)
+        emb = parsed.pop(features.META_EMBEDDING)
+        transformed = self.tft_layer(parsed)
+        return {"probabilities": tf.sigmoid(self._scorer(transformed, emb))}
+
+    def _predict_dense(self, inputs):
+        inputs = dict(inputs)
+        emb = inputs.pop(features.META_EMBEDDING)
+        return {"probabilities": tf.sigmoid(self._scorer(inputs, emb))}
+
+    def save(self, path: str) -> None:
+        # Signatures need flat keyword inputs: wrap predict_dense.
+        names = list(self._input_names) + [features.META_EMBEDDING]
+        specs = [encoded_spec(n, {}) for n in self._input_names] + [
+            tf.TensorSpec([None, self._spec[features.META_EMBEDDING].shape[0]], tf.float32,
+                          name=features.META_EMBEDDING)]
+
+        def flat(*args):
+            return self.predict_dense(dict(zip(names, args)))
+        flat_fn = tf.function(flat, input_signature=specs)
+        tf.saved_model.save(self, path, signatures={
+            "serving_default": self.serve.get_concrete_function(),
+            "predict_dense": flat_fn.get_concrete_function(),
+        })
+
+
+def export_global_block(path: str, model: LimamlModel, tft_output) -> None:
+    """Writes the LiMAML global block SavedModel to ``path``."""
+    holder = tf.Module()
+    holder.global_params = model.global_params
+    layout, cfg = model.layout, model.model_cfg
+
+    def scorer(feats, emb):
+        return global_forward(holder.global_params, emb, feats, layout, cfg)
+    GlobalBlockServing(scorer, holder, tft_output, layout.global_feature_names,
+                       cfg.embedding_dim, require_meta_embedding=True,
+                       needs_user_id=False).save(path)
+
+
+def export_baseline(path: str, model, tft_output, embedding_dim: int) -> None:
+    """Writes a baseline with the same serving contract (``meta_embedding`` optional, ignored)."""
+    names = tuple(model.layout.global_feature_names)
+    needs_user = model.kind == "wide_deep"
+    if needs_user:
+        names = names + (USER_HASH,)
+
+    def scorer(feats, emb):
+        del emb
+        return model.logits(feats)
+    GlobalBlockServing(scorer, model, tft_output, names, embedding_dim,
+                       require_meta_embedding=False, needs_user_id=needs_user).save(path)
+
+
+class MetaBlockExport(tf.Module):
+    """SavedModel of the meta block with batched fine-tuning functions."""
+
+    def __init__(self, model: LimamlModel, aggregation: str):
+        super().__init__(name="meta_block")
+        self.model = model
+        lay = model.layout
+        support_names = tuple(sorted(set(lay.meta_feature_names) | set(lay.global_feature_names)
+                                     | {USER_HASH}))
+        support_spec = {n: encoded_spec(n, {}, (None, None)) for n in support_names}
+        support_spec[features.LABEL] = tf.TensorSpec([None, None], tf.float32, name="label")
+        mask_spec = tf.TensorSpec([None, None], tf.float32, name=MASK)
+        steps = model.maml_cfg.adaptation_steps
+        for agg in ("latest", "mean", "max"):
+            fn = tf.function(
+                lambda support, mask, agg=agg: finetune.generate_meta_embeddings_fn(
+                    model, support, mask, agg, steps),
+                input_signature=[support_spec, mask_spec])
+            setattr(self, f"generate_{agg}", fn)
+        self.generate = getattr(self, f"generate_{aggregation}")
+        meta_spec = {n: encoded_spec(n, {}) for n in lay.meta_feature_names}
+        self.cold_start = tf.function(
+            lambda meta_features: finetune.cold_start_embedding(model, meta_features),
+            input_signature=[meta_spec])
+
+
+def export_meta_block(path: str, model: LimamlModel, cfg: LimamlConfig,
+                      model_version: Optional[str] = None) -> None:
+    """Writes ``meta_block/``: SavedModel with ``generate``, checkpoint and JSON config."""
+    tf.io.gfile.makedirs(path)
+    module = MetaBlockExport(model, cfg.embeddings.aggregation)
+    tf.saved_model.save(module, path)
+    tf.train.Checkpoint(model=model).write(os.path.join(path, "checkpoint", "model"))
+    info: Dict[str, Any] = {
+        "limaml_config": json.loads(cfg.to_json()),
+        "layout": model.layout.to_dict(),
+        "vocab_sizes": model.layout.vocab_sizes,
+        "embedding_dim": model.model_cfg.embedding_dim,
+        "adaptation": {"inner_lr": model.maml_cfg.inner_lr,
+                       "learn_inner_lr": model.maml_cfg.learn_inner_lr,
+                       "adaptation_steps": model.maml_cfg.adaptation_steps,
+                       "aggregation": cfg.embeddings.aggregation,
+                       "max_recent": cfg.embeddings.max_recent},
+        "meta_features": list(model.layout.meta_feature_names),
+        "model_version": model_version,
+        "functions": ["generate", "generate_latest", "generate_mean", "generate_max",
+                      "cold_start"],
+    }
+    with tf.io.gfile.GFile(os.path.join(path, META_BLOCK_JSON), "w") as f:
+        f.write(json.dumps(info, indent=2, sort_keys=True))
+
+
+def load_meta_block(path: str) -> Tuple[LimamlModel, LimamlConfig, Dict[str, Any]]:
+    """Rebuilds the trained :class:`LimamlModel` from ``meta_block/`` (for MEG in Python/Beam)."""
+    with tf.io.gfile.GFile(os.path.join(path, META_BLOCK_JSON)) as f:
+        info = json.loads(f.read())
+    cfg = LimamlConfig.from_json(json.dumps(info["limaml_config"]))
+    layout = FeatureLayout.from_dict(info["layout"])
+    model = LimamlModel(layout, cfg.model, cfg.maml, seed=cfg.train.seed)
+    tf.train.Checkpoint(model=model).read(
+        os.path.join(path, "checkpoint", "model")).assert_existing_objects_matched()
+    return model, cfg, info
