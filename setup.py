@@ -2,7 +2,7 @@
 from setuptools import find_packages, setup
 
 PACKAGES = ["limaml", "schema", "pipeline", "components", "trainer", "serving", "kubeflow",
-            "embeddings", "benchmarks"]
+            "embeddings", "benchmarks", "report"]
 
 setup(
     name="limaml",
