@@ -22,17 +22,41 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_config(path: Optional[str], dataset: str):
+    from limaml.config import LimamlConfig, default_protocol
+
+    if path:
+        with open(path) as f:
+            return LimamlConfig.from_json(f.read())
+    return LimamlConfig(dataset=dataset, protocol=default_protocol(dataset))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from limaml.data import prepare
+    from limaml.data import canonical, prepare
 
     data_dir = args.data
     if data_dir is None:
         data_dir = os.path.join(args.output, "data", "movielens-100k")
-        source = DEFAULT_SHARED_ML100K if os.path.isdir(DEFAULT_SHARED_ML100K) else None
-        prepare.prepare("movielens-100k", data_dir, source=source)
-    else:
-        from limaml.data import canonical
-        print(f"[run] using prepared data {data_dir}: {canonical.read_manifest(data_dir)['dataset']}")
+        if os.path.exists(os.path.join(data_dir, canonical.MANIFEST_FILE)):
+            print(f"[run] reusing prepared ML-100K in {data_dir}")
+        else:
+            source = DEFAULT_SHARED_ML100K if os.path.isdir(DEFAULT_SHARED_ML100K) else None
+            prepare.prepare("movielens-100k", data_dir, source=source)
+    dataset = canonical.read_manifest(data_dir)["dataset"]
+    config = _load_config(args.config, dataset)
+    print(f"[run] dataset {dataset}, protocol {config.protocol.name}, output {os.path.abspath(args.output)}")
+    from pipeline import main_job
+
+    main_job.run_main_job(config, args.output, data_dir, workers=args.workers, beam_args=args.beam_arg)
+    return 0
+
+
+def _cmd_kubeflow_compile(args: argparse.Namespace) -> int:
+    from kubeflow.compile import DEFAULT_IMAGE, compile_pipeline
+
+    config = _load_config(args.config, args.dataset)
+    path = compile_pipeline(args.output, config, image=args.image or DEFAULT_IMAGE)
+    print(f"[kubeflow] pipeline spec written to {path}")
     return 0
 
 
@@ -55,7 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole LiMAML pipeline locally")
     run.add_argument("--output", required=True, help="run folder (pipeline root, metadata, report)")
     run.add_argument("--data", help="prepared data folder (default: ML-100K, prepared into OUTPUT/data)")
+    run.add_argument("--config", help="LimamlConfig JSON file (default: built-in settings for the dataset)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="Beam DirectRunner workers; >1 uses multi-processing mode")
+    run.add_argument("--beam-arg", action="append", default=[], help="extra Beam flag (repeatable)")
     run.set_defaults(func=_cmd_run)
+
+    kfp = sub.add_parser("kubeflow", help="Kubeflow Pipelines").add_subparsers(dest="kfp_command", required=True)
+    comp = kfp.add_parser("compile", help="compile the pipeline to a KFP V2 pipeline spec")
+    comp.add_argument("--output", required=True, help="pipeline spec file (JSON)")
+    comp.add_argument("--image", help="container image with LiMAML installed (kubeflow/Dockerfile)")
+    comp.add_argument("--config", help="LimamlConfig JSON file")
+    comp.add_argument("--dataset", default="movielens-100k", help="dataset the defaults are chosen for")
+    comp.set_defaults(func=_cmd_kubeflow_compile)
     return parser
 
 

@@ -1,13 +1,13 @@
 """TFX glue of the protocol-aware ExampleGen (logic in split.py)."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from typing import Any, Dict
 
 import apache_beam as beam
+import tensorflow as tf
 from google.protobuf import wrappers_pb2
-from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
@@ -15,8 +15,10 @@ from tfx.utils import proto_utils
 from components.protocol_example_gen.split import ApplyProtocol
 from limaml.config import LimamlConfig
 from limaml.data import canonical
+from schema import features as F
 
 SPLITS = ("train", "eval")
+CUTOFF_TS_KEY = "cutoff_ts"
 
 
 def limaml_config_from_exec_properties(exec_properties: Dict[str, Any]) -> LimamlConfig:
@@ -29,8 +31,26 @@ def limaml_config_from_exec_properties(exec_properties: Dict[str, Any]) -> Limam
     return LimamlConfig.from_json(value.value)
 
 
-def _clean(row: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in row.items() if v is not None}
+_KINDS = {**F.CANONICAL_COLUMNS, **F.OPTIONAL_COLUMNS, **F.PROTOCOL_COLUMNS}
+
+
+def to_example(row: Dict[str, Any]) -> tf.train.Example:
+    """Canonical row -> tf.Example, typed by the feature contract (zeros kept; None dropped)."""
+    ex = tf.train.Example()
+    for name, value in row.items():
+        if value is None:
+            continue
+        kind = _KINDS.get(name)
+        if kind is None:
+            raise ValueError(f"column {name!r} is not in the feature contract (schema/features.py)")
+        feat = ex.features.feature[name]
+        if kind == "str":
+            feat.bytes_list.value.append(str(value).encode())
+        elif kind == "int64":
+            feat.int64_list.value.append(int(value))
+        else:
+            feat.float_list.value.append(float(value))
+    return ex
 
 
 class Executor(BaseExampleGenExecutor):
@@ -42,12 +62,15 @@ class Executor(BaseExampleGenExecutor):
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
                                ) -> Dict[str, beam.pvalue.PCollection]:
         cfg = limaml_config_from_exec_properties(exec_properties)
+        cutoff = int(exec_properties.get(CUTOFF_TS_KEY) or 0)
+        if cutoff > 0:
+            cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(cfg.protocol, cutoff_ts=cutoff))
         pattern = os.path.join(exec_properties["input_base"], canonical.INTERACTIONS_DIR, "*.parquet")
         rows = pipeline | "ReadParquet" >> beam.io.ReadFromParquet(pattern)
         splits = rows | "ApplyProtocol" >> ApplyProtocol(cfg.protocol)  # pylint: disable=no-value-for-parameter
         return {
             name: (splits[name]
-                   | f"ToExample[{name}]" >> beam.Map(lambda r: example_gen_utils.dict_to_example(_clean(r)))
+                   | f"ToExample[{name}]" >> beam.Map(to_example)
                    | f"Serialize[{name}]" >> beam.Map(lambda e: e.SerializeToString(deterministic=True)))
             for name in SPLITS
         }
@@ -65,7 +88,3 @@ def input_config() -> example_gen_pb2.Input:
     pattern = os.path.join(canonical.INTERACTIONS_DIR, "*.parquet")
     return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name=n, pattern=pattern) for n in SPLITS])
 
-
-def describe(config: LimamlConfig) -> str:
-    """One line for logs."""
-    return json.dumps({"protocol": config.protocol.name})

@@ -1,0 +1,1 @@
+"""AnomalyGate: stops the run before training when ExampleValidator found anomalies."""

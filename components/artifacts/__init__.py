@@ -1,0 +1,1 @@
+"""Custom artifact types of LiMAML."""

@@ -1,0 +1,25 @@
+"""Custom artifact types (names carry the ``limaml.`` namespace, as MLMD and Kubeflow want)."""
+from tfx.types import artifact
+from tfx.types.system_artifacts import Dataset
+
+
+class MetaEmbeddings(artifact.Artifact):
+    """Per-user meta embeddings of one model version, as Parquet (``model_version=<v>/part-*.parquet``).
+
+    Properties:
+        model_version: version of the model whose meta block produced the vectors.
+        users: number of user records (the cold-start row excluded).
+    """
+
+    TYPE_NAME = "limaml.MetaEmbeddings"
+    TYPE_ANNOTATION = Dataset
+    PROPERTIES = {
+        "model_version": artifact.Property(type=artifact.PropertyType.STRING),
+        "users": artifact.Property(type=artifact.PropertyType.INT),
+    }
+
+
+class Report(artifact.Artifact):
+    """The evaluation report: ``metrics.json`` and ``index.html``."""
+
+    TYPE_NAME = "limaml.Report"

@@ -1,0 +1,1 @@
+"""BlockPusher: pushes the global block (and the meta block beside it) in TF Serving layout."""

@@ -1,0 +1,1 @@
+"""EmbeddingJoin: evaluation examples + their user's meta embedding of the matching model version."""

@@ -1,0 +1,47 @@
+"""TFX glue of EmbeddingJoin (logic in join.py)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+import apache_beam as beam
+from tfx import types
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils
+
+from components.common.examples_io import split_pattern
+from components.common.model_version import model_version
+from components.embedding_join.join import JoinEmbeddings, is_cold_row
+from embeddings.parquet_store import ParquetEmbeddingStore
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """Writes ``Split-<split>`` of the joined examples."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        split = exec_properties["split"]
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        emb = artifact_utils.get_single_instance(input_dict["meta_embeddings"])
+        version = model_version(artifact_utils.get_single_instance(input_dict["model"]))
+        made_by = emb.get_string_custom_property("model_version") or emb.model_version
+        if made_by != version:
+            raise ValueError(f"meta embeddings of model version {made_by} cannot feed model version {version}; "
+                             f"rerun MetaEmbeddingGen with the model being evaluated")
+        store = ParquetEmbeddingStore(emb.uri)
+        cold = store.cold_start_default(version)
+        if cold is None:
+            raise ValueError(f"{emb.uri}: version {version} has no cold-start default row")
+        parquet = os.path.join(str(store.version_dir(version)), "*.parquet")
+        out = artifact_utils.get_single_instance(output_dict["joined_examples"])
+        out.split_names = artifact_utils.encode_split_names([split])
+        with self._make_beam_pipeline() as p:
+            raw = p | "Read" >> beam.io.ReadFromTFRecord(split_pattern(examples.uri, split))
+            vectors = (p
+                       | "ReadEmbeddings" >> beam.io.ReadFromParquet(parquet, columns=["user_id", "embedding"])
+                       | "NotCold" >> beam.Filter(lambda r: not is_cold_row(r["user_id"]))
+                       | "Pair" >> beam.Map(lambda r: (r["user_id"], r["embedding"])))
+            (raw
+             | "Join" >> JoinEmbeddings(vectors, cold)  # pylint: disable=no-value-for-parameter
+             | "Write" >> beam.io.WriteToTFRecord(os.path.join(out.uri, f"Split-{split}", "data"),
+                                                  file_name_suffix=".gz"))

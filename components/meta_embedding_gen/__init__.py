@@ -1,0 +1,1 @@
+"""MetaEmbeddingGen: fine-tune the meta block per user (batched) and store the meta embeddings."""

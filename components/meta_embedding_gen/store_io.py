@@ -1,0 +1,69 @@
+"""Staging and committing MEG output: Beam writes Parquet parts, the stores commit a version.
+
+Workers write rows to ``<artifact>/staging/`` (never read by anyone else); once the Beam job has
+finished, the staged rows are streamed, batch by batch, into the Parquet store (atomic version
+folder) and, when configured, Bigtable (version pointer written last). A failure at any point
+leaves the previously committed version serving.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embeddings.record import COLD_START_USER, EmbeddingBatch
+
+STAGING = "staging"
+STAGING_SCHEMA = pa.schema([
+    ("user_id", pa.string()),
+    ("embedding", pa.list_(pa.float32())),
+    ("support_size", pa.int64()),
+    ("last_interaction_ts", pa.int64()),
+])
+
+
+def to_staging_record(row: dict) -> dict:
+    """Beam row -> Parquet-friendly dict (embedding as a list)."""
+    return {**row, "embedding": [float(x) for x in row["embedding"]]}
+
+
+def staged_batches(staging_dir: str, model_version: str, generated_at: int, cold: Optional[np.ndarray],
+                   rows_per_batch: int = 65_536) -> Iterator[EmbeddingBatch]:
+    """Streams the staged rows as EmbeddingBatches, the cold-start row first."""
+    if cold is not None:
+        yield EmbeddingBatch.create(
+            user_ids=[COLD_START_USER], embeddings=cold[None, :], support_size=[0],
+            last_interaction_ts=[0], model_version=model_version, generated_at=generated_at)
+    files = sorted(glob.glob(os.path.join(staging_dir, "*.parquet")))
+    if not files:
+        raise ValueError(f"{staging_dir}: MEG produced no embeddings (no user had an interaction)")
+    for path in files:
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=rows_per_batch):
+            if rb.num_rows == 0:
+                continue
+            emb = rb.column("embedding")
+            width = len(emb[0].as_py())
+            vectors = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
+            yield EmbeddingBatch.create(
+                user_ids=rb.column("user_id").to_numpy(zero_copy_only=False).astype(object),
+                embeddings=vectors,
+                support_size=rb.column("support_size").to_numpy(),
+                last_interaction_ts=rb.column("last_interaction_ts").to_numpy(),
+                model_version=model_version, generated_at=generated_at)
+
+
+def save_cold(vector: np.ndarray, path: str) -> None:
+    """Writes the cold-start vector computed by the Beam job."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, np.asarray(vector, dtype=np.float32))
+
+
+def load_cold(path: str) -> np.ndarray:
+    """Reads the cold-start vector; fails clearly if the job produced none."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no cold-start vector (MEG saw no user)")
+    return np.load(path)

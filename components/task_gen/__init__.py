@@ -1,0 +1,1 @@
+"""TaskGen: transformed interactions -> task-shaped support/query records."""

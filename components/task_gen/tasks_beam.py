@@ -1,0 +1,54 @@
+"""Beam logic of TaskGen: per-user grouped rows -> serialized task records, by split."""
+from __future__ import annotations
+
+from typing import Iterable, List, Tuple
+
+import apache_beam as beam
+import numpy as np
+
+from components.common.examples_io import stack_users
+from limaml.config import TaskConfig
+from limaml.data.protocols import stable_user_hash
+from schema import features as F
+from trainer import task_record, tasks
+from trainer.layout import USER_HASH
+
+EVAL_PERCENT = 10
+
+
+def eval_users(user_ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """True for users whose tasks go to the eval split (stable hash, ~EVAL_PERCENT %)."""
+    return (stable_user_hash(np.asarray(user_ids, dtype=object), seed + 17) % np.uint64(100)) < EVAL_PERCENT
+
+
+def build_records(users: List[Tuple[str, list]], task_cfg: TaskConfig) -> Iterable[Tuple[str, bytes]]:
+    """Builds the tasks of a batch of users in one vectorised call and serialises them.
+
+    Args:
+        users: ``[(user_id, rows sorted by time)]``.
+        task_cfg: task shape.
+
+    Yields:
+        ``(split, serialized task record)``.
+    """
+    keys, table = stack_users(users)
+    feature_keys = [k for k in table if k not in (F.USER_ID, USER_HASH)]
+    built = tasks.build_tasks({**table, "__user": keys}, "__user", task_cfg, feature_keys=feature_keys)
+    owners = np.asarray(built["user"], dtype=object)
+    if owners.size == 0:
+        return
+    uniq, first = np.unique(keys, return_index=True)
+    hashes = table[USER_HASH].reshape(len(keys), -1)[first[np.searchsorted(uniq, owners)], 0].astype(np.int64)
+    records = task_record.encode_tasks(built, list(owners), list(hashes))
+    is_eval = eval_users(owners)
+    for rec, ev in zip(records, is_eval):
+        yield ("eval" if ev else "train"), rec
+
+
+@beam.ptransform_fn
+def BuildTasks(users: beam.PCollection, task_cfg: TaskConfig, users_per_batch: int = 512
+               ) -> beam.PCollection:  # pylint: disable=invalid-name
+    """``(user, rows)`` -> ``(split, record)``, users packed into batches for the vectorised builder."""
+    return (users
+            | "BatchUsers" >> beam.BatchElements(min_batch_size=16, max_batch_size=users_per_batch)
+            | "Build" >> beam.FlatMap(build_records, task_cfg))

@@ -1,0 +1,119 @@
+"""``create_pipeline``: the LiMAML TFX DAG (DESIGN.md section 2)."""
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+from tfx import v1 as tfx
+from tfx.dsl.components.base import base_node
+from tfx.orchestration import data_types
+from tfx.proto import transform_pb2
+
+from components.anomaly_gate.component import AnomalyGate
+from components.block_pusher.component import BlockPusher
+from components.embedding_join.component import EmbeddingJoin
+from components.meta_embedding_gen.component import MetaEmbeddingGen
+from components.protocol_example_gen.component import ProtocolExampleGen
+from components.report.component import Report
+from components.task_gen.component import TaskGen
+from limaml.config import LimamlConfig
+from pipeline.settings import PIPELINE_NAME
+from report.eval_config import make_eval_config
+from schema import features as F
+
+PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
+LIMAML_RUN_FN = "trainer.run.run_fn"
+BASELINE_RUN_FN = "trainer.run.baseline_run_fn"
+
+
+def _trainer(run_fn: str, examples, transform_graph, config: LimamlConfig, kind: str,
+             eval_split: str) -> tfx.components.Trainer:
+    return tfx.components.Trainer(
+        run_fn=run_fn,
+        examples=examples,
+        transform_graph=transform_graph,
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=[eval_split]),
+        custom_config={"limaml_config": config.to_json(), "model_kind": kind},
+    )
+
+
+def create_components(config: LimamlConfig, data_dir: Union[str, data_types.RuntimeParameter],
+                      serving_base: Union[str, data_types.RuntimeParameter],
+                      cutoff_ts: Union[int, data_types.RuntimeParameter] = 0,
+                      schema_file: Optional[str] = None) -> List[base_node.BaseNode]:
+    """The pipeline's components, wired (see DESIGN.md section 2)."""
+    cfg_json = config.to_json()
+    example_gen = ProtocolExampleGen(input_base=data_dir, config=config, cutoff_ts=cutoff_ts)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file or F.schema_path())
+    validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                                schema=schema_gen.outputs["schema"])
+    gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        splits_config=transform_pb2.SplitsConfig(analyze=["train"], transform=["train"]))
+    transform.add_upstream_node(gate)
+    task_gen = TaskGen(transformed_examples=transform.outputs["transformed_examples"],
+                       transform_graph=transform.outputs["transform_graph"], limaml_config=cfg_json)
+    limaml = _trainer(LIMAML_RUN_FN, task_gen.outputs["tasks"], transform.outputs["transform_graph"],
+                      config, "limaml", "eval").with_id("LimamlTrainer")
+    global_dnn = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
+                          transform.outputs["transform_graph"], config, "global_dnn", "train"
+                          ).with_id("GlobalDnnTrainer")
+    wide_deep = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
+                         transform.outputs["transform_graph"], config, "wide_deep_id", "train"
+                         ).with_id("WideDeepTrainer")
+    meg = MetaEmbeddingGen(transformed_examples=transform.outputs["transformed_examples"],
+                           transform_graph=transform.outputs["transform_graph"],
+                           model=limaml.outputs["model"], limaml_config=cfg_json)
+    join = EmbeddingJoin(examples=example_gen.outputs["examples"],
+                         meta_embeddings=meg.outputs["meta_embeddings"], model=limaml.outputs["model"])
+    eval_limaml = tfx.components.Evaluator(
+        examples=join.outputs["joined_examples"], model=limaml.outputs["model"],
+        baseline_model=wide_deep.outputs["model"], example_splits=["eval"],
+        eval_config=make_eval_config(with_baseline=True)).with_id("EvaluatorLimaml")
+    eval_dnn = tfx.components.Evaluator(
+        examples=join.outputs["joined_examples"], model=global_dnn.outputs["model"],
+        example_splits=["eval"], eval_config=make_eval_config(with_baseline=False)
+    ).with_id("EvaluatorGlobalDnn")
+    report = Report(examples=join.outputs["joined_examples"], evaluation=eval_limaml.outputs["evaluation"],
+                    baseline_evaluation=eval_dnn.outputs["evaluation"], limaml_config=cfg_json)
+    pusher = BlockPusher(model=limaml.outputs["model"], model_blessing=eval_limaml.outputs["blessing"],
+                         serving_base=serving_base)
+    return [example_gen, statistics_gen, schema_gen, validator, gate, transform, task_gen, limaml,
+            global_dnn, wide_deep, meg, join, eval_limaml, eval_dnn, report, pusher]
+
+
+def create_pipeline(config: LimamlConfig, pipeline_root: str,
+                    data_dir: Union[str, data_types.RuntimeParameter],
+                    serving_base: Union[str, data_types.RuntimeParameter],
+                    metadata_path: Optional[str] = None, beam_pipeline_args: Optional[List[str]] = None,
+                    enable_cache: bool = True, pipeline_name: str = PIPELINE_NAME,
+                    cutoff_ts: Union[int, data_types.RuntimeParameter] = 0,
+                    schema_file: Optional[str] = None) -> tfx.dsl.Pipeline:
+    """Assembles the LiMAML pipeline.
+
+    Args:
+        config: the run's settings (protocol, model, MAML, tasks, training, embeddings).
+        pipeline_root: root of the TFX artifacts.
+        data_dir: prepared data folder (a RuntimeParameter on Kubeflow).
+        serving_base: TF Serving model base the blessed global block is pushed to.
+        metadata_path: SQLite ML Metadata file (local runs; None on Kubeflow).
+        beam_pipeline_args: Beam flags (DirectRunner modes, Dataflow, Flink).
+        enable_cache: reuse outputs of components whose inputs did not change.
+        pipeline_name: ``[a-z0-9-]`` only (Kubeflow rule).
+        cutoff_ts: cutoff protocol's T (seconds) overriding the config when > 0 (runtime parameter).
+        schema_file: curated schema path as seen by the executors (the image's path on Kubeflow).
+    """
+    if not all(c.islower() or c.isdigit() or c == "-" for c in pipeline_name):
+        raise ValueError(f"pipeline_name {pipeline_name!r} must use [a-z0-9-] only (Kubeflow rule)")
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=create_components(config, data_dir, serving_base, cutoff_ts, schema_file),
+        enable_cache=enable_cache,
+        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+                                    if metadata_path else None),
+        beam_pipeline_args=beam_pipeline_args or [],
+    )
