@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--config", help="LimamlConfig JSON file")
     comp.add_argument("--dataset", default="movielens-100k", help="dataset the defaults are chosen for")
     comp.set_defaults(func=_cmd_kubeflow_compile)
+
+    import importlib
+
+    from limaml.commands import MODULES
+
+    for name in MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
