@@ -47,7 +47,8 @@ def compile_pipeline(output_file: str, config: LimamlConfig, image: str = DEFAUL
     )
     os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, use_pipeline_spec_2_1=True),  # schemaTitle artifact types: kfp 2.x loads them
         output_dir=os.path.dirname(os.path.abspath(output_file)),
         output_filename=os.path.basename(output_file))
     runner.run(pipeline, write_out=True)

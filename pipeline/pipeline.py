@@ -21,8 +21,9 @@ from report.eval_config import make_eval_config
 from schema import features as F
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
-LIMAML_RUN_FN = "trainer.run.run_fn"
-BASELINE_RUN_FN = "trainer.run.baseline_run_fn"
+LIMAML_RUN_FN = "pipeline.run_fns.run_fn"
+BASELINE_RUN_FN = "pipeline.run_fns.baseline_run_fn"
+PREDICTION_KEY = "probabilities"  # output of the global block's serving_default
 
 
 def _trainer(run_fn: str, examples, transform_graph, config: LimamlConfig, kind: str,
@@ -33,7 +34,7 @@ def _trainer(run_fn: str, examples, transform_graph, config: LimamlConfig, kind:
         transform_graph=transform_graph,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=[eval_split]),
-        custom_config={"limaml_config": config.to_json(), "model_kind": kind},
+        custom_config={"limaml_config": config.to_json(), "baseline": kind},
     )
 
 
@@ -62,7 +63,7 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
                           transform.outputs["transform_graph"], config, "global_dnn", "train"
                           ).with_id("GlobalDnnTrainer")
     wide_deep = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
-                         transform.outputs["transform_graph"], config, "wide_deep_id", "train"
+                         transform.outputs["transform_graph"], config, "wide_deep", "train"
                          ).with_id("WideDeepTrainer")
     meg = MetaEmbeddingGen(transformed_examples=transform.outputs["transformed_examples"],
                            transform_graph=transform.outputs["transform_graph"],
@@ -72,10 +73,10 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
     eval_limaml = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=limaml.outputs["model"],
         baseline_model=wide_deep.outputs["model"], example_splits=["eval"],
-        eval_config=make_eval_config(with_baseline=True)).with_id("EvaluatorLimaml")
+        eval_config=make_eval_config(with_baseline=True, prediction_key=PREDICTION_KEY)).with_id("EvaluatorLimaml")
     eval_dnn = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=global_dnn.outputs["model"],
-        example_splits=["eval"], eval_config=make_eval_config(with_baseline=False)
+        example_splits=["eval"], eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY)
     ).with_id("EvaluatorGlobalDnn")
     report = Report(examples=join.outputs["joined_examples"], evaluation=eval_limaml.outputs["evaluation"],
                     baseline_evaluation=eval_dnn.outputs["evaluation"], limaml_config=cfg_json)

@@ -6,17 +6,14 @@ from tfx.types.system_artifacts import Dataset
 class MetaEmbeddings(artifact.Artifact):
     """Per-user meta embeddings of one model version, as Parquet (``model_version=<v>/part-*.parquet``).
 
-    Properties:
+    Custom properties (custom, not typed ``PROPERTIES``: Kubeflow V2 compiles custom artifact
+    types only without them):
         model_version: version of the model whose meta block produced the vectors.
         users: number of user records (the cold-start row excluded).
     """
 
     TYPE_NAME = "limaml.MetaEmbeddings"
     TYPE_ANNOTATION = Dataset
-    PROPERTIES = {
-        "model_version": artifact.Property(type=artifact.PropertyType.STRING),
-        "users": artifact.Property(type=artifact.PropertyType.INT),
-    }
 
 
 class Report(artifact.Artifact):

@@ -24,7 +24,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         emb = artifact_utils.get_single_instance(input_dict["meta_embeddings"])
         version = model_version(artifact_utils.get_single_instance(input_dict["model"]))
-        made_by = emb.get_string_custom_property("model_version") or emb.model_version
+        made_by = emb.get_string_custom_property("model_version")
         if made_by != version:
             raise ValueError(f"meta embeddings of model version {made_by} cannot feed model version {version}; "
                              f"rerun MetaEmbeddingGen with the model being evaluated")

@@ -4,9 +4,14 @@ Per user: the most recent ``max_recent`` interactions (as of ``as_of``) are the 
 trainer's batched fine-tune kernel adapts the meta block for thousands of users per call and
 aggregates their outputs (latest / mean / max). The cold-start default is the mean un-adapted
 output over all users.
+
+Input of :func:`GenerateEmbeddings`: ``(user_id, [row, ...])`` with the rows sorted by time, each
+row a dict of encoded numpy values (every model feature, ``label``, ``timestamp``, ``user_id`` and
+``user_hash``: what Transform outputs, see :mod:`trainer.layout`).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -19,13 +24,38 @@ from trainer import finetune, tasks
 from trainer.layout import MASK, SUPPORT, USER_HASH
 
 ModelLoader = Callable[[], object]
+COLD_FILE = "cold.npy"
+
+
+def kernel_feature_keys(model) -> List[str]:
+    """Encoded columns the fine-tune kernel reads: meta and global features, label [, user_hash].
+
+    The inner loop minimises the support loss of the whole network, so the global block's
+    features are needed as well as the meta block's.
+    """
+    lay = model.layout
+    keys = list(lay.meta_feature_names) + [k for k in lay.global_feature_names
+                                           if k not in lay.meta_feature_names] + [F.LABEL]
+    if lay.use_user_id_in_meta and USER_HASH not in keys:
+        keys.append(USER_HASH)
+    return keys
 
 
 def support_sets(users: List[Tuple[str, list]], max_recent: int, feature_keys: List[str]):
-    """Padded support sets ``{feature: [U, K, ...]}``, mask ``[U, K]``, user ids and last timestamps."""
+    """Padded support sets of a batch of users (their latest ``max_recent`` rows).
+
+    Args:
+        users: ``U`` pairs ``(user_id, rows sorted by time)``, user ids unique, rows non-empty.
+        max_recent: K.
+        feature_keys: encoded columns to gather.
+
+    Returns:
+        ``(support {feature: [U, K, ...]}, mask [U, K] float32, user ids [U] object,
+        support sizes [U] int64, last interaction timestamps [U] int64)``.
+    """
     keys, table = stack_users(users)
     built = tasks.build_support_sets({**table, "__user": keys}, "__user", max_recent,
-                                     feature_keys=feature_keys + [F.TIMESTAMP])
+                                     feature_keys=list(feature_keys) + [F.TIMESTAMP])
     support = built[SUPPORT]
     mask = support.pop(MASK)
     ts = support.pop(F.TIMESTAMP).reshape(mask.shape)
@@ -34,7 +64,12 @@ def support_sets(users: List[Tuple[str, list]], max_recent: int, feature_keys: L
 
 
 class GenerateDoFn(beam.DoFn):
-    """Loads the meta block once per worker and turns batches of users into embedding rows."""
+    """Loads the meta block once per worker and turns batches of users into embedding rows.
+
+    Main output: ``{"user_id", "embedding" float32[E], "support_size", "last_interaction_ts"}``
+    per user. Tagged output ``"cold"``: ``(sum over the batch's users of the un-adapted output
+    [E], number of users)``.
+    """
 
     def __init__(self, load_model: ModelLoader, max_recent: int, aggregation: str) -> None:
         self._load_model = load_model
@@ -47,35 +82,58 @@ class GenerateDoFn(beam.DoFn):
 
     def process(self, users: List[Tuple[str, list]]) -> Iterable:
         model = self._model
-        feature_keys = list(model.layout.meta_feature_names) + [F.LABEL] + (
-            [USER_HASH] if model.layout.use_user_id_in_meta else [])
-        support, mask, user_ids, counts, last_ts = support_sets(users, self._max_recent, feature_keys)
+        support, mask, user_ids, counts, last_ts = support_sets(
+            users, self._max_recent, kernel_feature_keys(model))
         emb = finetune.generate_meta_embeddings(model, support, mask, self._aggregation).numpy()
-        cold = finetune.cold_start_embedding(model, {k: v[:, 0] for k, v in support.items()}).numpy()
-        yield beam.pvalue.TaggedOutput("cold", (cold.sum(axis=0), cold.shape[0]))
-        for i in range(len(user_ids)):
-            yield {"user_id": user_ids[i], "embedding": emb[i].astype(np.float32),
+        meta_first = {k: support[k][:, 0] for k in model.layout.meta_feature_names}
+        cold = finetune.cold_start_embedding(model, meta_first).numpy()
+        yield beam.pvalue.TaggedOutput("cold", (cold.astype(np.float64).sum(axis=0), cold.shape[0]))
+        emb = emb.astype(np.float32)
+        for i in range(len(user_ids)):  # output records only; the kernel ran once for the batch
+            yield {"user_id": str(user_ids[i]), "embedding": emb[i],
                    "support_size": int(counts[i]), "last_interaction_ts": int(last_ts[i])}
 
 
 def _sum_pairs(parts: Iterable[Tuple[np.ndarray, int]]) -> Tuple[np.ndarray, int]:
-    parts = list(parts)
-    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+    total, count = None, 0
+    for vec, n in parts:
+        total = np.array(vec, dtype=np.float64) if total is None else total + vec
+        count += n
+    return (np.zeros(0) if total is None else total), count
 
 
 def _not_after(item, as_of: Optional[int]):
     user, rows = item
-    if as_of is None:
-        return [item]
-    rows = [r for r in rows if int(r[F.TIMESTAMP]) <= as_of]
-    return [(user, rows)] if rows else []
+    if as_of is not None:
+        rows = [r for r in rows if int(r[F.TIMESTAMP]) <= as_of]
+    return [(user, rows)] if len(rows) else []
+
+
+def _mean(sum_count: Tuple[np.ndarray, int]) -> np.ndarray:
+    total, count = sum_count
+    return (total / count).astype(np.float32)
 
 
 @beam.ptransform_fn
 def GenerateEmbeddings(users: beam.PCollection, load_model: ModelLoader, max_recent: int,
                        aggregation: str, users_per_batch: int, as_of: Optional[int] = None
                        ) -> Dict[str, beam.PCollection]:  # pylint: disable=invalid-name
-    """``(user, rows sorted by time)`` -> {"rows": embedding dicts, "cold": [E] mean un-adapted vector}."""
+    """``(user, rows sorted by time)`` -> {"rows": embedding dicts, "cold": [E] mean un-adapted vector}.
+
+    Args:
+        users: PCollection of ``(user_id, [row dict, ...])``, rows sorted by timestamp.
+        load_model: picklable callable returning the :class:`trainer.model.LimamlModel`.
+        max_recent: K, support interactions per user.
+        aggregation: ``"latest"`` | ``"mean"`` | ``"max"``.
+        users_per_batch: users per kernel call (upper bound).
+        as_of: drop interactions with ``timestamp > as_of`` first (users left with none are
+            skipped).
+
+    Returns:
+        ``{"rows": PCollection of dicts (user_id, embedding float32[E], support_size,
+        last_interaction_ts), "cold": PCollection with one float32[E]}`` (``cold`` is empty when
+        no user had an interaction).
+    """
     out = (users
            | "AsOf" >> beam.FlatMap(_not_after, as_of)
            | "BatchUsers" >> beam.BatchElements(min_batch_size=min(64, users_per_batch),
@@ -84,8 +142,29 @@ def GenerateEmbeddings(users: beam.PCollection, load_model: ModelLoader, max_rec
                "cold", main="rows"))
     cold = (out.cold
             | "SumCold" >> beam.CombineGlobally(_sum_pairs).without_defaults()
-            | "MeanCold" >> beam.Map(lambda sc: (sc[0] / sc[1]).astype(np.float32)))
+            | "MeanCold" >> beam.Map(_mean))
     return {"rows": out.rows, "cold": cold}
+
+
+def stage_embeddings(result: Dict[str, beam.PCollection], staging_dir: str) -> None:
+    """Adds to the pipeline the writes of :func:`GenerateEmbeddings`'s output to ``staging_dir``.
+
+    Rows go to Parquet parts ``part-*.parquet`` (:data:`store_io.STAGING_SCHEMA`), the cold-start
+    vector to ``cold.npy``. Clear the folder first
+    (:func:`components.meta_embedding_gen.store_io.clear_staging`): parts of an earlier run would
+    otherwise be read again.
+
+    Args:
+        result: ``{"rows", "cold"}`` as returned by :func:`GenerateEmbeddings`.
+        staging_dir: local or remote folder private to this run.
+    """
+    from components.meta_embedding_gen import store_io
+
+    _ = (result["rows"]
+         | "ToStaging" >> beam.Map(store_io.to_staging_record)
+         | "Stage" >> beam.io.WriteToParquet(os.path.join(staging_dir, "part"), store_io.STAGING_SCHEMA,
+                                             file_name_suffix=".parquet"))
+    _ = result["cold"] | "StageCold" >> beam.Map(store_io.save_cold, os.path.join(staging_dir, COLD_FILE))
 
 
 def now() -> int:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterator, Optional
+import shutil
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embeddings.record import COLD_START_USER, EmbeddingBatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from limaml.config import LimamlConfig
 
 STAGING = "staging"
 STAGING_SCHEMA = pa.schema([
@@ -24,6 +28,12 @@ STAGING_SCHEMA = pa.schema([
     ("support_size", pa.int64()),
     ("last_interaction_ts", pa.int64()),
 ])
+
+
+def clear_staging(staging_dir: str) -> None:
+    """Removes an earlier run's staged parts (a rerun must not read them again)."""
+    if os.path.isdir(staging_dir):
+        shutil.rmtree(staging_dir)
 
 
 def to_staging_record(row: dict) -> dict:
@@ -67,3 +77,39 @@ def load_cold(path: str) -> np.ndarray:
     if not os.path.exists(path):
         raise ValueError(f"{path}: no cold-start vector (MEG saw no user)")
     return np.load(path)
+
+
+def write_stores(cfg: "LimamlConfig", staging_dir: str, store_root: str, version: str, generated_at: int,
+                 cold: Optional[np.ndarray]) -> int:
+    """Commits the staged rows to Parquet (always) and Bigtable (when configured).
+
+    The Bigtable table is opened (and created if missing) before anything is written, so an
+    unreachable Bigtable fails the run with no store touched. Each store commits atomically
+    (Parquet: version folder rename; Bigtable: rows, then the version pointer).
+
+    Args:
+        cfg: the run's config (``cfg.embeddings`` names the Bigtable table, if any).
+        staging_dir: folder written by :func:`generate.stage_embeddings`.
+        store_root: Parquet store root.
+        version: model version tag.
+        generated_at: unix seconds of this run.
+        cold: float32 [E] cold-start vector.
+
+    Returns:
+        Users written (the cold-start row not counted).
+    """
+    from embeddings.parquet_store import ParquetEmbeddingStore
+
+    e = cfg.embeddings
+    bigtable = None
+    if e.bigtable_table:
+        from embeddings.bigtable_store import BigtableEmbeddingStore
+
+        bigtable = BigtableEmbeddingStore.open(e.bigtable_project, e.bigtable_instance, e.bigtable_table,
+                                               keep_versions=e.keep_versions)
+        bigtable.ensure_table()
+    summary = ParquetEmbeddingStore(store_root).write(
+        staged_batches(staging_dir, version, generated_at, cold))
+    if bigtable is not None:
+        bigtable.write(staged_batches(staging_dir, version, generated_at, cold))
+    return int(summary.rows) - (1 if cold is not None else 0)

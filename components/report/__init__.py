@@ -1,0 +1,1 @@
+"""Report component: metrics.json and index.html from the Evaluators' TFMA outputs."""
