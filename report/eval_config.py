@@ -10,8 +10,9 @@ The pipeline runs TFMA up to three times on the same evaluation (query) examples
   (``make_oracle_eval_config()``; TFMA model name ``""``).
 
 All share the slicing (overall, then by activity cohort) and the metrics (AUC with a 95 %
-confidence interval, binary cross-entropy = log loss, example count, calibration, calibration
-plot). ``report.metrics`` reads exactly these metric names back.
+confidence interval, log loss named ``binary_crossentropy`` (our ``report.tfma_metrics.LogLoss``:
+TFMA 0.47.1's own BinaryCrossEntropy miscounts), example count, mean prediction/label,
+calibration, calibration plot). ``report.metrics`` reads exactly these metric names back.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ SINGLE_MODEL_NAME = ""               # an unnamed single ModelSpec
 
 # Metric names as they appear in TFMA's output (``MetricKey.name``).
 AUC_NAME = "auc"
-LOGLOSS_NAME = "binary_crossentropy"
+LOGLOSS_NAME = "binary_crossentropy"   # computed by report.tfma_metrics.LogLoss
+LOGLOSS_MODULE = "report.tfma_metrics"
 EXAMPLE_COUNT_NAME = "example_count"
 CALIBRATION_PLOT_NAME = "calibration_plot"
 MEAN_PREDICTION_NAME = "mean_prediction"
@@ -105,7 +107,9 @@ def _metrics_specs(auc_num_thresholds: int, calibration_buckets: int,
     metrics = [
         tfma.MetricConfig(class_name="ExampleCount", config=json.dumps({"name": EXAMPLE_COUNT_NAME})),
         auc,
-        tfma.MetricConfig(class_name="BinaryCrossEntropy", config=json.dumps({"name": LOGLOSS_NAME})),
+        # Our LogLoss, not tfma.metrics.BinaryCrossEntropy, which double-counts when merging in
+        # TFMA 0.47.1 (see report/tfma_metrics.py); same metric name.
+        tfma.MetricConfig(class_name="LogLoss", module=LOGLOSS_MODULE, config=json.dumps({"name": LOGLOSS_NAME})),
         tfma.MetricConfig(class_name="MeanPrediction", config=json.dumps({"name": MEAN_PREDICTION_NAME})),
         tfma.MetricConfig(class_name="MeanLabel", config=json.dumps({"name": MEAN_LABEL_NAME})),
         tfma.MetricConfig(class_name="Calibration", config=json.dumps({"name": CALIBRATION_NAME})),

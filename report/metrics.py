@@ -17,8 +17,9 @@ Where the numbers come from (TFMA 0.47.1, read with ``tfma.load_metrics``):
   config's ``ci_method``, a delete-d jackknife over 20 random partitions (TFMA's default; dof 19)
   or 20 Poisson bootstrap resamples. The interval is centred on the resample mean, not on the
   point estimate, so on a tiny slice the point estimate can fall (slightly) outside it.
-* ``logloss``: ``name="binary_crossentropy"`` (TFMA's BinaryCrossEntropy: mean of
-  -[y log p + (1-y) log(1-p)] over examples, natural log).
+* ``logloss``: ``name="binary_crossentropy"``, computed by ``report.tfma_metrics.LogLoss`` (mean of
+  -[y log p + (1-y) log(1-p)] over examples, natural log, p clipped to [1e-7, 1 - 1e-7]); TFMA
+  0.47.1's own BinaryCrossEntropy double-counts when Beam merges partial results.
 * ``examples``: ``name="example_count"``.
 * ``users``: not a TFMA metric; the caller passes the number of distinct evaluated users
   (:func:`users_per_cohort_from_examples` counts them from the evaluation examples).

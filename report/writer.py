@@ -1,0 +1,75 @@
+"""``write_report``: TFMA outputs -> ``metrics.json`` + ``index.html`` (the Report component's logic).
+
+Plain function, no TFX: the pipeline's Report component calls it with the Evaluators' output
+URIs; it can equally run by hand on any TFMA output directories.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from report import eval_config as ec
+from report import html as rh
+from report import metrics as rm
+from schema import features as F
+
+
+def ci_notes(sources: Sequence[rm.ModelSource]) -> List[str]:
+    """One sentence per distinct CI method used by the sources' TFMA runs (read from their configs)."""
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    notes: List[str] = []
+    for path in dict.fromkeys(s.eval_output_dir for s in sources):
+        try:
+            config = eval_config_writer.load_eval_run(path)[0]
+        except Exception:  # noqa: BLE001 - an output without eval_config.json only loses the note
+            continue
+        if config is None:
+            continue
+        note = ec.describe_ci_method(config)
+        if note not in notes:
+            notes.append(note)
+    return notes
+
+
+def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource], out_dir: str,
+                 users_per_cohort: Optional[Mapping[str, int]] = None,
+                 examples_pattern: Optional[str] = None,
+                 cohorts: Sequence[str] = rm.DEFAULT_COHORTS, cohort_key: str = F.COHORT,
+                 user_key: str = F.USER_ID, title: str = "LiMAML evaluation report") -> Dict[str, str]:
+    """Reads the TFMA outputs and writes ``metrics.json`` and ``index.html`` into ``out_dir``.
+
+    Args:
+        dataset: dataset name for the report.
+        protocol: evaluation protocol (``cutoff`` / ``budget``).
+        sources: where each model's TFMA results are (limaml, global_dnn, wide_deep_id, optional
+            oracle), e.g. ``ModelSource("limaml", <Evaluator A uri>, "candidate")``,
+            ``ModelSource("wide_deep_id", <Evaluator A uri>, "baseline")``,
+            ``ModelSource("global_dnn", <Evaluator B uri>, "")``.
+        out_dir: output folder (created).
+        users_per_cohort: distinct evaluated users ``{"overall": n, cohort: n_c}``; None: counted
+            from ``examples_pattern``.
+        examples_pattern: glob of the evaluation tf.Example TFRecords (``*.gz`` read as GZIP);
+            used only when ``users_per_cohort`` is None.
+        cohorts: cohort names in report order.
+        cohort_key: the cohort feature TFMA sliced by.
+        user_key: the user id feature (for counting users).
+        title: page title.
+
+    Returns:
+        ``{"html": <out_dir>/index.html, "metrics_json": <out_dir>/metrics.json}``.
+
+    Raises:
+        ValueError: neither ``users_per_cohort`` nor ``examples_pattern`` given, or bad inputs
+            (see :func:`report.metrics.build_metrics`).
+    """
+    if users_per_cohort is None:
+        if not examples_pattern:
+            raise ValueError("write_report needs users_per_cohort or examples_pattern to count users")
+        users_per_cohort = rm.users_per_cohort_from_examples(examples_pattern, user_key=user_key,
+                                                             cohort_key=cohort_key, cohorts=cohorts)
+    metrics = rm.build_metrics(dataset, protocol, sources, users_per_cohort, cohorts=cohorts,
+                               cohort_key=cohort_key)
+    calibration = rm.read_calibration(sources, cohort_key=cohort_key)
+    html_path = rh.render_report(metrics, calibration, None, out_dir, notes=ci_notes(sources), title=title)
+    return {"html": html_path, "metrics_json": os.path.join(out_dir, "metrics.json")}

@@ -1,0 +1,351 @@
+"""Tests of ``report/``: TFMA configs, metrics.json from real TFMA output, the HTML report.
+
+A module fixture writes tf.Examples with a label, a cohort, a user id and the predictions of four
+"models" of planted quality (oracle = the true click probability; limaml, wide_deep_id and
+global_dnn = noisier and noisier versions of the true logit), then runs TFMA model-agnostically
+three times, the way the pipeline does: A = limaml as ``candidate`` vs wide_deep_id as
+``baseline``, B = global_dnn alone, C = the oracle from ``oracle_prob``. The cohort ``100+`` is
+left empty on purpose.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+from typing import Dict, List
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from report import eval_config as ec
+from report import metrics as rm
+
+COHORTS = rm.DEFAULT_COHORTS
+PRESENT_COHORTS = ("0", "1-4", "5-19", "20-99")  # "100+" has no example on purpose
+# Users and examples per user, per present cohort.
+LAYOUT = {"0": (60, 6), "1-4": (50, 8), "5-19": (40, 10), "20-99": (30, 14)}
+PRED_COLUMNS = {"limaml": "p_limaml", "wide_deep_id": "p_wide_deep_id", "global_dnn": "p_global_dnn",
+                "oracle": "oracle_prob"}
+# The tests use 1000 AUC thresholds (10000, the production default, makes TFMA's jackknife
+# several times slower); TFMA's interpolated AUC then matches the exact one to ~1e-3.
+NUM_THRESHOLDS = 1000
+AUC_TOL = 2e-3
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def make_frame(seed: int = 7) -> pd.DataFrame:
+    """Evaluation examples with planted per-model quality (oracle > limaml > wide&deep > dnn)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cohort, (n_users, per_user) in LAYOUT.items():
+        for u in range(n_users):
+            user = f"{cohort}-u{u}"
+            bias = rng.normal(-0.6, 1.0)
+            for _ in range(per_user):
+                rows.append((user, cohort, bias + rng.normal(0.0, 1.0)))
+    df = pd.DataFrame(rows, columns=["user_id", "cohort", "logit"])
+    n = len(df)
+    z = df["logit"].to_numpy()
+    df["oracle_prob"] = _sigmoid(z)
+    df["label"] = (rng.random(n) < df["oracle_prob"]).astype(np.int64)
+    df["p_limaml"] = _sigmoid(z + rng.normal(0.0, 0.6, n))
+    df["p_wide_deep_id"] = _sigmoid(0.8 * z + rng.normal(0.0, 1.2, n))
+    df["p_global_dnn"] = _sigmoid(0.6 * z + rng.normal(0.0, 1.8, n) - 0.3)
+    return df
+
+
+def write_examples(df: pd.DataFrame, path: str) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for row in df.itertuples(index=False):
+            feature = {
+                "user_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[row.user_id.encode()])),
+                "cohort": tf.train.Feature(bytes_list=tf.train.BytesList(value=[row.cohort.encode()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row.label)])),
+            }
+            for column in PRED_COLUMNS.values():
+                feature[column] = tf.train.Feature(float_list=tf.train.FloatList(value=[getattr(row, column)]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+@dataclasses.dataclass
+class Evaluation:
+    df: pd.DataFrame
+    data_path: str
+    dirs: Dict[str, str]
+    sources: List[rm.ModelSource]
+    users: Dict[str, int]
+
+
+# Model-agnostic TFMA (no model loaded) treats the run as baseline-less when it applies its
+# defaults and refuses change thresholds then; the test runs keep the value threshold only.
+MODEL_AGNOSTIC_THRESHOLDS = ec.BlessingThresholds(min_auc=0.55, min_auc_change=None)
+
+
+def _evaluate(root: str, thresholds: ec.BlessingThresholds = MODEL_AGNOSTIC_THRESHOLDS) -> Evaluation:
+    import tensorflow_model_analysis as tfma
+
+    os.makedirs(root, exist_ok=True)
+    df = make_frame()
+    data_path = os.path.join(root, "eval.tfrecord")
+    write_examples(df, data_path)
+    configs = {
+        "A": ec.make_eval_config(with_baseline=True, thresholds=thresholds, prediction_key="p_limaml",
+                                 baseline_prediction_key="p_wide_deep_id", auc_num_thresholds=NUM_THRESHOLDS),
+        "B": ec.make_eval_config(with_baseline=False, thresholds=thresholds, prediction_key="p_global_dnn",
+                                 auc_num_thresholds=NUM_THRESHOLDS),
+        "C": ec.make_oracle_eval_config(auc_num_thresholds=NUM_THRESHOLDS),
+    }
+    dirs = {}
+    for run, config in configs.items():
+        dirs[run] = os.path.join(root, f"eval_{run}")
+        tfma.run_model_analysis(eval_config=config, data_location=data_path, output_path=dirs[run])
+    sources = [rm.ModelSource("limaml", dirs["A"], "candidate"),
+               rm.ModelSource("wide_deep_id", dirs["A"], "baseline"),
+               rm.ModelSource("global_dnn", dirs["B"], ""),
+               rm.ModelSource("oracle", dirs["C"], "")]
+    users = {"overall": int(df["user_id"].nunique()),
+             **{c: int(df.loc[df["cohort"] == c, "user_id"].nunique()) for c in COHORTS}}
+    return Evaluation(df, data_path, dirs, sources, users)
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory) -> Evaluation:
+    return _evaluate(str(tmp_path_factory.mktemp("tfma")))
+
+
+@pytest.fixture(scope="module")
+def metrics(evaluation) -> dict:
+    return rm.build_metrics("synthetic", "cutoff", evaluation.sources, evaluation.users)
+
+
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+# ---------------------------------------------------------------------------------------------
+# eval_config
+
+
+def test_eval_config_with_baseline_names_and_thresholds():
+    config = ec.make_eval_config(with_baseline=True,
+                                 thresholds=ec.BlessingThresholds(min_auc=0.6, min_auc_change=0.01))
+    assert [(s.name, s.is_baseline, s.label_key) for s in config.model_specs] == [
+        ("candidate", False, "label"), ("baseline", True, "label")]
+    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["cohort"]]
+    assert config.options.compute_confidence_intervals.value
+    metrics = {m.class_name: m for m in config.metrics_specs[0].metrics}
+    assert {"AUC", "LogLoss", "ExampleCount", "CalibrationPlot"} <= set(metrics)
+    assert metrics["LogLoss"].module == "report.tfma_metrics"
+    threshold = metrics["AUC"].threshold
+    assert threshold.value_threshold.lower_bound.value == pytest.approx(0.6)
+    assert threshold.change_threshold.absolute.value == pytest.approx(0.01)
+    assert json.loads(metrics["AUC"].config) == {"name": "auc", "num_thresholds": 10000}
+
+
+def test_eval_config_without_baseline_has_no_change_threshold():
+    config = ec.make_eval_config(with_baseline=False)
+    assert [(s.name, s.is_baseline) for s in config.model_specs] == [("", False)]
+    auc = next(m for m in config.metrics_specs[0].metrics if m.class_name == "AUC")
+    assert auc.threshold.HasField("value_threshold")
+    assert not auc.threshold.HasField("change_threshold")
+    no_thresholds = ec.make_eval_config(with_baseline=True, thresholds=None)
+    auc = next(m for m in no_thresholds.metrics_specs[0].metrics if m.class_name == "AUC")
+    assert not auc.HasField("threshold")
+
+
+def test_eval_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="ci_method"):
+        ec.make_eval_config(ci_method="magic")
+    with pytest.raises(ValueError, match="min_auc"):
+        ec.BlessingThresholds(min_auc=1.5)
+    with pytest.raises(ValueError, match="cohort_key"):
+        ec.make_eval_config(cohort_key="")
+    oracle = ec.make_oracle_eval_config()
+    assert [(s.name, s.prediction_key) for s in oracle.model_specs] == [("", "oracle_prob")]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.json from real TFMA output
+
+
+def test_tfma_model_names_as_expected(evaluation):
+    tables = {run: rm.load_slice_metrics(d) for run, d in evaluation.dirs.items()}
+    assert sorted({m for m, _ in tables["A"]["overall"]}) == ["baseline", "candidate"]
+    assert sorted({m for m, _ in tables["B"]["overall"]}) == [""]
+    assert sorted({m for m, _ in tables["C"]["overall"]}) == [""]
+    assert set(tables["A"]) == {"overall", *PRESENT_COHORTS}
+
+
+def test_build_metrics_matches_independent_computation(evaluation, metrics):
+    from sklearn.metrics import roc_auc_score
+
+    rm.validate_metrics(metrics)
+    assert list(metrics["models"]) == ["limaml", "global_dnn", "wide_deep_id", "oracle"]
+    df = evaluation.df
+    for model, column in PRED_COLUMNS.items():
+        m = metrics["models"][model]
+        for name, part in [("overall", df)] + [(c, df[df["cohort"] == c]) for c in PRESENT_COHORTS]:
+            s = m["overall"] if name == "overall" else m["cohorts"][name]
+            y, p = part["label"].to_numpy(), part[column].to_numpy()
+            where = f"{model}/{name}"
+            assert s["examples"] == len(part), where
+            assert s["users"] == part["user_id"].nunique(), where
+            assert s["auc"] == pytest.approx(roc_auc_score(y, p), abs=AUC_TOL), where
+            assert s["logloss"] == pytest.approx(_logloss(y, p), rel=1e-4), where
+            lo, hi = s["auc_ci95"]
+            assert lo <= s["auc"] <= hi, where
+            assert hi - lo < 0.3, where
+        empty = m["cohorts"]["100+"]
+        assert empty == {"auc": None, "auc_ci95": None, "logloss": None, "examples": 0, "users": 0}
+
+
+def test_planted_quality_order(metrics):
+    auc = {m: metrics["models"][m]["overall"]["auc"] for m in PRED_COLUMNS}
+    assert auc["oracle"] > auc["limaml"] > auc["wide_deep_id"] > auc["global_dnn"]
+
+
+def test_metrics_json_round_trip(metrics):
+    text = json.dumps(metrics, allow_nan=False)
+    rm.validate_metrics(json.loads(text))
+
+
+def test_users_per_cohort_from_examples(evaluation):
+    assert rm.users_per_cohort_from_examples(evaluation.data_path) == evaluation.users
+
+
+def test_blessing_from_thresholds(evaluation):
+    from tensorflow_model_analysis import load_validation_result
+
+    # AUC >= 0.55 holds for limaml (A) and global_dnn (B).
+    assert load_validation_result(evaluation.dirs["A"]).validation_ok
+    assert load_validation_result(evaluation.dirs["B"]).validation_ok
+
+
+@pytest.mark.parametrize("mutate, path", [
+    (lambda d: d["models"]["limaml"]["cohorts"].pop("1-4"), "models.limaml.cohorts.1-4: missing"),
+    (lambda d: d["models"].pop("global_dnn"), "models.global_dnn: missing"),
+    (lambda d: d["models"]["wide_deep_id"]["overall"].__setitem__("auc", "0.7"),
+     "models.wide_deep_id.overall.auc: expected a float"),
+    (lambda d: d["models"]["limaml"]["cohorts"]["0"].__setitem__("examples", 12.0),
+     "models.limaml.cohorts.0.examples: expected an int"),
+    (lambda d: d["models"]["limaml"]["overall"].__setitem__("users", True),
+     "models.limaml.overall.users: expected an int"),
+    (lambda d: d["models"]["limaml"]["overall"].__setitem__("auc_ci95", [0.9]),
+     "models.limaml.overall.auc_ci95"),
+    (lambda d: d["models"]["limaml"]["overall"].__setitem__("auc", math.nan),
+     "models.limaml.overall.auc: expected a finite float"),
+    (lambda d: d["models"]["limaml"]["cohorts"]["100+"].__setitem__("auc", 0.5),
+     "models.limaml.cohorts.100+.auc: must be null"),
+    (lambda d: d["models"].__setitem__("ensemble", d["models"]["limaml"]), "models.ensemble: unexpected key"),
+    (lambda d: d.__setitem__("protocol", 3), "protocol: expected a non-empty string"),
+])
+def test_validate_metrics_rejects_mutations(metrics, mutate, path):
+    bad = copy.deepcopy(metrics)
+    mutate(bad)
+    with pytest.raises(rm.MetricsShapeError) as err:
+        rm.validate_metrics(bad)
+    assert path in str(err.value)
+
+
+def test_build_metrics_errors(evaluation):
+    sources = list(evaluation.sources)
+    with pytest.raises(ValueError, match="required models"):
+        rm.build_metrics("synthetic", "cutoff", sources[:2], evaluation.users)
+    wrong = [dataclasses.replace(s, tfma_model_name="limaml") if s.name == "limaml" else s for s in sources]
+    with pytest.raises(KeyError, match="no model named 'limaml'"):
+        rm.build_metrics("synthetic", "cutoff", wrong, evaluation.users)
+    with pytest.raises(ValueError, match="unknown cohorts"):
+        rm.build_metrics("synthetic", "cutoff", sources, {**evaluation.users, "7+": 3})
+    with pytest.raises(ValueError, match="must be one of"):
+        rm.ModelSource("xgboost", "/tmp", "")
+
+
+def test_read_calibration(evaluation):
+    calibration = rm.read_calibration(evaluation.sources)
+    assert set(calibration) == set(PRED_COLUMNS)
+    df = evaluation.df
+    for model, column in PRED_COLUMNS.items():
+        buckets = calibration[model]
+        assert sum(b["examples"] for b in buckets) == len(df)
+        for b in buckets:
+            inside = df[(df[column] >= b["lower"]) & (df[column] < b["upper"])]
+            assert b["examples"] == len(inside), (model, b)
+            assert b["observed_rate"] == pytest.approx(inside["label"].mean(), abs=1e-9)
+            assert b["mean_prediction"] == pytest.approx(inside[column].mean(), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML report
+
+
+@pytest.fixture(scope="module")
+def report_dir(evaluation, tmp_path_factory) -> str:
+    from report.writer import write_report
+
+    out = str(tmp_path_factory.mktemp("report"))
+    paths = write_report(dataset="synthetic", protocol="cutoff", sources=evaluation.sources,
+                         users_per_cohort=evaluation.users, out_dir=out)
+    assert paths["html"] == os.path.join(out, "index.html")
+    return out
+
+
+def test_report_files(report_dir, metrics):
+    with open(os.path.join(report_dir, "metrics.json")) as f:
+        written = json.load(f)
+    rm.validate_metrics(written)
+    assert written == json.loads(json.dumps(metrics))
+    with open(os.path.join(report_dir, "index.html")) as f:
+        html = f.read()
+    assert "<script" not in html and "<link" not in html and "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64,") >= 4
+    for text in ("limaml", "global_dnn", "wide_deep_id", "oracle", "100+", "n.s.", "gap to oracle"):
+        assert text in html, text
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("chromium not installed: run scripts/system_packages.sh as root")
+    return path
+
+
+def _chromium_args(tmp_path, *extra: str) -> List[str]:
+    return [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", *extra]
+
+
+def test_html_renders_in_browser(report_dir, tmp_path):
+    from PIL import Image
+
+    url = "file://" + os.path.join(report_dir, "index.html")
+    png = tmp_path / "report.png"
+    subprocess.run(_chromium_args(tmp_path, f"--screenshot={png}", "--window-size=1280,2000", url),
+                   check=True, timeout=120, capture_output=True)
+    assert png.exists() and png.stat().st_size > 20_000
+    image = np.asarray(Image.open(png).convert("RGB"))
+    assert image.shape[:2] == (2000, 1280)
+    non_white = (image.min(axis=2) < 240).mean()
+    colours = len(np.unique(image.reshape(-1, 3), axis=0))
+    assert non_white > 0.05, non_white
+    assert colours > 200, colours
+
+    dom = subprocess.run(_chromium_args(tmp_path, "--dump-dom", url), check=True, timeout=120,
+                         capture_output=True, text=True).stdout
+    assert dom.count('<img') >= 4
+    for plot_id in ("plot-auc", "plot-lift", "plot-calibration", "plot-oracle-gap"):
+        assert f'id="{plot_id}"' in dom, plot_id
+    assert '<table id="slice-table"' in dom
+    # one row per model x slice (4 models x (overall + 5 cohorts))
+    table = dom.split('<table id="slice-table"', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr") == 1 + 4 * 6
