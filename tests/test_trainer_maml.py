@@ -251,3 +251,44 @@ def test_outer_step_lowers_query_loss_and_learns_inner_lr():
     losses = [trainer.train_step(batch) for _ in range(30)]
     assert losses[-1] < losses[0]
     assert not np.allclose(model.inner_lrs["w0"].numpy(), lr0)
+
+
+MIRRORED_SCRIPT = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[1])
+from test_trainer_maml import tiny_model, make_batch
+from trainer import maml
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+batch = make_batch()
+ref = tiny_model(steps=1)
+ref_trainer = maml.MamlTrainer(ref)
+with strategy.scope():
+    model = tiny_model(steps=1)
+    trainer = maml.MamlTrainer(model, strategy=strategy)
+double = {p: {k: tf.concat([v, v], 0) for k, v in d.items()} for p, d in batch.items()}
+ds = tf.data.Dataset.from_tensors(double).unbatch().batch(6)
+dist = iter(strategy.experimental_distribute_dataset(ds))
+assert abs(trainer.train_step(next(dist)) - ref_trainer.train_step(batch)) < 1e-12
+for a, b in zip(model.outer_variables(), ref.outer_variables()):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-9)
+print("MIRRORED_OK", strategy.num_replicas_in_sync)
+'''
+
+
+def test_mirrored_strategy_step_equals_single_replica_step(tmp_path):
+    """Two CPU replicas (MirroredStrategy) each see one copy of the batch: same update."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, str(script), here], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert "MIRRORED_OK 2" in res.stdout, res.stderr[-3000:]
