@@ -349,3 +349,40 @@ def test_html_renders_in_browser(report_dir, tmp_path):
     # one row per model x slice (4 models x (overall + 5 cohorts))
     table = dom.split('<table id="slice-table"', 1)[1].split("</table>", 1)[0]
     assert table.count("<tr") == 1 + 4 * 6
+
+
+def test_log_loss_combiner_merges_each_accumulator_once():
+    """TFMA 0.47.1's BinaryCrossEntropy counts the first accumulator twice; ours must not."""
+    from report import tfma_metrics as tm
+
+    computation = tm.LogLoss().computations(model_names=[""])[0]
+    combiner = computation.combiner
+    parts = []
+    for loss, weight in [(1.0, 1.0), (3.0, 1.0), (2.0, 2.0)]:
+        acc = combiner.create_accumulator()
+        acc.total_loss, acc.total_weight = loss, weight
+        parts.append(acc)
+    merged = combiner.merge_accumulators(parts)
+    assert (merged.total_loss, merged.total_weight) == (6.0, 4.0)
+    assert combiner.extract_output(merged)[computation.keys[0]] == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="epsilon"):
+        tm.LogLoss(epsilon=0.7)
+
+
+def test_render_report_without_oracle(metrics, evaluation, tmp_path):
+    from report.html import make_slice_table_rows, render_report
+
+    no_oracle = copy.deepcopy(metrics)
+    del no_oracle["models"]["oracle"]
+    calibration = rm.read_calibration([s for s in evaluation.sources if s.name != "oracle"])
+    path = render_report(no_oracle, calibration, None, str(tmp_path))
+    with open(path) as f:
+        html = f.read()
+    assert 'id="plot-auc"' in html and 'id="plot-lift"' in html and 'id="plot-calibration"' in html
+    assert 'id="plot-oracle-gap"' not in html and "gap to oracle" not in html
+    rows = make_slice_table_rows(no_oracle)
+    assert len(rows) == 3 * 6 and rows[0]["model"] == "limaml" and rows[0]["slice"] == "overall"
+    with pytest.raises(ValueError, match="lacks"):
+        render_report(no_oracle, calibration, [{"model": "limaml"}], str(tmp_path))
+    with pytest.raises(rm.MetricsShapeError):
+        render_report({"dataset": "x"}, calibration, None, str(tmp_path))
