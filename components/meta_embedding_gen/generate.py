@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
-from components.common.examples_io import stack_users
 from schema import features as F
 from trainer import finetune, tasks
 from trainer.layout import MASK, SUPPORT, USER_HASH
@@ -41,6 +41,28 @@ def kernel_feature_keys(model) -> List[str]:
     return keys
 
 
+def stack_rows(users: List[Tuple[str, list]]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Concatenates several users' time-ordered rows into columns (user by user, time order).
+
+    Same result as :func:`components.common.examples_io.stack_users`, about 2x faster: one
+    ``np.asarray`` per scalar column instead of ``np.stack`` over 0-d arrays.
+
+    Returns:
+        (user key per row [N] object array, {column: [N, ...]}).
+    """
+    rows = [r for _, rs in users for r in rs]
+    keys = np.empty(len(rows), dtype=object)
+    pos = 0
+    for user, rs in users:
+        keys[pos:pos + len(rs)] = user
+        pos += len(rs)
+    table: Dict[str, np.ndarray] = {}
+    for name, first in rows[0].items():
+        values = [r[name] for r in rows]
+        table[name] = np.stack(values) if np.ndim(first) else np.asarray(values)
+    return keys, table
+
+
 def support_sets(users: List[Tuple[str, list]], max_recent: int, feature_keys: List[str]):
     """Padded support sets of a batch of users (their latest ``max_recent`` rows).
 
@@ -53,7 +75,7 @@ def support_sets(users: List[Tuple[str, list]], max_recent: int, feature_keys: L
         ``(support {feature: [U, K, ...]}, mask [U, K] float32, user ids [U] object,
         support sizes [U] int64, last interaction timestamps [U] int64)``.
     """
-    keys, table = stack_users(users)
+    keys, table = stack_rows(users)
     built = tasks.build_support_sets({**table, "__user": keys}, "__user", max_recent,
                                      feature_keys=list(feature_keys) + [F.TIMESTAMP])
     support = built[SUPPORT]
@@ -81,6 +103,10 @@ class GenerateDoFn(beam.DoFn):
         self._model = self._load_model()
 
     def process(self, users: List[Tuple[str, list]]) -> Iterable:
+        yield from self._generate(users)
+
+    def _generate(self, users: List[Tuple[str, list]]) -> Iterator:
+        """Runs the kernel once for ``users``; yields their rows and one ``cold`` tagged output."""
         model = self._model
         support, mask, user_ids, counts, last_ts = support_sets(
             users, self._max_recent, kernel_feature_keys(model))
@@ -94,6 +120,42 @@ class GenerateDoFn(beam.DoFn):
                    "support_size": int(counts[i]), "last_interaction_ts": int(last_ts[i])}
 
 
+class BatchedGenerateDoFn(GenerateDoFn):
+    """:class:`GenerateDoFn` on single users: buffers ``users_per_batch`` of them per kernel call.
+
+    Batching inside the DoFn (instead of ``beam.BatchElements`` in front of it) keeps the large
+    batch from being an element: Beam samples element sizes by encoding them, and encoding a
+    batch of thousands of users' numpy rows cost more than the kernel itself.
+    """
+
+    def __init__(self, load_model: ModelLoader, max_recent: int, aggregation: str,
+                 users_per_batch: int) -> None:
+        super().__init__(load_model, max_recent, aggregation)
+        if users_per_batch < 1:
+            raise ValueError(f"users_per_batch must be >= 1, got {users_per_batch}")
+        self._users_per_batch = users_per_batch
+        self._buffer: List[Tuple[str, list]] = []
+
+    def start_bundle(self) -> None:
+        self._buffer = []
+
+    def process(self, user: Tuple[str, list]) -> Iterable:  # pylint: disable=arguments-renamed
+        self._buffer.append(user)
+        if len(self._buffer) >= self._users_per_batch:
+            users, self._buffer = self._buffer, []
+            yield from self._generate(users)
+
+    def finish_bundle(self) -> Iterable:
+        if not self._buffer:
+            return
+        users, self._buffer = self._buffer, []
+        for out in self._generate(users):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+
+
 def _sum_pairs(parts: Iterable[Tuple[np.ndarray, int]]) -> Tuple[np.ndarray, int]:
     total, count = None, 0
     for vec, n in parts:
@@ -102,10 +164,13 @@ def _sum_pairs(parts: Iterable[Tuple[np.ndarray, int]]) -> Tuple[np.ndarray, int
     return (np.zeros(0) if total is None else total), count
 
 
-def _not_after(item, as_of: Optional[int]):
+def _not_after(item, as_of: Optional[int], max_recent: Optional[int] = None):
+    """Keeps a user's rows with ``timestamp <= as_of`` (all if None), then the last ``max_recent``."""
     user, rows = item
     if as_of is not None:
         rows = [r for r in rows if int(r[F.TIMESTAMP]) <= as_of]
+    if max_recent is not None:
+        rows = rows[-max_recent:]
     return [(user, rows)] if len(rows) else []
 
 
@@ -125,7 +190,7 @@ def GenerateEmbeddings(users: beam.PCollection, load_model: ModelLoader, max_rec
         load_model: picklable callable returning the :class:`trainer.model.LimamlModel`.
         max_recent: K, support interactions per user.
         aggregation: ``"latest"`` | ``"mean"`` | ``"max"``.
-        users_per_batch: users per kernel call (upper bound).
+        users_per_batch: users per kernel call (the last call of a bundle may have fewer).
         as_of: drop interactions with ``timestamp > as_of`` first (users left with none are
             skipped).
 
@@ -135,11 +200,9 @@ def GenerateEmbeddings(users: beam.PCollection, load_model: ModelLoader, max_rec
         no user had an interaction).
     """
     out = (users
-           | "AsOf" >> beam.FlatMap(_not_after, as_of)
-           | "BatchUsers" >> beam.BatchElements(min_batch_size=min(64, users_per_batch),
-                                                max_batch_size=users_per_batch)
-           | "FineTune" >> beam.ParDo(GenerateDoFn(load_model, max_recent, aggregation)).with_outputs(
-               "cold", main="rows"))
+           | "AsOf" >> beam.FlatMap(_not_after, as_of, max_recent)
+           | "FineTune" >> beam.ParDo(BatchedGenerateDoFn(
+               load_model, max_recent, aggregation, users_per_batch)).with_outputs("cold", main="rows"))
     cold = (out.cold
             | "SumCold" >> beam.CombineGlobally(_sum_pairs).without_defaults()
             | "MeanCold" >> beam.Map(_mean))

@@ -1,0 +1,277 @@
+"""Meta-embedding generation (MEG) and store-write throughput: ``limaml bench embeddings``.
+
+Pipeline measured:
+
+1. synthetic interactions (:mod:`limaml.data.synthetic`, generated in chunks of users so 1M users
+   fit in memory) -> each user's last ``--max-recent`` interactions -> encoded with
+   :class:`trainer.local_encoder.LocalEncoder` (not timed);
+2. a :class:`trainer.model.LimamlModel` at its seeded initialisation, exported as a real meta
+   block and loaded by :class:`MetaBlockLoader` (the production path; not timed);
+3. ``generate``: the **Beam path** of production, timed end to end on the DirectRunner:
+   users -> ``GenerateEmbeddings`` (batched fine-tune kernel, ``users_per_batch`` users per
+   call) -> staged Parquet parts + cold-start vector (:func:`generate.stage_embeddings`);
+   optional ``kernel``: the batched kernel alone (``finetune.generate_meta_embeddings`` on
+   pre-padded arrays), to show what Beam and row handling add;
+4. ``parquet`` / ``bigtable``: the staged vectors written to the stores with
+   :func:`benchmarks.embedding_store_bench.bench_stores` (Bigtable: a ``cbtemulator`` started for
+   the stage).
+
+Prints a JSON list of rows ``{"stage", "users", "users_per_s", "peak_rss_mb", ...}``.
+``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+STAGES = ("generate", "parquet", "bigtable", "kernel")
+DEFAULT_STAGES = ("generate", "parquet", "bigtable")
+_TABLES: Dict[str, Dict[str, np.ndarray]] = {}  # in-process input registry (see _EmitUsers)
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="limaml bench embeddings", description=__doc__.split("\n")[0])
+    p.add_argument("--users", type=int, default=100_000, help="number of users (default 100000)")
+    p.add_argument("--items", type=int, default=1000, help="number of items (default 1000)")
+    p.add_argument("--max-recent", type=int, default=32,
+                   help="K: most recent interactions per user used by MEG (default 32)")
+    p.add_argument("--interactions", type=float, default=10.0,
+                   help="mean interactions per user, long-tailed (default 10)")
+    p.add_argument("--users-per-batch", type=int, default=2048,
+                   help="users per call of the fine-tune kernel (default 2048)")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated, in order, from {','.join(STAGES)} "
+                        f"(default {','.join(DEFAULT_STAGES)}); parquet/bigtable need generate")
+    p.add_argument("--chunk-users", type=int, default=200_000,
+                   help="users generated and encoded per chunk (memory bound, default 200000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="folder for the model, staging and Parquet store "
+                                     "(default: a temporary folder, deleted)")
+    args = p.parse_args(argv)
+    args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in args.stages if s not in STAGES]
+    if bad:
+        p.error(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+    if any(s in args.stages for s in ("parquet", "bigtable")) and "generate" not in args.stages:
+        p.error("the parquet and bigtable stages write the generated vectors: add generate")
+    if args.users < 1 or args.max_recent < 1 or args.items < 2:
+        p.error("--users and --max-recent must be >= 1, --items >= 2")
+    return args
+
+
+def build_inputs(num_users: int, num_items: int, mean_interactions: float, max_recent: int,
+                 chunk_users: int, seed: int, user_id_buckets: int):
+    """Synthetic users' last ``max_recent`` interactions, encoded, sorted by user then time.
+
+    Returns:
+        ``(encoder, table)`` with ``table = {column: [N, ...]}`` (``genres`` kept as uint8 to save
+        memory; every user has 1..max_recent rows) and ``table["__starts"]`` the first row of each
+        user ``[U + 1]`` (last entry = N).
+    """
+    import pandas as pd
+
+    from limaml.data.synthetic import SyntheticConfig, generate
+    from schema import features as F
+    from trainer.local_encoder import LocalEncoder
+
+    enc = None
+    parts: Dict[str, List[np.ndarray]] = {}
+    for c, start in enumerate(range(0, num_users, chunk_users)):
+        n = min(chunk_users, num_users - start)
+        frame = generate(SyntheticConfig(num_users=n, num_items=num_items,
+                                         mean_interactions=mean_interactions, seed=seed + c))
+        frame[F.USER_ID] = f"c{c}-" + frame[F.USER_ID].astype(str)
+        frame = frame.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable")
+        frame = frame.groupby(F.USER_ID, sort=False).tail(max_recent)
+        if enc is None:
+            enc = LocalEncoder(user_id_buckets).fit(frame)
+        cols = enc.encode(frame, sort=False)
+        cols.pop(F.ORACLE_PROB, None)
+        cols[F.GENRES] = cols[F.GENRES].astype(np.uint8)
+        for k, v in cols.items():
+            parts.setdefault(k, []).append(v)
+        del frame
+    table = {k: np.concatenate(v) for k, v in parts.items()}
+    uid = table[F.USER_ID]
+    change = np.ones(uid.shape[0], bool)
+    change[1:] = uid[1:] != uid[:-1]
+    table["__starts"] = np.append(np.flatnonzero(change), uid.shape[0])
+    del pd
+    return enc, table
+
+
+class _EmitUsers:
+    """``shard`` -> ``(user_id, [row dicts])`` for the shard's users, read from ``_TABLES``.
+
+    The input table lives in this process (the DirectRunner runs in-process), so the pipeline
+    graph does not carry gigabytes of pickled rows; users are produced lazily per shard.
+    """
+
+    def __init__(self, key: str, shards: int) -> None:
+        self.key = key
+        self.shards = shards
+
+    def __call__(self, shard: int) -> Iterator[Tuple[str, list]]:
+        from schema import features as F
+
+        t = _TABLES[self.key]
+        starts = t["__starts"]
+        users = starts.shape[0] - 1
+        lo, hi = shard * users // self.shards, (shard + 1) * users // self.shards
+        cols = [k for k in t if not k.startswith("__")]
+        for u in range(lo, hi):
+            a, b = starts[u], starts[u + 1]
+            block = {k: t[k][a:b] for k in cols}
+            block[F.GENRES] = block[F.GENRES].astype(np.float32)
+            rows = [{k: v[i] for k, v in block.items()} for i in range(b - a)]
+            yield str(t[F.USER_ID][a]), rows
+
+
+def _model_and_loader(workdir: str, enc, max_recent: int, users_per_batch: int):
+    from components.common.model_layout import meta_block_dir
+    from components.meta_embedding_gen.meta_block import MetaBlockLoader
+    from limaml.config import EmbeddingConfig, LimamlConfig
+    from trainer.export import export_meta_block
+    from trainer.layout import build_layout
+    from trainer.model import LimamlModel
+
+    cfg = LimamlConfig(dataset="synthetic", embeddings=EmbeddingConfig(
+        max_recent=max_recent, users_per_batch=users_per_batch))
+    layout = build_layout(cfg.model, enc.vocab_sizes)
+    model = LimamlModel(layout, cfg.model, cfg.maml, seed=cfg.train.seed)
+    folder = os.path.join(workdir, "model", "1")
+    export_meta_block(meta_block_dir(folder), model, cfg, "1")
+    return cfg, model, MetaBlockLoader(folder)
+
+
+def bench_generate(table: Dict[str, np.ndarray], loader, cfg, staging: str) -> Dict[str, Any]:
+    """Times the Beam MEG path (generation + staging) over every user of ``table``."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from benchmarks.embedding_store_bench import _PeakRss
+    from components.meta_embedding_gen import generate, store_io
+
+    users = table["__starts"].shape[0] - 1
+    key = f"bench-{id(table)}"
+    _TABLES[key] = table
+    shards = max(1, min(64, users // 10_000))
+    e = cfg.embeddings
+    store_io.clear_staging(staging)
+    try:
+        with _PeakRss() as rss:
+            t0 = time.perf_counter()
+            opts = PipelineOptions(["--direct_num_workers=1", "--direct_running_mode=in_memory"])
+            with beam.Pipeline(runner="DirectRunner", options=opts) as p:
+                result = (p
+                          | "Shards" >> beam.Create(list(range(shards)))
+                          | "Users" >> beam.FlatMap(_EmitUsers(key, shards))
+                          | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
+                              loader, e.max_recent, e.aggregation, e.users_per_batch))
+                generate.stage_embeddings(result, staging)
+            secs = time.perf_counter() - t0
+    finally:
+        _TABLES.pop(key, None)
+    return {"stage": "generate", "users": int(users), "users_per_s": users / secs,
+            "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "path": "beam",
+            "users_per_batch": e.users_per_batch, "max_recent": e.max_recent}
+
+
+def bench_kernel(table: Dict[str, np.ndarray], model, cfg) -> Dict[str, Any]:
+    """Times the batched fine-tune kernel alone on pre-padded arrays (no Beam, no row dicts)."""
+    from benchmarks.embedding_store_bench import _PeakRss
+    from components.meta_embedding_gen.generate import kernel_feature_keys
+    from schema import features as F
+    from trainer import finetune
+
+    starts = table["__starts"]
+    users = starts.shape[0] - 1
+    k, b = cfg.embeddings.max_recent, cfg.embeddings.users_per_batch
+    counts = np.diff(starts)
+    keys = kernel_feature_keys(model)
+    with _PeakRss() as rss:
+        t0 = time.perf_counter()
+        for lo in range(0, users, b):
+            hi = min(users, lo + b)
+            n = counts[lo:hi]
+            pos = np.arange(k)[None, :]
+            mask = pos < n[:, None]
+            idx = np.where(mask, starts[lo:hi, None] + pos, 0)
+            support = {}
+            for key in keys:
+                v = table[key][idx]
+                if key == F.GENRES:
+                    v = v.astype(np.float32)
+                m = mask.reshape(mask.shape + (1,) * (v.ndim - 2))
+                support[key] = np.where(m, v, np.zeros((), v.dtype))
+            finetune.generate_meta_embeddings(model, support, mask.astype(np.float32),
+                                              cfg.embeddings.aggregation).numpy()
+        secs = time.perf_counter() - t0
+    return {"stage": "kernel", "users": int(users), "users_per_s": users / secs,
+            "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "path": "direct"}
+
+
+def _read_staged(staging: str) -> Tuple[np.ndarray, np.ndarray]:
+    from components.meta_embedding_gen import store_io
+
+    ids, embs = [], []
+    for batch in store_io.staged_batches(staging, "bench", 0, None):
+        ids.append(batch.user_ids)
+        embs.append(batch.embeddings)
+    return np.concatenate(ids), np.concatenate(embs)
+
+
+def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Runs the requested stages; returns the result rows."""
+    from benchmarks.embedding_store_bench import bench_stores
+    from limaml.config import ModelConfig
+
+    tmp = None
+    workdir = args.workdir
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="limaml-megbench-")
+        workdir = tmp
+    os.makedirs(workdir, exist_ok=True)
+    rows: List[Dict[str, Any]] = []
+    try:
+        t0 = time.perf_counter()
+        enc, table = build_inputs(args.users, args.items, args.interactions, args.max_recent,
+                                  args.chunk_users, args.seed, ModelConfig().user_id_buckets)
+        print(f"[bench] inputs: {table['__starts'].shape[0] - 1} users, "
+              f"{table['__starts'][-1]} interactions (last {args.max_recent} per user) in "
+              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        cfg, model, loader = _model_and_loader(workdir, enc, args.max_recent, args.users_per_batch)
+        staging = os.path.join(workdir, "staging")
+        for stage in args.stages:
+            if stage == "generate":
+                rows.append(bench_generate(table, loader, cfg, staging))
+            elif stage == "kernel":
+                rows.append(bench_kernel(table, model, cfg))
+            else:
+                ids, emb = _read_staged(staging)
+                rows.extend(bench_stores(emb, ids, model_version="1", stages=(stage,),
+                                         out_dir=os.path.join(workdir, "store")))
+            print(f"[bench] {json.dumps(rows[-1])}", file=sys.stderr)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point (``limaml bench embeddings ...``); prints the JSON rows."""
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
+    print(json.dumps(run(args), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
