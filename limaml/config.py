@@ -202,6 +202,20 @@ class EmbeddingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """Blessing rule of the LiMAML Evaluator (the Pusher only pushes blessed models).
+
+    Attributes:
+        min_auc: LiMAML's overall AUC must be at least this.
+        min_auc_change: LiMAML's overall AUC minus the baseline's (wide & deep with user id)
+            must be at least this (0.0: no regression; negative: a tolerated regression).
+    """
+
+    min_auc: float = 0.5
+    min_auc_change: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class LimamlConfig:
     """All settings of one LiMAML run."""
 
@@ -212,6 +226,7 @@ class LimamlConfig:
     tasks: TaskConfig = TaskConfig()
     train: TrainConfig = TrainConfig()
     embeddings: EmbeddingConfig = EmbeddingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     def to_json(self) -> str:
         """Serialises the config (for artifacts and Kubeflow runtime parameters)."""
@@ -224,6 +239,7 @@ class LimamlConfig:
         kinds = {
             "protocol": ProtocolConfig, "model": ModelConfig, "maml": MamlConfig,
             "tasks": TaskConfig, "train": TrainConfig, "embeddings": EmbeddingConfig,
+            "evaluation": EvaluationConfig,
         }
         kwargs: Dict[str, Any] = {}
         for key, value in raw.items():

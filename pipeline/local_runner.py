@@ -16,21 +16,19 @@ from pipeline.settings import PipelinePaths, beam_args
 
 
 class _ProgressFilter(logging.Filter):
-    """Keeps TFX's per-component progress lines (and warnings/errors) out of the INFO flood."""
+    """Keeps TFX's per-component progress lines, timestamped, out of the INFO flood."""
 
     def __init__(self) -> None:
         super().__init__()
         self.start = time.time()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
         msg = record.getMessage()
         if msg.startswith("Component ") and (" is running" in msg or " is finished" in msg):
             record.msg = f"[run {time.time() - self.start:6.0f}s] {msg}"
             record.args = ()
             return True
-        return msg.startswith(("[run]", "[push]", "[report]"))
+        return False
 
 
 def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
@@ -39,7 +37,9 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ProgressFilter())
     handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger()
+    # TFX reports progress through absl's logger; some components reset the root logger's
+    # handlers, so the progress handler hangs on the "absl" logger itself.
+    root = logging.getLogger("absl")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:

@@ -17,7 +17,7 @@ from components.report.component import Report
 from components.task_gen.component import TaskGen
 from limaml.config import LimamlConfig
 from pipeline.settings import PIPELINE_NAME
-from report.eval_config import make_eval_config
+from report.eval_config import BlessingThresholds, make_eval_config
 from schema import features as F
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
@@ -73,7 +73,11 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
     eval_limaml = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=limaml.outputs["model"],
         baseline_model=wide_deep.outputs["model"], example_splits=["eval"],
-        eval_config=make_eval_config(with_baseline=True, prediction_key=PREDICTION_KEY)).with_id("EvaluatorLimaml")
+        eval_config=make_eval_config(
+            with_baseline=True, prediction_key=PREDICTION_KEY,
+            thresholds=BlessingThresholds(min_auc=config.evaluation.min_auc,
+                                          min_auc_change=config.evaluation.min_auc_change))
+    ).with_id("EvaluatorLimaml")
     eval_dnn = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=global_dnn.outputs["model"],
         example_splits=["eval"], eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY)

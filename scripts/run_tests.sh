@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
+# System packages of the tests (headless Chromium renders the HTML report); a failure here
+# is reported, and the browser test then fails with the reason.
+./scripts/system_packages.sh || echo "[tests] warning: system packages missing (see above)" >&2
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

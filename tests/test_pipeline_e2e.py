@@ -1,0 +1,133 @@
+"""End to end: the whole pipeline once (shared fixture), checked through ML Metadata and against
+numbers worked out independently from the prepared data."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from sklearn.metrics import roc_auc_score
+
+from components.common.model_layout import meta_block_dir
+from embeddings.parquet_store import ParquetEmbeddingStore
+from limaml.data import canonical, protocols
+from pipeline.settings import COMPONENT_IDS
+from report.metrics import validate_metrics
+from schema import features as F
+
+pytestmark = pytest.mark.e2e
+
+
+def _store(run):
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = run.metadata_path
+    return metadata_store.MetadataStore(cfg)
+
+
+def _artifacts(store, type_name):
+    return sorted(store.get_artifacts_by_type(type_name), key=lambda a: a.id)
+
+
+@pytest.fixture(scope="module")
+def split(pipeline_run):
+    frame = canonical.read_prepared(pipeline_run.data_dir)
+    return protocols.apply(frame, pipeline_run.config.protocol)
+
+
+@pytest.fixture(scope="module")
+def metrics(pipeline_run):
+    with open(os.path.join(pipeline_run.paths.report_dir, "metrics.json")) as f:
+        return json.load(f)
+
+
+def test_every_component_executed(pipeline_run):
+    store = _store(pipeline_run)
+    ok = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    done = set()
+    for ctx in store.get_contexts_by_type("node"):
+        if any(e.last_known_state in ok for e in store.get_executions_by_context(ctx.id)):
+            done.add(ctx.name.split(".")[-1])
+    assert done == set(COMPONENT_IDS)
+
+
+def test_metrics_json_shape_and_counts(metrics, split):
+    validate_metrics(metrics)
+    assert (metrics["dataset"], metrics["protocol"]) == ("synthetic", "cutoff")
+    query = split.interactions[split.interactions[protocols.ROLE] == "query"]
+    for model in ("limaml", "global_dnn", "wide_deep_id", "oracle"):
+        overall = metrics["models"][model]["overall"]
+        assert overall["examples"] == len(query)
+        assert overall["users"] == len(split.users)
+        for cohort, s in metrics["models"][model]["cohorts"].items():
+            members = split.users[split.users[protocols.COHORT] == cohort]
+            assert s["users"] == len(members), (model, cohort)
+            assert s["examples"] == int(members["query_size"].sum()), (model, cohort)
+            if s["auc"] is not None:
+                lo, hi = s["auc_ci95"]
+                assert lo <= s["auc"] <= hi
+
+
+def test_oracle_auc_matches_true_probabilities(metrics, split):
+    query = split.interactions[split.interactions[protocols.ROLE] == "query"]
+    want = roc_auc_score(query[F.LABEL], query[F.ORACLE_PROB])
+    assert metrics["models"]["oracle"]["overall"]["auc"] == pytest.approx(want, abs=2e-3)
+    # No model beats the oracle beyond TFMA's threshold approximation.
+    for model in ("limaml", "global_dnn", "wide_deep_id"):
+        assert metrics["models"][model]["overall"]["auc"] <= want + 2e-3
+
+
+def test_blessing_follows_the_threshold_and_push(pipeline_run, metrics):
+    store = _store(pipeline_run)
+    blessings = _artifacts(store, "ModelBlessing")
+    limaml_blessing = [b for b in blessings if "EvaluatorLimaml" in b.uri]
+    assert len(limaml_blessing) == 1
+    blessed = limaml_blessing[0].custom_properties["blessed"].int_value == 1
+    ev = pipeline_run.config.evaluation
+    limaml, wide = (metrics["models"][m]["overall"]["auc"] for m in ("limaml", "wide_deep_id"))
+    expected = limaml >= ev.min_auc and limaml - wide >= ev.min_auc_change
+    assert blessed == expected, (limaml, wide)
+    pushed = _artifacts(store, "PushedModel")[-1]
+    assert pushed.custom_properties["pushed"].int_value == int(blessed)
+
+
+def test_pushed_model_is_in_tf_serving_layout(pipeline_run):
+    store = _store(pipeline_run)
+    model = [m for m in _artifacts(store, "Model") if "LimamlTrainer" in m.uri][-1]
+    base = pipeline_run.paths.serving_base
+    versions = [d for d in os.listdir(base) if not d.startswith(".")]
+    assert versions == [str(model.id)]  # integer version folder = the trained model's id
+    folder = os.path.join(base, versions[0])
+    assert os.path.exists(os.path.join(folder, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(folder, "variables"))
+    assert os.path.exists(os.path.join(meta_block_dir(folder), "meta_block.json"))
+    loaded = tf.saved_model.load(folder)
+    sig = loaded.signatures["serving_default"]
+    assert list(sig.structured_input_signature[1]) == ["examples"]
+    assert list(sig.structured_outputs) == ["probabilities"]
+
+
+def test_embeddings_for_every_evaluated_user(pipeline_run, split):
+    store = _store(pipeline_run)
+    emb = _artifacts(store, "limaml.MetaEmbeddings")[-1]
+    model = [m for m in _artifacts(store, "Model") if "LimamlTrainer" in m.uri][-1]
+    version = emb.custom_properties["model_version"].string_value
+    assert version == str(model.id)
+    users = split.users
+    found = ParquetEmbeddingStore(emb.uri).lookup(users[F.USER_ID].to_numpy(dtype=object), version).found
+    # Users with a history have their own vector; brand-new users (cohort 0) get the cold default.
+    np.testing.assert_array_equal(found, users["history_size"].to_numpy() > 0)
+
+
+def test_second_run_reuses_the_cache(pipeline_run):
+    """Rerunning on unchanged data executes nothing new: every component is served from cache."""
+    from pipeline.main_job import run_main_job
+
+    store = _store(pipeline_run)
+    before = len(store.get_executions())
+    run_main_job(pipeline_run.config, pipeline_run.output, pipeline_run.data_dir)
+    new = store.get_executions()[before:]
+    assert len(new) == len(COMPONENT_IDS)
+    assert all(e.last_known_state == metadata_store_pb2.Execution.CACHED for e in new)
