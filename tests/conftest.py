@@ -20,3 +20,7 @@ def bigtable_emulator():
         yield emu
     finally:
         emu.stop()
+
+
+# --- End-to-end pipeline run (tests/pipeline_fixtures.py) -------------------------------------
+from tests.pipeline_fixtures import pipeline_run  # noqa: E402,F401  (session fixture, lazy)
