@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -133,6 +133,8 @@ def run_serve_bench(
     user_id: str = "bench-user",
     model_target: Optional[str] = None,
     timeout_s: float = 5.0,
+    user_features: Optional[Mapping[str, Any]] = None,
+    candidates: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> List[Dict[str, float]]:
     """Measures the HTTP ranker service end to end from a separate client process.
 
@@ -149,6 +151,9 @@ def run_serve_bench(
         user_id: the user of every request.
         model_target: an already running TF Serving to use instead of launching one.
         timeout_s: the ranker's gRPC deadline.
+        user_features: raw user features sent with every request (a real model needs them).
+        candidates: pool of raw candidates; a row of n candidates takes the first n, cycling
+            through the pool when it is smaller (default: ``synthetic_candidates``).
 
     Returns:
         One row per candidate count: candidates, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms,
@@ -173,6 +178,8 @@ def run_serve_bench(
         embedding_lookup = ConstantEmbeddingLookup(embedding_dim)
     if max_requests < 1 or max_seconds <= 0:
         raise ValueError(f"max_requests={max_requests}, max_seconds={max_seconds}; both must be > 0")
+    if candidates is not None and not len(candidates):
+        raise ValueError("candidates is empty; pass at least one raw candidate or None")
 
     server = None
     if model_target is None:
@@ -190,10 +197,16 @@ def run_serve_bench(
 
         with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
             for n in candidate_counts:
-                cands = synthetic_candidates(n, DEFAULT_REQUIRED_CANDIDATE_FEATURES)
+                if candidates is None:
+                    cands = synthetic_candidates(n, DEFAULT_REQUIRED_CANDIDATE_FEATURES)
+                else:
+                    cands = [dict(candidates[i % len(candidates)]) for i in range(n)]
                 body_path = os.path.join(tmp, f"body_{n}.json")
+                body: Dict[str, Any] = {"user_id": user_id, "candidates": cands}
+                if user_features:
+                    body["user_features"] = dict(user_features)
                 with open(body_path, "w", encoding="utf-8") as fh:
-                    json.dump({"user_id": user_id, "candidates": cands}, fh)
+                    json.dump(body, fh)
                 proc = subprocess.run(
                     [sys.executable, "-c", _CLIENT, "127.0.0.1", str(service.port), body_path,
                      str(max_requests), str(max_seconds), str(warmup)],
@@ -204,7 +217,7 @@ def run_serve_bench(
                                        f"{proc.stderr.strip()[-2000:]}")
                 out = json.loads(proc.stdout.strip().splitlines()[-1])
                 lat = out["latencies_ms"]
-                examples = serialize_candidates(user_id, cands, emb)
+                examples = serialize_candidates(user_id, cands, emb, user_features)
                 row: Dict[str, float] = {"candidates": n, **_percentiles(lat),
                                          "qps": len(lat) / max(out["elapsed_s"], 1e-9),
                                          "floor_p50_ms": _floor_p50_ms(
@@ -227,3 +240,72 @@ def format_rows(rows: Sequence[Dict[str, float]]) -> str:
         lines.append(f"{r['candidates']:>10} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
                      f"{r['p99_ms']:>8.2f} {r['qps']:>8.1f} {r['floor_p50_ms']:>9.2f}")
     return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``limaml bench serve``: the ranker service of a run's pushed model under load.
+
+    Starts the run's local stack (:func:`serving.local_stack.start_local_stack`: model server on
+    ``<run>/serving/limaml``, the run's meta embeddings), takes a real user and real candidates
+    from the run's evaluation examples, and prints one JSON row per candidate count:
+    ``candidates, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms, requests`` (see the module doc).
+
+    Returns:
+        0 (errors raise; the CLI reports them).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="limaml bench serve", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="run folder (--output of `limaml run`)")
+    parser.add_argument("--max-requests", type=int, default=500, help="most timed requests per row")
+    parser.add_argument("--max-seconds", type=float, default=10.0, help="most seconds per row")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed requests before each row")
+    parser.add_argument("--candidates", default="1,10,100",
+                        help="comma-separated candidates per request, one row each")
+    parser.add_argument("--store", choices=["parquet", "bigtable"], default="parquet",
+                        help="embedding store behind the lookup (bigtable: the emulator)")
+    parser.add_argument("--user", help="user id (default: the first evaluation user of the run)")
+    parser.add_argument("--table", action="store_true", help="also print a table to stderr")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        counts = [int(c) for c in args.candidates.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--candidates {args.candidates!r}: expected integers like 1,10,100")
+    if not counts or min(counts) < 1:
+        parser.error("--candidates: give counts >= 1")
+
+    from serving.local_stack import read_eval_requests, start_local_stack
+
+    requests = read_eval_requests(args.run, max_users=200, max_candidates=max(counts))
+    if not requests:
+        raise RuntimeError(f"the run in {args.run} has no evaluation examples to build requests from")
+    request = next((r for r in requests if r["user_id"] == args.user), None) if args.user else None
+    if request is None:
+        request = max(requests, key=lambda r: len(r["candidates"]))
+        if args.user:  # an arbitrary user: real candidates and features, another user's id
+            request = {**request, "user_id": args.user}
+    pool: List[Dict[str, Any]] = []  # real items: the user's own first, then other users'
+    for cand in request["candidates"] + [c for r in requests for c in r["candidates"]]:
+        if len(pool) >= max(counts):
+            break
+        if cand not in pool:
+            pool.append(cand)
+    stack = start_local_stack(args.run, store=args.store, max_candidates=max(counts))
+    try:
+        rows = run_serve_bench(
+            stack.run.serving_base, model_name=stack.model_name, embedding_lookup=stack.lookup,
+            candidate_counts=counts, max_requests=args.max_requests, max_seconds=args.max_seconds,
+            warmup=args.warmup, user_id=request["user_id"], model_target=stack.model_target,
+            user_features=request["user_features"], candidates=pool)
+    finally:
+        stack.stop()
+    for row in rows:
+        print(json.dumps({**row, "model_version": stack.model_version, "store": args.store,
+                          "user_id": request["user_id"]}), flush=True)
+    if args.table:
+        print(format_rows(rows), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
