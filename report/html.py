@@ -143,8 +143,9 @@ def _plot_lift(metrics: Mapping[str, Any]) -> str:
             ax.bar(x, lift["lift_pct"], width=width * 0.9, color=colour if lift["significant"] else "white",
                    edgecolor=colour, hatch=None if lift["significant"] else "//", linewidth=1.2)
             label = f"{lift['lift_pct']:+.1f}%" + ("" if lift["significant"] else "\nn.s.")
-            va = "bottom" if lift["lift_pct"] >= 0 else "top"
-            ax.text(x, lift["lift_pct"], label, ha="center", va=va, fontsize=8)
+            up = lift["lift_pct"] >= 0
+            ax.annotate(label, (x, lift["lift_pct"]), xytext=(0, 3 if up else -3), textcoords="offset points",
+                        ha="center", va="bottom" if up else "top", fontsize=8)
     for i, baseline in enumerate(baselines):  # legend entries
         ax.bar([math.nan], [math.nan], color=MODEL_COLOURS[baseline], label=f"vs {MODEL_LABELS[baseline]}")
     ax.bar([math.nan], [math.nan], color="white", edgecolor="#555555", hatch="//",
@@ -259,8 +260,8 @@ def _lift_table(metrics: Mapping[str, Any]) -> str:
             if lift is None:
                 cells.append("—")
             else:
-                tag = "significant" if lift["significant"] else "n.s."
-                cells.append(f'{lift["lift_pct"]:+.2f}% <span class="{tag.strip(".")}">({tag})</span>')
+                tag, cls = ("significant", "significant") if lift["significant"] else ("n.s.", "ns")
+                cells.append(f'{lift["lift_pct"]:+.2f}% <span class="{cls}">({tag})</span>')
         out.append(f"<tr><td>{html.escape(_slice_label(slice_name))}</td>"
                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")

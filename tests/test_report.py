@@ -293,8 +293,9 @@ def report_dir(evaluation, tmp_path_factory) -> str:
     from report.writer import write_report
 
     out = str(tmp_path_factory.mktemp("report"))
+    # users counted from the examples here (test_report_files compares with the hand counts)
     paths = write_report(dataset="synthetic", protocol="cutoff", sources=evaluation.sources,
-                         users_per_cohort=evaluation.users, out_dir=out)
+                         examples_pattern=evaluation.data_path, out_dir=out)
     assert paths["html"] == os.path.join(out, "index.html")
     return out
 
@@ -308,7 +309,8 @@ def test_report_files(report_dir, metrics):
         html = f.read()
     assert "<script" not in html and "<link" not in html and "http://" not in html and "https://" not in html
     assert html.count("data:image/png;base64,") >= 4
-    for text in ("limaml", "global_dnn", "wide_deep_id", "oracle", "100+", "n.s.", "gap to oracle"):
+    for text in ("limaml", "global_dnn", "wide_deep_id", "oracle", "100+", "n.s.", "gap to oracle",
+                 "delete-d jackknife over 20 random partitions"):
         assert text in html, text
 
 
