@@ -388,3 +388,25 @@ def test_render_report_without_oracle(metrics, evaluation, tmp_path):
         render_report(no_oracle, calibration, [{"model": "limaml"}], str(tmp_path))
     with pytest.raises(rm.MetricsShapeError):
         render_report({"dataset": "x"}, calibration, None, str(tmp_path))
+
+
+@pytest.mark.parametrize("thresholds, candidate, baseline, blessed", [
+    (ec.BlessingThresholds(), 0.79, 0.70, True),                        # default: no regression
+    (ec.BlessingThresholds(), 0.69, 0.70, False),                       # regression vs baseline
+    (ec.BlessingThresholds(min_auc=0.8), 0.79, 0.70, False),            # below the absolute bound
+    (ec.BlessingThresholds(min_auc_change=-0.02), 0.69, 0.70, True),    # tolerated regression
+    (ec.BlessingThresholds(min_auc_change=None, min_relative_auc_change=0.05), 0.79, 0.70, True),
+    (ec.BlessingThresholds(min_auc_change=None, min_relative_auc_change=0.2), 0.79, 0.70, False),
+])
+def test_blessing_thresholds_with_baseline(thresholds, candidate, baseline, blessed):
+    """TFMA's validator (what TFX's Evaluator runs) applied to our config with a baseline."""
+    from tensorflow_model_analysis.evaluators import metrics_validator
+    from tensorflow_model_analysis.metrics.metric_types import MetricKey
+    from tensorflow_model_analysis.utils import config_util
+
+    config = config_util.update_eval_config_with_defaults(
+        ec.make_eval_config(with_baseline=True, thresholds=thresholds), has_baseline=True)
+    values = {MetricKey("auc", model_name="candidate"): candidate,
+              MetricKey("auc", model_name="baseline"): baseline,
+              MetricKey("auc", model_name="candidate", is_diff=True): candidate - baseline}
+    assert metrics_validator.validate_metrics(((), values), config).validation_ok is blessed
