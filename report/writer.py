@@ -32,6 +32,38 @@ def ci_notes(sources: Sequence[rm.ModelSource]) -> List[str]:
     return notes
 
 
+def run_oracle_evaluation(examples_pattern: str, output_dir: str, label_key: str = F.LABEL,
+                          cohort_key: str = F.COHORT, prediction_key: str = F.ORACLE_PROB,
+                          auc_num_thresholds: int = ec.DEFAULT_AUC_NUM_THRESHOLDS,
+                          beam_pipeline_args: Optional[Sequence[str]] = None) -> rm.ModelSource:
+    """Runs TFMA model-agnostically on a prediction stored in the examples (the synthetic oracle).
+
+    Args:
+        examples_pattern: glob of the evaluation tf.Example TFRecords (``.gz`` detected).
+        output_dir: TFMA output directory to write.
+        label_key: the label feature.
+        cohort_key: the cohort feature.
+        prediction_key: the feature holding the predicted probability.
+        auc_num_thresholds: thresholds of TFMA's AUC.
+        beam_pipeline_args: Beam flags (DirectRunner by default).
+
+    Returns:
+        ``ModelSource("oracle", output_dir, "")`` for :func:`write_report`.
+    """
+    import glob as _glob
+
+    import tensorflow_model_analysis as tfma
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if not _glob.glob(examples_pattern):
+        raise FileNotFoundError(f"no file matches {examples_pattern!r}")
+    config = ec.make_oracle_eval_config(label_key, cohort_key, prediction_key,
+                                        auc_num_thresholds=auc_num_thresholds)
+    tfma.run_model_analysis(eval_config=config, data_location=examples_pattern, output_path=output_dir,
+                            pipeline_options=PipelineOptions(list(beam_pipeline_args or [])))
+    return rm.ModelSource("oracle", output_dir, ec.SINGLE_MODEL_NAME)
+
+
 def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource], out_dir: str,
                  users_per_cohort: Optional[Mapping[str, int]] = None,
                  examples_pattern: Optional[str] = None,

@@ -94,6 +94,8 @@ MODEL_AGNOSTIC_THRESHOLDS = ec.BlessingThresholds(min_auc=0.55, min_auc_change=N
 def _evaluate(root: str, thresholds: ec.BlessingThresholds = MODEL_AGNOSTIC_THRESHOLDS) -> Evaluation:
     import tensorflow_model_analysis as tfma
 
+    from report.writer import run_oracle_evaluation
+
     os.makedirs(root, exist_ok=True)
     df = make_frame()
     data_path = os.path.join(root, "eval.tfrecord")
@@ -103,16 +105,16 @@ def _evaluate(root: str, thresholds: ec.BlessingThresholds = MODEL_AGNOSTIC_THRE
                                  baseline_prediction_key="p_wide_deep_id", auc_num_thresholds=NUM_THRESHOLDS),
         "B": ec.make_eval_config(with_baseline=False, thresholds=thresholds, prediction_key="p_global_dnn",
                                  auc_num_thresholds=NUM_THRESHOLDS),
-        "C": ec.make_oracle_eval_config(auc_num_thresholds=NUM_THRESHOLDS),
     }
-    dirs = {}
+    dirs = {"C": os.path.join(root, "eval_C")}
+    oracle = run_oracle_evaluation(data_path, dirs["C"], auc_num_thresholds=NUM_THRESHOLDS)
     for run, config in configs.items():
         dirs[run] = os.path.join(root, f"eval_{run}")
         tfma.run_model_analysis(eval_config=config, data_location=data_path, output_path=dirs[run])
     sources = [rm.ModelSource("limaml", dirs["A"], "candidate"),
                rm.ModelSource("wide_deep_id", dirs["A"], "baseline"),
                rm.ModelSource("global_dnn", dirs["B"], ""),
-               rm.ModelSource("oracle", dirs["C"], "")]
+               oracle]
     users = {"overall": int(df["user_id"].nunique()),
              **{c: int(df.loc[df["cohort"] == c, "user_id"].nunique()) for c in COHORTS}}
     return Evaluation(df, data_path, dirs, sources, users)
