@@ -268,7 +268,10 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point (``limaml bench embeddings ...``); prints the JSON rows."""
-    args = _parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # ``limaml bench embeddings -- --users N``
+        argv = argv[1:]
+    args = _parse(argv)
     print(json.dumps(run(args), indent=1))
     return 0
 

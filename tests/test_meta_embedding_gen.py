@@ -272,3 +272,18 @@ def test_missing_meta_block_is_named(tmp_path):
         check_meta_block(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="no meta block"):
         check_meta_block(str(tmp_path))
+
+
+def test_embeddings_benchmark_smoke(capsys):
+    import json
+
+    from benchmarks import embeddings_bench
+
+    assert embeddings_bench.main(["--users", "300", "--items", "50", "--max-recent", "4",
+                                  "--users-per-batch", "128", "--stages", "generate,parquet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in rows] == ["generate", "parquet"]
+    for r in rows:
+        assert r["users"] == 300 and r["users_per_s"] > 0 and r["peak_rss_mb"] > 10
+    with pytest.raises(SystemExit):
+        embeddings_bench.main(["--stages", "parquet"])  # needs generate
