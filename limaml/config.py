@@ -129,6 +129,10 @@ class TaskConfig:
         min_support: tasks need at least this many support interactions.
         min_query: tasks need at least this many query interactions.
         max_tasks_per_user: a long history is cut into at most this many tasks.
+        first_split: where a user's first support/query split falls: ``"proportional"``
+            (``min(S, floor(n*S/(S+Q)))``, clipped to the min sizes) or ``"min_support"`` (right
+            after ``min_support`` interactions, so that nearly every interaction is a query
+            once: more outer-loop data, and cold-start-like tasks).
     """
 
     support_size: int = 32
@@ -136,6 +140,12 @@ class TaskConfig:
     min_support: int = 1
     min_query: int = 1
     max_tasks_per_user: int = 8
+    first_split: str = "proportional"
+
+    def __post_init__(self) -> None:
+        if self.first_split not in ("proportional", "min_support"):
+            raise ValueError(
+                f"first_split {self.first_split!r} must be 'proportional' or 'min_support'")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,3 +126,15 @@ def test_task_record_round_trip(tmp_path):
             assert got[k].shape[:2] == (T, n), k
             np.testing.assert_allclose(got[k].numpy(), want, rtol=1e-6, err_msg=f"{part}/{k}")
     assert batch["support"][features.GENRES].shape == (T, 5, 64)
+
+
+def test_build_tasks_min_support_first_split_covers_every_later_interaction():
+    t = _table([2, 7])
+    cfg = TaskConfig(support_size=3, query_size=2, min_support=1, min_query=1,
+                     max_tasks_per_user=10, first_split="min_support")
+    out = build_tasks(t, "user", cfg)
+    # u0: split 1; u1 (rows 102..108): splits 1, 3, 5 -> queries cover positions 1..6
+    np.testing.assert_array_equal(out["split"], [1, 1, 3, 5])
+    q = out["query"]["row"][out["query"]["mask"] > 0]
+    np.testing.assert_array_equal(np.sort(q), [101, 103, 104, 105, 106, 107, 108])
+    np.testing.assert_array_equal(out["support"]["row"][3], [104, 105, 106])

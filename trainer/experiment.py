@@ -32,18 +32,22 @@ def _take(table, rows):
 
 def compare(frame: pd.DataFrame, cfg: LimamlConfig, steps: int, eval_fraction: float = 0.3,
             seed: int = 0, baseline_kinds=("global_dnn", "wide_deep"),
-            aggregation: Optional[str] = None) -> Dict[str, object]:
+            aggregation: Optional[str] = None, eval_every: int = 100, patience: int = 3,
+            val_fraction: float = 0.1) -> Dict[str, object]:
     """Trains LiMAML and the baselines on ``frame``; returns query AUCs (+ oracle when known).
 
     Args:
         frame: canonical interactions (``oracle_prob`` optional).
         cfg: model / MAML / task / train settings.
-        steps: LiMAML outer steps.
+        steps: maximum LiMAML outer steps.
         eval_fraction: fraction of evaluation users.
         seed: user split and batch sampling seed.
         baseline_kinds: baselines to train.
         aggregation: LiMAML query embeddings: None (per sample) or the serving aggregate.
-
+        eval_every, patience, val_fraction: LiMAML early stopping: every ``eval_every`` steps
+            the query log loss of held-out training users' tasks is measured; training stops
+            after ``patience`` evaluations without improvement and the best weights are kept.
+        
     Returns:
         ``{"auc": {model: auc}, "n_query": int, "seconds": {...}}``.
     """
@@ -83,14 +87,34 @@ def compare(frame: pd.DataFrame, cfg: LimamlConfig, steps: int, eval_fraction: f
     tf.random.set_seed(seed)
     model = LimamlModel(layout, cfg.model, cfg.maml, seed=cfg.train.seed)
     trainer = MamlTrainer(model)
-    numeric = {p: {k: v for k, v in tasks[p].items() if v.dtype != object}
+    # early stopping on the query log loss of held-out training users' tasks (like the baselines)
+    task_users = np.unique(tasks["user"])
+    val_users = rng.choice(task_users, max(1, int(len(task_users) * val_fraction)), replace=False)
+    is_val = np.isin(tasks["user"], val_users)
+    val_tasks = {p: {k: v[is_val] for k, v in tasks[p].items()} for p in (SUPPORT, QUERY)}
+    numeric = {p: {k: v[~is_val] for k, v in tasks[p].items() if v.dtype != object}
                for p in (SUPPORT, QUERY)}
-    T = len(tasks["user"])
+    T = int((~is_val).sum())
     B = min(cfg.train.tasks_per_batch, T)
-    for _ in range(steps):
+    variables = model.outer_variables()
+    best, best_step, best_vals, waited = np.inf, 0, [v.numpy() for v in variables], 0
+    for step in range(1, steps + 1):
         idx = rng.randint(0, T, B)
         trainer.train_step({p: {k: tf.constant(v[idx]) for k, v in d.items()}
                             for p, d in numeric.items()})
+        if step % eval_every == 0 or step == steps:
+            probs, y, _ = evaluate.query_predictions(model, val_tasks, aggregation)
+            loss = evaluate.log_loss(y, probs)
+            out.setdefault("limaml_val_logloss", []).append((step, round(loss, 5)))
+            if loss < best - 1e-5:
+                best, best_step, best_vals, waited = loss, step, [v.numpy() for v in variables], 0
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+    for v, val in zip(variables, best_vals):
+        v.assign(val)
+    out["limaml_best_step"] = best_step
     out["seconds"]["limaml"] = time.time() - t0
     probs, y, _ = evaluate.query_predictions(model, ev_tasks, aggregation)
     out["auc"]["limaml"] = evaluate.auc(y, probs)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -247,11 +247,9 @@ class MamlTrainer(tf.Module):
     def _train_step(self, batch):
         strategy = self.strategy
         loss, grads = strategy.run(self.meta_gradients, args=(batch,))
-        n = strategy.num_replicas_in_sync
         loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
         grads = [None if g is None else strategy.reduce(tf.distribute.ReduceOp.MEAN, g, axis=None)
                  for g in grads]
-        del n
         finite = tf.math.is_finite(tf.cast(loss, tf.float64))
         for g in grads:
             if g is not None:

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import numpy as np
 import tensorflow as tf
@@ -26,7 +26,7 @@ import tensorflow as tf
 from limaml.config import LimamlConfig
 from schema import features
 from trainer import evaluate, export, task_record
-from trainer.layout import MASK, QUERY, SUPPORT, USER_HASH, FeatureLayout, build_layout
+from trainer.layout import MASK, QUERY, SUPPORT, build_layout
 from trainer.maml import MamlTrainer
 from trainer.model import LimamlModel
 

@@ -7,6 +7,7 @@ are cut at split points ``p``: support = the (up to ``S``) interactions just bef
 
     p_0 = clip(min(S, floor(n·S/(S+Q))), min_support, n − min_query)
 
+(or ``p_0 = min_support`` with ``TaskConfig.first_split = "min_support"``)
 and later ones are ``p_j = p_0 + j·Q`` (non-overlapping queries) while ``n − p_j >= min_query``;
 a user keeps the latest ``max_tasks_per_user`` of them. Users with ``n < min_support + min_query``
 give no task. No Python loop over users: everything is numpy index arithmetic.
@@ -71,7 +72,10 @@ def build_tasks(table: Mapping[str, np.ndarray], user_key: str, task_cfg: TaskCo
     arrays = {k: np.asarray(table[k]) for k in feature_keys}
     starts, counts = _groups(keys)
     min_s, min_q = max(task_cfg.min_support, 0), max(task_cfg.min_query, 1)
-    p0 = np.minimum(S, (counts * S) // (S + Q))
+    if getattr(task_cfg, "first_split", "proportional") == "min_support":
+        p0 = np.full_like(counts, min_s)
+    else:
+        p0 = np.minimum(S, (counts * S) // (S + Q))
     p0 = np.clip(p0, min_s, np.maximum(counts - min_q, min_s))
     ok = (counts >= min_s + min_q) & (p0 >= max(min_s, 0)) & (counts - p0 >= min_q)
     possible = np.where(ok, (counts - min_q - p0) // Q + 1, 0)
