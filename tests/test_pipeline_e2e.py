@@ -131,3 +131,34 @@ def test_second_run_reuses_the_cache(pipeline_run):
     new = store.get_executions()[before:]
     assert len(new) == len(COMPONENT_IDS)
     assert all(e.last_known_state == metadata_store_pb2.Execution.CACHED for e in new)
+
+
+def test_corrupt_input_stops_before_training_and_keeps_earlier_artifacts(pipeline_run, tmp_path):
+    """A feature missing from the data and a malformed label stop the run at the anomaly gate,
+    naming both, and leave the previous run's report and pushed model untouched."""
+    from components.anomaly_gate.check import DataAnomaliesError
+    from limaml.data.canonical import write_prepared
+    from pipeline.main_job import run_main_job
+
+    frame = canonical.read_prepared(pipeline_run.data_dir).drop(columns=[F.GENRES])
+    frame.loc[frame.index[:3], F.LABEL] = 7  # not a 0/1 label
+    bad_dir = str(tmp_path / "bad-data")
+    write_prepared(frame, bad_dir, {"dataset": "synthetic", "corrupted": True})
+
+    report = os.path.join(pipeline_run.paths.report_dir, "index.html")
+    with open(report, "rb") as f:
+        report_before = f.read()
+    pushed_before = sorted(os.listdir(pipeline_run.paths.serving_base))
+    store = _store(pipeline_run)
+    trainer_runs_before = len(store.get_executions_by_type("tfx.components.trainer.component.Trainer"))
+
+    with pytest.raises(DataAnomaliesError) as err:
+        run_main_job(pipeline_run.config, pipeline_run.output, bad_dir)
+    message = str(err.value)
+    assert f"feature '{F.GENRES}'" in message and f"feature '{F.LABEL}'" in message
+    assert "stopping before training" in message
+
+    with open(report, "rb") as f:
+        assert f.read() == report_before
+    assert sorted(os.listdir(pipeline_run.paths.serving_base)) == pushed_before
+    assert len(store.get_executions_by_type("tfx.components.trainer.component.Trainer")) == trainer_runs_before
