@@ -52,6 +52,8 @@ _CI_METHODS = {
 class BlessingThresholds:
     """When the Evaluator blesses the candidate (the Pusher only pushes blessed models).
 
+    The thresholds apply to the overall slice only (cohort slices are reported, not gated).
+
     Attributes:
         min_auc: the candidate's overall AUC must be >= this (None: no absolute bound).
         min_auc_change: with a baseline, candidate AUC - baseline AUC must be >= this
@@ -103,7 +105,9 @@ def _metrics_specs(auc_num_thresholds: int, calibration_buckets: int,
     auc = tfma.MetricConfig(class_name="AUC",
                             config=json.dumps({"name": AUC_NAME, "num_thresholds": auc_num_thresholds}))
     if auc_threshold is not None:
-        auc.threshold.CopyFrom(auc_threshold)
+        # Only on the overall slice: MetricConfig.threshold would apply to every cohort slice, so a
+        # tiny or one-class cohort (TFMA's AUC is 0.0 there) would block the blessing.
+        auc.per_slice_thresholds.add(slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)
     metrics = [
         tfma.MetricConfig(class_name="ExampleCount", config=json.dumps({"name": EXAMPLE_COUNT_NAME})),
         auc,

@@ -109,8 +109,9 @@ def _plot_auc(metrics: Mapping[str, Any]) -> str:
                     color=MODEL_COLOURS[model], label=MODEL_LABELS[model], markersize=6)
     for j, slice_name in enumerate(slices):
         if all(_stats(metrics, m, slice_name)["auc"] is None for m in models):
-            ax.text(j, 0.5, "no AUC\n(no examples)", ha="center", va="center", color="#888888",
-                    fontsize=9, transform=ax.get_xaxis_transform())
+            empty = all(_stats(metrics, m, slice_name)["examples"] == 0 for m in models)
+            ax.text(j, 0.5, "no AUC\n" + ("(no examples)" if empty else "(one class only)"), ha="center",
+                    va="center", color="#888888", fontsize=9, transform=ax.get_xaxis_transform())
     ax.axhline(0.5, color="#bbbbbb", linestyle=":", linewidth=1)
     ax.set_xticks(range(len(slices)))
     ax.set_xticklabels([_slice_label(s) for s in slices])
@@ -355,7 +356,8 @@ def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence
                  "<h2>TFMA slice metrics</h2>", _table(rows, metrics)]
     default_notes = [
         "AUC: TFMA's thresholded AUC; log loss: mean binary cross-entropy (natural log, TFMA custom metric report.tfma_metrics.LogLoss).",
-        "A cohort without evaluation examples shows — (null in metrics.json) for AUC and log loss.",
+        "A cohort without evaluation examples shows — (null in metrics.json) for AUC and log loss; "
+        "a cohort whose labels are all 0 or all 1 shows — for AUC (undefined there).",
     ]
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in [*notes, *default_notes])
     page = f"""<!DOCTYPE html>

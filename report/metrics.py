@@ -26,8 +26,8 @@ Where the numbers come from (TFMA 0.47.1, read with ``tfma.load_metrics``):
 
 Missing values: a cohort with no evaluation example is absent from TFMA's output and gets
 ``{"auc": null, "auc_ci95": null, "logloss": null, "examples": 0, "users": <given, normally 0>}``.
-A slice where TFMA's AUC is undefined (one class only) or its interval NaN gets ``null`` for the
-undefined value. JSON has no NaN, hence ``null``.
+A slice whose labels are all 0 or all 1 (``mean_label`` 0 or 1) gets ``auc`` and ``auc_ci95``
+``null``: AUC is undefined there, and TFMA 0.47.1 reports 0.0 for it. A NaN from TFMA becomes ``null``. JSON has no NaN, hence ``null``.
 """
 from __future__ import annotations
 
@@ -192,10 +192,14 @@ def _stats(entries: Mapping[Tuple[str, str], _Value], model: str, users: int,
     logloss = entries.get((model, ec.LOGLOSS_NAME))
     if logloss is None:
         raise KeyError(f"no {ec.LOGLOSS_NAME!r} for TFMA model {model!r} in {where}")
+    auc_value = auc.value
+    mean_label = entries.get((model, ec.MEAN_LABEL_NAME))
+    if mean_label is not None and mean_label.value is not None and mean_label.value in (0.0, 1.0):
+        auc_value = None  # one class only: AUC undefined (TFMA reports 0.0 there)
     ci = None
-    if auc.value is not None and auc.lower is not None and auc.upper is not None:
+    if auc_value is not None and auc.lower is not None and auc.upper is not None:
         ci = [auc.lower, auc.upper]
-    return {"auc": auc.value, "auc_ci95": ci, "logloss": logloss.value,
+    return {"auc": auc_value, "auc_ci95": ci, "logloss": logloss.value,
             "examples": int(round(count.value)), "users": users}
 
 

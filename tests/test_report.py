@@ -25,10 +25,16 @@ import pytest
 from report import eval_config as ec
 from report import metrics as rm
 
+# TFMA's AUC on the one-class cohort divides 0 by 0 inside TFMA.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
+
 COHORTS = rm.DEFAULT_COHORTS
-PRESENT_COHORTS = ("0", "1-4", "5-19", "20-99")  # "100+" has no example on purpose
-# Users and examples per user, per present cohort.
-LAYOUT = {"0": (60, 6), "1-4": (50, 8), "5-19": (40, 10), "20-99": (30, 14)}
+PRESENT_COHORTS = ("0", "1-4", "5-19", "20-99")
+ONE_CLASS_COHORT = "100+"  # 2 users, 4 examples, all labels 0: AUC undefined
+# An extra cohort name with no example at all (build_metrics takes the cohort list).
+EMPTY_COHORT = "1000+"
+# Users and examples per user, per cohort.
+LAYOUT = {"0": (60, 6), "1-4": (50, 8), "5-19": (40, 10), "20-99": (30, 14), "100+": (2, 2)}
 PRED_COLUMNS = {"limaml": "p_limaml", "wide_deep_id": "p_wide_deep_id", "global_dnn": "p_global_dnn",
                 "oracle": "oracle_prob"}
 # The tests use 1000 AUC thresholds (10000, the production default, makes TFMA's jackknife
@@ -56,6 +62,7 @@ def make_frame(seed: int = 7) -> pd.DataFrame:
     z = df["logit"].to_numpy()
     df["oracle_prob"] = _sigmoid(z)
     df["label"] = (rng.random(n) < df["oracle_prob"]).astype(np.int64)
+    df.loc[df["cohort"] == ONE_CLASS_COHORT, "label"] = 0
     df["p_limaml"] = _sigmoid(z + rng.normal(0.0, 0.6, n))
     df["p_wide_deep_id"] = _sigmoid(0.8 * z + rng.normal(0.0, 1.2, n))
     df["p_global_dnn"] = _sigmoid(0.6 * z + rng.normal(0.0, 1.8, n) - 0.3)
@@ -148,7 +155,10 @@ def test_eval_config_with_baseline_names_and_thresholds():
     metrics = {m.class_name: m for m in config.metrics_specs[0].metrics}
     assert {"AUC", "LogLoss", "ExampleCount", "CalibrationPlot"} <= set(metrics)
     assert metrics["LogLoss"].module == "report.tfma_metrics"
-    threshold = metrics["AUC"].threshold
+    assert not metrics["AUC"].HasField("threshold")  # would gate every cohort slice too
+    [per_slice] = metrics["AUC"].per_slice_thresholds
+    assert [list(spec.feature_keys) for spec in per_slice.slicing_specs] == [[]]  # overall only
+    threshold = per_slice.threshold
     assert threshold.value_threshold.lower_bound.value == pytest.approx(0.6)
     assert threshold.change_threshold.absolute.value == pytest.approx(0.01)
     assert json.loads(metrics["AUC"].config) == {"name": "auc", "num_thresholds": 10000}
@@ -158,11 +168,11 @@ def test_eval_config_without_baseline_has_no_change_threshold():
     config = ec.make_eval_config(with_baseline=False)
     assert [(s.name, s.is_baseline) for s in config.model_specs] == [("", False)]
     auc = next(m for m in config.metrics_specs[0].metrics if m.class_name == "AUC")
-    assert auc.threshold.HasField("value_threshold")
-    assert not auc.threshold.HasField("change_threshold")
+    assert auc.per_slice_thresholds[0].threshold.HasField("value_threshold")
+    assert not auc.per_slice_thresholds[0].threshold.HasField("change_threshold")
     no_thresholds = ec.make_eval_config(with_baseline=True, thresholds=None)
     auc = next(m for m in no_thresholds.metrics_specs[0].metrics if m.class_name == "AUC")
-    assert not auc.HasField("threshold")
+    assert not auc.HasField("threshold") and not auc.per_slice_thresholds
 
 
 def test_eval_config_rejects_bad_values():
@@ -185,7 +195,7 @@ def test_tfma_model_names_as_expected(evaluation):
     assert sorted({m for m, _ in tables["A"]["overall"]}) == ["baseline", "candidate"]
     assert sorted({m for m, _ in tables["B"]["overall"]}) == [""]
     assert sorted({m for m, _ in tables["C"]["overall"]}) == [""]
-    assert set(tables["A"]) == {"overall", *PRESENT_COHORTS}
+    assert set(tables["A"]) == {"overall", *PRESENT_COHORTS, ONE_CLASS_COHORT}
 
 
 def test_build_metrics_matches_independent_computation(evaluation, metrics):
@@ -207,8 +217,21 @@ def test_build_metrics_matches_independent_computation(evaluation, metrics):
             lo, hi = s["auc_ci95"]
             assert lo <= s["auc"] <= hi, where
             assert hi - lo < 0.3, where
-        empty = m["cohorts"]["100+"]
-        assert empty == {"auc": None, "auc_ci95": None, "logloss": None, "examples": 0, "users": 0}
+        one_class = m["cohorts"][ONE_CLASS_COHORT]
+        part = df[df["cohort"] == ONE_CLASS_COHORT]
+        assert one_class["auc"] is None and one_class["auc_ci95"] is None
+        assert (one_class["examples"], one_class["users"]) == (4, 2)
+        assert one_class["logloss"] == pytest.approx(_logloss(part["label"].to_numpy(), part[column].to_numpy()),
+                                                     rel=1e-4)
+
+
+def test_cohort_without_examples_is_null(evaluation):
+    cohorts = (*COHORTS, EMPTY_COHORT)
+    m = rm.build_metrics("synthetic", "cutoff", evaluation.sources, evaluation.users, cohorts=cohorts)
+    rm.validate_metrics(m, cohorts)
+    for model in PRED_COLUMNS:
+        assert m["models"][model]["cohorts"][EMPTY_COHORT] == {
+            "auc": None, "auc_ci95": None, "logloss": None, "examples": 0, "users": 0}
 
 
 def test_planted_quality_order(metrics):
@@ -228,9 +251,12 @@ def test_users_per_cohort_from_examples(evaluation):
 def test_blessing_from_thresholds(evaluation):
     from tensorflow_model_analysis import load_validation_result
 
-    # AUC >= 0.55 holds for limaml (A) and global_dnn (B).
-    assert load_validation_result(evaluation.dirs["A"]).validation_ok
-    assert load_validation_result(evaluation.dirs["B"]).validation_ok
+    # Overall AUC >= 0.55 holds for limaml (A) and global_dnn (B); the one-class cohort, where
+    # TFMA's AUC is 0.0, must not block the blessing (thresholds gate the overall slice only).
+    for run in ("A", "B"):
+        result = load_validation_result(evaluation.dirs[run])
+        assert result.validation_ok, (run, result)
+        assert [d.num_matching_slices for d in result.validation_details.slicing_details] == [1]
 
 
 @pytest.mark.parametrize("mutate, path", [
@@ -246,8 +272,8 @@ def test_blessing_from_thresholds(evaluation):
      "models.limaml.overall.auc_ci95"),
     (lambda d: d["models"]["limaml"]["overall"].__setitem__("auc", math.nan),
      "models.limaml.overall.auc: expected a finite float"),
-    (lambda d: d["models"]["limaml"]["cohorts"]["100+"].__setitem__("auc", 0.5),
-     "models.limaml.cohorts.100+.auc: must be null"),
+    (lambda d: d["models"]["limaml"]["cohorts"]["100+"].__setitem__("examples", 0),
+     "models.limaml.cohorts.100+.logloss: must be null"),
     (lambda d: d["models"].__setitem__("ensemble", d["models"]["limaml"]), "models.ensemble: unexpected key"),
     (lambda d: d.__setitem__("protocol", 3), "protocol: expected a non-empty string"),
 ])
@@ -412,3 +438,5 @@ def test_blessing_thresholds_with_baseline(thresholds, candidate, baseline, bles
               MetricKey("auc", model_name="baseline"): baseline,
               MetricKey("auc", model_name="candidate", is_diff=True): candidate - baseline}
     assert metrics_validator.validate_metrics(((), values), config).validation_ok is blessed
+    # cohort slices are reported, never gated
+    assert metrics_validator.validate_metrics(((("cohort", "1-4"),), values), config).validation_ok
