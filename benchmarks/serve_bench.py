@@ -264,7 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="comma-separated candidates per request, one row each")
     parser.add_argument("--store", choices=["parquet", "bigtable"], default="parquet",
                         help="embedding store behind the lookup (bigtable: the emulator)")
-    parser.add_argument("--user", help="user id (default: the first evaluation user of the run)")
+    parser.add_argument("--user", help="user id (default: the evaluation user with most items)")
+    parser.add_argument("--model-base", help="TF Serving base to serve instead of RUN/serving/limaml")
     parser.add_argument("--table", action="store_true", help="also print a table to stderr")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
@@ -290,7 +291,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             break
         if cand not in pool:
             pool.append(cand)
-    stack = start_local_stack(args.run, store=args.store, max_candidates=max(counts))
+    stack = start_local_stack(args.run, store=args.store, max_candidates=max(counts),
+                              model_base_dir=args.model_base)
     try:
         rows = run_serve_bench(
             stack.run.serving_base, model_name=stack.model_name, embedding_lookup=stack.lookup,

