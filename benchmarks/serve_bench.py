@@ -267,7 +267,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--user", help="user id (default: the evaluation user with most items)")
     parser.add_argument("--model-base", help="TF Serving base to serve instead of RUN/serving/limaml")
     parser.add_argument("--table", action="store_true", help="also print a table to stderr")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `limaml bench serve -- --run DIR`
+        argv = argv[1:]
+    args = parser.parse_args(argv)
     try:
         counts = [int(c) for c in args.candidates.split(",") if c.strip()]
     except ValueError:
