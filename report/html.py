@@ -115,11 +115,11 @@ def _plot_auc(metrics: Mapping[str, Any]) -> str:
     ax.axhline(0.5, color="#bbbbbb", linestyle=":", linewidth=1)
     ax.set_xticks(range(len(slices)))
     ax.set_xticklabels([_slice_label(s) for s in slices])
+    ax.set_xlim(-0.6, len(slices) - 0.4)
     ax.set_xlabel("slice (activity cohort = history size)")
     ax.set_ylabel("AUC (95% CI)")
     ax.set_title("AUC by cohort")
     ax.grid(axis="y", alpha=0.3)
-    ax.set_xlim(-0.6, len(slices) - 0.4)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(models), fontsize=9, frameon=False)
     return _figure_to_img(fig, "plot-auc", "AUC by cohort per model with 95% confidence intervals")
 
@@ -154,6 +154,7 @@ def _plot_lift(metrics: Mapping[str, Any]) -> str:
     ax.axhline(0, color="#333333", linewidth=0.8)
     ax.set_xticks(range(len(slices)))
     ax.set_xticklabels([_slice_label(s) for s in slices])
+    ax.set_xlim(-0.6, len(slices) - 0.4)
     ax.set_ylabel("relative AUC lift of LiMAML (%)")
     ax.set_title("LiMAML's relative AUC lift over each baseline")
     ax.margins(y=0.2)
@@ -206,10 +207,11 @@ def _plot_oracle_gap(metrics: Mapping[str, Any]) -> str:
     ax.axhline(0, color="#333333", linewidth=0.8)
     ax.set_xticks(range(len(slices)))
     ax.set_xticklabels([_slice_label(s) for s in slices])
+    ax.set_xlim(-0.6, len(slices) - 0.4)
     ax.set_ylabel("oracle AUC − model AUC")
     ax.set_title("Gap to the oracle (best possible AUC on these examples); lower is better")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(models), fontsize=9, frameon=False)
     return _figure_to_img(fig, "plot-oracle-gap", "AUC gap of each model to the oracle by cohort")
 
 
