@@ -345,7 +345,7 @@ def test_report_files(report_dir, metrics):
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.skip("chromium not installed: run scripts/system_packages.sh as root")
+        pytest.fail("chromium not installed: run scripts/system_packages.sh as root (the test command does)")
     return path
 
 
