@@ -162,3 +162,29 @@ def test_corrupt_input_stops_before_training_and_keeps_earlier_artifacts(pipelin
         assert f.read() == report_before
     assert sorted(os.listdir(pipeline_run.paths.serving_base)) == pushed_before
     assert len(store.get_executions_by_type("tfx.components.trainer.component.Trainer")) == trainer_runs_before
+
+
+def test_report_renders_in_a_browser(pipeline_run, tmp_path):
+    """The run's index.html renders in headless Chromium with its plots and slice table."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.fail("chromium not installed: run scripts/system_packages.sh as root (the test command does)")
+    page = "file://" + os.path.join(pipeline_run.paths.report_dir, "index.html")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    png = tmp_path / "report.png"
+    subprocess.run(flags + [f"--screenshot={png}", "--window-size=1280,2000", page], check=True,
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    assert (pixels < 245).any(axis=2).mean() > 0.05  # not a blank page
+    dom = subprocess.run(flags + ["--dump-dom", page], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert dom.count("<img") >= 3 and "<table" in dom
+    for text in ("limaml", "wide_deep_id", "global_dnn", "oracle"):
+        assert text in dom
