@@ -126,7 +126,7 @@ def _user_cases(joined_uri: str, parquet, version: str) -> Tuple[List[UserCase],
     for rec in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
         user = tf.train.Example.FromString(rec).features.feature[F.USER_ID].bytes_list.value[0]
         by_user.setdefault(user.decode(), []).append(rec)
-    users = sorted(by_user)
+    users = sorted(by_user, key=lambda u: (-len(by_user[u]), u))  # most candidates first
     found = parquet.lookup(users, version).found
     cases: Dict[bool, List[UserCase]] = {True: [], False: []}
     for user, is_warm in zip(users, found):
@@ -335,6 +335,32 @@ def test_score_command_prints_the_response(served, tmp_path, capsys):
     assert body["model_version"] == served.version and body["cold_start"] is False
     np.testing.assert_allclose(body["scores"], _reference(served.version_dir, case.serialized),
                                rtol=0, atol=ATOL)
+
+
+@pytest.mark.e2e
+def test_score_command_against_a_running_ranker(served, bigtable_stack, tmp_path, capsys):
+    from limaml.cli import main
+    from embeddings.emulator import free_port
+
+    case = served.warm[2]
+    cands = tmp_path / "candidates.jsonl"
+    cands.write_text("\n".join(json.dumps(c) for c in case.request["candidates"]) + "\n\n")
+    feats = tmp_path / "user.json"
+    feats.write_text(json.dumps(case.request["user_features"]))
+    argv = ["score", "--user", case.user_id, "--candidates", str(cands),
+            "--user-features", f"@{feats}", "--compact"]
+    assert main(argv + ["--ranker", bigtable_stack.ranker_url]) == 0
+    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    np.testing.assert_allclose(body["scores"], _reference(served.version_dir, case.serialized),
+                               rtol=0, atol=ATOL)
+    # nothing listening: a clear error, exit code 2
+    assert main(argv + ["--ranker", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert "cannot reach the ranker service" in capsys.readouterr().err
+    # a request the ranker rejects: its JSON answer is printed, exit code 1
+    cands.write_text(json.dumps({"item_id": "i1"}) + "\n")
+    assert main(argv + ["--ranker", bigtable_stack.ranker_url]) == 1
+    body = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert body["field"] == f"candidates[0].{F.ITEM_FEATURES[0]}"
 
 
 @pytest.mark.e2e
