@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from embeddings.record import COLD_START_USER, StoreLookup, VersionNotCommittedError
+from embeddings.record import StoreLookup, VersionNotCommittedError
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +632,7 @@ def rank_url(base_url: str) -> str:
 
 
 __all__ = [
-    "BIGTABLE_TABLE", "COLD_START_USER", "EmbeddingArtifact", "LocalStack", "RunEmbeddingStore",
+    "BIGTABLE_TABLE", "EmbeddingArtifact", "LocalStack", "RunEmbeddingStore",
     "RunFolder", "StackError", "embedding_artifacts", "eval_examples_uri", "load_version_into",
     "post_json", "pushed_versions", "rank_url", "read_eval_requests", "resolve_run",
     "start_local_stack",
