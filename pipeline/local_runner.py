@@ -42,6 +42,12 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
     root = logging.getLogger("absl")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # Training progress (steps, losses, early stopping) from the trainer's own loggers.
+    train_handler = logging.StreamHandler(sys.stderr)
+    train_handler.setFormatter(logging.Formatter("[train] %(message)s"))
+    train_logger = logging.getLogger("trainer")
+    train_logger.addHandler(train_handler)
+    train_logger.setLevel(logging.INFO)
     try:
         pipeline = create_pipeline(config, paths.pipeline_root, paths.data_dir, paths.serving_base,
                                    metadata_path=paths.metadata_path,
@@ -49,6 +55,7 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
         tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:
         root.removeHandler(handler)
+        train_logger.removeHandler(train_handler)
 
 
 def publish_report(report_uri: str, report_dir: str) -> None:

@@ -99,7 +99,6 @@ def run_fn(fn_args) -> None:
     """
     import tensorflow_transform as tft
 
-    logging.basicConfig(level=logging.INFO)
     custom = _custom(fn_args)
     cfg = config_from_custom(custom)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -200,7 +199,6 @@ def baseline_run_fn(fn_args) -> None:
     import tensorflow_transform as tft
     from trainer import baselines
 
-    logging.basicConfig(level=logging.INFO)
     custom = _custom(fn_args)
     cfg = config_from_custom(custom)
     kind = custom.get("baseline", "global_dnn")
