@@ -132,15 +132,17 @@ class TaskConfig:
         first_split: where a user's first support/query split falls: ``"proportional"``
             (``min(S, floor(n*S/(S+Q)))``, clipped to the min sizes) or ``"min_support"`` (right
             after ``min_support`` interactions, so that nearly every interaction is a query
-            once: more outer-loop data, and cold-start-like tasks).
+            once: more outer-loop data, and cold-start-like tasks). Defaults ``min_support`` and
+            64 tasks per user: on ML-100K (budget) LiMAML's overall AUC went from 0.706
+            (``proportional``, 8 tasks) to 0.724, and from 0.677 to 0.717 in cohort 1-4.
     """
 
     support_size: int = 32
     query_size: int = 16
     min_support: int = 1
     min_query: int = 1
-    max_tasks_per_user: int = 8
-    first_split: str = "proportional"
+    max_tasks_per_user: int = 64
+    first_split: str = "min_support"
 
     def __post_init__(self) -> None:
         if self.first_split not in ("proportional", "min_support"):
