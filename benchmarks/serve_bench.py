@@ -266,6 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="embedding store behind the lookup (bigtable: the emulator)")
     parser.add_argument("--user", help="user id (default: the evaluation user with most items)")
     parser.add_argument("--model-base", help="TF Serving base to serve instead of RUN/serving/limaml")
+    parser.add_argument("--cache-size", type=int, default=100_000,
+                        help="embedding lookup LRU entries (0: every request reads the store)")
     parser.add_argument("--table", action="store_true", help="also print a table to stderr")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # `limaml bench serve -- --run DIR`
@@ -295,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cand not in pool:
             pool.append(cand)
     stack = start_local_stack(args.run, store=args.store, max_candidates=max(counts),
-                              model_base_dir=args.model_base)
+                              model_base_dir=args.model_base, cache_size=args.cache_size)
     try:
         rows = run_serve_bench(
             stack.run.serving_base, model_name=stack.model_name, embedding_lookup=stack.lookup,
@@ -306,7 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stack.stop()
     for row in rows:
         print(json.dumps({**row, "model_version": stack.model_version, "store": args.store,
-                          "user_id": request["user_id"]}), flush=True)
+                          "cache_size": args.cache_size, "user_id": request["user_id"]}),
+              flush=True)
     if args.table:
         print(format_rows(rows), file=sys.stderr)
     return 0
