@@ -104,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``limaml`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "bench_args", None) is not None:
+        # ``limaml bench NAME --flag ...``: every flag after NAME belongs to the benchmark.
+        args.bench_args = [a for a in (list(extra) + list(args.bench_args)) if a != "--"]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (DataError, ValueError, FileNotFoundError, RuntimeError) as err:
