@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 import os
 import sys
 from typing import List, Optional
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``limaml`` console script."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "bench_args", None) is not None:
