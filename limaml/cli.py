@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``limaml`` console script."""
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
+    # Quiet TensorFlow's C++ start-up lines and Google clients' Python-version notices, here and
+    # in Beam's worker processes (which inherit the environment).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "bench_args", None) is not None:
