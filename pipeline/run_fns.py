@@ -11,21 +11,13 @@ import os
 
 import tensorflow as tf
 
+from components.block_pusher.push import copy_tree
 from components.common.model_layout import META_BLOCK_SUBDIR
 from trainer import run as trainer_run
 
 GLOBAL_BLOCK = "global_block"
 META_BLOCK = "meta_block"
 TRANSFORM_GRAPH = "transform_graph"
-
-
-def _copy_tree(src: str, dst: str) -> None:
-    for root, _, files in tf.io.gfile.walk(src):
-        rel = os.path.relpath(root, src)
-        target = dst if rel == "." else os.path.join(dst, rel)
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name), overwrite=True)
 
 
 def to_serving_layout(serving_model_dir: str, transform_output: str) -> None:
@@ -42,7 +34,7 @@ def to_serving_layout(serving_model_dir: str, transform_output: str) -> None:
         target = os.path.join(serving_model_dir, META_BLOCK_SUBDIR)
         tf.io.gfile.makedirs(os.path.dirname(target))
         tf.io.gfile.rename(meta_dir, target, overwrite=True)
-        _copy_tree(transform_output, os.path.join(target, TRANSFORM_GRAPH))
+        copy_tree(transform_output, os.path.join(target, TRANSFORM_GRAPH))
 
 
 def run_fn(fn_args) -> None:

@@ -11,7 +11,8 @@ import os
 import tensorflow as tf
 
 
-def _copy_tree(src: str, dst: str) -> None:
+def copy_tree(src: str, dst: str) -> None:
+    """Copies a folder tree with tf.io.gfile (local paths, gs://, ...)."""
     for root, _, files in tf.io.gfile.walk(src):
         rel = os.path.relpath(root, src)
         target = os.path.join(dst, rel) if rel != "." else dst
@@ -39,7 +40,7 @@ def push(serving_model_dir: str, serving_base: str, version: str) -> str:
     tmp = os.path.join(serving_base, f".tmp-{version}")
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
-    _copy_tree(serving_model_dir, tmp)
+    copy_tree(serving_model_dir, tmp)
     if tf.io.gfile.exists(target):
         tf.io.gfile.rmtree(target)
     tf.io.gfile.rename(tmp, target)
