@@ -56,7 +56,7 @@ MEG_ARTIFACT_TYPE = "limaml.MetaEmbeddings"
 MODEL_VERSION_PROPERTY = "model_version"
 METADATA_FILE = "metadata.sqlite"
 SERVING_SUBDIR = os.path.join("serving", "limaml")
-EVAL_EXAMPLES_NODE = "ProtocolExampleGen"
+EVAL_EXAMPLES_NODE = "EmbeddingJoin"  # examples of a run that got past validation and training
 STORES = ("parquet", "bigtable")
 
 BIGTABLE_PROJECT = "limaml-local"
@@ -161,7 +161,7 @@ def embedding_artifacts(metadata_path: str) -> List[EmbeddingArtifact]:
 
 
 def eval_examples_uri(metadata_path: str) -> str:
-    """URI of the newest evaluation-examples artifact (``ProtocolExampleGen``'s output).
+    """URI of the newest evaluation examples of a complete run (``EmbeddingJoin``'s output).
 
     Raises:
         StackError: the run has none.

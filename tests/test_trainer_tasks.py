@@ -25,7 +25,7 @@ def test_build_tasks_on_hand_made_histories():
     # users: u0 n=1 (too short), u1 n=2, u2 n=5, u3 n=12; rows are 100.. in time order
     t = _table([1, 2, 5, 12])
     cfg = TaskConfig(support_size=3, query_size=2, min_support=1, min_query=1,
-                     max_tasks_per_user=2)
+                     max_tasks_per_user=2, first_split="proportional")
     out = build_tasks(t, "user", cfg)
     assert list(out["user"]) == ["u1", "u2", "u3", "u3"]
     s, sm = out["support"]["row"], out["support"]["mask"]
