@@ -174,7 +174,7 @@ class TrainConfig:
     seed: int = 0
     baseline_lr: float = 1e-3
     baseline_batch_size: int = 256
-    baseline_epochs: int = 5
+    baseline_epochs: int = 30
     baseline_patience: int = 2
     baseline_val_fraction: float = 0.1
     baseline_l2: float = 0.0

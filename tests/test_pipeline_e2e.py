@@ -188,3 +188,41 @@ def test_report_renders_in_a_browser(pipeline_run, tmp_path):
     assert dom.count("<img") >= 3 and "<table" in dom
     for text in ("limaml", "wide_deep_id", "global_dnn", "oracle"):
         assert text in dom
+
+
+def test_users_without_history_get_the_unadapted_output_of_their_own_meta_features(pipeline_run, split):
+    """EmbeddingJoin: a cohort-0 user's embedding is f(x_meta,u; θ_meta), x_meta built here by hand
+    from the Transform vocabularies (id = position in the vocabulary file, OOV = its length)."""
+    import tensorflow_transform as tft
+
+    from components.meta_embedding_gen.meta_block import transform_graph_dir
+    from trainer.export import load_meta_block
+    from trainer.model import meta_forward
+
+    store = _store(pipeline_run)
+    model_art = [m for m in _artifacts(store, "Model") if "LimamlTrainer" in m.uri][-1]
+    folder = os.path.join(model_art.uri, "Format-Serving")
+    model, _, _ = load_meta_block(meta_block_dir(folder))
+    layout = model.layout
+    assert not layout.meta_multi_hot and not layout.meta_numeric and not layout.use_user_id_in_meta
+    vocab = tft.TFTransformOutput(transform_graph_dir(folder))
+    joined = [a for a in _artifacts(store, "Examples") if "EmbeddingJoin" in a.uri][-1]
+    cold_users = set(split.users.loc[split.users["history_size"] == 0, F.USER_ID])
+    assert cold_users
+    checked = 0
+    files = tf.io.gfile.glob(os.path.join(joined.uri, "Split-eval", "*"))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        feats = tf.train.Example.FromString(record).features.feature
+        if feats[F.USER_ID].bytes_list.value[0].decode() not in cold_users:
+            continue
+        parts = []
+        for name, size in layout.meta_categorical:
+            words = [w.decode() if isinstance(w, bytes) else w for w in vocab.vocabulary_by_name(name)]
+            value = feats[name].bytes_list.value[0].decode()
+            parts.append(np.eye(size)[words.index(value) if value in words else len(words)])
+        want = meta_forward(model.meta_params, tf.constant(np.concatenate(parts)[None, :], tf.float32),
+                            model.model_cfg.activation).numpy()[0]
+        got = np.asarray(feats[F.META_EMBEDDING].float_list.value)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        checked += 1
+    assert checked >= len(cold_users)

@@ -23,7 +23,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         split = exec_properties["split"]
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         emb = artifact_utils.get_single_instance(input_dict["meta_embeddings"])
-        version = model_version(artifact_utils.get_single_instance(input_dict["model"]))
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        version = model_version(model)
         made_by = emb.get_string_custom_property("model_version")
         if made_by != version:
             raise ValueError(f"meta embeddings of model version {made_by} cannot feed model version {version}; "
@@ -42,6 +43,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                        | "NotCold" >> beam.Filter(lambda r: not is_cold_row(r["user_id"]))
                        | "Pair" >> beam.Map(lambda r: (r["user_id"], r["embedding"])))
             (raw
-             | "Join" >> JoinEmbeddings(vectors, cold)  # pylint: disable=no-value-for-parameter
+             | "Join" >> JoinEmbeddings(vectors, cold, os.path.join(model.uri, "Format-Serving"))  # pylint: disable=no-value-for-parameter
              | "Write" >> beam.io.WriteToTFRecord(os.path.join(out.uri, f"Split-{split}", "data"),
                                                   file_name_suffix=".gz"))
