@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store

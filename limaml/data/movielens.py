@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 from typing import Dict, List, Tuple
 
 import numpy as np
