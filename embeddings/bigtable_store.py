@@ -59,6 +59,7 @@ from embeddings.parquet_store import WriteSummary
 from embeddings.record import (
     COLD_START_USER,
     EmbeddingBatch,
+    StreamCheck,
     StoreLookup,
     VersionNotCommittedError,
     as_user_id_array,
@@ -317,27 +318,13 @@ class BigtableEmbeddingStore:
         if previous is not None:
             attempt_us = max(attempt_us, int(previous["attempt_ts_us"]) + 1000)
         ts = _ts_datetime(attempt_us)
-        seen: set = set()
-        total, has_cold = 0, False
+        stream = StreamCheck(first)
+        total = 0
         generated_at = first.generated_at
         pending: List[Any] = []
         batch: Optional[EmbeddingBatch] = first
         while batch is not None:
-            if batch.model_version != version:
-                raise ValueError(
-                    f"mixed model versions in one write: {version!r} then "
-                    f"{batch.model_version!r}; write each version separately")
-            if batch.embedding_dim != dim:
-                raise ValueError(
-                    f"embedding size changed within version {version!r}: {dim} then "
-                    f"{batch.embedding_dim}")
-            if not seen.isdisjoint(batch.user_ids):
-                dup = sorted(seen.intersection(batch.user_ids))[:5]
-                raise ValueError(
-                    f"user(s) {dup} appear in more than one batch of version {version!r}; "
-                    "emit one record per user")
-            seen.update(batch.user_ids)
-            has_cold = has_cold or batch.has_cold_start()
+            stream.check(batch)
             generated_at = max(generated_at, batch.generated_at)
             emb = np.ascontiguousarray(batch.embeddings, dtype="<f4").view(np.uint8)
             meta = np.ascontiguousarray(np.stack(
@@ -355,7 +342,7 @@ class BigtableEmbeddingStore:
                     pending = []
             total += batch.num_users
             batch = next(it, None)
-        if require_cold_start and not has_cold:
+        if require_cold_start and not stream.has_cold:
             raise ValueError(
                 f"version {version!r} has no cold-start row: add "
                 f"EmbeddingBatch.cold_start(<un-adapted meta block output>, {version!r}, ...) "
@@ -368,7 +355,7 @@ class BigtableEmbeddingStore:
                   # a rerun keeps the version's place in the commit order (retirement, latest)
                   "first_committed_at_us": int(previous.get("first_committed_at_us", now_us))
                   if previous is not None else now_us,
-                  "has_cold_start": has_cold}
+                  "has_cold_start": stream.has_cold}
         prow = self.table.direct_row(POINTER_ROW_KEY)
         prow.set_cell(META_FAMILY, q, json.dumps(record, sort_keys=True).encode("utf-8"),
                       timestamp=ts)

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from embeddings.record import (
     COLD_START_USER,
     EmbeddingBatch,
+    StreamCheck,
     StoreLookup,
     VersionNotCommittedError,
     as_user_id_array,
@@ -214,32 +215,16 @@ class ParquetEmbeddingStore:
         tmp = self.root / f"{_TMP_PREFIX}{_PREFIX}{version}-{uuid.uuid4().hex}"
         tmp.mkdir()
         schema = arrow_schema(dim)
-        seen: set = set()
+        stream = StreamCheck(first)
         files: List[str] = []
         writer: Optional[pq.ParquetWriter] = None
         rows_in_file = 0
         total = 0
-        has_cold = False
         gen_min, gen_max = first.generated_at, first.generated_at
         try:
             batch: Optional[EmbeddingBatch] = first
             while batch is not None:
-                if batch.model_version != version:
-                    raise ValueError(
-                        f"mixed model versions in one write: {version!r} then "
-                        f"{batch.model_version!r}; write each version separately")
-                if batch.embedding_dim != dim:
-                    raise ValueError(
-                        f"embedding size changed within version {version!r}: {dim} then "
-                        f"{batch.embedding_dim}")
-                ids = batch.user_ids
-                if not seen.isdisjoint(ids):
-                    dup = sorted(seen.intersection(ids))[:5]
-                    raise ValueError(
-                        f"user(s) {dup} appear in more than one batch of version {version!r}; "
-                        "emit one record per user")
-                seen.update(ids)
-                has_cold = has_cold or batch.has_cold_start()
+                stream.check(batch)
                 gen_min = min(gen_min, batch.generated_at)
                 gen_max = max(gen_max, batch.generated_at)
                 start = 0
@@ -261,7 +246,7 @@ class ParquetEmbeddingStore:
             if writer is not None:
                 writer.close()
                 writer = None
-            if require_cold_start and not has_cold:
+            if require_cold_start and not stream.has_cold:
                 raise ValueError(
                     f"version {version!r} has no cold-start row: add "
                     f"EmbeddingBatch.cold_start(<un-adapted meta block output>, {version!r}, ...) "
@@ -275,7 +260,7 @@ class ParquetEmbeddingStore:
                 "model_version": version, "embedding_dim": dim, "num_users": total,
                 "generated_at_min": gen_min, "generated_at_max": gen_max,
                 "committed_at_ns": now_ns, "first_committed_at_ns": first_ns,
-                "files": files, "has_cold_start": has_cold,
+                "files": files, "has_cold_start": stream.has_cold,
             }
             (tmp / _METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True))
             if self.fsync:

@@ -247,3 +247,36 @@ class StoreLookup:
 
     embeddings: np.ndarray
     found: np.ndarray
+
+
+class StreamCheck:
+    """Checks a stream of batches written as one version: same version and size, users unique.
+
+    Used by every store's ``write`` before anything of a batch is written.
+
+    Args:
+        first: the stream's first batch (sets the version and the embedding size).
+    """
+
+    def __init__(self, first: "EmbeddingBatch") -> None:
+        self.version, self.dim = first.model_version, first.embedding_dim
+        self.seen: set = set()
+        self.has_cold = False
+
+    def check(self, batch: "EmbeddingBatch") -> None:
+        """Raises ValueError naming the problem; records the batch's users otherwise."""
+        if batch.model_version != self.version:
+            raise ValueError(
+                f"mixed model versions in one write: {self.version!r} then "
+                f"{batch.model_version!r}; write each version separately")
+        if batch.embedding_dim != self.dim:
+            raise ValueError(
+                f"embedding size changed within version {self.version!r}: {self.dim} then "
+                f"{batch.embedding_dim}")
+        if not self.seen.isdisjoint(batch.user_ids):
+            dup = sorted(self.seen.intersection(batch.user_ids))[:5]
+            raise ValueError(
+                f"user(s) {dup} appear in more than one batch of version {self.version!r}; "
+                "emit one record per user")
+        self.seen.update(batch.user_ids)
+        self.has_cold = self.has_cold or batch.has_cold_start()
