@@ -228,17 +228,22 @@ class BigtableEmulator:
 
     def client(self, project: str = "limaml-local", admin: bool = True):
         """A ``google.cloud.bigtable.Client`` bound to this emulator (whatever the env says)."""
-        from google.cloud import bigtable  # local import: optional dependency at import time
+        return emulator_client(self.address, project, admin)
 
-        saved = os.environ.get(ENV_HOST)
-        os.environ[ENV_HOST] = self.address
-        try:
-            return bigtable.Client(project=project, admin=admin)
-        finally:
-            if saved is None:
-                os.environ.pop(ENV_HOST, None)
-            else:
-                os.environ[ENV_HOST] = saved
+
+def emulator_client(address: str, project: str = "limaml-local", admin: bool = True):
+    """A ``google.cloud.bigtable.Client`` bound to the emulator at ``address`` (env restored after)."""
+    from google.cloud import bigtable  # local import: optional dependency at import time
+
+    saved = os.environ.get(ENV_HOST)
+    os.environ[ENV_HOST] = address
+    try:
+        return bigtable.Client(project=project, admin=admin)
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_HOST, None)
+        else:
+            os.environ[ENV_HOST] = saved
 
 
 def emulator_session() -> Iterator[BigtableEmulator]:

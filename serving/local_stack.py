@@ -255,19 +255,9 @@ class RunEmbeddingStore:
 
 def _bigtable_client(address: str, project: str):
     """A Bigtable admin client bound to the emulator at ``address`` (env restored after)."""
-    from google.cloud import bigtable
+    from embeddings.emulator import emulator_client
 
-    from embeddings.emulator import ENV_HOST
-
-    saved = os.environ.get(ENV_HOST)
-    os.environ[ENV_HOST] = address
-    try:
-        return bigtable.Client(project=project, admin=True)
-    finally:
-        if saved is None:
-            os.environ.pop(ENV_HOST, None)
-        else:
-            os.environ[ENV_HOST] = saved
+    return emulator_client(address, project, admin=True)
 
 
 def load_version_into(target: Any, source: Any, model_version: str, rows_per_batch: int = 5000) -> int:
