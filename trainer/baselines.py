@@ -17,12 +17,14 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import ModelConfig, TrainConfig
+from schema import features
+from trainer import linear, validation
 from trainer.layout import USER_HASH, FeatureLayout
 from trainer.maml import Adam
 from trainer.model import _dot, global_forward, init_global_params
 
 LABEL = "label"
-KINDS = ("global_dnn", "wide_deep")
+KINDS = ("global_dnn", "wide_deep", "linear", "linear_user_id")
 log = logging.getLogger(__name__)
 
 
@@ -114,11 +116,13 @@ class WideDeep(tf.Module):
 
 
 def make_baseline(kind: str, layout: FeatureLayout, model_cfg: ModelConfig, seed: int = 0):
-    """Builds a baseline by kind (``"global_dnn"`` or ``"wide_deep"``)."""
+    """Builds a baseline by kind (one of :data:`KINDS`)."""
     if kind == "global_dnn":
         return GlobalDNN(layout, model_cfg, seed)
     if kind == "wide_deep":
         return WideDeep(layout, model_cfg, seed)
+    if kind in linear.KINDS:
+        return linear.LinearModel(layout, kind)
     raise ValueError(f"baseline kind {kind!r} must be one of {KINDS}")
 
 
@@ -137,6 +141,8 @@ def predict_logits(model, data: Mapping[str, np.ndarray], batch_size: int = 8192
 
 
 def _input_keys(model) -> List[str]:
+    if isinstance(model, linear.LinearModel):
+        return model.input_keys()
     keys = list(model.layout.global_feature_names)
     if isinstance(model, WideDeep):
         keys.append(USER_HASH)
@@ -149,6 +155,18 @@ def _logit_fn(model):
         fn = tf.function(model.logits, reduce_retracing=True)
         object.__setattr__(model, "_logit_fn", fn)
     return fn
+
+
+def validation_rows(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> np.ndarray:
+    """``[N]`` validation mask: training users' later interactions (:mod:`trainer.validation`)
+    when ``data`` has user ids and timestamps, else a seeded random ``baseline_val_fraction``."""
+    n = len(np.asarray(data[LABEL]))
+    if features.USER_ID in data and features.TIMESTAMP in data:
+        return validation.later_interactions_mask(
+            np.asarray(data[features.USER_ID]), np.asarray(data[features.TIMESTAMP]),
+            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), seed=train_cfg.seed)
+    rng = np.random.RandomState(train_cfg.seed + 1)
+    return rng.uniform(size=n) < train_cfg.baseline_val_fraction
 
 
 def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
@@ -169,12 +187,19 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
     keys = _input_keys(model)
     rng = np.random.RandomState(train_cfg.seed)
     n = len(np.asarray(data[LABEL]))
+    if isinstance(model, linear.LinearModel):
+        if val_data is not None:
+            data = {k: np.concatenate([np.asarray(data[k]), np.asarray(val_data[k])])
+                    for k in keys + [LABEL]}
+            mask = np.arange(len(data[LABEL])) >= n
+        else:
+            mask = validation_rows(data, train_cfg)
+        return linear.fit_linear(model, data, mask)
     if val_data is None and train_cfg.baseline_val_fraction > 0 and n >= 20:
-        perm = rng.permutation(n)
-        n_val = max(1, int(n * train_cfg.baseline_val_fraction))
-        val_data = _subset(data, perm[:n_val], keys + [LABEL])
-        data = _subset(data, perm[n_val:], keys + [LABEL])
-        n = n - n_val
+        is_val = validation_rows(data, train_cfg)
+        val_data = _subset(data, np.flatnonzero(is_val), keys + [LABEL])
+        data = _subset(data, np.flatnonzero(~is_val), keys + [LABEL])
+        n = len(data[LABEL])
     variables = model.trainable()
     opt = Adam(variables, lr=train_cfg.baseline_lr)
     l2 = float(train_cfg.baseline_l2)

@@ -1,131 +1,268 @@
-"""LiMAML vs baselines on one canonical frame (synthetic or real), without TFX.
+"""Every model on one protocol split, without TFX: the fast path for tuning, ablations and seeds.
 
-Protocol: a random ``eval_fraction`` of users are evaluation users. Each evaluation user's
-history is its interactions before its last task split (``build_tasks`` with one task per
-user); the query is the next ``query_size`` interactions. Training data for every model:
-training users' full histories plus evaluation users' histories (never a query interaction).
-LiMAML adapts on the last ``support_size`` history interactions; the baselines train on all
-history rows (wide&deep learns the evaluation users' id embeddings from them).
+The split is the pipeline's (:func:`limaml.data.protocols.apply`): trainable rows (``train`` and
+``history`` roles) train every model, query rows are scored. Encodings are fitted on the trainable
+rows only (as Transform analyses the train split). LiMAML is scored as it is served: each query
+user's meta embedding comes from fine-tuning the meta block on the user's latest ``max_recent``
+history rows (:func:`trainer.finetune.generate_meta_embeddings`, cold users un-adapted), and the
+global block scores the user's query rows with it.
+
+Tuning never sees query rows: :func:`validation_split` carves a validation split out of the
+trainable rows with the same protocol (budget: other users, drawn from the training users;
+cutoff: an earlier cutoff), so a setting chosen there is chosen on training users' later
+interactions.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from limaml.config import LimamlConfig, TaskConfig
-from schema import features
-from trainer import baselines, evaluate
-from trainer.layout import MASK, QUERY, SUPPORT, build_layout
+from limaml.config import LimamlConfig, ProtocolConfig
+from limaml.data import protocols
+from schema import features as F
+from trainer import baselines, evaluate, finetune
+from trainer.layout import MASK, QUERY, SUPPORT, FeatureLayout, build_layout
 from trainer.local_encoder import LocalEncoder
 from trainer.maml import MamlTrainer
-from trainer.model import LimamlModel
-from trainer.tasks import _groups, build_tasks
+from trainer.model import LimamlModel, global_forward
+from trainer.tasks import build_support_sets, build_tasks
+
+MODELS = ("limaml", "global_dnn", "wide_deep", "linear", "linear_user_id")
+# names in metrics.json
+REPORT_NAME = {"wide_deep": "wide_deep_id"}
+log = logging.getLogger(__name__)
 
 
-def _take(table, rows):
-    return {k: v[rows] for k, v in table.items()}
+@dataclasses.dataclass
+class Prepared:
+    """One split, encoded.
+
+    Attributes:
+        layout: feature layout of the encodings.
+        train: encoded trainable rows ``{col: [N, ...]}``, sorted by user then time.
+        query: encoded query rows ``{col: [M, ...]}``, sorted by user then time.
+        cohort: ``[M]`` cohort of each query row.
+        support: latest ``max_recent`` trainable rows of every query user
+            ``{col: [U, K, ...], "mask": [U, K]}`` (cold users: mask 0, row 0 = their features).
+        query_user: ``[M]`` index of each query row's user in ``support``.
+    """
+
+    layout: FeatureLayout
+    train: Dict[str, np.ndarray]
+    query: Dict[str, np.ndarray]
+    cohort: np.ndarray
+    support: Dict[str, np.ndarray]
+    query_user: np.ndarray
 
 
-def compare(frame: pd.DataFrame, cfg: LimamlConfig, steps: int, eval_fraction: float = 0.3,
-            seed: int = 0, baseline_kinds=("global_dnn", "wide_deep"),
-            aggregation: Optional[str] = None, eval_every: int = 100, patience: int = 3,
-            val_fraction: float = 0.1) -> Dict[str, object]:
-    """Trains LiMAML and the baselines on ``frame``; returns query AUCs (+ oracle when known).
+def _take(table: Mapping[str, np.ndarray], rows: np.ndarray) -> Dict[str, np.ndarray]:
+    return {k: np.asarray(v)[rows] for k, v in table.items()}
+
+
+def prepare(frame: pd.DataFrame, users: pd.DataFrame, cfg: LimamlConfig) -> Prepared:
+    """Encodes a split.
 
     Args:
-        frame: canonical interactions (``oracle_prob`` optional).
-        cfg: model / MAML / task / train settings.
-        steps: maximum LiMAML outer steps.
-        eval_fraction: fraction of evaluation users.
-        seed: user split and batch sampling seed.
-        baseline_kinds: baselines to train.
-        aggregation: LiMAML query embeddings: None (per sample) or the serving aggregate.
-        eval_every, patience, val_fraction: LiMAML early stopping: every ``eval_every`` steps
-            the query log loss of held-out training users' tasks is measured; training stops
-            after ``patience`` evaluations without improvement and the best weights are kept.
-        
-    Returns:
-        ``{"auc": {model: auc}, "n_query": int, "seconds": {...}}``.
+        frame: canonical rows with a ``role`` column (``train``/``history``/``query``/``unused``).
+        users: one row per evaluated user (``user_id``, ``cohort``).
+        cfg: settings (user-id buckets, max_recent).
     """
-    rng = np.random.RandomState(seed)
-    enc = LocalEncoder(cfg.model.user_id_buckets).fit(frame)
-    table = enc.encode(frame)
-    users = np.unique(table[features.USER_ID])
-    is_eval_user = np.isin(table[features.USER_ID],
-                           rng.choice(users, int(len(users) * eval_fraction), replace=False))
-    keys = [k for k in table if k != features.USER_ID]
-    ev = _take(table, np.flatnonzero(is_eval_user))
-    one = TaskConfig(cfg.tasks.support_size, cfg.tasks.query_size, cfg.tasks.min_support,
-                     cfg.tasks.min_query, 1)
-    ev_tasks = build_tasks(ev, features.USER_ID, one, keys)
-    # history rows of evaluation users: positions before their split
-    starts, counts = _groups(ev[features.USER_ID])
-    pos = np.arange(len(ev[features.USER_ID])) - np.repeat(starts, counts)
-    split_of_user = dict(zip(ev_tasks["user"], ev_tasks["split"]))
-    split = np.array([split_of_user.get(u, -1) for u in ev[features.USER_ID][starts]])
-    hist = _take(ev, np.flatnonzero(pos < np.repeat(split, counts)))
-    train = _take(table, np.flatnonzero(~is_eval_user))
-    train = {k: np.concatenate([train[k], hist[k]]) for k in train}
-    order = np.lexsort((train[features.TIMESTAMP], train[features.USER_ID]))
-    train = _take(train, order)
-    tasks = build_tasks(train, features.USER_ID, cfg.tasks, keys)
-
+    role = frame[protocols.ROLE].to_numpy()
+    trainable = frame[np.isin(role, protocols.TRAINABLE_ROLES)]
+    query = frame[role == "query"]
+    if len(query) == 0:
+        raise ValueError("the split has no query rows; check the protocol settings")
+    enc = LocalEncoder(cfg.model.user_id_buckets).fit(trainable)
+    train, q = enc.encode(trainable), enc.encode(query)
+    cohort_of = dict(zip(users[F.USER_ID].astype(str), users[protocols.COHORT]))
+    cohort = np.array([cohort_of[u] for u in q[F.USER_ID]], dtype=object)
+    q_users = np.unique(q[F.USER_ID])
+    keys = [k for k in train if k not in (F.USER_ID,)]
+    in_q = np.isin(train[F.USER_ID], q_users)
+    sets = build_support_sets(_take(train, np.flatnonzero(in_q)), F.USER_ID,
+                              cfg.embeddings.max_recent, keys)
+    have = {u: i for i, u in enumerate(sets["user"])}
+    cold = [u for u in q_users if u not in have]
+    support = {k: np.asarray(v) for k, v in sets[SUPPORT].items()}
+    if cold:
+        first = np.searchsorted(q[F.USER_ID], cold)  # query rows are sorted by user
+        extra = {}
+        for k, v in support.items():
+            pad = np.zeros((len(cold),) + v.shape[1:], v.dtype)
+            if k != MASK:
+                pad[:, 0] = q[k][first]
+            extra[k] = pad
+        support = {k: np.concatenate([v, extra[k]]) for k, v in support.items()}
+        for u in cold:
+            have[u] = len(have)
+    query_user = np.array([have[u] for u in q[F.USER_ID]], np.int64)
     layout = build_layout(cfg.model, enc.vocab_sizes)
-    out: Dict[str, object] = {"auc": {}, "seconds": {}, "train_tasks": len(tasks["user"]),
-                              "eval_users": len(ev_tasks["user"])}
-    qmask = ev_tasks[QUERY][MASK] > 0
-    labels = ev_tasks[QUERY][features.LABEL][qmask]
-    out["n_query"] = int(qmask.sum())
-    if features.ORACLE_PROB in ev_tasks[QUERY]:
-        out["auc"]["oracle"] = evaluate.auc(labels, ev_tasks[QUERY][features.ORACLE_PROB][qmask])
+    return Prepared(layout, train, q, cohort, support, query_user)
 
-    t0 = time.time()
+
+def split(frame: pd.DataFrame, protocol: ProtocolConfig):
+    """The pipeline's protocol split: ``(rows with role, evaluated users)``."""
+    s = protocols.apply(frame, protocol)
+    return s.interactions, s.users
+
+
+def validation_split(frame: pd.DataFrame, protocol: ProtocolConfig):
+    """A validation split carved from the trainable rows only (query rows never enter).
+
+    budget: the protocol with another salt over the training users' rows (evaluated users'
+    histories stay trainable); cutoff: the protocol over the trainable rows (an earlier T).
+    """
+    interactions, _ = split(frame, protocol)
+    role = interactions[protocols.ROLE].to_numpy()
+    trainable = interactions[np.isin(role, protocols.TRAINABLE_ROLES)].drop(columns=[protocols.ROLE])
+    if protocol.name == "budget":
+        train_users = interactions[role == "train"]
+        hist = interactions[role == "history"].assign(**{protocols.ROLE: "train"})
+        vp = dataclasses.replace(protocol, seed=protocol.seed + 1)
+        vs = protocols.apply(train_users.drop(columns=[protocols.ROLE]), vp)
+        rows = pd.concat([vs.interactions, hist], ignore_index=True)
+        return rows, vs.users
+    vp = dataclasses.replace(protocol, cutoff_ts=None)
+    vs = protocols.apply(trainable, vp)
+    return vs.interactions, vs.users
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def _numeric(part: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {k: v for k, v in part.items() if np.asarray(v).dtype != object}
+
+
+def train_limaml(data: Prepared, cfg: LimamlConfig, seed: int,
+                 progress: Optional[Callable[[str], None]] = None) -> LimamlModel:
+    """Trains LiMAML on tasks of the trainable rows (as TaskGen + the Trainer do)."""
+    keys = [k for k in data.train if k != F.USER_ID]
+    tasks = build_tasks(data.train, F.USER_ID, cfg.tasks, keys)
+    numeric = {p: _numeric(tasks[p]) for p in (SUPPORT, QUERY)}
+    n_tasks = len(tasks["user"])
+    batch = max(1, min(cfg.train.tasks_per_batch, n_tasks))
+    steps = cfg.train.train_steps or cfg.train.epochs * max(1, math.ceil(n_tasks / batch))
     tf.random.set_seed(seed)
-    model = LimamlModel(layout, cfg.model, cfg.maml, seed=cfg.train.seed)
-    trainer = MamlTrainer(model)
-    # early stopping on the query log loss of held-out training users' tasks (like the baselines)
-    task_users = np.unique(tasks["user"])
-    val_users = rng.choice(task_users, max(1, int(len(task_users) * val_fraction)), replace=False)
-    is_val = np.isin(tasks["user"], val_users)
-    val_tasks = {p: {k: v[is_val] for k, v in tasks[p].items()} for p in (SUPPORT, QUERY)}
-    numeric = {p: {k: v[~is_val] for k, v in tasks[p].items() if v.dtype != object}
-               for p in (SUPPORT, QUERY)}
-    T = int((~is_val).sum())
-    B = min(cfg.train.tasks_per_batch, T)
-    variables = model.outer_variables()
-    best, best_step, best_vals, waited = np.inf, 0, [v.numpy() for v in variables], 0
-    for step in range(1, steps + 1):
-        idx = rng.randint(0, T, B)
-        trainer.train_step({p: {k: tf.constant(v[idx]) for k, v in d.items()}
-                            for p, d in numeric.items()})
-        if step % eval_every == 0 or step == steps:
-            probs, y, _ = evaluate.query_predictions(model, val_tasks, aggregation)
-            loss = evaluate.log_loss(y, probs)
-            out.setdefault("limaml_val_logloss", []).append((step, round(loss, 5)))
-            if loss < best - 1e-5:
-                best, best_step, best_vals, waited = loss, step, [v.numpy() for v in variables], 0
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
-    for v, val in zip(variables, best_vals):
-        v.assign(val)
-    out["limaml_best_step"] = best_step
-    out["seconds"]["limaml"] = time.time() - t0
-    probs, y, _ = evaluate.query_predictions(model, ev_tasks, aggregation)
-    out["auc"]["limaml"] = evaluate.auc(y, probs)
-    probs, y, _ = evaluate.query_predictions(model, ev_tasks, aggregation, steps=0)
-    out["auc"]["limaml_unadapted"] = evaluate.auc(y, probs)
-    query_rows = {k: ev_tasks[QUERY][k][qmask] for k in keys}
-    for kind in baseline_kinds:
-        t0 = time.time()
-        b = baselines.make_baseline(kind, layout, cfg.model, seed=cfg.train.seed)
-        hist_info = baselines.fit_baseline(b, train, cfg.train)
-        out["seconds"][kind] = time.time() - t0
-        out["auc"][kind] = evaluate.auc(labels, baselines.predict_logits(b, query_rows))
-        out.setdefault("baseline_epochs", {})[kind] = hist_info["best_epoch"] + 1
+    model = LimamlModel(data.layout, cfg.model, cfg.maml, seed=seed)
+    trainer = MamlTrainer(model, cfg.maml)
+    rng = np.random.RandomState(seed)
+    start = time.time()
+    order = np.concatenate([rng.permutation(n_tasks) for _ in range(math.ceil(steps * batch / n_tasks) + 1)])
+    for step in range(steps):
+        idx = order[step * batch:(step + 1) * batch]
+        loss = trainer.train_step({p: {k: tf.constant(v[idx]) for k, v in d.items()}
+                                   for p, d in numeric.items()})
+        if progress and (step + 1) % max(1, steps // 5) == 0:
+            progress(f"limaml step {step + 1}/{steps} loss {loss:.4f} ({time.time() - start:.0f}s)")
+    return model
+
+
+def limaml_scores(model: LimamlModel, data: Prepared, cfg: LimamlConfig,
+                  batch_users: int = 2048) -> np.ndarray:
+    """Query probabilities ``[M]`` as served: MEG embedding per user, global block per row."""
+    sup = _numeric(data.support)
+    mask = sup.pop(MASK)
+    embs = []
+    for i in range(0, len(mask), batch_users):
+        embs.append(finetune.generate_meta_embeddings(
+            model, {k: v[i:i + batch_users] for k, v in sup.items()}, mask[i:i + batch_users],
+            cfg.embeddings.aggregation, cfg.maml).numpy())
+    emb = np.concatenate(embs)[data.query_user]
+    q = _numeric(data.query)
+    fn = tf.function(lambda e, f: global_forward(model.global_params, e, f, model.layout,
+                                                 model.model_cfg), reduce_retracing=True)
+    names = list(model.layout.global_feature_names)
+    out = []
+    for i in range(0, len(emb), 8192):
+        out.append(fn(tf.constant(emb[i:i + 8192]),
+                      {k: tf.constant(q[k][i:i + 8192]) for k in names}).numpy())
+    return 1.0 / (1.0 + np.exp(-np.concatenate(out)))
+
+
+def fit_scores(name: str, data: Prepared, cfg: LimamlConfig, seed: int,
+               progress: Optional[Callable[[str], None]] = None) -> np.ndarray:
+    """Trains model ``name`` (one of :data:`MODELS`) with ``seed`` and returns query probabilities."""
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+    if name == "limaml":
+        return limaml_scores(train_limaml(data, cfg, seed, progress), data, cfg)
+    model = baselines.make_baseline(name, data.layout, cfg.model, seed=seed)
+    info = baselines.fit_baseline(model, data.train, cfg.train)
+    if progress:
+        progress(f"{name}: {dict((k, v) for k, v in info.items() if k != 'val_loss')}")
+    logits = baselines.predict_logits(model, data.query)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def cohort_aucs(labels: np.ndarray, scores: np.ndarray, cohort: np.ndarray,
+                cohorts: Sequence[str]) -> Dict[str, Optional[float]]:
+    """``{"overall": auc, cohort: auc}`` (None where a slice has one class)."""
+    out: Dict[str, Optional[float]] = {"overall": evaluate.auc(labels, scores)}
+    for c in cohorts:
+        m = cohort == c
+        out[c] = evaluate.auc(labels[m], scores[m]) if m.any() else None
+    return {k: (None if v is None or not np.isfinite(v) else round(float(v), 4))
+            for k, v in out.items()}
+
+
+def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
+        seeds: Sequence[int] = (0,), validation: bool = False,
+        configs: Optional[Mapping[str, LimamlConfig]] = None,
+        progress: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
+    """Trains every model with every seed on one split; returns AUCs and per-row scores.
+
+    Args:
+        frame: canonical interactions.
+        cfg: settings (protocol, model, MAML, tasks, training).
+        models: model names (:data:`MODELS`); a name may carry a suffix after ``@`` to run
+            a variant from ``configs`` (e.g. ``limaml@dot``).
+        seeds: training seeds.
+        validation: evaluate on :func:`validation_split` instead of the real query rows.
+        configs: per-variant settings (key = the part after ``@``).
+        progress: callback for progress lines.
+
+    Returns:
+        ``{"auc": {model: {seed: {"overall", cohort...}}}, "scores": {model: {seed: [M]}},
+        "labels": [M], "users": [M], "cohort": [M], "seconds": {model: s}, "oracle": auc|None}``.
+    """
+    frame_r, users = (validation_split if validation else split)(frame, cfg.protocol)
+    data = prepare(frame_r, users, cfg)
+    cohorts = protocols.cohort_names(cfg.protocol.cohort_edges)
+    labels = data.query[F.LABEL]
+    out: Dict[str, object] = {"auc": {}, "scores": {}, "labels": labels,
+                              "users": data.query[F.USER_ID], "cohort": data.cohort,
+                              "seconds": {}, "n_query": int(len(labels)),
+                              "n_train": int(len(data.train[F.LABEL]))}
+    if F.ORACLE_PROB in data.query:
+        out["oracle"] = cohort_aucs(labels, data.query[F.ORACLE_PROB], data.cohort, cohorts)
+    for name in models:
+        base, _, variant = name.partition("@")
+        mcfg = (configs or {}).get(variant, cfg) if variant else cfg
+        for seed in seeds:
+            t0 = time.time()
+            scores = fit_scores(base, data, mcfg, seed, progress)
+            out["seconds"].setdefault(name, []).append(round(time.time() - t0, 1))
+            out["scores"].setdefault(name, {})[seed] = scores
+            out["auc"].setdefault(name, {})[seed] = cohort_aucs(labels, scores, data.cohort, cohorts)
+            if progress:
+                progress(f"{name} seed {seed}: {out['auc'][name][seed]} "
+                         f"({time.time() - t0:.0f}s)")
+    return out
+
+
+def summarize(result: Mapping[str, object], cohorts: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
+    """Mean and standard deviation over seeds per model and slice: ``{model: {slice: [mean, sd]}}``."""
+    out: Dict[str, Dict[str, List[float]]] = {}
+    for name, by_seed in result["auc"].items():
+        out[name] = {}
+        for s in ["overall"] + list(cohorts):
+            vals = [v[s] for v in by_seed.values() if v.get(s) is not None]
+            out[name][s] = ([round(float(np.mean(vals)), 4), round(float(np.std(vals)), 4)]
+                            if vals else [None, None])
     return out

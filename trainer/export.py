@@ -116,7 +116,7 @@ def export_global_block(path: str, model: LimamlModel, tft_output) -> None:
 def export_baseline(path: str, model, tft_output, embedding_dim: int) -> None:
     """Writes a baseline with the same serving contract (``meta_embedding`` optional, ignored)."""
     names = tuple(model.layout.global_feature_names)
-    needs_user = model.kind == "wide_deep"
+    needs_user = model.kind in ("wide_deep", "linear_user_id")
     if needs_user:
         names = names + (USER_HASH,)
 

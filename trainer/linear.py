@@ -1,0 +1,175 @@
+"""Logistic-regression references: the linear floor every deep model must beat.
+
+``linear``: one-hots of every categorical feature (item id and the user features), the genre
+multi-hot and the z-scored year. ``linear_user_id``: the same plus a one-hot of the hashed user id.
+Fitted by a well-kept solver (scikit-learn's L-BFGS logistic regression, to convergence) on a
+sparse design matrix; the L2 strength ``C`` is chosen by validation log loss on training users'
+later interactions (:mod:`trainer.validation`), then the model is refitted on every row.
+The fitted weights live in a ``tf.Module`` with the baselines' interface (``logits``,
+``layout``, ``kind``) so export and TFMA treat it like any other model:
+
+    logit = b + Σ_f w_f[x_f] + w_genres · multi_hot + w_year · year [+ w_user[user_hash]]
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+
+from trainer.layout import USER_HASH, FeatureLayout
+from trainer.model import _dot
+
+LABEL = "label"
+KINDS = ("linear", "linear_user_id")
+DEFAULT_C_GRID: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+log = logging.getLogger(__name__)
+
+
+class LinearModel(tf.Module):
+    """Weights of a logistic regression over encoded features (see module docstring).
+
+    Attributes:
+        kind: ``"linear"`` or ``"linear_user_id"``.
+        layout: flat layout (every feature global).
+        params: ``w_<categorical>`` ``[vocab]``, ``w_<multi_hot>`` ``[buckets]``,
+            ``w_numeric`` ``[n_numeric]``, ``bias`` ``[]`` and, with the user id, ``w_user``
+            ``[user_id_buckets]``.
+    """
+
+    def __init__(self, layout: FeatureLayout, kind: str = "linear", dtype: tf.DType = tf.float32):
+        super().__init__(name=kind)
+        if kind not in KINDS:
+            raise ValueError(f"linear kind {kind!r} must be one of {KINDS}")
+        from trainer.baselines import flat_layout
+
+        self.kind = kind
+        self.layout = flat_layout(layout)
+        self.user_id_buckets = layout.user_id_buckets
+        self.dtype = dtype
+        shapes = self.blocks()
+        self.params = {name: tf.Variable(tf.zeros([width], dtype), name=name)
+                       for name, _, width in shapes}
+        self.params["bias"] = tf.Variable(tf.zeros([], dtype), name="bias")
+
+    @property
+    def uses_user_id(self) -> bool:
+        return self.kind == "linear_user_id"
+
+    def blocks(self) -> List[Tuple[str, str, int]]:
+        """Design-matrix blocks in column order: ``(param name, feature, width)``."""
+        out = [(f"w_{n}", n, v) for n, v in self.layout.global_categorical]
+        out += [(f"w_{n}", n, b) for n, b in self.layout.global_multi_hot]
+        if self.layout.global_numeric:
+            out.append(("w_numeric", "", len(self.layout.global_numeric)))
+        if self.uses_user_id:
+            out.append(("w_user", USER_HASH, self.user_id_buckets))
+        return out
+
+    def input_keys(self) -> List[str]:
+        keys = list(self.layout.global_feature_names)
+        return keys + ([USER_HASH] if self.uses_user_id else [])
+
+    def logits(self, feats: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Logits ``[...]`` of encoded features ``[...]``."""
+        p = self.params
+        out = p["bias"]
+        for n, _ in self.layout.global_categorical:
+            out = out + tf.gather(p[f"w_{n}"], tf.cast(feats[n], tf.int64))
+        for n, _ in self.layout.global_multi_hot:
+            out = out + _dot(tf.cast(feats[n], self.dtype), p[f"w_{n}"])
+        for i, n in enumerate(self.layout.global_numeric):
+            out = out + tf.cast(feats[n], self.dtype) * p["w_numeric"][i]
+        if self.uses_user_id:
+            out = out + tf.gather(p["w_user"], tf.cast(feats[USER_HASH], tf.int64))
+        return out
+
+    def design_matrix(self, data: Mapping[str, np.ndarray]) -> sp.csr_matrix:
+        """Sparse design matrix ``[N, Σ widths]`` of flat encoded examples (columns = :meth:`blocks`)."""
+        n = len(np.asarray(data[self.input_keys()[0]]))
+        cols: List[sp.csr_matrix] = []
+        rows = np.arange(n)
+        for name, feat, width in self.blocks():
+            if name == "w_numeric":
+                x = np.stack([np.asarray(data[f], np.float64) for f in self.layout.global_numeric], 1)
+                cols.append(sp.csr_matrix(x))
+            elif feat in dict(self.layout.global_multi_hot):
+                cols.append(sp.csr_matrix(np.asarray(data[feat], np.float64)))
+            else:
+                ids = np.asarray(data[feat], np.int64)
+                if ids.size and (ids.min() < 0 or ids.max() >= width):
+                    raise ValueError(f"feature {feat!r} has ids outside [0, {width}): "
+                                     f"min {ids.min()}, max {ids.max()}")
+                cols.append(sp.csr_matrix((np.ones(n), (rows, ids)), shape=(n, width)))
+        return sp.hstack(cols, format="csr")
+
+    def set_weights(self, coef: np.ndarray, intercept: float) -> None:
+        """Assigns a flat coefficient vector (design-matrix column order) and the intercept."""
+        offset = 0
+        for name, _, width in self.blocks():
+            self.params[name].assign(np.asarray(coef[offset:offset + width], np.float32))
+            offset += width
+        if offset != coef.shape[0]:
+            raise ValueError(f"coefficient vector has {coef.shape[0]} entries, expected {offset}")
+        self.params["bias"].assign(np.float32(intercept))
+
+
+def _solve(x: sp.csr_matrix, y: np.ndarray, c: float, max_iter: int):
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=1e-6)
+    clf.fit(x, y)
+    converged = bool(np.all(clf.n_iter_ < max_iter))
+    return clf, converged
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit_linear(model: LinearModel, data: Mapping[str, np.ndarray],
+               val_mask: Optional[np.ndarray] = None,
+               c_grid: Sequence[float] = DEFAULT_C_GRID, max_iter: int = 2000) -> Dict[str, object]:
+    """Fits the logistic regression; chooses ``C`` on validation rows, refits on all rows.
+
+    The objective (scikit-learn, intercept not penalised)::
+
+        min_w  ½‖w‖² + C Σ_i log(1 + exp(−y_i (x_i·w + b)))     (y in {−1, +1})
+
+    Args:
+        model: the :class:`LinearModel` whose weights are set.
+        data: flat encoded examples ``{feature: [N, ...], "label": [N]}``.
+        val_mask: ``[N]`` validation rows (training users' later interactions); None or all
+            False: the first entry of ``c_grid`` is used without selection.
+        c_grid: candidate inverse L2 strengths.
+        max_iter: L-BFGS iteration cap (a fit that hits it is reported as not converged).
+
+    Returns:
+        ``{"C": chosen, "val_logloss": {C: loss}, "converged": bool, "seconds": float}``.
+    """
+    start = time.time()
+    x = model.design_matrix(data)
+    y = np.asarray(data[LABEL]).astype(np.int64)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"{model.kind}: training labels hold one class only ({np.unique(y)}); "
+                         "a logistic regression needs both")
+    losses: Dict[float, float] = {}
+    chosen = float(c_grid[0])
+    if val_mask is not None and np.any(val_mask) and len(c_grid) > 1:
+        val_mask = np.asarray(val_mask, bool)
+        xt, yt, xv, yv = x[~val_mask], y[~val_mask], x[val_mask], y[val_mask]
+        for c in c_grid:
+            clf, _ = _solve(xt, yt, float(c), max_iter)
+            losses[float(c)] = _log_loss(yv, clf.predict_proba(xv)[:, 1])
+        chosen = min(losses, key=losses.get)
+    clf, converged = _solve(x, y, chosen, max_iter)
+    model.set_weights(clf.coef_[0], float(clf.intercept_[0]))
+    info = {"C": chosen, "val_logloss": losses, "converged": converged,
+            "seconds": time.time() - start}
+    log.info("%s: C=%g (validation log loss %s), converged=%s, %.1fs", model.kind, chosen,
+             {k: round(v, 4) for k, v in losses.items()}, converged, info["seconds"])
+    return info
