@@ -68,6 +68,19 @@ class ModelConfig:
         activation: hidden activation of both blocks (``"relu"`` or ``"tanh"``).
         use_cross: put deep&cross (DCN-v2) cross layers in front of the global block MLP.
         cross_layers: number of cross layers when ``use_cross``.
+        user_id_embedding_dim: width of a user-id embedding table inside the meta block (0:
+            none). Its rows are meta-block inputs; the inner loop adapts only the task's own row
+            (sparse, active-row adaptation); rows start at 0, so a user never seen in training
+            (cold start) meets the same zero row as the dropped-out rows below.
+        user_id_dropout: share of training tasks whose user row is replaced by the zero row, so
+            the meta block also learns to serve and adapt users it has no row for.
+        user_id_l2: L2 penalty on the user rows used by a meta-batch (mean over tasks).
+        wide: add a linear ("wide") part over the global features to the global block's logit
+            (LiMAML and the global DNN; wide&deep has its own).
+        interaction: ``"none"`` or ``"dot"``: the global block adds
+            ``<P e, v_item>`` to the logit, an explicit dot product between the projected meta
+            embedding and the item's representation (item-id embedding + projected genres);
+            an MLP on a concatenation learns products poorly.
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -80,9 +93,20 @@ class ModelConfig:
     activation: str = "relu"
     use_cross: bool = False
     cross_layers: int = 2
+    user_id_embedding_dim: int = 0
+    user_id_dropout: float = 0.0
+    user_id_l2: float = 0.0
+    wide: bool = False
+    interaction: str = "none"
 
     def __post_init__(self) -> None:
         features.validate_meta_features(tuple(self.meta_features))
+        if self.interaction not in ("none", "dot"):
+            raise ValueError(f"interaction {self.interaction!r} must be 'none' or 'dot'")
+        if not 0.0 <= self.user_id_dropout < 1.0:
+            raise ValueError(f"user_id_dropout {self.user_id_dropout} must be in [0, 1)")
+        if self.user_id_embedding_dim < 0:
+            raise ValueError(f"user_id_embedding_dim {self.user_id_embedding_dim} must be >= 0")
         if self.activation not in ("relu", "tanh"):
             raise ValueError(f"activation {self.activation!r} must be 'relu' or 'tanh'")
         if self.embedding_dim < 1:
@@ -99,6 +123,7 @@ class MamlConfig:
         adaptation_steps: k, number of inner gradient steps.
         first_order: drop second-order terms of the meta-gradient.
         meta_lr: Adam learning rate of the outer loop.
+        user_row_lr: inner learning rate of the user-id embedding row (None: ``inner_lr``).
         train_aggregation: ``None`` uses per-sample meta embeddings on the query set;
             ``"latest"``/``"mean"``/``"max"`` use the serving-time aggregate over the support set.
     """
@@ -108,6 +133,7 @@ class MamlConfig:
     adaptation_steps: int = 1
     first_order: bool = False
     meta_lr: float = 1e-3
+    user_row_lr: Optional[float] = None
     train_aggregation: Optional[str] = None
 
     def __post_init__(self) -> None:

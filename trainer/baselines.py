@@ -74,7 +74,8 @@ class WideDeep(tf.Module):
                  dtype: tf.DType = tf.float32):
         super().__init__(name="wide_deep")
         self.layout = flat_layout(layout)
-        self.model_cfg = model_cfg
+        # its wide part (below) already holds the linear terms
+        self.model_cfg = model_cfg = dataclasses.replace(model_cfg, wide=False)
         self.dtype = dtype
         rng = np.random.RandomState(seed)
         c = model_cfg.categorical_embedding_dim

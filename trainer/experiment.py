@@ -266,3 +266,107 @@ def summarize(result: Mapping[str, object], cohorts: Sequence[str]) -> Dict[str,
             out[name][s] = ([round(float(np.mean(vals)), 4), round(float(np.std(vals)), 4)]
                             if vals else [None, None])
     return out
+
+
+# --- paired comparisons over seeds ------------------------------------------------------------
+
+def user_resample_weights(user_index: np.ndarray, n_users: int, n_resamples: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Cluster-bootstrap weights ``[R, N]``: each resample draws ``n_users`` users with
+    replacement; a row's weight is how often its user was drawn.
+
+    Args:
+        user_index: ``[N]`` user of each row, in ``[0, n_users)``.
+        n_users: users in the slice.
+        n_resamples: R.
+        rng: random generator.
+    """
+    counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=n_resamples)
+    return counts[:, user_index].astype(np.float64)
+
+
+def paired_over_seeds(labels: np.ndarray, users: np.ndarray, cohort: np.ndarray,
+                      ref: Mapping[int, np.ndarray], other: Mapping[int, np.ndarray],
+                      cohorts: Sequence[str], n_resamples: int = 1000, seed: int = 0,
+                      chunk: int = 100) -> Dict[str, object]:
+    """Paired bootstrap (over users) of the seed-averaged AUC difference ``ref − other``.
+
+    For every resample r (users drawn with replacement, the same draw for both models and
+    every seed): ``Δ_r = mean_s AUC_r(ref_s) − mean_s AUC_r(other_s)``. The interval is the
+    2.5/97.5 percentiles of ``Δ_r``; ``delta`` is the difference on the real rows.
+
+    Args:
+        labels, users, cohort: ``[M]`` per query row.
+        ref, other: seed -> ``[M]`` scores.
+        cohorts: cohort names.
+        n_resamples: R.
+        seed: resampling seed.
+        chunk: resamples scored at once.
+
+    Returns:
+        ``{"overall": {"delta", "ci95", "users"}, "cohorts": {name: {...}}}``.
+    """
+    from report.paired import weighted_auc
+
+    def one(rows: np.ndarray) -> Dict[str, object]:
+        y = labels[rows]
+        if rows.size == 0 or y.min() == y.max():
+            return {"delta": None, "ci95": None, "users": int(np.unique(users[rows]).size)}
+        uniq, uidx = np.unique(users[rows], return_inverse=True)
+        ones = np.ones((1, rows.size))
+        delta = float(np.mean([weighted_auc(y, ref[s][rows], ones)[0] for s in ref])
+                      - np.mean([weighted_auc(y, other[s][rows], ones)[0] for s in other]))
+        rng = np.random.default_rng(seed)
+        draws = []
+        for start in range(0, n_resamples, chunk):
+            w = user_resample_weights(uidx, uniq.size, min(chunk, n_resamples - start), rng)
+            a = np.mean([weighted_auc(y, ref[s][rows], w) for s in ref], axis=0)
+            b = np.mean([weighted_auc(y, other[s][rows], w) for s in other], axis=0)
+            draws.append(a - b)
+        d = np.concatenate(draws)
+        d = d[np.isfinite(d)]
+        lo, hi = np.percentile(d, [2.5, 97.5])
+        return {"delta": round(delta, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+                "users": int(uniq.size)}
+
+    out: Dict[str, object] = {"overall": one(np.arange(len(labels))), "cohorts": {}}
+    for c in cohorts:
+        out["cohorts"][c] = one(np.flatnonzero(cohort == c))
+    return out
+
+
+def report(result: Mapping[str, object], cfg: LimamlConfig, reference: str = "limaml",
+           n_resamples: int = 1000) -> Dict[str, object]:
+    """Mean/spread per model and slice plus paired intervals of ``reference`` vs every model."""
+    cohorts = protocols.cohort_names(cfg.protocol.cohort_edges)
+    out: Dict[str, object] = {
+        "dataset": cfg.dataset, "protocol": cfg.protocol.name,
+        "seeds": sorted(next(iter(result["scores"].values())).keys()) if result["scores"] else [],
+        "n_query": result["n_query"], "n_train": result["n_train"],
+        "auc_mean_sd": summarize(result, cohorts), "auc_per_seed": result["auc"],
+        "seconds": result["seconds"], "comparisons": {}}
+    if result.get("oracle"):
+        out["oracle"] = result["oracle"]
+    scores = result["scores"]
+    if reference in scores:
+        for name in scores:
+            if name == reference:
+                continue
+            out["comparisons"][f"{reference}_vs_{name}"] = paired_over_seeds(
+                np.asarray(result["labels"]), np.asarray(result["users"]),
+                np.asarray(result["cohort"]), scores[reference], scores[name], cohorts,
+                n_resamples=n_resamples, seed=cfg.protocol.seed)
+    return out
+
+
+def write_outputs(summary: Mapping[str, object], out_dir: str) -> str:
+    """Writes ``experiment.json`` into ``out_dir`` (created); returns its path."""
+    import json
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "experiment.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+    return path

@@ -44,12 +44,14 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
     s_x = model.meta_x(part)
     lrs = None
     if inner_lr is not None and not model.inner_lrs:
-        lrs = {k: tf.constant(inner_lr, model.dtype) for k in model.meta_names}
+        lrs = dict(model.inner_lr_tensors())
+        lrs.update({k: tf.constant(inner_lr, model.dtype) for k in model.meta_names})
     adapted = adapt(model, part, adaptation_steps, first_order=True, inner_lrs=lrs,
                     support_meta_x=s_x)
     act = model.model_cfg.activation
     emb = tf.stop_gradient(aggregate(meta_forward(adapted, s_x, act), part[MASK], aggregation))
-    cold = meta_forward(model.meta_params, s_x[:, 0, :], act)
+    cold = meta_forward(model.meta_params_for({k: v[:, 0] for k, v in part.items()}),
+                        s_x[:, 0, :], act)
     has_any = tf.reduce_any(part[MASK] > 0, axis=1)
     return tf.where(has_any[:, None], emb, cold)
 
@@ -99,5 +101,11 @@ def cold_start_embedding(model: LimamlModel, meta_x: tf.Tensor) -> tf.Tensor:
         ``[users, E]``.
     """
     if isinstance(meta_x, Mapping):
+        params = model.meta_params_for(meta_x)
         meta_x = model.meta_x(meta_x)
-    return meta_forward(model.meta_params, tf.cast(meta_x, model.dtype), model.model_cfg.activation)
+    elif model.user_emb is not None:
+        raise ValueError("this meta block has a user-id embedding: pass the encoded feature dict "
+                         "(with 'user_hash'), not a dense meta_x")
+    else:
+        params = model.meta_params
+    return meta_forward(params, tf.cast(meta_x, model.dtype), model.model_cfg.activation)

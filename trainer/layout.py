@@ -39,6 +39,8 @@ class FeatureLayout:
         global_numeric: names of numeric global features.
         use_user_id_in_meta: whether the hashed user id one-hot is part of meta_x.
         user_id_buckets: number of user hash buckets.
+        user_id_embedding_dim: width of the meta block's user-id embedding row (0: none); the
+            row is a meta-block input next to meta_x, adapted sparsely (one row per task).
     """
 
     meta_categorical: Tuple[Tuple[str, int], ...]
@@ -49,6 +51,7 @@ class FeatureLayout:
     global_numeric: Tuple[str, ...]
     use_user_id_in_meta: bool
     user_id_buckets: int
+    user_id_embedding_dim: int = 0
 
     @property
     def meta_dim(self) -> int:
@@ -61,7 +64,8 @@ class FeatureLayout:
         """Encoded feature keys read by the meta block (incl. ``user_hash`` when used)."""
         names = tuple(n for n, _ in self.meta_categorical) + tuple(
             n for n, _ in self.meta_multi_hot) + self.meta_numeric
-        return names + ((USER_HASH,) if self.use_user_id_in_meta else ())
+        uses_id = self.use_user_id_in_meta or self.user_id_embedding_dim > 0
+        return names + ((USER_HASH,) if uses_id else ())
 
     @property
     def global_feature_names(self) -> Tuple[str, ...]:
@@ -97,6 +101,7 @@ class FeatureLayout:
             global_numeric=tuple(raw["global_numeric"]),
             use_user_id_in_meta=bool(raw["use_user_id_in_meta"]),
             user_id_buckets=int(raw["user_id_buckets"]),
+            user_id_embedding_dim=int(raw.get("user_id_embedding_dim", 0)),
         )
 
 
@@ -138,4 +143,5 @@ def build_layout(model_cfg: ModelConfig, vocab_sizes: Mapping[str, int]) -> Feat
         global_multi_hot=tuple(parts["gm"]), global_numeric=tuple(parts["gn"]),
         use_user_id_in_meta=bool(model_cfg.use_user_id_in_meta),
         user_id_buckets=int(model_cfg.user_id_buckets),
+        user_id_embedding_dim=int(model_cfg.user_id_embedding_dim),
     )

@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig
-from trainer.layout import MASK, QUERY, SUPPORT
-from trainer.model import LimamlModel, Params, global_forward, meta_forward
+from trainer.layout import MASK, QUERY, SUPPORT, USER_HASH
+from trainer.model import USER_ROW, LimamlModel, Params, global_forward, meta_forward
 
 LABEL = "label"
 AGGREGATIONS = ("latest", "mean", "max")
@@ -103,7 +103,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           first_order: bool = False, meta_params: Optional[Mapping[str, tf.Tensor]] = None,
           global_params: Optional[Mapping[str, tf.Tensor]] = None,
           inner_lrs: Optional[Mapping[str, tf.Tensor]] = None,
-          support_meta_x: Optional[tf.Tensor] = None) -> Params:
+          support_meta_x: Optional[tf.Tensor] = None, user_row: Optional[tf.Tensor] = None
+          ) -> Params:
     """The inner loop for all tasks at once; never assigns a variable.
 
     θ_u^{j+1} = θ_u^j − α ⊙ ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts.
@@ -117,6 +118,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
         global_params: θ_global (default: the model's variables).
         inner_lrs: α per θ_meta entry (default: ``model.inner_lr_tensors()``).
         support_meta_x: precomputed dense meta input ``[tasks, S, D]``.
+        user_row: with a user-id embedding, the tasks' starting rows ``[tasks, d]`` (default:
+            the table rows of ``support["user_hash"][:, 0]``).
 
     Returns:
         Adapted per-task θ_u, each ``[tasks, ...]``.
@@ -126,7 +129,11 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     inner_lrs = model.inner_lr_tensors() if inner_lrs is None else inner_lrs
     meta_x = model.meta_x(support) if support_meta_x is None else support_meta_x
     tasks = tf.shape(meta_x)[0]
-    theta = tile_params(meta_params, tasks)
+    theta = tile_params({k: v for k, v in meta_params.items() if k != USER_ROW}, tasks)
+    if model.user_emb is not None:
+        # Sparse adaptation: each task holds only its own row of the user-id table.
+        theta[USER_ROW] = (model.user_rows(support[USER_HASH][:, 0]) if user_row is None
+                           else user_row)
     names = sorted(theta)
     for _ in range(steps):
         with tf.GradientTape() as inner:
@@ -163,28 +170,40 @@ def query_embeddings(model: LimamlModel, adapted: Params, batch: Mapping[str, Ma
 
 
 def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
-              maml_cfg: Optional[MamlConfig] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+              maml_cfg: Optional[MamlConfig] = None, training: bool = True
+              ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Post-adaptation query loss.
 
     Args:
         model: the model.
         batch: task batch (see module docstring).
         maml_cfg: adaptation settings (default: ``model.maml_cfg``).
+        training: apply the user-row dropout (``ModelConfig.user_id_dropout``); the L2 penalty
+            on the batch's user rows is always part of ``loss``.
 
     Returns:
         ``(loss, per_task)``: scalar mean over tasks with a valid query position, and ``[tasks]``.
     """
     cfg = model.maml_cfg if maml_cfg is None else maml_cfg
     s_x = model.meta_x(batch[SUPPORT])
+    row, penalty = None, 0.0
+    if model.user_emb is not None:
+        row = model.user_rows(batch[SUPPORT][USER_HASH][:, 0])
+        mcfg = model.model_cfg
+        if training and mcfg.user_id_dropout > 0:
+            keep = tf.random.uniform(tf.shape(row)[:1]) >= mcfg.user_id_dropout
+            row = row * tf.cast(keep, row.dtype)[:, None]
+        if mcfg.user_id_l2 > 0:
+            penalty = mcfg.user_id_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(row), axis=-1))
     adapted = adapt(model, batch[SUPPORT], cfg.adaptation_steps, cfg.first_order,
-                    support_meta_x=s_x)
+                    support_meta_x=s_x, user_row=row)
     emb = query_embeddings(model, adapted, batch, cfg.train_aggregation, support_meta_x=s_x)
     q = batch[QUERY]
     logits = global_forward(model.global_params, emb, q, model.layout, model.model_cfg)
     per_task = masked_task_loss(logits, q[LABEL], q[MASK])
     has_q = tf.cast(tf.reduce_sum(tf.cast(q[MASK], per_task.dtype), axis=1) > 0, per_task.dtype)
     loss = tf.reduce_sum(per_task * has_q) / tf.maximum(tf.reduce_sum(has_q), 1.0)
-    return loss, per_task
+    return loss + penalty, per_task
 
 
 class Adam(tf.Module):

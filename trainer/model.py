@@ -24,9 +24,12 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
+from schema import features
 from trainer.layout import USER_HASH, FeatureLayout
 
+DOT_PROJ = "dot_proj"
 Params = Dict[str, tf.Tensor]
+USER_ROW = "user_row"  # θ_meta entry of a task's own user-id embedding row
 Features = Mapping[str, tf.Tensor]
 
 
@@ -78,18 +81,26 @@ def meta_forward(meta_params: Mapping[str, tf.Tensor], meta_x: tf.Tensor,
     """Meta block forward pass, batched over tasks.
 
     Args:
-        meta_params: ``w{l}`` / ``b{l}`` tensors. With a leading task dim (``W [tasks, d_in, h]``,
-            ``b [tasks, h]``) meta_x must be ``[tasks, n, d_in]``; without it (``W [d_in, h]``)
-            meta_x may have any leading dims.
+        meta_params: ``w{l}`` / ``b{l}`` tensors and, with a user-id embedding, ``user_row``
+            (the user's embedding row, the last input of layer 0). With a leading task dim
+            (``W [tasks, d_in, h]``, ``b [tasks, h]``, ``user_row [tasks, d]``) meta_x must be
+            ``[tasks, n, D]``; without it (``W [d_in, h]``, ``user_row [..., d]`` with meta_x's
+            leading dims) meta_x may have any leading dims.
         meta_x: dense meta input ``[tasks, n, D]`` (or ``[..., D]`` for shared params).
         activation: hidden activation.
 
     Returns:
         Meta embeddings ``[tasks, n, E]`` (or ``[..., E]``).
     """
-    num_layers = len(meta_params) // 2
+    num_layers = sum(1 for k in meta_params if k.startswith("w"))
     act = _act(activation)
     h = meta_x
+    row = meta_params.get(USER_ROW)
+    if row is not None:
+        row = tf.cast(row, h.dtype)
+        if row.shape.rank == h.shape.rank - 1:  # per-task row, shared by the task's n samples
+            row = tf.broadcast_to(row[:, None, :], tf.concat([tf.shape(h)[:-1], tf.shape(row)[-1:]], 0))
+        h = tf.concat([h, row], axis=-1)
     for i in range(num_layers):
         w, b = meta_params[f"w{i}"], meta_params[f"b{i}"]
         if w.shape.rank == 3:
@@ -137,8 +148,49 @@ def global_forward(global_params: Mapping[str, tf.Tensor], meta_emb: Optional[tf
     act = _act(model_cfg.activation)
     for i in range(len(model_cfg.global_hidden)):
         z = act(_dot(z, global_params[f"w{i}"]) + global_params[f"b{i}"])
-    logit = _dot(z, global_params["w_out"]) + global_params["b_out"]
-    return logit[..., 0]
+    logit = (_dot(z, global_params["w_out"]) + global_params["b_out"])[..., 0]
+    if model_cfg.wide:
+        logit += wide_logit(global_params, feats, layout)
+    if meta_emb is not None and DOT_PROJ in global_params:
+        logit += dot_interaction(global_params, meta_emb, feats, layout)
+    return logit
+
+
+def wide_logit(global_params: Mapping[str, tf.Tensor], feats: Features,
+               layout: FeatureLayout) -> tf.Tensor:
+    """Linear ("wide") part of the global block: ``Σ_f wide_f[x_f] + wide_m · multi_hot +
+    wide_numeric · numeric`` over the global features, ``[...]``.
+
+    It gives the deep model the linear reference's terms directly (per-item bias, genre and
+    year weights), so the MLP only has to learn what a linear model cannot.
+    """
+    dtype = global_params["w_out"].dtype
+    out = None
+    for name, _ in layout.global_categorical:
+        t = tf.gather(global_params[f"wide_{name}"], tf.cast(feats[name], tf.int64))
+        out = t if out is None else out + t
+    for name, _ in layout.global_multi_hot:
+        out += _dot(tf.cast(feats[name], dtype), global_params[f"wide_{name}"])
+    for i, name in enumerate(layout.global_numeric):
+        out += tf.cast(feats[name], dtype) * global_params["wide_numeric"][i]
+    return out
+
+
+def dot_interaction(global_params: Mapping[str, tf.Tensor], meta_emb: tf.Tensor, feats: Features,
+                    layout: FeatureLayout) -> tf.Tensor:
+    """``<P e, v_item>``: the projected meta embedding against the item's representation.
+
+    ``v_item = emb_item_id[item] + G · genres`` ``[..., C]``, ``P [E, C]``, ``G [genre buckets, C]``.
+
+    Returns:
+        ``[...]`` logit contributions.
+    """
+    dtype = global_params[DOT_PROJ].dtype
+    v = tf.gather(global_params[f"emb_{features.ITEM_ID}"], tf.cast(feats[features.ITEM_ID], tf.int64))
+    for name, _ in layout.global_multi_hot:
+        v += _dot(tf.cast(feats[name], dtype), global_params[f"dot_{name}"])
+    q = _dot(tf.cast(meta_emb, dtype), global_params[DOT_PROJ])
+    return tf.reduce_sum(q * v, axis=-1)
 
 
 def _glorot(rng: np.random.RandomState, fan_in: int, fan_out: int) -> np.ndarray:
@@ -165,6 +217,18 @@ def init_global_params(rng: np.random.RandomState, layout: FeatureLayout, model_
         width = h
     out["w_out"] = _glorot(rng, width, 1)
     out["b_out"] = np.zeros(1)
+    if model_cfg.wide:
+        for name, vocab in layout.global_categorical:
+            out[f"wide_{name}"] = np.zeros(vocab)
+        for name, buckets in layout.global_multi_hot:
+            out[f"wide_{name}"] = np.zeros(buckets)
+        out["wide_numeric"] = np.zeros(len(layout.global_numeric))
+    if meta_dim > 0 and model_cfg.interaction == "dot":
+        if features.ITEM_ID not in dict(layout.global_categorical):
+            raise ValueError("interaction 'dot' needs item_id among the global features")
+        out[DOT_PROJ] = rng.normal(0.0, 1.0 / np.sqrt(meta_dim), size=(meta_dim, c))
+        for name, buckets in layout.global_multi_hot:
+            out[f"dot_{name}"] = rng.normal(0.0, 0.05, size=(buckets, c))
     return out
 
 
@@ -172,7 +236,7 @@ def init_meta_params(rng: np.random.RandomState, layout: FeatureLayout,
                      model_cfg: ModelConfig) -> Dict[str, np.ndarray]:
     """Initial values of θ_meta (numpy)."""
     out: Dict[str, np.ndarray] = {}
-    width = layout.meta_dim
+    width = layout.meta_dim + model_cfg.user_id_embedding_dim
     for i, h in enumerate(tuple(model_cfg.meta_hidden) + (model_cfg.embedding_dim,)):
         out[f"w{i}"] = _glorot(rng, width, h)
         out[f"b{i}"] = np.zeros(h)
@@ -206,6 +270,11 @@ class LimamlModel(tf.Module):
         glob0 = init_global_params(rng, layout, model_cfg, model_cfg.embedding_dim)
         self.meta_params = {k: tf.Variable(v, dtype=dtype, name=f"meta_{k}")
                             for k, v in meta0.items()}
+        self.user_emb = None
+        if model_cfg.user_id_embedding_dim > 0:
+            self.user_emb = tf.Variable(
+                tf.zeros([layout.user_id_buckets, model_cfg.user_id_embedding_dim], dtype),
+                name="meta_user_emb")
         self.global_names = sorted(glob0)
         self.global_params = {k: tf.Variable(v, dtype=dtype, name=f"global_{k}")
                               for k, v in glob0.items()}
@@ -218,16 +287,34 @@ class LimamlModel(tf.Module):
     def outer_variables(self) -> List[tf.Variable]:
         """Variables trained by the outer loop, in a fixed order."""
         out = [self.meta_params[k] for k in self.meta_names]
+        out += [] if self.user_emb is None else [self.user_emb]
         out += [self.global_params[k] for k in self.global_names]
         out += [self.inner_lrs[k] for k in self.meta_names if k in self.inner_lrs]
         return out
 
     def inner_lr_tensors(self) -> Dict[str, tf.Tensor]:
         """α per θ_meta entry: learned (Meta-SGD) or the fixed ``inner_lr`` scalar."""
+        out = {k: tf.constant(self.maml_cfg.inner_lr, self.dtype) for k in self.meta_names}
         if self.inner_lrs:
-            return {k: tf.convert_to_tensor(v) for k, v in self.inner_lrs.items()}
-        a = tf.constant(self.maml_cfg.inner_lr, self.dtype)
-        return {k: a for k in self.meta_names}
+            out = {k: tf.convert_to_tensor(v) for k, v in self.inner_lrs.items()}
+        if self.user_emb is not None:
+            lr = self.maml_cfg.user_row_lr
+            out[USER_ROW] = tf.constant(self.maml_cfg.inner_lr if lr is None else lr, self.dtype)
+        return out
+
+    def user_rows(self, user_hash: tf.Tensor) -> tf.Tensor:
+        """User-id embedding rows ``[..., d]`` of hashed ids ``[...]`` (needs ``user_id_embedding_dim``)."""
+        return tf.gather(self.user_emb, tf.cast(user_hash, tf.int64))
+
+    def meta_params_for(self, feats: Features) -> Params:
+        """θ_meta for un-adapted forward passes on ``feats`` ``[...]``: the shared weights plus,
+        with a user-id embedding, each sample's row (``user_row [..., d]``)."""
+        params = dict(self.meta_params)
+        if self.user_emb is not None:
+            if USER_HASH not in feats:
+                raise KeyError(f"the meta block has a user-id embedding; features need {USER_HASH!r}")
+            params[USER_ROW] = self.user_rows(feats[USER_HASH])
+        return params
 
     def meta_x(self, feats: Features) -> tf.Tensor:
         """Dense meta input ``[..., D]``."""
@@ -235,7 +322,8 @@ class LimamlModel(tf.Module):
 
     def meta_embedding(self, feats: Features) -> tf.Tensor:
         """Un-adapted meta embeddings f(x_meta; θ_meta), ``[..., E]``."""
-        return meta_forward(self.meta_params, self.meta_x(feats), self.model_cfg.activation)
+        return meta_forward(self.meta_params_for(feats), self.meta_x(feats),
+                            self.model_cfg.activation)
 
     def logits(self, feats: Features, meta_emb: Optional[tf.Tensor] = None) -> tf.Tensor:
         """Logits ``[...]``; per-sample un-adapted meta embeddings when ``meta_emb`` is None."""

@@ -4,4 +4,5 @@ Each module adds its parser(s) and sets ``func`` to a function ``(args) -> int``
 libraries happen inside that function so ``limaml --help`` stays fast.
 """
 
-MODULES = ("limaml.commands.bench", "limaml.commands.refresh", "limaml.commands.serve")
+MODULES = ("limaml.commands.bench", "limaml.commands.experiment", "limaml.commands.refresh",
+           "limaml.commands.serve")

@@ -1,0 +1,146 @@
+"""The personalization parts of the model: user-id rows in the meta block (sparse adaptation,
+dropout, L2), the explicit dot interaction and the wide part of the global block."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from limaml.config import MamlConfig, ModelConfig
+from trainer import finetune, maml
+from trainer.layout import build_layout
+from trainer.model import USER_ROW, LimamlModel, dot_interaction, meta_forward, wide_logit
+from tests.test_trainer_maml import T, VOCABS, make_batch
+
+D_ROW = 3
+
+
+def personal_model(steps=2, first_order=False, dropout=0.0, l2=0.0, interaction="dot", wide=True,
+                   inner_lr=0.3, user_row_lr=None, seed=0):
+    mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
+                       categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
+                       user_id_embedding_dim=D_ROW, user_id_dropout=dropout, user_id_l2=l2,
+                       interaction=interaction, wide=wide)
+    mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
+                    user_row_lr=user_row_lr)
+    model = LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
+    rng = np.random.RandomState(seed + 7)
+    # non-zero rows and wide weights so that every term takes part in the checks
+    model.user_emb.assign(rng.normal(0, 0.5, model.user_emb.shape))
+    for k, v in model.global_params.items():
+        if k.startswith("wide_"):
+            v.assign(rng.normal(0, 0.3, v.shape))
+    return model
+
+
+def test_meta_gradient_with_user_rows_dot_and_wide_matches_finite_differences():
+    model = personal_model(steps=2, l2=0.05)
+    batch = make_batch()
+    _, grads = maml.MamlTrainer(model).meta_gradients(batch)
+    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
+    rng = np.random.RandomState(3)
+    eps, checked = 1e-6, 0
+    for var, g in zip(model.outer_variables(), grads):
+        g = np.zeros(var.shape) if g is None else tf.convert_to_tensor(g).numpy()
+        base = var.numpy()
+        if var is model.user_emb:  # the rows of the batch's users and one unused row
+            used = sorted(set(batch["support"]["user_hash"].numpy()[:, 0].tolist()))
+            unused = [r for r in range(8) if r not in used][:1]
+            picks = [r * D_ROW + c for r in used + unused for c in range(D_ROW)]
+        else:
+            flat = np.arange(base.size)
+            picks = flat if flat.size <= 10 else rng.choice(flat, 10, replace=False)
+        for i in picks:
+            e = np.zeros(base.size)
+            e[i] = eps
+            e = e.reshape(base.shape)
+            var.assign(base + e)
+            lp = float(loss_fn())
+            var.assign(base - e)
+            lm = float(loss_fn())
+            var.assign(base)
+            assert g.reshape(-1)[i] == pytest.approx((lp - lm) / (2 * eps), rel=1e-4, abs=1e-8), (
+                var.name, i)
+            checked += 1
+    assert checked > 60
+    idx = next(i for i, v in enumerate(model.outer_variables()) if v is model.user_emb)
+    assert np.all(tf.convert_to_tensor(grads[idx]).numpy()[unused] == 0.0)  # sparse: unused row
+
+
+def test_inner_loop_adapts_only_each_tasks_own_row_by_its_support_gradient():
+    model = personal_model(steps=1, user_row_lr=0.7)
+    batch = make_batch()
+    s = batch["support"]
+    table_before = model.user_emb.numpy().copy()
+    adapted = maml.adapt(model, s, 1)
+    np.testing.assert_array_equal(model.user_emb.numpy(), table_before)  # nothing assigned
+    rows = table_before[s["user_hash"].numpy()[:, 0]]
+    assert adapted[USER_ROW].shape == (T, D_ROW)
+    x = model.meta_x(s)
+    theta0 = maml.tile_params(model.meta_params, T)
+
+    def support_loss(row_np):
+        th = dict(theta0, **{USER_ROW: tf.constant(row_np)})
+        return maml.set_loss(model, th, model.global_params, x, s).numpy()
+
+    eps = 1e-6
+    for t in range(T):
+        for c in range(D_ROW):
+            e = np.zeros_like(rows)
+            e[t, c] = eps
+            fd = (support_loss(rows + e)[t] - support_loss(rows - e)[t]) / (2 * eps)
+            assert adapted[USER_ROW].numpy()[t, c] == pytest.approx(rows[t, c] - 0.7 * fd, rel=1e-6)
+
+
+def test_dot_interaction_and_wide_part_by_hand():
+    model = personal_model()
+    rng = np.random.RandomState(0)
+    n = 5
+    feats = {f: rng.randint(0, v, n) for f, v in VOCABS.items()}
+    feats["genres"] = (rng.rand(n, 64) < 0.2).astype(np.float64)
+    feats["release_year"] = rng.randn(n)
+    e = rng.randn(n, 2)
+    g = {k: v.numpy() for k, v in model.global_params.items()}
+    expect_dot = np.sum((e @ g["dot_proj"]) * (g["emb_item_id"][feats["item_id"]]
+                                               + feats["genres"] @ g["dot_genres"]), axis=1)
+    tf_feats = {k: tf.constant(v) for k, v in feats.items()}
+    got = dot_interaction(model.global_params, tf.constant(e), tf_feats, model.layout).numpy()
+    np.testing.assert_allclose(got, expect_dot, rtol=1e-10)
+    expect_wide = (g["wide_item_id"][feats["item_id"]] + feats["genres"] @ g["wide_genres"]
+                   + feats["release_year"] * g["wide_numeric"][0])
+    np.testing.assert_allclose(wide_logit(model.global_params, tf_feats, model.layout).numpy(),
+                               expect_wide, rtol=1e-10)
+
+
+def test_user_row_dropout_trains_on_the_zero_row():
+    batch = make_batch()
+    dropped = personal_model(dropout=0.999999)
+    zero_rows = personal_model(dropout=0.0)
+    zero_rows.user_emb.assign(tf.zeros_like(zero_rows.user_emb))
+    a = float(maml.maml_loss(dropped, batch, training=True)[0])
+    b = float(maml.maml_loss(zero_rows, batch, training=True)[0])
+    c = float(maml.maml_loss(dropped, batch, training=False)[0])
+    assert a == pytest.approx(b, rel=1e-12)
+    assert abs(c - a) > 1e-6  # at evaluation the user's own row is used
+
+
+def test_cold_start_uses_the_users_row_and_meg_matches_manual_adaptation():
+    model = personal_model(steps=1)
+    batch = make_batch()
+    s = {k: v for k, v in batch["support"].items()}
+    first = {k: v[:, 0] for k, v in s.items()}
+    cold = finetune.cold_start_embedding(model, first).numpy()
+    rows = model.user_emb.numpy()[first["user_hash"].numpy()]
+    manual = meta_forward(dict(model.meta_params, **{USER_ROW: tf.constant(rows)}),
+                          model.meta_x(first), "tanh").numpy()
+    np.testing.assert_allclose(cold, manual, rtol=1e-10)
+    with pytest.raises(ValueError, match="user-id embedding"):
+        finetune.cold_start_embedding(model, model.meta_x(first))
+    mask = s.pop("mask")
+    emb = finetune.generate_meta_embeddings_fn(model, s, mask, "mean", 1).numpy()
+    adapted = maml.adapt(model, dict(s, mask=mask), 1, first_order=True)
+    per_sample = meta_forward(adapted, model.meta_x(s), "tanh").numpy()
+    m = mask.numpy()[..., None]
+    np.testing.assert_allclose(emb, (per_sample * m).sum(1) / m.sum(1), rtol=1e-8)
