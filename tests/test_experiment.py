@@ -1,0 +1,81 @@
+"""The experiment harness: the validation split never holds query rows, paired intervals over
+users and seeds detect a planted difference and not an absent one, tuning budgets are equal."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from limaml.config import LimamlConfig, ProtocolConfig
+from limaml.data import protocols
+from limaml.data.synthetic import SyntheticConfig, generate
+from trainer import experiment, tuning
+
+COHORTS = ["a", "b"]
+
+
+def planted_rows(n_users=300, rows_per_user=12, seed=0):
+    rng = np.random.RandomState(seed)
+    users = np.repeat(np.arange(n_users), rows_per_user)
+    p = rng.uniform(0.05, 0.95, users.size)
+    y = (rng.rand(users.size) < p).astype(np.float32)
+    cohort = np.where(users % 2 == 0, "a", "b").astype(object)
+    return rng, users, p, y, cohort
+
+
+def test_paired_interval_excludes_zero_for_a_planted_difference():
+    rng, users, p, y, cohort = planted_rows()
+    good = {s: p + rng.normal(0, 0.05, p.size) for s in range(2)}
+    noise = {s: rng.rand(p.size) for s in range(2)}
+    out = experiment.paired_over_seeds(y, users, cohort, good, noise, COHORTS, n_resamples=300)
+    lo, hi = out["overall"]["ci95"]
+    assert out["overall"]["delta"] > 0.1 and lo > 0 and lo <= out["overall"]["delta"] <= hi
+    assert out["overall"]["users"] == 300 and out["cohorts"]["a"]["users"] == 150
+    for c in COHORTS:
+        assert out["cohorts"][c]["ci95"][0] > 0
+
+
+def test_paired_interval_of_identical_scorers_is_zero_and_of_two_noises_contains_zero():
+    rng, users, p, y, cohort = planted_rows(seed=1)
+    same = {0: rng.rand(p.size)}
+    out = experiment.paired_over_seeds(y, users, cohort, same, dict(same), COHORTS, n_resamples=200)
+    assert out["overall"]["delta"] == 0 and out["overall"]["ci95"] == [0.0, 0.0]
+    a, b = {0: rng.rand(p.size)}, {0: rng.rand(p.size)}
+    out = experiment.paired_over_seeds(y, users, cohort, a, b, COHORTS, n_resamples=300)
+    lo, hi = out["overall"]["ci95"]
+    assert lo < 0 < hi
+
+
+def test_user_resample_weights_draw_whole_users():
+    rng = np.random.default_rng(0)
+    user_index = np.array([0, 0, 0, 1, 2, 2])
+    w = experiment.user_resample_weights(user_index, 3, 50, rng)
+    assert w.shape == (50, 6)
+    np.testing.assert_array_equal(w[:, 0], w[:, 1])  # a user's rows move together
+    np.testing.assert_array_equal(w[:, 4], w[:, 5])
+    np.testing.assert_array_equal(w[:, [0, 3, 4]].sum(1), 3)  # 3 users drawn per resample
+
+
+@pytest.mark.parametrize("name", ["budget", "cutoff"])
+def test_validation_split_holds_no_query_row_and_only_trainable_rows(name):
+    frame = generate(SyntheticConfig(num_users=400, num_items=50, mean_interactions=15, seed=0))
+    protocol = ProtocolConfig(name=name)
+    rows, _ = experiment.split(frame, protocol)
+    key = ["user_id", "item_id", "timestamp"]
+    query = rows[rows[protocols.ROLE] == "query"][key]
+    vrows, vusers = experiment.validation_split(frame, protocol)
+    assert len(vusers) > 0
+    overlap = vrows.merge(query, on=key)
+    assert len(overlap) == 0
+    trainable = rows[rows[protocols.ROLE].isin(protocols.TRAINABLE_ROLES)]
+    assert len(vrows.merge(trainable[key], on=key)) == len(vrows)
+
+
+def test_tune_refuses_unequal_budgets_and_unknown_fields():
+    frame = pd.DataFrame()
+    with pytest.raises(ValueError, match="same tuning budget"):
+        tuning.tune(frame, LimamlConfig(), {"linear": [{}], "limaml": [{}, {}]})
+    with pytest.raises(ValueError, match="unknown field"):
+        tuning.apply_overrides(LimamlConfig(), {"model": {"widht": 3}})
+    cfg = tuning.apply_overrides(LimamlConfig(), {"model": {"global_hidden": [8, 4]}})
+    assert cfg.model.global_hidden == (8, 4)
