@@ -2,6 +2,12 @@
 
 Plots are drawn with matplotlib and embedded as base64 PNG; styles are inline; the page loads
 nothing from anywhere, so it can be opened from an artifact store or attached to a review.
+
+Elements (ids): summary (``summary``), under-trained baseline warning (``baseline-warning``, only
+when a baseline is flagged), AUC by cohort (``plot-auc``), paired lift chart and table
+(``plot-paired-lift``, ``paired-table``, only with ``comparisons``), relative lift
+(``plot-lift``, ``lift-table``), gap to oracle (``plot-oracle-gap``, only with an oracle),
+calibration (``plot-calibration``), TFMA slice metrics (``slice-table``).
 """
 from __future__ import annotations
 
@@ -14,13 +20,16 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from report import metrics as rm
+from report import paired as rp
 
 LIMAML = "limaml"
-BASELINES: Tuple[str, ...] = ("global_dnn", "wide_deep_id")
+BASELINES: Tuple[str, ...] = ("global_dnn", "wide_deep_id", "linear", "linear_user_id")
 ORACLE = "oracle"
-MODEL_COLOURS = {"limaml": "#d62728", "global_dnn": "#1f77b4", "wide_deep_id": "#2ca02c", "oracle": "#444444"}
+MODEL_COLOURS = {"limaml": "#d62728", "global_dnn": "#1f77b4", "wide_deep_id": "#2ca02c",
+                 "linear": "#9467bd", "linear_user_id": "#ff7f0e", "oracle": "#444444"}
 MODEL_LABELS = {"limaml": "LiMAML", "global_dnn": "global DNN", "wide_deep_id": "wide&deep + user ID",
-                "oracle": "oracle"}
+                "linear": "linear", "linear_user_id": "linear + user ID", "oracle": "oracle"}
+VERDICT_BETTER, VERDICT_WORSE, VERDICT_NS = "better", "worse", "n.s."
 TABLE_COLUMNS: Tuple[str, ...] = ("model", "slice", "auc", "auc_ci95", "logloss", "examples", "users")
 
 
@@ -159,8 +168,141 @@ def _plot_lift(metrics: Mapping[str, Any]) -> str:
     ax.set_title("LiMAML's relative AUC lift over each baseline")
     ax.margins(y=0.2)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(baselines) + 1, fontsize=9, frameon=False)
     return _figure_to_img(fig, "plot-lift", "Relative AUC lift of LiMAML over each baseline by cohort")
+
+
+def _comparisons(metrics: Mapping[str, Any]) -> List[Tuple[str, str, str, Mapping[str, Any]]]:
+    """``[(key, reference, other, comparison)]`` of ``metrics["comparisons"]``, in stored order."""
+    out = []
+    for key, comparison in (metrics.get("comparisons") or {}).items():
+        reference, _, other = key.partition("_vs_")
+        out.append((key, reference, other, comparison))
+    return out
+
+
+def _comparison_slice(comparison: Mapping[str, Any], slice_name: str) -> Mapping[str, Any]:
+    return comparison["overall"] if slice_name == rm.OVERALL else comparison["cohorts"][slice_name]
+
+
+def paired_verdict(entry: Mapping[str, Any], reference_label: str = "LiMAML") -> Optional[str]:
+    """Verdict of one paired comparison slice ``C`` (see :mod:`report.paired`).
+
+    Returns:
+        ``"<reference_label> better"`` when the whole interval is above 0, ``"<reference_label>
+        worse"`` when it is below 0, ``"n.s."`` when it contains 0 (or there is a delta but no
+        interval), None when the delta is null (one class only / no rows).
+    """
+    if entry["delta"] is None:
+        return None
+    ci = entry["ci95"]
+    if ci is None:
+        return VERDICT_NS
+    if ci[0] > 0:
+        return f"{reference_label} {VERDICT_BETTER}"
+    if ci[1] < 0:
+        return f"{reference_label} {VERDICT_WORSE}"
+    return VERDICT_NS
+
+
+def _label(model: str) -> str:
+    return MODEL_LABELS.get(model, model)
+
+
+def _colour(model: str) -> str:
+    return MODEL_COLOURS.get(model, "#7f7f7f")
+
+
+def _plot_paired(metrics: Mapping[str, Any]) -> str:
+    slices = _slices(metrics)
+    comparisons = _comparisons(metrics)
+    fig, ax = _figure((11, 4.2))
+    width = 0.8 / max(len(comparisons), 1)
+    for i, (_, reference, other, comparison) in enumerate(comparisons):
+        colour = _colour(other)
+        for j, slice_name in enumerate(slices):
+            entry = _comparison_slice(comparison, slice_name)
+            x = j - 0.4 + width * (i + 0.5)
+            if entry["delta"] is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", color="#888888", fontsize=8)
+                continue
+            delta = entry["delta"]
+            lo, hi = entry["ci95"] if entry["ci95"] is not None else (delta, delta)
+            significant = paired_verdict(entry) not in (None, VERDICT_NS)
+            ax.errorbar([x], [delta], yerr=[[max(delta - lo, 0.0)], [max(hi - delta, 0.0)]], fmt="o",
+                        capsize=3, color=colour, markerfacecolor=colour if significant else "white",
+                        markersize=6)
+        ax.errorbar([math.nan], [math.nan], yerr=[[0], [0]], fmt="o", capsize=3, color=colour,
+                    label=f"{_label(reference)} − {_label(other)}")
+    ax.errorbar([math.nan], [math.nan], fmt="o", color="#555555", markerfacecolor="white",
+                label="hollow: interval contains 0 (n.s.)")
+    ax.axhline(0, color="#333333", linewidth=0.9)
+    ax.set_xticks(range(len(slices)))
+    ax.set_xticklabels([_slice_label(s) for s in slices])
+    ax.set_xlim(-0.6, len(slices) - 0.4)
+    ax.set_ylabel("ΔAUC (95% paired bootstrap CI)")
+    ax.set_title("Paired lift: LiMAML's AUC minus each model's, on the same rows")
+    ax.margins(y=0.15)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(comparisons) + 1, 4), fontsize=9,
+              frameon=False)
+    return _figure_to_img(fig, "plot-paired-lift",
+                          "AUC difference between LiMAML and each model by cohort with 95% paired bootstrap intervals")
+
+
+def _paired_table(metrics: Mapping[str, Any]) -> str:
+    head = ["comparison", "slice", "ΔAUC", "95% CI", "p", "users", "examples", "resamples", "verdict"]
+    out = ['<table id="paired-table">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>",
+           "<tbody>"]
+    for key, reference, other, comparison in _comparisons(metrics):
+        for slice_name in _slices(metrics):
+            entry = _comparison_slice(comparison, slice_name)
+            ci = entry["ci95"]
+            verdict = paired_verdict(entry, _label(reference))
+            if verdict is None:
+                verdict_cell = '<span class="ns">— (AUC undefined)</span>'
+            else:
+                cls = "ns" if verdict == VERDICT_NS else ("significant" if verdict.endswith(VERDICT_BETTER)
+                                                          else "worse")
+                verdict_cell = f'<span class="{cls}">{html.escape(verdict)}</span>'
+            delta = "—" if entry["delta"] is None else f"{entry['delta']:+.4f}"
+            cells = [f"{html.escape(_label(reference))} vs {html.escape(_label(other))} <code>{html.escape(key)}</code>",
+                     html.escape(_slice_label(slice_name)), delta,
+                     "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]",
+                     _fmt(entry["p_value"], 3), f"{entry['users']:,}", f"{entry['examples']:,}",
+                     f"{entry['resamples']:,}", verdict_cell]
+            out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _baseline_checks(metrics: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+    checks = metrics.get("baseline_checks")
+    return rp.baseline_checks(metrics["models"]) if checks is None else checks
+
+
+def under_trained_warnings(metrics: Mapping[str, Any]) -> List[str]:
+    """One sentence per baseline flagged ``under_trained`` in ``metrics``' ``baseline_checks``.
+
+    E.g. ``"global_dnn does not beat its linear counterpart linear: 0.701 vs 0.704 AUC; treat it
+    as under-trained"``. Computed from ``models`` when the key is absent (older metrics.json).
+    """
+    out = []
+    for model, check in _baseline_checks(metrics).items():
+        if check["under_trained"]:
+            out.append(f"{model} does not beat its linear counterpart {check['counterpart']}: "
+                       f"{check['auc']:.3f} vs {check['counterpart_auc']:.3f} AUC; treat it as under-trained")
+    return out
+
+
+def _warning_block(metrics: Mapping[str, Any]) -> str:
+    warnings = under_trained_warnings(metrics)
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return ('<div class="warning" id="baseline-warning"><b>Warning: under-trained baseline.</b> '
+            "A lift over such a baseline says little about LiMAML."
+            f"<ul>{items}</ul></div>")
 
 
 def _plot_calibration(calibration: Mapping[str, Sequence[Mapping[str, float]]], models: Sequence[str]) -> str:
@@ -288,6 +430,10 @@ code { color: #666; font-size: 0.85em; }
 .ns { color: #888; }
 .significant { color: #1a7f37; }
 .notes li { color: #555; font-size: 0.9em; }
+.worse { color: #b31d28; }
+.warning { background: #fff5e6; border: 2px solid #e36209; padding: 8px 14px; border-radius: 4px;
+           margin: 12px 0; }
+.warning ul { margin: 4px 0; }
 """
 
 
@@ -296,11 +442,23 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     overall = {m: metrics["models"][m]["overall"] for m in _models(metrics)}
     aucs = ", ".join(f"{html.escape(MODEL_LABELS[m])} {_fmt(s['auc'])}" for m, s in overall.items())
     parts.append(f"Overall AUC: {aucs}.")
-    for b in BASELINES:
+    comparisons = _comparisons(metrics)
+    for _, reference, other, comparison in comparisons:
+        entry = comparison["overall"]
+        verdict = paired_verdict(entry, _label(reference))
+        if verdict is None:
+            continue
+        ci = entry["ci95"]
+        interval = "" if ci is None else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+        parts.append(f"ΔAUC {html.escape(_label(reference))} − {html.escape(_label(other))}: "
+                     f"{entry['delta']:+.4f}{interval} ({html.escape(verdict)}, paired).")
+    for b in ([] if comparisons else BASELINES):
         lift = relative_lift(metrics, LIMAML, b, rm.OVERALL) if b in metrics["models"] else None
         if lift is not None:
             tag = "significant" if lift["significant"] else "not significant: 95% CIs overlap"
             parts.append(f"LiMAML vs {html.escape(MODEL_LABELS[b])}: {lift['lift_pct']:+.2f}% AUC ({tag}).")
+    for warning in under_trained_warnings(metrics):
+        parts.append(html.escape(warning) + ".")
     gap = oracle_gap(metrics, LIMAML, rm.OVERALL)
     if gap is not None:
         parts.append(f"LiMAML's gap to oracle: {gap:.4f} AUC.")
@@ -315,7 +473,9 @@ def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence
     """Writes ``index.html`` and ``metrics.json`` into ``out_dir``.
 
     Args:
-        metrics: the ``metrics.json`` dict (validated first).
+        metrics: the ``metrics.json`` dict (validated first). Its ``comparisons`` (when present)
+            become the paired lift chart and table; its ``baseline_checks`` (computed from the
+            models when absent) the under-trained warning block.
         calibration: ``report.metrics.read_calibration`` output (model -> buckets).
         slice_table_rows: rows of the slice table (see :func:`make_slice_table_rows`); None: made
             from ``metrics``.
@@ -343,11 +503,26 @@ def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence
     sections = [
         "<h2>AUC by cohort</h2>",
         _plot_auc(metrics),
+    ]
+    if _comparisons(metrics):
+        sections += [
+            "<h2>Paired lift of LiMAML</h2>",
+            _plot_paired(metrics),
+            _paired_table(metrics),
+            "<p class=\"meta\">ΔAUC = AUC(LiMAML) − AUC(model) on the same query rows. 95% CI: percentile "
+            "interval of a paired cluster bootstrap over users (each resample draws the slice's users with "
+            "replacement, every drawn user brings all its rows, both models are scored on the same resample). "
+            "p: two-sided bootstrap p-value. Verdict: better / worse when the interval excludes 0, "
+            "n.s. when it contains 0.</p>",
+        ]
+    sections += [
         "<h2>Relative AUC lift of LiMAML</h2>",
         _plot_lift(metrics),
         _lift_table(metrics),
         "<p class=\"meta\">Lift = AUC(LiMAML) / AUC(baseline) − 1. n.s. = not significant: the two 95% "
-        "confidence intervals overlap (a conservative check).</p>",
+        "confidence intervals overlap (a conservative check on marginal intervals"
+        + ("; the paired intervals above are the test of a difference" if _comparisons(metrics) else "")
+        + ").</p>",
     ]
     if ORACLE in metrics["models"]:
         sections += ["<h2>LiMAML's gap to oracle</h2>",
@@ -361,6 +536,9 @@ def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence
         "A cohort without evaluation examples shows — (null in metrics.json) for AUC and log loss; "
         "a cohort whose labels are all 0 or all 1 shows — for AUC (undefined there).",
     ]
+    if _comparisons(metrics):
+        default_notes.append("Paired ΔAUC: exact rank AUC (ties count 1/2) of the predictions on the evaluation "
+                             "rows, so it can differ by ~1e-3 from the difference of TFMA's thresholded AUCs.")
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in [*notes, *default_notes])
     page = f"""<!DOCTYPE html>
 <html lang="en">
@@ -374,6 +552,7 @@ def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence
 <p class="meta">dataset <b>{html.escape(metrics['dataset'])}</b> · protocol <b>{html.escape(metrics['protocol'])}</b>
  · models {", ".join(f"<code>{html.escape(m)}</code>" for m in models)}</p>
 <p class="summary" id="summary">{_summary(metrics)}</p>
+{_warning_block(metrics)}
 {"".join(s + chr(10) for s in sections)}
 <h2>Notes</h2>
 <ul class="notes">{note_items}</ul>

@@ -3,10 +3,27 @@
 Shape (checked by :func:`validate_metrics`)::
 
     {"dataset": str, "protocol": str,
-     "models": {"limaml": M, "global_dnn": M, "wide_deep_id": M[, "oracle": M]}}
+     "models": {"limaml": M, "global_dnn": M, "wide_deep_id": M
+                [, "linear": M][, "linear_user_id": M][, "oracle": M]},
+     "baseline_checks": {"global_dnn": B, "wide_deep_id": B},      # pairs whose models are present
+     ["comparisons": {"limaml_vs_<other>": P, ...}]}               # when the caller passes them
     M = {"overall": S, "cohorts": {"0": S, "1-4": S, "5-19": S, "20-99": S, "100+": S}}
     S = {"auc": float|null, "auc_ci95": [float, float]|null, "logloss": float|null,
          "examples": int, "users": int}
+    B = {"counterpart": "linear"|"linear_user_id", "auc": float|null, "counterpart_auc": float|null,
+         "delta": float|null, "under_trained": bool}
+    P = {"overall": C, "cohorts": {"0": C, ...}}
+    C = {"delta": float|null, "ci95": [lo, hi]|null, "p_value": float|null,
+         "users": int, "examples": int, "resamples": int}
+
+``linear`` (logistic regression on the global DNN's features) and ``linear_user_id`` (the same
+plus the hashed user id) are the linear reference models; ``baseline_checks`` (computed by
+:func:`report.paired.baseline_checks` from the overall AUCs) flags ``global_dnn`` /
+``wide_deep_id`` as ``under_trained`` when it does not beat its linear counterpart.
+``comparisons`` holds :func:`report.paired.paired_bootstrap`'s output: AUC(limaml) - AUC(other)
+on the same rows with a paired cluster-bootstrap interval over users (``delta``, ``ci95`` and
+``p_value`` null where the slice has one class only). Older ``metrics.json`` files without the
+two keys still validate.
 
 Where the numbers come from (TFMA 0.47.1, read with ``tfma.load_metrics``):
 
@@ -31,6 +48,7 @@ A slice whose labels are all 0 or all 1 (``mean_label`` 0 or 1) gets ``auc`` and
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import math
@@ -40,11 +58,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from limaml.config import DEFAULT_COHORT_EDGES
 from limaml.data.protocols import cohort_names
 from report import eval_config as ec
+from report import paired as rp
 from schema import features as F
 
 DEFAULT_COHORTS: Tuple[str, ...] = tuple(cohort_names(DEFAULT_COHORT_EDGES))
 REQUIRED_MODELS: Tuple[str, ...] = ("limaml", "global_dnn", "wide_deep_id")
-OPTIONAL_MODELS: Tuple[str, ...] = ("oracle",)
+OPTIONAL_MODELS: Tuple[str, ...] = ("linear", "linear_user_id", "oracle")
 MODEL_NAMES: Tuple[str, ...] = REQUIRED_MODELS + OPTIONAL_MODELS
 OVERALL = "overall"
 SLICE_STATS_KEYS: Tuple[str, ...] = ("auc", "auc_ci95", "logloss", "examples", "users")
@@ -59,8 +78,8 @@ class ModelSource:
     """Where one model's TFMA results are.
 
     Attributes:
-        name: the model's name in the report: ``limaml``, ``global_dnn``, ``wide_deep_id`` or
-            ``oracle``.
+        name: the model's name in the report: ``limaml``, ``global_dnn``, ``wide_deep_id``,
+            ``linear``, ``linear_user_id`` or ``oracle``.
         eval_output_dir: TFMA's output directory (a TFX Evaluator's ``evaluation`` artifact URI).
         tfma_model_name: the model's name in that output's metric keys: ``candidate`` or
             ``baseline`` for an Evaluator with a baseline, ``""`` for a single unnamed model.
@@ -223,24 +242,30 @@ def _users(users_per_cohort: Mapping[str, int], cohorts: Sequence[str]) -> Dict[
 
 def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
                   users_per_cohort: Mapping[str, int], cohorts: Sequence[str] = DEFAULT_COHORTS,
-                  cohort_key: str = F.COHORT) -> Dict[str, Any]:
+                  cohort_key: str = F.COHORT,
+                  comparisons: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Builds the ``metrics.json`` dict from TFMA outputs.
 
     Args:
         dataset: dataset name (e.g. ``movielens-100k``, ``synthetic``).
         protocol: evaluation protocol (``cutoff`` or ``budget``).
         sources: one ModelSource per model; ``limaml``, ``global_dnn`` and ``wide_deep_id`` are
-            required, ``oracle`` optional. Several may share an output directory.
+            required, ``linear``, ``linear_user_id`` and ``oracle`` optional. Several may share an
+            output directory.
         users_per_cohort: distinct evaluated users: ``{"overall": n, "0": n0, "1-4": n1, ...}``;
             a missing cohort counts 0 users, a missing ``overall`` the sum of the cohorts.
         cohorts: the cohort names, in report order.
         cohort_key: the feature TFMA sliced the cohorts by.
+        comparisons: :func:`report.paired.paired_bootstrap`'s output (computed with the same
+            ``cohorts``), stored as ``comparisons``; None: no such key.
 
     Returns:
-        The dict described in this module's docstring (passes :func:`validate_metrics`).
+        The dict described in this module's docstring (passes :func:`validate_metrics`), with
+        ``baseline_checks`` always present (``{}`` without linear models).
 
     Raises:
         ValueError: a duplicate, missing or unknown model, bad user counts.
+        MetricsShapeError: ``comparisons`` does not have the shape above.
         KeyError: a TFMA output lacks the source's model name or a metric.
         FileNotFoundError: a TFMA output directory is missing or empty.
     """
@@ -274,7 +299,10 @@ def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
             else:
                 per_cohort[cohort] = _empty_stats(users[cohort])
         models[source.name] = {"overall": overall, "cohorts": per_cohort}
-    result = {"dataset": str(dataset), "protocol": str(protocol), "models": models}
+    result: Dict[str, Any] = {"dataset": str(dataset), "protocol": str(protocol), "models": models,
+                              "baseline_checks": rp.baseline_checks(models)}
+    if comparisons is not None:
+        result["comparisons"] = copy.deepcopy(dict(comparisons))
     validate_metrics(result, cohorts)
     return result
 
@@ -319,18 +347,84 @@ def _check_stats(s: Any, path: str) -> None:
         _check_float(s["logloss"], f"{path}.logloss", 0.0)
     ci = s["auc_ci95"]
     if ci is not None:
-        if not isinstance(ci, list) or len(ci) != 2:
-            _fail(f"{path}.auc_ci95", f"expected [lower, upper] or null, got {ci!r}")
-        _check_float(ci[0], f"{path}.auc_ci95[0]")
-        _check_float(ci[1], f"{path}.auc_ci95[1]")
-        if ci[0] > ci[1]:
-            _fail(f"{path}.auc_ci95", f"lower bound above upper bound: {ci!r}")
+        _check_interval(ci, f"{path}.auc_ci95", -math.inf, math.inf)
         if s["auc"] is None:
             _fail(f"{path}.auc_ci95", "an interval without an auc")
     if s["examples"] == 0:
         for key in ("auc", "auc_ci95", "logloss"):
             if s[key] is not None:
                 _fail(f"{path}.{key}", f"must be null for a slice without examples, got {s[key]!r}")
+
+
+def _check_interval(ci: Any, path: str, lo: float, hi: float) -> None:
+    if not isinstance(ci, list) or len(ci) != 2:
+        _fail(path, f"expected [lower, upper] or null, got {ci!r}")
+    _check_float(ci[0], f"{path}[0]", lo, hi)
+    _check_float(ci[1], f"{path}[1]", lo, hi)
+    if ci[0] > ci[1]:
+        _fail(path, f"lower bound above upper bound: {ci!r}")
+
+
+def _check_comparison(c: Any, path: str) -> None:
+    _check_keys(c, rp.COMPARISON_KEYS, path)
+    for key in ("users", "examples", "resamples"):
+        _check_int(c[key], f"{path}.{key}")
+    if c["delta"] is None:
+        for key in ("ci95", "p_value"):
+            if c[key] is not None:
+                _fail(f"{path}.{key}", f"must be null when delta is null, got {c[key]!r}")
+        return
+    _check_float(c["delta"], f"{path}.delta", -1.0, 1.0)
+    if c["ci95"] is not None:
+        _check_interval(c["ci95"], f"{path}.ci95", -1.0, 1.0)
+    if c["p_value"] is not None:
+        _check_float(c["p_value"], f"{path}.p_value", 0.0, 1.0)
+    if c["examples"] == 0:
+        _fail(f"{path}.delta", f"must be null for a slice without examples, got {c['delta']!r}")
+
+
+def _check_comparisons(comparisons: Any, cohorts: Sequence[str]) -> None:
+    if not isinstance(comparisons, dict):
+        _fail("comparisons", f"expected an object, got {type(comparisons).__name__} {comparisons!r}")
+    for key, p in comparisons.items():
+        path = f"comparisons.{key}"
+        reference, sep, other = str(key).partition("_vs_")
+        if not sep or reference not in MODEL_NAMES or other not in MODEL_NAMES or reference == other:
+            _fail(path, f"expected a key '<model>_vs_<other model>' with models from {list(MODEL_NAMES)}")
+        _check_keys(p, ("overall", "cohorts"), path)
+        _check_comparison(p["overall"], f"{path}.overall")
+        _check_keys(p["cohorts"], list(cohorts), f"{path}.cohorts")
+        for cohort in cohorts:
+            _check_comparison(p["cohorts"][cohort], f"{path}.cohorts.{cohort}")
+
+
+def _check_baseline_checks(checks: Any) -> None:
+    counterparts = dict(rp.BASELINE_COUNTERPARTS)
+    if not isinstance(checks, dict):
+        _fail("baseline_checks", f"expected an object, got {type(checks).__name__} {checks!r}")
+    for model, b in checks.items():
+        path = f"baseline_checks.{model}"
+        if model not in counterparts:
+            _fail(path, f"unexpected key (expected some of {list(counterparts)})")
+        _check_keys(b, rp.BASELINE_CHECK_KEYS, path)
+        if b["counterpart"] != counterparts[model]:
+            _fail(f"{path}.counterpart", f"expected {counterparts[model]!r}, got {b['counterpart']!r}")
+        for key in ("auc", "counterpart_auc"):
+            if b[key] is not None:
+                _check_float(b[key], f"{path}.{key}", 0.0, 1.0)
+        if not isinstance(b["under_trained"], bool):
+            _fail(f"{path}.under_trained", f"expected a bool, got {b['under_trained']!r}")
+        if b["auc"] is None or b["counterpart_auc"] is None:
+            if b["delta"] is not None:
+                _fail(f"{path}.delta", "must be null when an AUC is null")
+            if b["under_trained"]:
+                _fail(f"{path}.under_trained", "must be false when an AUC is null")
+            continue
+        _check_float(b["delta"], f"{path}.delta", -1.0, 1.0)
+        if abs(b["delta"] - (b["auc"] - b["counterpart_auc"])) > 1e-9:
+            _fail(f"{path}.delta", f"expected auc - counterpart_auc, got {b['delta']!r}")
+        if b["under_trained"] != (b["delta"] <= 0):
+            _fail(f"{path}.under_trained", f"must be delta <= 0 ({b['delta']!r}), got {b['under_trained']!r}")
 
 
 def validate_metrics(d: Any, cohorts: Sequence[str] = DEFAULT_COHORTS) -> None:
@@ -344,7 +438,7 @@ def validate_metrics(d: Any, cohorts: Sequence[str] = DEFAULT_COHORTS) -> None:
         MetricsShapeError: naming the path of the first mismatch, e.g.
             ``metrics.models.limaml.cohorts.1-4.auc: expected a float, got str '0.7'``.
     """
-    _check_keys(d, ("dataset", "protocol", "models"), "")
+    _check_keys(d, ("dataset", "protocol", "models"), "", optional=("baseline_checks", "comparisons"))
     for key in ("dataset", "protocol"):
         if not isinstance(d[key], str) or not d[key]:
             _fail(key, f"expected a non-empty string, got {d[key]!r}")
@@ -356,6 +450,15 @@ def validate_metrics(d: Any, cohorts: Sequence[str] = DEFAULT_COHORTS) -> None:
         _check_keys(m["cohorts"], list(cohorts), f"{path}.cohorts")
         for cohort in cohorts:
             _check_stats(m["cohorts"][cohort], f"{path}.cohorts.{cohort}")
+    if "baseline_checks" in d:
+        _check_baseline_checks(d["baseline_checks"])
+        for model, b in d["baseline_checks"].items():
+            for name, key in ((model, "auc"), (b["counterpart"], "counterpart_auc")):
+                if name in d["models"] and b[key] != d["models"][name]["overall"]["auc"]:
+                    _fail(f"baseline_checks.{model}.{key}",
+                          f"{b[key]!r} differs from models.{name}.overall.auc")
+    if "comparisons" in d:
+        _check_comparisons(d["comparisons"], cohorts)
 
 
 def read_calibration(sources: Sequence[ModelSource], slice_name: str = OVERALL,

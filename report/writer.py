@@ -1,12 +1,13 @@
 """``write_report``: TFMA outputs -> ``metrics.json`` + ``index.html`` (the Report component's logic).
 
 Plain function, no TFX: the pipeline's Report component calls it with the Evaluators' output
-URIs; it can equally run by hand on any TFMA output directories.
+URIs (and, optionally, the paired comparisons of :func:`report.paired.paired_bootstrap`); it can
+equally run by hand on any TFMA output directories.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from report import eval_config as ec
 from report import html as rh
@@ -68,14 +69,16 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
                  users_per_cohort: Optional[Mapping[str, int]] = None,
                  examples_pattern: Optional[str] = None,
                  cohorts: Sequence[str] = rm.DEFAULT_COHORTS, cohort_key: str = F.COHORT,
-                 user_key: str = F.USER_ID, title: str = "LiMAML evaluation report") -> Dict[str, str]:
+                 user_key: str = F.USER_ID, title: str = "LiMAML evaluation report",
+                 comparisons: Optional[Mapping[str, Any]] = None,
+                 notes_extra: Sequence[str] = ()) -> Dict[str, str]:
     """Reads the TFMA outputs and writes ``metrics.json`` and ``index.html`` into ``out_dir``.
 
     Args:
         dataset: dataset name for the report.
         protocol: evaluation protocol (``cutoff`` / ``budget``).
-        sources: where each model's TFMA results are (limaml, global_dnn, wide_deep_id, optional
-            oracle), e.g. ``ModelSource("limaml", <Evaluator A uri>, "candidate")``,
+        sources: where each model's TFMA results are (limaml, global_dnn, wide_deep_id; optional
+            linear, linear_user_id, oracle), e.g. ``ModelSource("limaml", <Evaluator A uri>, "candidate")``,
             ``ModelSource("wide_deep_id", <Evaluator A uri>, "baseline")``,
             ``ModelSource("global_dnn", <Evaluator B uri>, "")``.
         out_dir: output folder (created).
@@ -87,6 +90,10 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
         cohort_key: the cohort feature TFMA sliced by.
         user_key: the user id feature (for counting users).
         title: page title.
+        comparisons: paired comparisons from :func:`report.paired.paired_bootstrap` (same
+            ``cohorts``), stored as ``metrics.json``'s ``comparisons`` and drawn as the paired
+            lift chart and table; None: neither.
+        notes_extra: extra sentences for the report's notes list (after the CI-method notes).
 
     Returns:
         ``{"html": <out_dir>/index.html, "metrics_json": <out_dir>/metrics.json}``.
@@ -94,14 +101,18 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
     Raises:
         ValueError: neither ``users_per_cohort`` nor ``examples_pattern`` given, or bad inputs
             (see :func:`report.metrics.build_metrics`).
+        report.metrics.MetricsShapeError: ``comparisons`` has the wrong shape.
     """
     if users_per_cohort is None:
         if not examples_pattern:
             raise ValueError("write_report needs users_per_cohort or examples_pattern to count users")
         users_per_cohort = rm.users_per_cohort_from_examples(examples_pattern, user_key=user_key,
                                                              cohort_key=cohort_key, cohorts=cohorts)
+    if isinstance(notes_extra, str):
+        raise TypeError("notes_extra must be a sequence of sentences, not one string")
     metrics = rm.build_metrics(dataset, protocol, sources, users_per_cohort, cohorts=cohorts,
-                               cohort_key=cohort_key)
+                               cohort_key=cohort_key, comparisons=comparisons)
     calibration = rm.read_calibration(sources, cohort_key=cohort_key)
-    html_path = rh.render_report(metrics, calibration, None, out_dir, notes=ci_notes(sources), title=title)
+    notes = [*ci_notes(sources), *(str(n) for n in notes_extra)]
+    html_path = rh.render_report(metrics, calibration, None, out_dir, notes=notes, title=title)
     return {"html": html_path, "metrics_json": os.path.join(out_dir, "metrics.json")}

@@ -1,11 +1,13 @@
 """Tests of ``report/``: TFMA configs, metrics.json from real TFMA output, the HTML report.
 
-A module fixture writes tf.Examples with a label, a cohort, a user id and the predictions of four
+A module fixture writes tf.Examples with a label, a cohort, a user id and the predictions of six
 "models" of planted quality (oracle = the true click probability; limaml, wide_deep_id and
-global_dnn = noisier and noisier versions of the true logit), then runs TFMA model-agnostically
-three times, the way the pipeline does: A = limaml as ``candidate`` vs wide_deep_id as
-``baseline``, B = global_dnn alone, C = the oracle from ``oracle_prob``. The cohort ``100+`` is
-left empty on purpose.
+global_dnn = noisier and noisier versions of the true logit; linear beats global_dnn, so
+global_dnn is flagged under-trained, while linear_user_id does not beat wide_deep_id), then runs
+TFMA model-agnostically four times, the way the pipeline does: A = limaml as ``candidate`` vs
+wide_deep_id as ``baseline``, B = global_dnn alone, C = the oracle from ``oracle_prob``, D =
+linear as ``candidate`` vs linear_user_id as ``baseline``. The cohort ``100+`` holds one class
+only.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ EMPTY_COHORT = "1000+"
 # Users and examples per user, per cohort.
 LAYOUT = {"0": (60, 6), "1-4": (50, 8), "5-19": (40, 10), "20-99": (30, 14), "100+": (2, 2)}
 PRED_COLUMNS = {"limaml": "p_limaml", "wide_deep_id": "p_wide_deep_id", "global_dnn": "p_global_dnn",
-                "oracle": "oracle_prob"}
+                "linear": "p_linear", "linear_user_id": "p_linear_user_id", "oracle": "oracle_prob"}
 # The tests use 1000 AUC thresholds (10000, the production default, makes TFMA's jackknife
 # several times slower); TFMA's interpolated AUC then matches the exact one to ~1e-3.
 NUM_THRESHOLDS = 1000
@@ -66,6 +68,9 @@ def make_frame(seed: int = 7) -> pd.DataFrame:
     df["p_limaml"] = _sigmoid(z + rng.normal(0.0, 0.6, n))
     df["p_wide_deep_id"] = _sigmoid(0.8 * z + rng.normal(0.0, 1.2, n))
     df["p_global_dnn"] = _sigmoid(0.6 * z + rng.normal(0.0, 1.8, n) - 0.3)
+    # linear references (drawn last: the columns above keep their values)
+    df["p_linear"] = _sigmoid(0.7 * z + rng.normal(0.0, 1.4, n))            # beats global_dnn
+    df["p_linear_user_id"] = _sigmoid(0.6 * z + rng.normal(0.0, 1.6, n))    # below wide_deep_id
     return df
 
 
@@ -112,6 +117,8 @@ def _evaluate(root: str, thresholds: ec.BlessingThresholds = MODEL_AGNOSTIC_THRE
                                  baseline_prediction_key="p_wide_deep_id", auc_num_thresholds=NUM_THRESHOLDS),
         "B": ec.make_eval_config(with_baseline=False, thresholds=thresholds, prediction_key="p_global_dnn",
                                  auc_num_thresholds=NUM_THRESHOLDS),
+        "D": ec.make_eval_config(with_baseline=True, thresholds=thresholds, prediction_key="p_linear",
+                                 baseline_prediction_key="p_linear_user_id", auc_num_thresholds=NUM_THRESHOLDS),
     }
     dirs = {"C": os.path.join(root, "eval_C")}
     oracle = run_oracle_evaluation(data_path, dirs["C"], auc_num_thresholds=NUM_THRESHOLDS)
@@ -121,6 +128,8 @@ def _evaluate(root: str, thresholds: ec.BlessingThresholds = MODEL_AGNOSTIC_THRE
     sources = [rm.ModelSource("limaml", dirs["A"], "candidate"),
                rm.ModelSource("wide_deep_id", dirs["A"], "baseline"),
                rm.ModelSource("global_dnn", dirs["B"], ""),
+               rm.ModelSource("linear", dirs["D"], "candidate"),
+               rm.ModelSource("linear_user_id", dirs["D"], "baseline"),
                oracle]
     users = {"overall": int(df["user_id"].nunique()),
              **{c: int(df.loc[df["cohort"] == c, "user_id"].nunique()) for c in COHORTS}}
@@ -135,6 +144,16 @@ def evaluation(tmp_path_factory) -> Evaluation:
 @pytest.fixture(scope="module")
 def metrics(evaluation) -> dict:
     return rm.build_metrics("synthetic", "cutoff", evaluation.sources, evaluation.users)
+
+
+@pytest.fixture(scope="module")
+def comparisons(evaluation) -> dict:
+    from report.paired import paired_bootstrap
+
+    df = evaluation.df
+    scores = {model: df[column].to_numpy() for model, column in PRED_COLUMNS.items()}
+    return paired_bootstrap(df["user_id"].to_numpy(), df["label"].to_numpy(), scores, df["cohort"].to_numpy(),
+                            n_resamples=300, seed=0)
 
 
 def _logloss(y: np.ndarray, p: np.ndarray) -> float:
@@ -195,6 +214,7 @@ def test_tfma_model_names_as_expected(evaluation):
     assert sorted({m for m, _ in tables["A"]["overall"]}) == ["baseline", "candidate"]
     assert sorted({m for m, _ in tables["B"]["overall"]}) == [""]
     assert sorted({m for m, _ in tables["C"]["overall"]}) == [""]
+    assert sorted({m for m, _ in tables["D"]["overall"]}) == ["baseline", "candidate"]
     assert set(tables["A"]) == {"overall", *PRESENT_COHORTS, ONE_CLASS_COHORT}
 
 
@@ -202,7 +222,7 @@ def test_build_metrics_matches_independent_computation(evaluation, metrics):
     from sklearn.metrics import roc_auc_score
 
     rm.validate_metrics(metrics)
-    assert list(metrics["models"]) == ["limaml", "global_dnn", "wide_deep_id", "oracle"]
+    assert list(metrics["models"]) == ["limaml", "global_dnn", "wide_deep_id", "linear", "linear_user_id", "oracle"]
     df = evaluation.df
     for model, column in PRED_COLUMNS.items():
         m = metrics["models"][model]
@@ -237,6 +257,52 @@ def test_cohort_without_examples_is_null(evaluation):
 def test_planted_quality_order(metrics):
     auc = {m: metrics["models"][m]["overall"]["auc"] for m in PRED_COLUMNS}
     assert auc["oracle"] > auc["limaml"] > auc["wide_deep_id"] > auc["global_dnn"]
+    assert auc["linear"] > auc["global_dnn"] and auc["wide_deep_id"] > auc["linear_user_id"]
+
+
+def test_baseline_checks_from_tfma(evaluation, metrics):
+    from sklearn.metrics import roc_auc_score
+
+    df = evaluation.df
+    exact = {m: roc_auc_score(df["label"], df[c]) for m, c in PRED_COLUMNS.items()}
+    assert exact["linear"] > exact["global_dnn"] + 0.01  # planted: global_dnn under-trained
+    assert exact["wide_deep_id"] > exact["linear_user_id"] + 0.01  # planted: wide&deep fine
+    checks = metrics["baseline_checks"]
+    assert set(checks) == {"global_dnn", "wide_deep_id"}
+    g, w = checks["global_dnn"], checks["wide_deep_id"]
+    assert (g["counterpart"], g["under_trained"]) == ("linear", True)
+    assert (w["counterpart"], w["under_trained"]) == ("linear_user_id", False)
+    assert g["auc"] == pytest.approx(exact["global_dnn"], abs=AUC_TOL)
+    assert g["counterpart_auc"] == pytest.approx(exact["linear"], abs=AUC_TOL)
+    assert g["delta"] == pytest.approx(exact["global_dnn"] - exact["linear"], abs=2 * AUC_TOL)
+
+
+def test_comparisons_agree_with_tfma(evaluation, metrics, comparisons):
+    """The paired deltas (exact AUC of the predictions) match TFMA's AUC differences (thresholded)."""
+    assert list(comparisons) == ["limaml_vs_wide_deep_id", "limaml_vs_global_dnn", "limaml_vs_linear",
+                                 "limaml_vs_linear_user_id"]
+    m = metrics["models"]
+    for key, comparison in comparisons.items():
+        other = key.split("_vs_", 1)[1]
+        for name in ("overall", *PRESENT_COHORTS):
+            c = comparison["overall"] if name == "overall" else comparison["cohorts"][name]
+            tfma_delta = (m["limaml"]["overall"]["auc"] - m[other]["overall"]["auc"] if name == "overall"
+                          else m["limaml"]["cohorts"][name]["auc"] - m[other]["cohorts"][name]["auc"])
+            assert c["delta"] == pytest.approx(tfma_delta, abs=2 * AUC_TOL), (key, name)
+            stats = m["limaml"]["overall"] if name == "overall" else m["limaml"]["cohorts"][name]
+            assert (c["users"], c["examples"]) == (stats["users"], stats["examples"]), (key, name)
+        assert comparison["cohorts"][ONE_CLASS_COHORT]["delta"] is None
+    # planted: limaml is far better than global_dnn overall
+    assert comparisons["limaml_vs_global_dnn"]["overall"]["ci95"][0] > 0
+    with_comparisons = rm.build_metrics("synthetic", "cutoff", evaluation.sources, evaluation.users,
+                                        comparisons=comparisons)
+    assert with_comparisons == {**metrics, "comparisons": comparisons}
+    bad = copy.deepcopy(comparisons)
+    bad["limaml_vs_linear"]["overall"]["ci95"] = [0.05, -0.05]
+    with pytest.raises(rm.MetricsShapeError, match="comparisons.limaml_vs_linear.overall.ci95: lower bound above"):
+        rm.validate_metrics({**metrics, "comparisons": bad})
+    with pytest.raises(rm.MetricsShapeError, match="lower bound above"):
+        rm.build_metrics("synthetic", "cutoff", evaluation.sources, evaluation.users, comparisons=bad)
 
 
 def test_metrics_json_round_trip(metrics):
@@ -317,29 +383,36 @@ def test_read_calibration(evaluation):
 
 
 @pytest.fixture(scope="module")
-def report_dir(evaluation, tmp_path_factory) -> str:
+def report_dir(evaluation, comparisons, tmp_path_factory) -> str:
     from report.writer import write_report
 
     out = str(tmp_path_factory.mktemp("report"))
     # users counted from the examples here (test_report_files compares with the hand counts)
     paths = write_report(dataset="synthetic", protocol="cutoff", sources=evaluation.sources,
-                         examples_pattern=evaluation.data_path, out_dir=out)
+                         examples_pattern=evaluation.data_path, out_dir=out, comparisons=comparisons,
+                         notes_extra=["Planted models: linear beats global_dnn."])
     assert paths["html"] == os.path.join(out, "index.html")
     return out
 
 
-def test_report_files(report_dir, metrics):
+def test_report_files(report_dir, metrics, comparisons):
     with open(os.path.join(report_dir, "metrics.json")) as f:
         written = json.load(f)
     rm.validate_metrics(written)
-    assert written == json.loads(json.dumps(metrics))
+    assert written == json.loads(json.dumps({**metrics, "comparisons": comparisons}))
     with open(os.path.join(report_dir, "index.html")) as f:
         html = f.read()
     assert "<script" not in html and "<link" not in html and "http://" not in html and "https://" not in html
     assert html.count("data:image/png;base64,") >= 4
     for text in ("limaml", "global_dnn", "wide_deep_id", "oracle", "100+", "n.s.", "gap to oracle",
-                 "delete-d jackknife over 20 random partitions"):
+                 "delete-d jackknife over 20 random partitions", "linear_user_id", "limaml_vs_linear_user_id",
+                 "Planted models: linear beats global_dnn.", "LiMAML better", 'id="plot-paired-lift"'):
         assert text in html, text
+    g = metrics["models"]["global_dnn"]["overall"]["auc"]
+    lin = metrics["models"]["linear"]["overall"]["auc"]
+    assert (f"global_dnn does not beat its linear counterpart linear: {g:.3f} vs {lin:.3f} AUC; "
+            "treat it as under-trained") in html
+    assert "wide_deep_id does not beat" not in html
 
 
 def _chromium() -> str:
@@ -373,12 +446,15 @@ def test_html_renders_in_browser(report_dir, tmp_path):
     dom = subprocess.run(_chromium_args(tmp_path, "--dump-dom", url), check=True, timeout=120,
                          capture_output=True, text=True).stdout
     assert dom.count('<img') >= 4
-    for plot_id in ("plot-auc", "plot-lift", "plot-calibration", "plot-oracle-gap"):
+    for plot_id in ("plot-auc", "plot-paired-lift", "plot-lift", "plot-calibration", "plot-oracle-gap"):
         assert f'id="{plot_id}"' in dom, plot_id
-    assert '<table id="slice-table"' in dom
-    # one row per model x slice (4 models x (overall + 5 cohorts))
+    assert '<table id="slice-table"' in dom and 'id="baseline-warning"' in dom
+    # one row per model x slice (6 models x (overall + 5 cohorts))
     table = dom.split('<table id="slice-table"', 1)[1].split("</table>", 1)[0]
-    assert table.count("<tr") == 1 + 4 * 6
+    assert table.count("<tr") == 1 + 6 * 6
+    # one row per comparison x slice (4 comparisons: the oracle is no competitor)
+    paired = dom.split('<table id="paired-table"', 1)[1].split("</table>", 1)[0]
+    assert paired.count("<tr") == 1 + 4 * 6
 
 
 def test_log_loss_combiner_merges_each_accumulator_once():
@@ -411,7 +487,7 @@ def test_render_report_without_oracle(metrics, evaluation, tmp_path):
     assert 'id="plot-auc"' in html and 'id="plot-lift"' in html and 'id="plot-calibration"' in html
     assert 'id="plot-oracle-gap"' not in html and "gap to oracle" not in html
     rows = make_slice_table_rows(no_oracle)
-    assert len(rows) == 3 * 6 and rows[0]["model"] == "limaml" and rows[0]["slice"] == "overall"
+    assert len(rows) == 5 * 6 and rows[0]["model"] == "limaml" and rows[0]["slice"] == "overall"
     with pytest.raises(ValueError, match="lacks"):
         render_report(no_oracle, calibration, [{"model": "limaml"}], str(tmp_path))
     with pytest.raises(rm.MetricsShapeError):
