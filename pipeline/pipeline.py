@@ -65,6 +65,13 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
     wide_deep = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
                          transform.outputs["transform_graph"], config, "wide_deep", "train"
                          ).with_id("WideDeepTrainer")
+    # The linear floor: logistic regressions without / with the user id.
+    linear = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
+                      transform.outputs["transform_graph"], config, "linear", "train"
+                      ).with_id("LinearTrainer")
+    linear_user_id = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
+                              transform.outputs["transform_graph"], config, "linear_user_id", "train"
+                              ).with_id("LinearUserIdTrainer")
     meg = MetaEmbeddingGen(transformed_examples=transform.outputs["transformed_examples"],
                            transform_graph=transform.outputs["transform_graph"],
                            model=limaml.outputs["model"], limaml_config=cfg_json)
@@ -82,12 +89,24 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
         examples=join.outputs["joined_examples"], model=global_dnn.outputs["model"],
         example_splits=["eval"], eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY)
     ).with_id("EvaluatorGlobalDnn")
+    # Both linear models in one TFMA run (candidate = linear_user_id, baseline = linear): one more
+    # Beam pass over the query rows instead of two; no thresholds, its blessing gates nothing.
+    eval_linear = tfx.components.Evaluator(
+        examples=join.outputs["joined_examples"], model=linear_user_id.outputs["model"],
+        baseline_model=linear.outputs["model"], example_splits=["eval"],
+        eval_config=make_eval_config(with_baseline=True, thresholds=None, prediction_key=PREDICTION_KEY)
+    ).with_id("EvaluatorLinear")
     report = Report(examples=join.outputs["joined_examples"], evaluation=eval_limaml.outputs["evaluation"],
-                    baseline_evaluation=eval_dnn.outputs["evaluation"], limaml_config=cfg_json)
+                    baseline_evaluation=eval_dnn.outputs["evaluation"],
+                    linear_evaluation=eval_linear.outputs["evaluation"],
+                    limaml_model=limaml.outputs["model"], global_dnn_model=global_dnn.outputs["model"],
+                    wide_deep_model=wide_deep.outputs["model"], linear_model=linear.outputs["model"],
+                    linear_user_id_model=linear_user_id.outputs["model"], limaml_config=cfg_json)
     pusher = BlockPusher(model=limaml.outputs["model"], model_blessing=eval_limaml.outputs["blessing"],
                          serving_base=serving_base)
     return [example_gen, statistics_gen, schema_gen, validator, gate, transform, task_gen, limaml,
-            global_dnn, wide_deep, meg, join, eval_limaml, eval_dnn, report, pusher]
+            global_dnn, wide_deep, linear, linear_user_id, meg, join, eval_limaml, eval_dnn, eval_linear,
+            report, pusher]
 
 
 def create_pipeline(config: LimamlConfig, pipeline_root: str,

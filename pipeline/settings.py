@@ -50,5 +50,6 @@ def beam_args(workers: int = 1) -> List[str]:
 
 COMPONENT_IDS: Tuple[str, ...] = (
     "ProtocolExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-    "Transform", "TaskGen", "LimamlTrainer", "GlobalDnnTrainer", "WideDeepTrainer", "MetaEmbeddingGen",
-    "EmbeddingJoin", "EvaluatorLimaml", "EvaluatorGlobalDnn", "Report", "BlockPusher")
+    "Transform", "TaskGen", "LimamlTrainer", "GlobalDnnTrainer", "WideDeepTrainer", "LinearTrainer",
+    "LinearUserIdTrainer", "MetaEmbeddingGen", "EmbeddingJoin", "EvaluatorLimaml", "EvaluatorGlobalDnn",
+    "EvaluatorLinear", "Report", "BlockPusher")

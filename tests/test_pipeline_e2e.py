@@ -16,8 +16,11 @@ from limaml.data import canonical, protocols
 from pipeline.settings import COMPONENT_IDS
 from report.metrics import validate_metrics
 from schema import features as F
+from tests.pipeline_fixtures import E2E_CONFIG
 
 pytestmark = pytest.mark.e2e
+
+TRAINED_MODELS = ("limaml", "global_dnn", "wide_deep_id", "linear", "linear_user_id")
 
 
 def _store(run):
@@ -56,7 +59,8 @@ def test_metrics_json_shape_and_counts(metrics, split):
     validate_metrics(metrics)
     assert (metrics["dataset"], metrics["protocol"]) == ("synthetic", "cutoff")
     query = split.interactions[split.interactions[protocols.ROLE] == "query"]
-    for model in ("limaml", "global_dnn", "wide_deep_id", "oracle"):
+    assert set(metrics["models"]) == set(TRAINED_MODELS) | {"oracle"}
+    for model in (*TRAINED_MODELS, "oracle"):
         overall = metrics["models"][model]["overall"]
         assert overall["examples"] == len(query)
         assert overall["users"] == len(split.users)
@@ -74,8 +78,58 @@ def test_oracle_auc_matches_true_probabilities(metrics, split):
     want = roc_auc_score(query[F.LABEL], query[F.ORACLE_PROB])
     assert metrics["models"]["oracle"]["overall"]["auc"] == pytest.approx(want, abs=2e-3)
     # No model beats the oracle beyond TFMA's threshold approximation.
-    for model in ("limaml", "global_dnn", "wide_deep_id"):
+    for model in TRAINED_MODELS:
         assert metrics["models"][model]["overall"]["auc"] <= want + 2e-3
+
+
+@pytest.fixture(scope="module")
+def per_row(pipeline_run):
+    import pandas as pd
+
+    from components.report.executor import PER_ROW_SCORES
+
+    return pd.read_parquet(os.path.join(pipeline_run.paths.report_dir, PER_ROW_SCORES))
+
+
+def test_per_row_scores_are_the_query_rows_and_agree_with_tfma(per_row, metrics, split):
+    """The Report's per-row predictions (each served model called on the joined query examples)
+    cover exactly the query rows, and sklearn's exact AUC on them matches TFMA's (10k thresholds)."""
+    query = split.interactions[split.interactions[protocols.ROLE] == "query"]
+    assert len(per_row) == len(query)
+    got = sorted(zip(per_row[F.USER_ID].astype(str), per_row[F.LABEL].astype(int)))
+    want = sorted(zip(query[F.USER_ID].astype(str), query[F.LABEL].astype(int)))
+    assert got == want
+    cohort_of_user = dict(zip(split.users[F.USER_ID].astype(str), split.users[protocols.COHORT].astype(str)))
+    assert (per_row[F.COHORT].astype(str) == per_row[F.USER_ID].astype(str).map(cohort_of_user)).all()
+    for model in TRAINED_MODELS:
+        scores = per_row[model].to_numpy()
+        assert np.isfinite(scores).all() and 0.0 <= scores.min() and scores.max() <= 1.0, model
+        exact = roc_auc_score(per_row[F.LABEL], scores)
+        assert exact == pytest.approx(metrics["models"][model]["overall"]["auc"], abs=5e-3), model
+
+
+def test_paired_comparisons_against_every_model(metrics, per_row, split):
+    """``comparisons`` holds limaml_vs_<m> for every other trained model (never the oracle), overall
+    and per cohort, with the counts of the query rows and delta = the AUC difference on them."""
+    cohorts = protocols.cohort_names(E2E_CONFIG.protocol.cohort_edges)
+    comparisons = metrics["comparisons"]
+    assert set(comparisons) == {f"limaml_vs_{m}" for m in TRAINED_MODELS if m != "limaml"}
+    reference_auc = roc_auc_score(per_row[F.LABEL], per_row["limaml"])
+    for model in TRAINED_MODELS[1:]:
+        entry = comparisons[f"limaml_vs_{model}"]
+        assert set(entry["cohorts"]) == set(cohorts)
+        overall = entry["overall"]
+        assert overall["examples"] == len(per_row) and overall["users"] == len(split.users)
+        assert overall["resamples"] == 1000
+        want = reference_auc - roc_auc_score(per_row[F.LABEL], per_row[model])
+        assert overall["delta"] == pytest.approx(want, abs=1e-9), model
+        lo, hi = overall["ci95"]
+        assert lo <= hi and 0.0 <= overall["p_value"] <= 1.0
+        for cohort in cohorts:
+            c = entry["cohorts"][cohort]
+            members = split.users[split.users[protocols.COHORT] == cohort]
+            assert c["users"] == len(members), (model, cohort)
+            assert c["examples"] == int(members["query_size"].sum()), (model, cohort)
 
 
 def test_blessing_follows_the_threshold_and_push(pipeline_run, metrics):
@@ -185,7 +239,7 @@ def test_report_renders_in_a_browser(pipeline_run, tmp_path):
     dom = subprocess.run(flags + ["--dump-dom", page], check=True, capture_output=True, text=True,
                          timeout=120).stdout
     assert dom.count("<img") >= 3 and "<table" in dom
-    for text in ("limaml", "wide_deep_id", "global_dnn", "oracle"):
+    for text in ("limaml", "wide_deep_id", "global_dnn", "linear", "oracle", "Paired lift of LiMAML"):
         assert text in dom
 
 

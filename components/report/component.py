@@ -8,6 +8,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.artifacts.types import Report as ReportArtifact
 from components.report import executor
+from components.report.executor import MODEL_INPUTS
 
 
 class ReportSpec(types.ComponentSpec):
@@ -16,23 +17,37 @@ class ReportSpec(types.ComponentSpec):
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
         "baseline_evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "linear_evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        **{key: ChannelParameter(type=standard_artifacts.Model) for key in MODEL_INPUTS},
     }
     OUTPUTS = {"report": ChannelParameter(type=ReportArtifact)}
 
 
 class Report(base_component.BaseComponent):
-    """Writes ``metrics.json`` (read from TFMA, with its confidence intervals) and ``index.html``.
+    """Writes ``metrics.json`` and ``index.html`` with ``report.writer.write_report``.
 
-    ``evaluation`` is the LiMAML Evaluator's output (candidate = limaml, baseline = wide & deep
-    with user id), ``baseline_evaluation`` the global DNN's. For synthetic data (examples carrying
-    ``oracle_prob``) the oracle is evaluated here with TFMA, model-agnostic.
+    Metrics come from TFMA (with its confidence intervals): ``evaluation`` is the LiMAML
+    Evaluator's output (candidate = limaml, baseline = wide & deep with user id),
+    ``baseline_evaluation`` the global DNN's, ``linear_evaluation`` the linear models' (candidate =
+    linear_user_id, baseline = linear). For synthetic data (examples carrying ``oracle_prob``) the
+    oracle is evaluated here with TFMA, model-agnostic.
+
+    The paired comparisons (LiMAML vs every other model, per-user bootstrap) need per-row
+    predictions: each model's served SavedModel (``Format-Serving``) scores the evaluation
+    examples (``components/report/scoring.py``); the rows are kept in ``per_row_scores.parquet``.
     """
 
     SPEC_CLASS = ReportSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, examples: types.BaseChannel, evaluation: types.BaseChannel,
-                 baseline_evaluation: types.BaseChannel, limaml_config: str) -> None:
+                 baseline_evaluation: types.BaseChannel, linear_evaluation: types.BaseChannel,
+                 limaml_model: types.BaseChannel, global_dnn_model: types.BaseChannel,
+                 wide_deep_model: types.BaseChannel, linear_model: types.BaseChannel,
+                 linear_user_id_model: types.BaseChannel, limaml_config: str) -> None:
         super().__init__(spec=ReportSpec(
             examples=examples, evaluation=evaluation, baseline_evaluation=baseline_evaluation,
+            linear_evaluation=linear_evaluation, limaml_model=limaml_model,
+            global_dnn_model=global_dnn_model, wide_deep_model=wide_deep_model,
+            linear_model=linear_model, linear_user_id_model=linear_user_id_model,
             limaml_config=limaml_config, report=types.Channel(type=ReportArtifact)))
