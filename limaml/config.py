@@ -123,6 +123,10 @@ class MamlConfig:
         adaptation_steps: k, number of inner gradient steps.
         first_order: drop second-order terms of the meta-gradient.
         meta_lr: Adam learning rate of the outer loop.
+        support_shrinkage: κ of the support-size-aware inner step: a task with n support rows
+            takes ``n / (n + κ)`` of the step (0: every task the full step). The masked mean
+            support loss has the same scale whatever n, so without it one noisy interaction
+            moves a user as far as thirty-two.
         user_row_lr: inner learning rate of the user-id embedding row (None: ``inner_lr``).
         train_aggregation: ``None`` uses per-sample meta embeddings on the query set;
             ``"latest"``/``"mean"``/``"max"`` use the serving-time aggregate over the support set.
@@ -133,6 +137,7 @@ class MamlConfig:
     adaptation_steps: int = 1
     first_order: bool = False
     meta_lr: float = 1e-3
+    support_shrinkage: float = 0.0
     user_row_lr: Optional[float] = None
     train_aggregation: Optional[str] = None
 

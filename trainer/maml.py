@@ -107,7 +107,9 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           ) -> Params:
     """The inner loop for all tasks at once; never assigns a variable.
 
-    θ_u^{j+1} = θ_u^j − α ⊙ ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts.
+    θ_u^{j+1} = θ_u^j − α ⊙ ρ_u ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts, where
+    ρ_u = n_u / (n_u + κ) for a task with n_u support rows (``MamlConfig.support_shrinkage`` κ;
+    ρ_u = 1 when κ = 0): few support rows, a shorter step.
 
     Args:
         model: the model (layout, config; default parameter source).
@@ -135,6 +137,11 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
         theta[USER_ROW] = (model.user_rows(support[USER_HASH][:, 0]) if user_row is None
                            else user_row)
     names = sorted(theta)
+    kappa = model.maml_cfg.support_shrinkage
+    if kappa > 0:
+        # support-size-aware step: a task with n support rows moves n / (n + κ) of the way
+        n = tf.reduce_sum(tf.cast(support[MASK], meta_x.dtype), axis=1)
+        shrink = n / (n + tf.cast(kappa, meta_x.dtype))
     for _ in range(steps):
         with tf.GradientTape() as inner:
             inner.watch([theta[k] for k in names])
@@ -147,6 +154,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             g = tf.zeros_like(theta[k]) if g is None else tf.convert_to_tensor(g)
             if first_order:
                 g = tf.stop_gradient(g)
+            if kappa > 0:
+                g = g * tf.reshape(shrink, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
             new[k] = theta[k] - inner_lrs[k] * g
         theta = new
     return theta
