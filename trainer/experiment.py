@@ -27,7 +27,7 @@ import tensorflow as tf
 from limaml.config import LimamlConfig, ProtocolConfig
 from limaml.data import protocols
 from schema import features as F
-from trainer import baselines, evaluate, finetune
+from trainer import baselines, evaluate, finetune, linear
 from trainer.layout import MASK, QUERY, SUPPORT, FeatureLayout, build_layout
 from trainer.local_encoder import LocalEncoder
 from trainer.maml import MamlTrainer
@@ -246,7 +246,11 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
         mcfg = (configs or {}).get(variant, cfg) if variant else cfg
         for seed in seeds:
             t0 = time.time()
-            scores = fit_scores(base, data, mcfg, seed, progress)
+            if base in linear.KINDS and name in out["scores"]:
+                # a convex fit does not depend on the seed: fit once, reuse
+                scores = next(iter(out["scores"][name].values()))
+            else:
+                scores = fit_scores(base, data, mcfg, seed, progress)
             out["seconds"].setdefault(name, []).append(round(time.time() - t0, 1))
             out["scores"].setdefault(name, {})[seed] = scores
             out["auc"].setdefault(name, {})[seed] = cohort_aucs(labels, scores, data.cohort, cohorts)
