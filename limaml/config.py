@@ -87,14 +87,14 @@ class ModelConfig:
     meta_hidden: Tuple[int, ...] = (64,)
     embedding_dim: int = 16
     use_user_id_in_meta: bool = False
-    user_id_buckets: int = 2048
+    user_id_buckets: int = 131072
     global_hidden: Tuple[int, ...] = (128, 64)
     categorical_embedding_dim: int = 16
     activation: str = "relu"
     use_cross: bool = False
     cross_layers: int = 2
-    user_id_embedding_dim: int = 0
-    user_id_dropout: float = 0.0
+    user_id_embedding_dim: int = 16
+    user_id_dropout: float = 0.2
     user_id_l2: float = 0.0
     wide: bool = False
     interaction: str = "none"
@@ -132,13 +132,13 @@ class MamlConfig:
             ``"latest"``/``"mean"``/``"max"`` use the serving-time aggregate over the support set.
     """
 
-    inner_lr: float = 0.1
+    inner_lr: float = 0.3
     learn_inner_lr: bool = False
     adaptation_steps: int = 1
     first_order: bool = False
     meta_lr: float = 1e-3
-    support_shrinkage: float = 0.0
-    user_row_lr: Optional[float] = None
+    support_shrinkage: float = 4.0
+    user_row_lr: Optional[float] = 1.0
     train_aggregation: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -195,6 +195,12 @@ class TrainConfig:
         baseline_patience: early stopping: epochs without validation-loss improvement.
         baseline_val_fraction: fraction of the baseline examples held out for early stopping.
         baseline_l2: L2 penalty on the baselines' embedding tables and weights.
+        linear_warm_start: start the wide part of a deep model (global DNN with ``wide``,
+            wide&deep, LiMAML with ``wide``) from its fitted linear counterpart, with the deep
+            part's output weights at 0: the deep part learns the residual, and early stopping
+            can fall back to the linear solution.
+        linear_c_grid: inverse L2 strengths the linear references choose from on their
+            validation rows (training users' later interactions).
         log_every: steps between progress log lines.
         checkpoint_every: steps between checkpoints.
         train_steps: outer steps (0: derive from ``epochs``).
@@ -209,6 +215,8 @@ class TrainConfig:
     baseline_patience: int = 2
     baseline_val_fraction: float = 0.1
     baseline_l2: float = 0.0
+    linear_c_grid: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    linear_warm_start: bool = True
     log_every: int = 50
     checkpoint_every: int = 200
     train_steps: int = 0

@@ -53,6 +53,8 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
+        # the user-id hash buckets of the run's config (the model's tables are sized by them)
+        custom_config={"limaml_config": cfg_json},
         splits_config=transform_pb2.SplitsConfig(analyze=["train"], transform=["train"]))
     transform.add_upstream_node(gate)
     task_gen = TaskGen(transformed_examples=transform.outputs["transformed_examples"],

@@ -101,6 +101,8 @@ def numpy_cold_start(model, frame: pd.DataFrame, encoded: Dict[str, np.ndarray],
     first = sel.groupby(F.USER_ID, sort=True).head(1).index.to_numpy()
     x = np.concatenate([np.eye(vocab)[encoded[name][first]] for name, vocab in lay.meta_categorical],
                        axis=1)
+    if model.user_emb is not None:  # each user's own id row is the meta block's last input
+        x = np.concatenate([x, model.user_emb.numpy()[encoded["user_hash"][first]]], axis=1)
     p = {k: v.numpy().astype(np.float64) for k, v in model.meta_params.items()}
     h = np.maximum(x @ p["w0"] + p["b0"], 0.0)
     return (h @ p["w1"] + p["b1"]).mean(axis=0)
@@ -148,6 +150,8 @@ def world(tmp_path_factory):
     encoded = enc.encode(frame, sort=False)
     layout = build_layout(cfg.model, enc.vocab_sizes)
     model = LimamlModel(layout, cfg.model, cfg.maml, seed=cfg.train.seed)  # at initialisation
+    if model.user_emb is not None:  # trained-looking id rows, so that every user's row matters
+        model.user_emb.assign(np.random.RandomState(5).normal(0, 0.5, model.user_emb.shape))
     folder = export_model_folder(root, model, cfg)
     return types.SimpleNamespace(root=root, cfg=cfg, frame=frame, encoded=encoded, model=model,
                                  folder=folder, loader=MetaBlockLoader(folder),

@@ -68,3 +68,49 @@ def test_one_class_labels_are_refused_with_a_clear_error():
     model = linear.LinearModel(item_only_layout(2))
     with pytest.raises(ValueError, match="one class"):
         linear.fit_linear(model, {"item_id": np.array([0, 1]), "label": np.array([1.0, 1.0])})
+
+
+def _encoded_world():
+    from limaml.config import ModelConfig
+    from limaml.data.synthetic import SyntheticConfig, generate
+    from trainer.layout import build_layout
+    from trainer.local_encoder import LocalEncoder
+
+    frame = generate(SyntheticConfig(num_users=120, num_items=40, mean_interactions=15, seed=2))
+    mcfg = ModelConfig(meta_hidden=(8,), embedding_dim=4, global_hidden=(8,),
+                       categorical_embedding_dim=4, user_id_buckets=512, wide=True)
+    enc = LocalEncoder(mcfg.user_id_buckets).fit(frame)
+    return enc.encode(frame), build_layout(mcfg, enc.vocab_sizes), mcfg
+
+
+@pytest.mark.parametrize("kind,linear_kind", [("global_dnn", "linear"),
+                                              ("wide_deep", "linear_user_id")])
+def test_warm_started_deep_baseline_starts_as_its_linear_counterpart(kind, linear_kind):
+    from limaml.config import TrainConfig
+
+    data, layout, mcfg = _encoded_world()
+    cfg = TrainConfig(linear_c_grid=(0.3,))
+    model = baselines.make_baseline(kind, layout, mcfg)
+    info = baselines._warm_start(model, data, cfg)
+    assert info["kind"] == linear_kind
+    ref = linear.LinearModel(layout, linear_kind)
+    linear.fit_linear(ref, data, c_grid=(0.3,))
+    np.testing.assert_allclose(baselines.predict_logits(model, data),
+                               baselines.predict_logits(ref, data), rtol=1e-4, atol=1e-4)
+
+
+def test_warm_started_limaml_global_block_is_the_linear_model_on_global_features():
+    import tensorflow as tf
+
+    from limaml.config import MamlConfig, TrainConfig
+    from trainer.model import LimamlModel
+
+    data, layout, mcfg = _encoded_world()
+    model = LimamlModel(layout, mcfg, MamlConfig())
+    baselines.warm_start_limaml(model, data, TrainConfig(linear_c_grid=(0.3,)))
+    ref = linear.LinearModel(layout, "linear", global_only=True)
+    assert "w_age_bucket" not in ref.params  # user features are the meta block's
+    linear.fit_linear(ref, data, c_grid=(0.3,))
+    feats = {k: tf.constant(v) for k, v in data.items() if v.dtype != object}
+    got = model.logits(feats, meta_emb=tf.random.normal([len(data["label"]), 4])).numpy()
+    np.testing.assert_allclose(got, ref.logits(feats).numpy(), rtol=1e-4, atol=1e-4)

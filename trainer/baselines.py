@@ -48,7 +48,8 @@ class GlobalDNN(tf.Module):
                  dtype: tf.DType = tf.float32):
         super().__init__(name="global_dnn")
         self.layout = flat_layout(layout)
-        self.model_cfg = model_cfg
+        # wide & deep without the user id: a linear part over every feature, then the MLP
+        self.model_cfg = model_cfg = dataclasses.replace(model_cfg, wide=True)
         self.dtype = dtype
         rng = np.random.RandomState(seed)
         init = init_global_params(rng, self.layout, model_cfg, meta_dim=0)
@@ -195,7 +196,10 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
             mask = np.arange(len(data[LABEL])) >= n
         else:
             mask = validation_rows(data, train_cfg)
-        return linear.fit_linear(model, data, mask)
+        return linear.fit_linear(model, data, mask, c_grid=train_cfg.linear_c_grid)
+    warm = None
+    if train_cfg.linear_warm_start:
+        warm = _warm_start(model, data, train_cfg)
     if val_data is None and train_cfg.baseline_val_fraction > 0 and n >= 20:
         is_val = validation_rows(data, train_cfg)
         val_data = _subset(data, np.flatnonzero(is_val), keys + [LABEL])
@@ -227,6 +231,8 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
 
     bs = train_cfg.baseline_batch_size
     best, best_epoch, history, waited = np.inf, -1, [], 0
+    if warm is not None and val_data is not None:
+        best = val_loss()  # the warm-started model itself is a candidate (epoch -1)
     best_vals = [v.numpy() for v in variables]
     start = time.time()
     epoch = 0
@@ -252,4 +258,57 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
     for v, val in zip(variables, best_vals):
         v.assign(val)
     return {"epochs": epoch + 1, "best_epoch": best_epoch, "val_loss": history,
-            "seconds": time.time() - start}
+            "seconds": time.time() - start, "warm_start": warm}
+
+
+def _warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> Optional[Dict]:
+    """Fits the linear counterpart and copies it into the model's wide part (None: no wide part)."""
+    if isinstance(model, WideDeep):
+        fitted = linear.LinearModel(model.layout, "linear_user_id")
+        target, names = model.wide_params, {"bias": "wide_bias"}
+    elif isinstance(model, GlobalDNN) and model.model_cfg.wide:
+        fitted = linear.LinearModel(model.layout, "linear")
+        target, names = model.global_params, {"bias": "b_out"}
+    else:
+        return None
+    info = _fit_linear_cached(fitted, data, train_cfg)
+    linear.warm_start_wide(target, fitted, names)
+    if "w_out" in model.global_params:  # the deep part starts silent: the model = the linear fit
+        model.global_params["w_out"].assign(tf.zeros_like(model.global_params["w_out"]))
+    return {"kind": fitted.kind, "C": info["C"]}
+
+
+def warm_start_limaml(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> Optional[Dict]:
+    """Starts LiMAML's global block as the linear model over its global features (item, genres,
+    year): the wide part gets the fitted weights, the MLP's output weights 0 (None: no wide part).
+
+    Args:
+        model: a :class:`trainer.model.LimamlModel` with ``model_cfg.wide``.
+        data: flat encoded training rows (with user ids and timestamps for the validation rows).
+        train_cfg: ``linear_c_grid`` and the seed of the validation rows.
+    """
+    if not model.model_cfg.wide:
+        return None
+    fitted = linear.LinearModel(model.layout, "linear", global_only=True)
+    info = _fit_linear_cached(fitted, data, train_cfg)
+    linear.warm_start_wide(model.global_params, fitted, {"bias": "b_out"})
+    model.global_params["w_out"].assign(tf.zeros_like(model.global_params["w_out"]))
+    return {"kind": "linear (global features)", "C": info["C"]}
+
+
+# Warm starts of several models on the same rows (tuning, seeds) share one convex fit.
+_LINEAR_FITS: Dict[tuple, tuple] = {}
+
+
+def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> Dict:
+    labels = np.asarray(data[LABEL])
+    key = (id(data[LABEL]), labels.size, fitted.kind, tuple(fitted.layout.global_feature_names),
+           fitted.user_id_buckets, tuple(train_cfg.linear_c_grid), train_cfg.seed)
+    if key not in _LINEAR_FITS:
+        info = fit_baseline(fitted, data, dataclasses.replace(train_cfg, linear_warm_start=False))
+        _LINEAR_FITS.clear()  # one data set at a time: bounded memory
+        _LINEAR_FITS[key] = ({k: v.numpy() for k, v in fitted.params.items()}, info)
+    values, info = _LINEAR_FITS[key]
+    for k, v in values.items():
+        fitted.params[k].assign(v)
+    return info

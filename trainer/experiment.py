@@ -151,6 +151,8 @@ def train_limaml(data: Prepared, cfg: LimamlConfig, seed: int,
     steps = cfg.train.train_steps or cfg.train.epochs * max(1, math.ceil(n_tasks / batch))
     tf.random.set_seed(seed)
     model = LimamlModel(data.layout, cfg.model, cfg.maml, seed=seed)
+    if cfg.train.linear_warm_start:
+        baselines.warm_start_limaml(model, data.train, cfg.train)
     trainer = MamlTrainer(model, cfg.maml)
     rng = np.random.RandomState(seed)
     start = time.time()

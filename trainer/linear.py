@@ -12,6 +12,7 @@ The fitted weights live in a ``tf.Module`` with the baselines' interface (``logi
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -40,14 +41,18 @@ class LinearModel(tf.Module):
             ``[user_id_buckets]``.
     """
 
-    def __init__(self, layout: FeatureLayout, kind: str = "linear", dtype: tf.DType = tf.float32):
+    def __init__(self, layout: FeatureLayout, kind: str = "linear", dtype: tf.DType = tf.float32,
+                 global_only: bool = False):
         super().__init__(name=kind)
         if kind not in KINDS:
             raise ValueError(f"linear kind {kind!r} must be one of {KINDS}")
         from trainer.baselines import flat_layout
 
         self.kind = kind
-        self.layout = flat_layout(layout)
+        # global_only: the global block's features only (the warm start of LiMAML's wide part)
+        self.layout = (dataclasses.replace(layout, meta_categorical=(), meta_multi_hot=(),
+                                           meta_numeric=(), use_user_id_in_meta=False)
+                       if global_only else flat_layout(layout))
         self.user_id_buckets = layout.user_id_buckets
         self.dtype = dtype
         shapes = self.blocks()
@@ -173,3 +178,38 @@ def fit_linear(model: LinearModel, data: Mapping[str, np.ndarray],
     log.info("%s: C=%g (validation log loss %s), converged=%s, %.1fs", model.kind, chosen,
              {k: round(v, 4) for k, v in losses.items()}, converged, info["seconds"])
     return info
+
+
+def warm_start_wide(wide: Mapping[str, tf.Variable], fitted: LinearModel,
+                    names: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Copies a fitted linear model into a deep model's wide part (warm start).
+
+    Each ``w_<feature>`` goes to ``wide_<feature>``, ``w_numeric`` to ``wide_numeric``, ``w_user``
+    to ``wide_user`` and ``bias`` to ``names.get("bias")`` (e.g. ``b_out`` or ``wide_bias``); the
+    deep part then only has to learn the residual, and the model starts as good as the linear
+    reference (early stopping can fall back to it).
+
+    Args:
+        wide: the deep model's variables by name.
+        fitted: the fitted linear model.
+        names: overrides of the target names (``{"bias": "b_out"}``).
+
+    Returns:
+        The target variable names assigned.
+
+    Raises:
+        ValueError: a target is missing or its shape differs (names both).
+    """
+    names = dict(names or {})
+    done = []
+    for src, var in fitted.params.items():
+        dst = names.get(src, src.replace("w_", "wide_", 1))
+        if dst not in wide:
+            raise ValueError(f"warm start: the deep model has no variable {dst!r} for {src!r}")
+        value = var.numpy()
+        target = wide[dst]
+        if tuple(target.shape) != value.shape:
+            value = value.reshape(tuple(target.shape))  # e.g. the bias [] into b_out [1]
+        target.assign(value)
+        done.append(dst)
+    return done

@@ -46,13 +46,14 @@ def _dense(x, default) -> tf.Tensor:
 
 
 def _user_id_buckets(custom_config: Optional[Mapping[str, Any]]) -> int:
+    from limaml.config import ModelConfig
+
     if custom_config and "limaml_config" in custom_config:
         raw = custom_config["limaml_config"]
         raw = json.loads(raw) if isinstance(raw, str) else raw
-        return int(raw.get("model", {}).get("user_id_buckets", 2048))
+        return int(raw.get("model", {}).get("user_id_buckets", ModelConfig().user_id_buckets))
     if custom_config and "user_id_buckets" in custom_config:
         return int(custom_config["user_id_buckets"])
-    from limaml.config import ModelConfig
     return ModelConfig().user_id_buckets
 
 

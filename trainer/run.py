@@ -26,7 +26,7 @@ import tensorflow as tf
 from limaml.config import LimamlConfig
 from schema import features
 from trainer import evaluate, export, task_record
-from trainer.layout import MASK, QUERY, SUPPORT, build_layout
+from trainer.layout import MASK, QUERY, SUPPORT, USER_HASH, build_layout
 from trainer.maml import MamlTrainer
 from trainer.model import LimamlModel
 
@@ -104,10 +104,15 @@ def run_fn(fn_args) -> None:
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     layout = build_layout(cfg.model, vocab_sizes_from_transform(tft_output))
     strategy = distribution_strategy()
+    train_files = _files(fn_args.train_files)
     with strategy.scope():
         model = LimamlModel(layout, cfg.model, cfg.maml, seed=cfg.train.seed)
+        if cfg.model.wide and cfg.train.linear_warm_start:
+            from trainer import baselines
+
+            info = baselines.warm_start_limaml(model, _flat_query_rows(train_files, cfg), cfg.train)
+            log.info("LiMAML global block warm-started from %s", info)
         trainer = MamlTrainer(model, cfg.maml, strategy=strategy)
-    train_files = _files(fn_args.train_files)
     n_tasks = _count_records(train_files)
     global_batch = max(1, min(cfg.train.tasks_per_batch, n_tasks))
     steps = int(getattr(fn_args, "train_steps", 0) or 0) or cfg.train.train_steps or (
@@ -188,6 +193,17 @@ def _flat_from_tasks(files, cfg: LimamlConfig) -> Dict[str, np.ndarray]:
             if k != MASK:
                 out.setdefault(k, []).append(v[m])
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _flat_query_rows(files, cfg: LimamlConfig) -> Dict[str, np.ndarray]:
+    """Every valid query position of the task records as one flat row (each interaction is a
+    query of at most one task), with ``user_id`` = the user hash (for the validation rows)."""
+    tasks = _load_tasks_numpy(files, cfg)
+    q = tasks[QUERY]
+    m = q[MASK] > 0
+    out = {k: v[m] for k, v in q.items() if k != MASK}
+    out[features.USER_ID] = out[USER_HASH].astype(str).astype(object)
+    return out
 
 
 def baseline_run_fn(fn_args) -> None:
