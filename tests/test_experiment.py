@@ -79,3 +79,20 @@ def test_tune_refuses_unequal_budgets_and_unknown_fields():
         tuning.apply_overrides(LimamlConfig(), {"model": {"widht": 3}})
     cfg = tuning.apply_overrides(LimamlConfig(), {"model": {"global_hidden": [8, 4]}})
     assert cfg.model.global_hidden == (8, 4)
+
+
+def test_experiment_page_gives_verdicts_from_the_paired_intervals(tmp_path):
+    from report.experiment_html import render_experiment
+
+    comp = {"overall": {"delta": 0.02, "ci95": [0.01, 0.03], "users": 100},
+            "cohorts": {"a": {"delta": 0.01, "ci95": [-0.01, 0.03], "users": 50},
+                        "b": {"delta": -0.03, "ci95": [-0.05, -0.01], "users": 50}}}
+    summary = {"dataset": "d", "protocol": "budget", "seeds": [0, 1], "n_query": 10,
+               "auc_mean_sd": {"limaml": {"overall": [0.7, 0.01], "a": [0.71, 0.0], "b": [0.69, 0.02]},
+                               "linear": {"overall": [0.68, 0.0], "a": [0.7, 0.0], "b": [None, None]}},
+               "comparisons": {"limaml_vs_linear": comp}}
+    page = open(render_experiment(summary, str(tmp_path))).read()
+    rows = [r for r in page.split("<tr>") if r.startswith("<td>limaml_vs_linear")]
+    verdicts = [r.split("<td>")[-1].split("</td>")[0] for r in rows]
+    assert verdicts == ["LiMAML better", "n.s.", "LiMAML worse"]
+    assert page.count("<img") == 2

@@ -216,7 +216,9 @@ def cohort_aucs(labels: np.ndarray, scores: np.ndarray, cohort: np.ndarray,
 def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
         seeds: Sequence[int] = (0,), validation: bool = False,
         configs: Optional[Mapping[str, LimamlConfig]] = None,
-        progress: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
+        progress: Optional[Callable[[str], None]] = None,
+        tuned: Optional[Mapping[str, Mapping[str, Mapping[str, object]]]] = None
+        ) -> Dict[str, object]:
     """Trains every model with every seed on one split; returns AUCs and per-row scores.
 
     Args:
@@ -228,6 +230,8 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
         validation: evaluate on :func:`validation_split` instead of the real query rows.
         configs: per-variant settings (key = the part after ``@``).
         progress: callback for progress lines.
+        tuned: per-model overrides chosen by ``limaml tune`` (``tuning.json``'s ``best``),
+            applied on top of ``cfg`` for that model.
 
     Returns:
         ``{"auc": {model: {seed: {"overall", cohort...}}}, "scores": {model: {seed: [M]}},
@@ -246,6 +250,10 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
     for name in models:
         base, _, variant = name.partition("@")
         mcfg = (configs or {}).get(variant, cfg) if variant else cfg
+        if tuned and base in tuned:
+            from trainer.tuning import apply_overrides
+
+            mcfg = apply_overrides(mcfg, tuned[base])
         for seed in seeds:
             t0 = time.time()
             if base in linear.KINDS and name in out["scores"]:
@@ -375,4 +383,7 @@ def write_outputs(summary: Mapping[str, object], out_dir: str) -> str:
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=1, default=float)
     os.replace(path + ".tmp", path)
+    from report.experiment_html import render_experiment
+
+    render_experiment(summary, out_dir)
     return path

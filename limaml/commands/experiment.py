@@ -47,7 +47,11 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     cfg = _config(args.config, dataset)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     models = args.models.split(",")
-    result = experiment.run(frame, cfg, models, seeds=seeds, progress=_progress)
+    tuned = None
+    if args.tuned:
+        with open(args.tuned) as f:
+            tuned = json.load(f)["best"]
+    result = experiment.run(frame, cfg, models, seeds=seeds, progress=_progress, tuned=tuned)
     summary = experiment.report(result, cfg, n_resamples=args.resamples)
     print(json.dumps(summary, indent=1))
     if args.output:
@@ -81,6 +85,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     exp.add_argument("--first-seed", type=int, default=0)
     exp.add_argument("--models", default="limaml,global_dnn,wide_deep,linear,linear_user_id")
     exp.add_argument("--config", help="LimamlConfig JSON (default: built-in settings for the dataset)")
+    exp.add_argument("--tuned", help="tuning.json of `limaml tune`: each model's chosen settings")
     exp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples over users")
     exp.add_argument("--output", help="folder for experiment.json and index.html")
     exp.set_defaults(func=_cmd_experiment)
