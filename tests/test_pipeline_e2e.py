@@ -273,6 +273,10 @@ def test_users_without_history_get_the_unadapted_output_of_their_own_meta_featur
             words = [w.decode() if isinstance(w, bytes) else w for w in vocab.vocabulary_by_name(name)]
             value = feats[name].bytes_list.value[0].decode()
             parts.append(np.eye(size)[words.index(value) if value in words else len(words)])
+        if model.user_emb is not None:  # the user's own id row (zero for a user never trained)
+            uid = feats[F.USER_ID].bytes_list.value[0]
+            bucket = int(tf.strings.to_hash_bucket_fast(uid, layout.user_id_buckets).numpy())
+            parts.append(model.user_emb.numpy()[bucket])
         want = meta_forward(model.meta_params, tf.constant(np.concatenate(parts)[None, :], tf.float32),
                             model.model_cfg.activation).numpy()[0]
         got = np.asarray(feats[F.META_EMBEDDING].float_list.value)
