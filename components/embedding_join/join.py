@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from embeddings.record import COLD_START_USER
 from schema import features as F
+from trainer.layout import USER_HASH
 
 Grouped = Tuple[str, Dict[str, list]]
 
@@ -86,8 +87,11 @@ class ColdStartDoFn(beam.DoFn):
         if self._model is None:
             vectors = np.repeat(self._default[None, :], len(batch), axis=0)
         else:
+            # raw features the meta block needs (the hashed user id is computed from user_id)
+            names = self._model.layout.meta_feature_names
+            required = [F.USER_ID if k == USER_HASH else k for k in names]
             has_meta = [all(k in tf.train.Example.FromString(ex[0]).features.feature
-                            for k in self._model.layout.meta_feature_names) for _, ex in batch]
+                            for k in required) for _, ex in batch]
             vectors = np.repeat(self._default[None, :], len(batch), axis=0)
             rows = [i for i, ok in enumerate(has_meta) if ok]
             if rows:
