@@ -20,9 +20,12 @@ def tiny_model(steps=2, first_order=False, learn_inner_lr=False, aggregation=Non
                inner_lr=0.3, use_cross=False, seed=0):
     mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", use_cross=use_cross,
-                       cross_layers=1, user_id_buckets=8, use_user_id_in_meta=True)
+                       cross_layers=1, user_id_buckets=8, use_user_id_in_meta=True,
+                       user_id_embedding_dim=0)
+    # plain MAML (no id rows, full inner step); tests/test_trainer_personalization.py covers those
     mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
-                    learn_inner_lr=learn_inner_lr, train_aggregation=aggregation)
+                    learn_inner_lr=learn_inner_lr, train_aggregation=aggregation,
+                    support_shrinkage=0.0, user_row_lr=None)
     layout = build_layout(mcfg, VOCABS)
     return LimamlModel(layout, mcfg, mm, seed=seed, dtype=tf.float64)
 

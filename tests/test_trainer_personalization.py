@@ -18,13 +18,13 @@ D_ROW = 3
 
 
 def personal_model(steps=2, first_order=False, dropout=0.0, l2=0.0, interaction="dot", wide=True,
-                   inner_lr=0.3, user_row_lr=None, seed=0):
+                   inner_lr=0.3, user_row_lr=None, seed=0, shrinkage=4.0):
     mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=D_ROW, user_id_dropout=dropout, user_id_l2=l2,
                        interaction=interaction, wide=wide)
     mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
-                    user_row_lr=user_row_lr)
+                    user_row_lr=user_row_lr, support_shrinkage=shrinkage)
     model = LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
     rng = np.random.RandomState(seed + 7)
     # non-zero rows and wide weights so that every term takes part in the checks
@@ -69,8 +69,9 @@ def test_meta_gradient_with_user_rows_dot_and_wide_matches_finite_differences():
     assert np.all(tf.convert_to_tensor(grads[idx]).numpy()[unused] == 0.0)  # sparse: unused row
 
 
-def test_inner_loop_adapts_only_each_tasks_own_row_by_its_support_gradient():
-    model = personal_model(steps=1, user_row_lr=0.7)
+@pytest.mark.parametrize("kappa", [0.0, 4.0])
+def test_inner_loop_adapts_only_each_tasks_own_row_by_its_support_gradient(kappa):
+    model = personal_model(steps=1, user_row_lr=0.7, shrinkage=kappa)
     batch = make_batch()
     s = batch["support"]
     table_before = model.user_emb.numpy().copy()
@@ -85,13 +86,16 @@ def test_inner_loop_adapts_only_each_tasks_own_row_by_its_support_gradient():
         th = dict(theta0, **{USER_ROW: tf.constant(row_np)})
         return maml.set_loss(model, th, model.global_params, x, s).numpy()
 
+    n = s["mask"].numpy().sum(1)
+    rho = n / (n + kappa)  # support-size-aware step: n / (n + κ) of the full step
     eps = 1e-6
     for t in range(T):
         for c in range(D_ROW):
             e = np.zeros_like(rows)
             e[t, c] = eps
             fd = (support_loss(rows + e)[t] - support_loss(rows - e)[t]) / (2 * eps)
-            assert adapted[USER_ROW].numpy()[t, c] == pytest.approx(rows[t, c] - 0.7 * fd, rel=1e-6)
+            assert adapted[USER_ROW].numpy()[t, c] == pytest.approx(rows[t, c] - 0.7 * rho[t] * fd,
+                                                                    rel=1e-6)
 
 
 def test_dot_interaction_and_wide_part_by_hand():
