@@ -183,17 +183,28 @@ def _slice_seed(seed: int, slice_name: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), zlib.crc32(slice_name.encode("utf-8"))])
 
 
-def _compare_slice(slice_name: str, users: np.ndarray, labels: np.ndarray,
-                   scores: Mapping[str, np.ndarray], reference: str, others: Sequence[str],
-                   n_resamples: int, seed: int, confidence: float,
-                   chunk_size: int) -> Dict[str, Dict[str, Any]]:
-    """Paired bootstrap of one slice's rows; ``{other: C}``."""
+def resampled_aucs(slice_name: str, users: np.ndarray, labels: np.ndarray,
+                   scores: Mapping[Any, np.ndarray], n_resamples: int, seed: int,
+                   chunk_size: int = 200) -> Tuple[Dict[Any, float], Dict[Any, np.ndarray], int]:
+    """AUC of every model on a slice's real rows and on the same user resamples.
+
+    Args:
+        slice_name: salts the slice's random stream (with ``seed``).
+        users: ``[N]`` user of each row.
+        labels: ``[N]`` 0/1 labels (both classes present).
+        scores: model key -> ``[N]`` scores.
+        n_resamples: R.
+        seed: resampling seed.
+        chunk_size: resamples scored at once.
+
+    Returns:
+        ``(observed {key: auc}, resampled {key: [R] aucs (NaN where a class drew no weight)},
+        users in the slice)``; the draws are shared by every model.
+    """
     user_index = np.unique(users, return_inverse=True)[1].reshape(-1)  # [N] user of each row, 0..U-1
     n_rows = len(users)
-    n_users = int(user_index.max()) + 1 if n_rows else 0
-    if n_rows == 0 or labels.all() or not labels.any():  # AUC undefined on the real rows
-        return {o: _null_comparison(n_users, n_rows) for o in others}
-    models = [reference, *others]
+    n_users = int(user_index.max()) + 1
+    models = list(scores)
     prepared = {m: _SortedScores(labels, scores[m]) for m in models}
     ones = np.ones((1, n_rows))
     observed = {m: float(prepared[m].auc(ones[:, prepared[m].order])[0]) for m in models}
@@ -212,20 +223,39 @@ def _compare_slice(slice_name: str, users: np.ndarray, labels: np.ndarray,
         for m in models:
             aucs[m][done:done + r] = prepared[m].auc(counts[:, users_sorted[m]])  # [r]
         done += r
+    return observed, aucs, n_users
+
+
+def summarize_deltas(delta: float, resampled: np.ndarray, users: int, examples: int,
+                     confidence: float = 0.95) -> Dict[str, Any]:
+    """One comparison entry ``C`` from the real-row difference and the resampled differences."""
     alpha = 100.0 * (1.0 - confidence) / 2.0
-    out: Dict[str, Dict[str, Any]] = {}
-    for other in others:
-        delta = observed[reference] - observed[other]
-        resampled = aucs[reference] - aucs[other]
-        resampled = resampled[np.isfinite(resampled)]  # resamples where one class drew no weight
-        entry = {"delta": float(delta), "ci95": None, "p_value": None, "users": n_users,
-                 "examples": n_rows, "resamples": int(len(resampled))}
-        if len(resampled):
-            lo, hi = np.percentile(resampled, [alpha, 100.0 - alpha])
-            entry["ci95"] = [float(lo), float(hi)]
-            entry["p_value"] = _bootstrap_p(resampled, delta)
-        out[other] = entry
-    return out
+    resampled = resampled[np.isfinite(resampled)]  # resamples where one class drew no weight
+    entry = {"delta": float(delta), "ci95": None, "p_value": None, "users": users,
+             "examples": examples, "resamples": int(len(resampled))}
+    if len(resampled):
+        lo, hi = np.percentile(resampled, [alpha, 100.0 - alpha])
+        entry["ci95"] = [float(lo), float(hi)]
+        entry["p_value"] = _bootstrap_p(resampled, delta)
+    return entry
+
+
+def _compare_slice(slice_name: str, users: np.ndarray, labels: np.ndarray,
+                   scores: Mapping[str, np.ndarray], reference: str, others: Sequence[str],
+                   n_resamples: int, seed: int, confidence: float,
+                   chunk_size: int) -> Dict[str, Dict[str, Any]]:
+    """Paired bootstrap of one slice's rows; ``{other: C}``."""
+    n_rows = len(users)
+    if n_rows == 0 or labels.all() or not labels.any():  # AUC undefined on the real rows
+        n_users = int(np.unique(users).size)
+        return {o: _null_comparison(n_users, n_rows) for o in others}
+    models = [reference, *others]
+    observed, aucs, n_users = resampled_aucs(slice_name, users, labels,
+                                             {m: scores[m] for m in models}, n_resamples, seed,
+                                             chunk_size)
+    return {other: summarize_deltas(observed[reference] - observed[other],
+                                    aucs[reference] - aucs[other], n_users, n_rows, confidence)
+            for other in others}
 
 
 def paired_bootstrap(user_ids: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.ndarray],

@@ -46,16 +46,6 @@ def test_paired_interval_of_identical_scorers_is_zero_and_of_two_noises_contains
     assert lo < 0 < hi
 
 
-def test_user_resample_weights_draw_whole_users():
-    rng = np.random.default_rng(0)
-    user_index = np.array([0, 0, 0, 1, 2, 2])
-    w = experiment.user_resample_weights(user_index, 3, 50, rng)
-    assert w.shape == (50, 6)
-    np.testing.assert_array_equal(w[:, 0], w[:, 1])  # a user's rows move together
-    np.testing.assert_array_equal(w[:, 4], w[:, 5])
-    np.testing.assert_array_equal(w[:, [0, 3, 4]].sum(1), 3)  # 3 users drawn per resample
-
-
 @pytest.mark.parametrize("name", ["budget", "cutoff"])
 def test_validation_split_holds_no_query_row_and_only_trainable_rows(name):
     frame = generate(SyntheticConfig(num_users=400, num_items=50, mean_interactions=15, seed=0))
@@ -96,3 +86,18 @@ def test_experiment_page_gives_verdicts_from_the_paired_intervals(tmp_path):
     verdicts = [r.split("<td>")[-1].split("</td>")[0] for r in rows]
     assert verdicts == ["LiMAML better", "n.s.", "LiMAML worse"]
     assert page.count("<img") == 2
+
+
+def test_paired_delta_over_seeds_is_the_mean_of_per_seed_auc_differences():
+    from sklearn.metrics import roc_auc_score
+
+    rng, users, p, y, cohort = planted_rows(seed=2)
+    ref = {s: p + rng.normal(0, 0.2 + 0.1 * s, p.size) for s in range(3)}
+    other = {s: p + rng.normal(0, 0.5, p.size) for s in range(3)}
+    out = experiment.paired_over_seeds(y, users, cohort, ref, other, COHORTS, n_resamples=100)
+    want = np.mean([roc_auc_score(y, ref[s]) for s in ref]) - np.mean(
+        [roc_auc_score(y, other[s]) for s in other])
+    assert out["overall"]["delta"] == pytest.approx(want, abs=6e-5)  # rounded to 4 digits
+    m = cohort == "a"
+    want_a = np.mean([roc_auc_score(y[m], ref[s][m]) - roc_auc_score(y[m], other[s][m]) for s in ref])
+    assert out["cohorts"]["a"]["delta"] == pytest.approx(want_a, abs=6e-5)

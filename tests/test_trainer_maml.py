@@ -46,6 +46,25 @@ def make_batch(seed=0):
     return {p: {k: tf.constant(v) for k, v in d.items()} for p, d in b.items()}
 
 
+def assert_gradient_matches_finite_differences(var, grad, loss_fn, picks, eps=1e-6) -> int:
+    """Central differences of ``loss_fn`` w.r.t. the flat entries ``picks`` of ``var`` equal
+    ``grad`` (None = zero); restores ``var``; returns how many entries were checked."""
+    g = np.zeros(var.shape) if grad is None else tf.convert_to_tensor(grad).numpy()
+    base = var.numpy()
+    for i in picks:
+        e = np.zeros(base.size)
+        e[i] = eps
+        e = e.reshape(base.shape)
+        var.assign(base + e)
+        lp = float(loss_fn())
+        var.assign(base - e)
+        lm = float(loss_fn())
+        var.assign(base)
+        assert g.reshape(-1)[i] == pytest.approx((lp - lm) / (2 * eps), rel=1e-4, abs=1e-8), (
+            var.name, i)
+    return len(picks)
+
+
 def loss_value(model, batch):
     return float(maml.maml_loss(model, batch)[0])
 
@@ -62,25 +81,11 @@ def test_second_order_meta_gradient_matches_finite_differences(kwargs):
     _, grads = trainer.meta_gradients(batch)
     loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
     rng = np.random.RandomState(1)
-    eps = 1e-6
     checked = 0
     for var, g in zip(model.outer_variables(), grads):
-        g = np.zeros(var.shape) if g is None else tf.convert_to_tensor(g).numpy()
         flat = np.arange(int(np.prod(var.shape)))
         picks = flat if flat.size <= 12 else rng.choice(flat, 12, replace=False)
-        base = var.numpy()
-        for i in picks:
-            e = np.zeros(base.size)
-            e[i] = eps
-            e = e.reshape(base.shape)
-            var.assign(base + e)
-            lp = float(loss_fn())
-            var.assign(base - e)
-            lm = float(loss_fn())
-            var.assign(base)
-            fd = (lp - lm) / (2 * eps)
-            assert g.reshape(-1)[i] == pytest.approx(fd, rel=1e-4, abs=1e-8), (var.name, i)
-            checked += 1
+        checked += assert_gradient_matches_finite_differences(var, g, loss_fn, picks)
     assert checked > 50
 
 

@@ -164,9 +164,12 @@ def validation_rows(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> n
     when ``data`` has user ids and timestamps, else a seeded random ``baseline_val_fraction``."""
     n = len(np.asarray(data[LABEL]))
     if features.USER_ID in data and features.TIMESTAMP in data:
+        # users lend the later half of their rows, so twice the row share in users gives about
+        # baseline_val_fraction of the rows
         return validation.later_interactions_mask(
             np.asarray(data[features.USER_ID]), np.asarray(data[features.TIMESTAMP]),
-            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), seed=train_cfg.seed)
+            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), later_share=0.5,
+            seed=train_cfg.seed)
     rng = np.random.RandomState(train_cfg.seed + 1)
     return rng.uniform(size=n) < train_cfg.baseline_val_fraction
 
@@ -300,9 +303,22 @@ def warm_start_limaml(model, data: Mapping[str, np.ndarray], train_cfg: TrainCon
 _LINEAR_FITS: Dict[tuple, tuple] = {}
 
 
+def _fingerprint(data: Mapping[str, np.ndarray], keys) -> str:
+    """Content hash of the columns a fit reads (object columns by their string values)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k in keys:
+        if k in data:
+            v = np.asarray(data[k])
+            h.update(k.encode())
+            h.update(v.astype(str).tobytes() if v.dtype == object else np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()
+
+
 def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> Dict:
-    labels = np.asarray(data[LABEL])
-    key = (id(data[LABEL]), labels.size, fitted.kind, tuple(fitted.layout.global_feature_names),
+    columns = fitted.input_keys() + [LABEL, features.USER_ID, features.TIMESTAMP]
+    key = (_fingerprint(data, columns), fitted.kind, tuple(fitted.layout.global_feature_names),
            fitted.user_id_buckets, tuple(train_cfg.linear_c_grid), train_cfg.seed)
     if key not in _LINEAR_FITS:
         info = fit_baseline(fitted, data, dataclasses.replace(train_cfg, linear_warm_start=False))

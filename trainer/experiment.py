@@ -81,8 +81,8 @@ def prepare(frame: pd.DataFrame, users: pd.DataFrame, cfg: LimamlConfig) -> Prep
         raise ValueError("the split has no query rows; check the protocol settings")
     enc = LocalEncoder(cfg.model.user_id_buckets).fit(trainable)
     train, q = enc.encode(trainable), enc.encode(query)
-    cohort_of = dict(zip(users[F.USER_ID].astype(str), users[protocols.COHORT]))
-    cohort = np.array([cohort_of[u] for u in q[F.USER_ID]], dtype=object)
+    cohort_of = pd.Series(users[protocols.COHORT].to_numpy(), index=users[F.USER_ID].astype(str))
+    cohort = cohort_of.reindex(q[F.USER_ID]).to_numpy(dtype=object)
     q_users = np.unique(q[F.USER_ID])
     keys = [k for k in train if k not in (F.USER_ID,)]
     in_q = np.isin(train[F.USER_ID], q_users)
@@ -102,7 +102,7 @@ def prepare(frame: pd.DataFrame, users: pd.DataFrame, cfg: LimamlConfig) -> Prep
         support = {k: np.concatenate([v, extra[k]]) for k, v in support.items()}
         for u in cold:
             have[u] = len(have)
-    query_user = np.array([have[u] for u in q[F.USER_ID]], np.int64)
+    query_user = pd.Series(have).reindex(q[F.USER_ID]).to_numpy(np.int64)
     layout = build_layout(cfg.model, enc.vocab_sizes)
     return Prepared(layout, train, q, cohort, support, query_user)
 
@@ -284,30 +284,16 @@ def summarize(result: Mapping[str, object], cohorts: Sequence[str]) -> Dict[str,
 
 # --- paired comparisons over seeds ------------------------------------------------------------
 
-def user_resample_weights(user_index: np.ndarray, n_users: int, n_resamples: int,
-                          rng: np.random.Generator) -> np.ndarray:
-    """Cluster-bootstrap weights ``[R, N]``: each resample draws ``n_users`` users with
-    replacement; a row's weight is how often its user was drawn.
-
-    Args:
-        user_index: ``[N]`` user of each row, in ``[0, n_users)``.
-        n_users: users in the slice.
-        n_resamples: R.
-        rng: random generator.
-    """
-    counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=n_resamples)
-    return counts[:, user_index].astype(np.float64)
-
-
 def paired_over_seeds(labels: np.ndarray, users: np.ndarray, cohort: np.ndarray,
                       ref: Mapping[int, np.ndarray], other: Mapping[int, np.ndarray],
-                      cohorts: Sequence[str], n_resamples: int = 1000, seed: int = 0,
-                      chunk: int = 100) -> Dict[str, object]:
+                      cohorts: Sequence[str], n_resamples: int = 1000, seed: int = 0
+                      ) -> Dict[str, object]:
     """Paired bootstrap (over users) of the seed-averaged AUC difference ``ref − other``.
 
     For every resample r (users drawn with replacement, the same draw for both models and
-    every seed): ``Δ_r = mean_s AUC_r(ref_s) − mean_s AUC_r(other_s)``. The interval is the
-    2.5/97.5 percentiles of ``Δ_r``; ``delta`` is the difference on the real rows.
+    every seed; :func:`report.paired.resampled_aucs`):
+    ``Δ_r = mean_s AUC_r(ref_s) − mean_s AUC_r(other_s)``. The interval is the 2.5/97.5
+    percentiles of ``Δ_r``; ``delta`` is the difference on the real rows.
 
     Args:
         labels, users, cohort: ``[M]`` per query row.
@@ -315,37 +301,32 @@ def paired_over_seeds(labels: np.ndarray, users: np.ndarray, cohort: np.ndarray,
         cohorts: cohort names.
         n_resamples: R.
         seed: resampling seed.
-        chunk: resamples scored at once.
 
     Returns:
-        ``{"overall": {"delta", "ci95", "users"}, "cohorts": {name: {...}}}``.
+        ``{"overall": C, "cohorts": {name: C}}`` with ``C`` as in ``metrics.json``'s comparisons.
     """
-    from report.paired import weighted_auc
+    from report.paired import resampled_aucs, summarize_deltas
 
-    def one(rows: np.ndarray) -> Dict[str, object]:
+    def one(name: str, rows: np.ndarray) -> Dict[str, object]:
         y = labels[rows]
         if rows.size == 0 or y.min() == y.max():
             return {"delta": None, "ci95": None, "users": int(np.unique(users[rows]).size)}
-        uniq, uidx = np.unique(users[rows], return_inverse=True)
-        ones = np.ones((1, rows.size))
-        delta = float(np.mean([weighted_auc(y, ref[s][rows], ones)[0] for s in ref])
-                      - np.mean([weighted_auc(y, other[s][rows], ones)[0] for s in other]))
-        rng = np.random.default_rng(seed)
-        draws = []
-        for start in range(0, n_resamples, chunk):
-            w = user_resample_weights(uidx, uniq.size, min(chunk, n_resamples - start), rng)
-            a = np.mean([weighted_auc(y, ref[s][rows], w) for s in ref], axis=0)
-            b = np.mean([weighted_auc(y, other[s][rows], w) for s in other], axis=0)
-            draws.append(a - b)
-        d = np.concatenate(draws)
-        d = d[np.isfinite(d)]
-        lo, hi = np.percentile(d, [2.5, 97.5])
-        return {"delta": round(delta, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-                "users": int(uniq.size)}
+        scores = {("ref", s): v[rows] for s, v in ref.items()}
+        scores.update({("other", s): v[rows] for s, v in other.items()})
+        observed, aucs, n_users = resampled_aucs(name, users[rows], y, scores, n_resamples, seed)
 
-    out: Dict[str, object] = {"overall": one(np.arange(len(labels))), "cohorts": {}}
+        def mean(side, table):
+            return np.mean([table[k] for k in table if k[0] == side], axis=0)
+        entry = summarize_deltas(mean("ref", observed) - mean("other", observed),
+                                 mean("ref", aucs) - mean("other", aucs), n_users, int(rows.size))
+        entry["delta"] = round(entry["delta"], 4)
+        if entry["ci95"] is not None:
+            entry["ci95"] = [round(v, 4) for v in entry["ci95"]]
+        return entry
+
+    out: Dict[str, object] = {"overall": one("overall", np.arange(len(labels))), "cohorts": {}}
     for c in cohorts:
-        out["cohorts"][c] = one(np.flatnonzero(cohort == c))
+        out["cohorts"][c] = one(c, np.flatnonzero(cohort == c))
     return out
 
 

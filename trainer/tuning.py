@@ -64,7 +64,7 @@ def tune(frame: pd.DataFrame, cfg: LimamlConfig, grid: Mapping[str, Sequence[Ove
     sizes = {m: len(grid[m]) for m in models}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"every model needs the same tuning budget; candidates per model: {sizes}")
-    rows, labels = experiment.validation_split(frame, cfg.protocol)
+    rows, val_users = experiment.validation_split(frame, cfg.protocol)
     table: List[Dict[str, Any]] = []
     best: Dict[str, Any] = {}
     data_by_buckets: Dict[int, experiment.Prepared] = {}
@@ -74,7 +74,7 @@ def tune(frame: pd.DataFrame, cfg: LimamlConfig, grid: Mapping[str, Sequence[Ove
             mcfg = apply_overrides(cfg, overrides)
             key = mcfg.model.user_id_buckets
             if key not in data_by_buckets:
-                data_by_buckets[key] = experiment.prepare(rows, labels, mcfg)
+                data_by_buckets[key] = experiment.prepare(rows, val_users, mcfg)
             data = data_by_buckets[key]
             y = data.query[F.LABEL]
             probs = experiment.fit_scores(model, data, mcfg, seed)
