@@ -137,6 +137,19 @@ def _slice_label(slice_name: str) -> str:
     return slice_name if slice_name == rm.OVERALL else f"cohort {slice_name}"
 
 
+def _cohort_axis(ax: Any, slices: Sequence[str], ylabel: str, title: str, margin: float,
+                 zero_width: float) -> None:
+    """Shared styling of the per-cohort difference plots: a zero line, cohort ticks, grid."""
+    ax.axhline(0, color="#333333", linewidth=zero_width)
+    ax.set_xticks(range(len(slices)))
+    ax.set_xticklabels([_slice_label(s) for s in slices])
+    ax.set_xlim(-0.6, len(slices) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.margins(y=margin)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def _plot_lift(metrics: Mapping[str, Any]) -> str:
     slices = _slices(metrics)
     baselines = [b for b in BASELINES if b in metrics["models"]]
@@ -160,14 +173,8 @@ def _plot_lift(metrics: Mapping[str, Any]) -> str:
         ax.bar([math.nan], [math.nan], color=MODEL_COLOURS[baseline], label=f"vs {MODEL_LABELS[baseline]}")
     ax.bar([math.nan], [math.nan], color="white", edgecolor="#555555", hatch="//",
            label="n.s.: 95% CIs overlap")
-    ax.axhline(0, color="#333333", linewidth=0.8)
-    ax.set_xticks(range(len(slices)))
-    ax.set_xticklabels([_slice_label(s) for s in slices])
-    ax.set_xlim(-0.6, len(slices) - 0.4)
-    ax.set_ylabel("relative AUC lift of LiMAML (%)")
-    ax.set_title("LiMAML's relative AUC lift over each baseline")
-    ax.margins(y=0.2)
-    ax.grid(axis="y", alpha=0.3)
+    _cohort_axis(ax, slices, "relative AUC lift of LiMAML (%)",
+                 "LiMAML's relative AUC lift over each baseline", margin=0.2, zero_width=0.8)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(baselines) + 1, fontsize=9, frameon=False)
     return _figure_to_img(fig, "plot-lift", "Relative AUC lift of LiMAML over each baseline by cohort")
 
@@ -236,14 +243,9 @@ def _plot_paired(metrics: Mapping[str, Any]) -> str:
                     label=f"{_label(reference)} − {_label(other)}")
     ax.errorbar([math.nan], [math.nan], fmt="o", color="#555555", markerfacecolor="white",
                 label="hollow: interval contains 0 (n.s.)")
-    ax.axhline(0, color="#333333", linewidth=0.9)
-    ax.set_xticks(range(len(slices)))
-    ax.set_xticklabels([_slice_label(s) for s in slices])
-    ax.set_xlim(-0.6, len(slices) - 0.4)
-    ax.set_ylabel("ΔAUC (95% paired bootstrap CI)")
-    ax.set_title("Paired lift: LiMAML's AUC minus each model's, on the same rows")
-    ax.margins(y=0.15)
-    ax.grid(axis="y", alpha=0.3)
+    _cohort_axis(ax, slices, "ΔAUC (95% paired bootstrap CI)",
+                 "Paired lift: LiMAML's AUC minus each model's, on the same rows", margin=0.15,
+                 zero_width=0.9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(comparisons) + 1, 4), fontsize=9,
               frameon=False)
     return _figure_to_img(fig, "plot-paired-lift",
