@@ -64,13 +64,45 @@ def _assemble(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
     return frame[list(F.CANONICAL_COLUMNS)]
 
 
+def _keyed(path: str, raw: pd.DataFrame, key: str) -> pd.DataFrame:
+    """``raw`` with its ``key`` column stripped, checked unique in ``path`` (a user or item file)."""
+    raw[key] = raw[key].str.strip()
+    textio.check_unique(path, raw, [key], key)
+    return raw
+
+
+def _check_declared_counts(info_path: str, counts: Dict[str, Tuple[str, int]]) -> None:
+    """Compares row counts with the ones ML-100K's ``u.info`` declares (skipped when it is absent).
+
+    Args:
+        info_path: the ``u.info`` file (``943 users`` / ``1682 items`` / ``100000 ratings``).
+        counts: ``{"ratings": (file, rows read), ...}``.
+
+    Raises:
+        DataError: a file holds a different number of rows than declared (names that file).
+    """
+    if not os.path.lexists(info_path):
+        return
+    declared: Dict[str, int] = {}
+    for line in textio.read_text(info_path, "ascii").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            declared[parts[1]] = int(parts[0])
+    for what, (path, got) in counts.items():
+        want = declared.get(what)
+        if want is not None and want != got:
+            raise DataError(path, f"{got:,} {what} where {os.path.basename(info_path)} declares {want:,}: "
+                                  "the file is truncated or damaged; restore the complete dataset")
+
+
 def _ratings_frame(path: str, raw: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         F.USER_ID: raw["user"].str.strip(),
         F.ITEM_ID: raw["item"].str.strip(),
         F.RATING: textio.to_float(path, raw, "rating"),
-        F.TIMESTAMP: textio.to_int(path, raw, "timestamp"),
+        F.TIMESTAMP: textio.to_timestamp(path, raw, "timestamp"),
     }, index=raw.index)
+    textio.check_unique(path, out, [F.USER_ID, F.ITEM_ID, F.TIMESTAMP], "rating")
     bad = (out[F.RATING] < 0.5) | (out[F.RATING] > 5)
     if bad.any():
         line = int(out.index[np.flatnonzero(bad.to_numpy())[0]])
@@ -96,11 +128,12 @@ def read_ml100k(source: str) -> pd.DataFrame:
     """Reads ML-100K from ``source`` (u.data, u.user, u.item, u.genre) into canonical rows."""
     p = lambda name: os.path.join(source, name)  # noqa: E731
     ratings_raw = textio.parse_delimited(p("u.data"), textio.read_text(p("u.data"), "ascii"), "\t",
-                                         ["user", "item", "rating", "timestamp"])
+                                         ["user", "item", "rating", "timestamp"], require_final_newline=True)
     ratings = _ratings_frame(p("u.data"), ratings_raw)
 
-    users_raw = textio.parse_delimited(p("u.user"), textio.read_text(p("u.user"), "ascii"), "|",
-                                       ["user", "age", "gender", "occupation", "zip"])
+    users_raw = _keyed(p("u.user"), textio.parse_delimited(
+        p("u.user"), textio.read_text(p("u.user"), "ascii"), "|", ["user", "age", "gender", "occupation", "zip"]),
+        "user")
     users = pd.DataFrame({
         F.USER_ID: users_raw["user"].str.strip(),
         F.AGE_BUCKET: age_bucket(textio.to_int(p("u.user"), users_raw, "age")),
@@ -113,7 +146,8 @@ def read_ml100k(source: str) -> pd.DataFrame:
                                        ["name", "index"])
     genre_names = list(genre_raw.sort_values("index", key=lambda s: s.astype(int))["name"])
     cols = ["item", "title", "release", "video", "url"] + [f"g{i}" for i in range(len(genre_names))]
-    items_raw = textio.parse_delimited(p("u.item"), textio.read_text(p("u.item"), "latin-1"), "|", cols)
+    items_raw = _keyed(p("u.item"), textio.parse_delimited(
+        p("u.item"), textio.read_text(p("u.item"), "latin-1"), "|", cols), "item")
     flags = np.stack([textio.to_int(p("u.item"), items_raw, f"g{i}") for i in range(len(genre_names))], 1)
     year = _title_year(items_raw["title"]).fillna(pd.to_numeric(items_raw["release"].str[-4:], errors="coerce"))
     year = year.fillna(0).astype(np.int64)
@@ -122,6 +156,8 @@ def read_ml100k(source: str) -> pd.DataFrame:
         F.GENRES: _genre_string(flags, genre_names),
         F.RELEASE_YEAR: year.to_numpy(),
     })
+    _check_declared_counts(p("u.info"), {"ratings": (p("u.data"), len(ratings)),
+                                         "users": (p("u.user"), len(users)), "items": (p("u.item"), len(items))})
     return _assemble(ratings, users, items, p("u.data"))
 
 
@@ -129,10 +165,12 @@ def read_recbole_ml100k(folder: str) -> pd.DataFrame:
     """Reads ML-100K in RecBole's atomic-file format (ml-100k.inter/.user/.item) into canonical rows."""
     p = lambda ext: os.path.join(folder, f"ml-100k.{ext}")  # noqa: E731
     inter = textio.parse_delimited(p("inter"), textio.read_text(p("inter"), "utf-8"), "\t",
-                                   ["user", "item", "rating", "timestamp"], skip_header=True)
+                                   ["user", "item", "rating", "timestamp"], skip_header=True,
+                                   require_final_newline=True)
     ratings = _ratings_frame(p("inter"), inter)
-    users_raw = textio.parse_delimited(p("user"), textio.read_text(p("user"), "utf-8"), "\t",
-                                       ["user", "age", "gender", "occupation", "zip"], skip_header=True)
+    users_raw = _keyed(p("user"), textio.parse_delimited(
+        p("user"), textio.read_text(p("user"), "utf-8"), "\t", ["user", "age", "gender", "occupation", "zip"],
+        skip_header=True), "user")
     users = pd.DataFrame({
         F.USER_ID: users_raw["user"].str.strip(),
         F.AGE_BUCKET: age_bucket(textio.to_int(p("user"), users_raw, "age")),
@@ -140,8 +178,9 @@ def read_recbole_ml100k(folder: str) -> pd.DataFrame:
         F.OCCUPATION: users_raw["occupation"].to_numpy(dtype=object),
         F.ZIP_PREFIX: zip_prefix(users_raw["zip"]),
     })
-    items_raw = textio.parse_delimited(p("item"), textio.read_text(p("item"), "utf-8"), "\t",
-                                       ["item", "title", "year", "genres"], skip_header=True)
+    items_raw = _keyed(p("item"), textio.parse_delimited(
+        p("item"), textio.read_text(p("item"), "utf-8"), "\t", ["item", "title", "year", "genres"],
+        skip_header=True), "item")
     genres = items_raw["genres"].str.split().map(lambda g: F.GENRE_SEPARATOR.join(sorted(g)))
     items = pd.DataFrame({
         F.ITEM_ID: items_raw["item"].str.strip(),
@@ -160,8 +199,13 @@ def _read_ml1m_ratings(source: str) -> Tuple[str, pd.DataFrame]:
         raise DataError(os.path.join(source, "ratings.dat"),
                         "file not found (also looked for ratings.dat.gz and ratings.users0001-2999.dat.gz)")
     if path.endswith(".gz"):
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
+        try:
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        except OSError as err:
+            raise DataError(path, textio.os_error_message(err)) from None
+        except EOFError:
+            raise DataError(path, "gzip stream ends early (a truncated copy?); restore the complete file") from None
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError as err:
@@ -169,7 +213,8 @@ def _read_ml1m_ratings(source: str) -> Tuple[str, pd.DataFrame]:
                             line=raw[: err.start].count(b"\n") + 1) from None
     else:
         text = textio.read_text(path, "ascii")
-    frame = textio.parse_delimited(path, text.replace("::", "\t"), "\t", ["user", "item", "rating", "timestamp"])
+    frame = textio.parse_delimited(path, text.replace("::", "\t"), "\t", ["user", "item", "rating", "timestamp"],
+                                   require_final_newline=True)
     return path, _ratings_frame(path, frame)
 
 
@@ -181,8 +226,9 @@ def read_ml1m(source: str) -> pd.DataFrame:
     """
     ratings_path, ratings = _read_ml1m_ratings(source)
     upath = os.path.join(source, "users.dat")
-    users_raw = textio.parse_delimited(upath, textio.read_text(upath, "latin-1").replace("::", "\t"), "\t",
-                                       ["user", "gender", "age", "occupation", "zip"])
+    users_raw = _keyed(upath, textio.parse_delimited(
+        upath, textio.read_text(upath, "latin-1").replace("::", "\t"), "\t",
+        ["user", "gender", "age", "occupation", "zip"]), "user")
     age_codes = textio.to_int(upath, users_raw, "age")
     occ_codes = textio.to_int(upath, users_raw, "occupation")
     code_to_bucket: Dict[int, str] = dict(AGE_BUCKETS)
@@ -199,8 +245,8 @@ def read_ml1m(source: str) -> pd.DataFrame:
         F.ZIP_PREFIX: zip_prefix(users_raw["zip"]),
     })
     mpath = os.path.join(source, "movies.dat")
-    movies_raw = textio.parse_delimited(mpath, textio.read_text(mpath, "latin-1").replace("::", "\t"), "\t",
-                                        ["item", "title", "genres"])
+    movies_raw = _keyed(mpath, textio.parse_delimited(
+        mpath, textio.read_text(mpath, "latin-1").replace("::", "\t"), "\t", ["item", "title", "genres"]), "item")
     year = _title_year(movies_raw["title"])
     items = pd.DataFrame({
         F.ITEM_ID: movies_raw["item"].str.strip(),
