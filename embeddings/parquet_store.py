@@ -3,36 +3,56 @@
 Layout under ``root``::
 
     root/
-      model_version=<v>/            # visible == committed
-        part-00000.parquet          # columns: user_id, embedding, model_version, generated_at,
-        part-00001.parquet          #          support_size, last_interaction_ts
-        _metadata.json              # embedding_dim, num_users, committed_at_ns, files
-      .tmp-model_version=<v>-<id>/  # a write in progress (or one that crashed): never read
+      _serving.json                     # serving pins (embeddings/retention.py), atomically replaced
+      model_version=<v>/
+        _metadata.json                  # the version's manifest = its commit pointer:
+                                        #   embedding_dim, num_users, committed_at_ns, commit,
+                                        #   files (paths relative to this folder)
+        commit-<id>/                    # immutable once a manifest names it
+          part-00000.parquet            # columns: user_id, embedding, model_version,
+          part-00001.parquet            #   generated_at, support_size, last_interaction_ts
+        .commit.lock                    # serializes commits of this version (flock)
+      .tmp-model_version=<v>-<id>/      # a write in progress (its writer holds an flock on
+                                        #   .writer.lock inside) or one that crashed
+      .trash-model_version=<v>-<id>/    # a retired version being deleted
 
-Atomicity: a write streams into a hidden temp directory and publishes it with ``os.rename``.
-A crash at any point before the rename leaves at most a hidden temp directory behind; readers
-ignore it and the previously committed copy of every version stays readable
-(:meth:`ParquetEmbeddingStore.remove_stale_temp` deletes leftovers). Rewriting a version that
-exists replaces it: the old directory is renamed away, the new one renamed in, the old one deleted.
-Between those two renames (microseconds) the version is briefly absent; it is never partial.
+Commit: a write streams into its own temp folder, renames it to ``model_version=<v>/commit-<id>``
+and then atomically replaces the manifest (``os.replace``) to name it. Readers read the manifest
+once and then only files of the immutable commit folder it names, so they never see a mix of two
+commits; a crash at any point leaves the previously committed copy readable. The commit folder
+replaced by a rewrite is kept until the next rewrite (readers still on it finish); one that is
+collected under a reader makes it re-read the manifest (never mix). Legacy stores whose files sit
+directly in ``model_version=<v>/`` (manifest paths without a folder) stay readable and are
+migrated by their next write.
+
+Crashed writes: each write first removes temp/trash folders of crashed writers
+(:meth:`ParquetEmbeddingStore.remove_stale_temp`): only names this store makes, only folders
+older than ``stale_temp_s`` and only when no live writer holds their lock.
+
+Retention: after each commit, versions beyond ``keep_versions`` are retired by what is served and
+blessed (:mod:`embeddings.retention`; pins written by :meth:`ParquetEmbeddingStore.mark_pushed`),
+never the serving version, its predecessor or the newest commit.
 
 The ``embedding`` column is ``fixed_size_list<float32>[E]``; values are stored bit-exactly.
 ``model_version`` is also a column (dictionary-encoded) so a file is self-describing; read the
-files directly (as this module does), not through Hive partition discovery, which would see the
-column twice.
+files through the manifest (as this module does), not through Hive partition discovery.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -49,11 +69,24 @@ from embeddings.record import (
     batches_of,
     validate_model_version,
 )
+from embeddings.retention import ServingPins, versions_to_retire
 
 _PREFIX = "model_version="
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _METADATA = "_metadata.json"
+_PINS = "_serving.json"
+_PINS_LOCK = ".serving.lock"
+_COMMIT_PREFIX = "commit-"
+_COMMIT_LOCK = ".commit.lock"
+_WRITER_LOCK = ".writer.lock"
+_MANIFEST_TMP = ".manifest-"
+_READ_ATTEMPTS = 20
+# Folders this store creates at the root for in-progress writes and deletions (nothing else is
+# ever cleaned up): .tmp-model_version=<v>-<32 hex> / .trash-model_version=<v>-<32 hex>.
+_OWN_TEMP_RE = re.compile(r"^\.(tmp|trash)-model_version=[A-Za-z0-9][A-Za-z0-9._\-]{0,127}-[0-9a-f]{32}$")
+_COMMIT_RE = re.compile(r"^commit-[0-9a-f]{32}$")
+_LEGACY_PART_RE = re.compile(r"^part-\d{5}\.parquet$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,9 +172,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_is_free(path: Path) -> bool:
+    """True when nobody holds an flock on ``path`` (missing file: True).
+
+    On a file system without flock support the answer is False (cannot tell: keep the folder).
+    """
+    try:
+        fd = os.open(str(path), os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.ENOLCK):
+            raise
+        return False
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: Path, text: str, fsync: bool) -> None:
+    """Atomically replaces ``path`` with ``text`` (temp file in the same folder + os.replace)."""
+    tmp = path.parent / f"{_MANIFEST_TMP}{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
 @dataclasses.dataclass
 class _LoadedVersion:
-    key: Tuple[int, int]  # (st_ino, st_mtime_ns) of the version directory when loaded
+    key: Tuple[int, int]  # (st_ino, st_mtime_ns) of the manifest it was loaded through
     index: pd.Index
     embeddings: np.ndarray  # float32 [N, E]
     support_size: np.ndarray
@@ -158,26 +242,37 @@ class ParquetEmbeddingStore:
         row_group_size: Parquet row-group size.
         max_loaded_versions: versions kept in memory for lookups (LRU).
         fsync: flush files and directories to disk before publishing (durability on power loss).
+        keep_versions: committed versions kept after each commit (retention by serving pins,
+            see :mod:`embeddings.retention`); None keeps every version.
+        stale_temp_s: a temp folder of a crashed writer is removed by the next write once it is
+            this old (and its writer's lock is free).
     """
 
     def __init__(self, root: Union[str, os.PathLike], rows_per_file: int = 1_000_000,
                  row_group_size: int = 65_536, max_loaded_versions: int = 2,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, keep_versions: Optional[int] = 3,
+                 stale_temp_s: float = 900.0) -> None:
         if rows_per_file < 1 or row_group_size < 1 or max_loaded_versions < 1:
             raise ValueError(
                 f"rows_per_file ({rows_per_file}), row_group_size ({row_group_size}) and "
                 f"max_loaded_versions ({max_loaded_versions}) must be >= 1")
+        if keep_versions is not None and keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1 or None (keep all), got {keep_versions}")
+        if stale_temp_s < 0:
+            raise ValueError(f"stale_temp_s must be >= 0, got {stale_temp_s}")
         self.root = Path(root)
         self.rows_per_file = int(rows_per_file)
         self.row_group_size = int(row_group_size)
         self.max_loaded_versions = int(max_loaded_versions)
         self.fsync = fsync
+        self.keep_versions = None if keep_versions is None else int(keep_versions)
+        self.stale_temp_s = float(stale_temp_s)
         self._loaded: "OrderedDict[str, _LoadedVersion]" = OrderedDict()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ paths
     def version_dir(self, model_version: str) -> Path:
-        """Directory of a committed version (may not exist)."""
+        """Directory of a version (may not exist); its manifest's ``files`` are relative to it."""
         return self.root / f"{_PREFIX}{validate_model_version(model_version)}"
 
     def __repr__(self) -> str:
@@ -191,7 +286,9 @@ class ParquetEmbeddingStore:
         Batches are written as they arrive (only one batch is in memory at a time). All
         batches must have the same ``model_version`` and embedding size; user ids must be unique
         across the whole stream. Rewriting an existing version replaces it (idempotent for the
-        same input).
+        same input). Before writing, temp folders of crashed writers are removed
+        (:meth:`remove_stale_temp`); after the commit, versions beyond ``keep_versions`` are
+        retired (:meth:`retire_versions`).
 
         Args:
             batches: one :class:`EmbeddingBatch` or an iterable (e.g. a generator) of them.
@@ -212,8 +309,11 @@ class ParquetEmbeddingStore:
             raise ValueError("no batches to write: pass at least one EmbeddingBatch")
         version, dim = first.model_version, first.embedding_dim
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"{_TMP_PREFIX}{_PREFIX}{version}-{uuid.uuid4().hex}"
+        self.remove_stale_temp(self.stale_temp_s)
+        commit = f"{_COMMIT_PREFIX}{uuid.uuid4().hex}"
+        tmp = self.root / f"{_TMP_PREFIX}{_PREFIX}{version}-{commit[len(_COMMIT_PREFIX):]}"
         tmp.mkdir()
+        lock_fd = os.open(str(tmp / _WRITER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         schema = arrow_schema(dim)
         stream = StreamCheck(first)
         files: List[str] = []
@@ -222,6 +322,7 @@ class ParquetEmbeddingStore:
         total = 0
         gen_min, gen_max = first.generated_at, first.generated_at
         try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # tells remove_stale_temp this writer is alive
             batch: Optional[EmbeddingBatch] = first
             while batch is not None:
                 stream.check(batch)
@@ -251,24 +352,18 @@ class ParquetEmbeddingStore:
                     f"version {version!r} has no cold-start row: add "
                     f"EmbeddingBatch.cold_start(<un-adapted meta block output>, {version!r}, ...) "
                     "to the stream (or pass require_cold_start=False)")
-            now_ns = time.time_ns()
-            try:  # a rerun keeps the version's place in the commit order
-                first_ns = int(self.version_metadata(version)["first_committed_at_ns"])
-            except (VersionNotCommittedError, KeyError, ValueError, OSError):
-                first_ns = now_ns
-            meta = {
-                "model_version": version, "embedding_dim": dim, "num_users": total,
-                "generated_at_min": gen_min, "generated_at_max": gen_max,
-                "committed_at_ns": now_ns, "first_committed_at_ns": first_ns,
-                "files": files, "has_cold_start": stream.has_cold,
-            }
-            (tmp / _METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True))
             if self.fsync:
-                for name in files + [_METADATA]:
+                for name in files:
                     with open(tmp / name, "rb") as fh:
                         os.fsync(fh.fileno())
                 _fsync_dir(tmp)
-            self._publish(tmp, self.version_dir(version))
+            meta = {
+                "model_version": version, "embedding_dim": dim, "num_users": total,
+                "generated_at_min": gen_min, "generated_at_max": gen_max,
+                "commit": commit, "files": [f"{commit}/{name}" for name in files],
+                "has_cold_start": stream.has_cold,
+            }
+            self._commit(tmp, version, commit, meta)
         except BaseException:
             if writer is not None:
                 try:
@@ -277,41 +372,78 @@ class ParquetEmbeddingStore:
                     pass
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            os.close(lock_fd)
+        if self.keep_versions is not None:
+            self.retire_versions()
         return WriteSummary(version, total, dim, str(self.version_dir(version)),
                             time.perf_counter() - t0)
 
-    def _publish(self, tmp: Path, target: Path) -> None:
-        trash: Optional[Path] = None
-        if target.exists():
-            trash = self.root / f"{_TRASH_PREFIX}{target.name}-{uuid.uuid4().hex}"
-            os.rename(target, trash)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            if trash is not None and not target.exists():
-                os.rename(trash, target)
-            raise
-        if self.fsync:
-            _fsync_dir(self.root)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+    def _commit(self, tmp: Path, version: str, commit: str, meta: Dict) -> None:
+        """Moves the written folder in and switches the version's manifest to it (one rename).
 
-    def remove_stale_temp(self, older_than_s: float = 24 * 3600) -> List[str]:
-        """Deletes temp/trash directories left by crashed writes older than ``older_than_s``.
+        Under the version's commit lock: the commit folder replaced now is kept for readers still
+        on it; older ones (and legacy top-level parts, crashed commits) are removed.
+        """
+        vdir = self.version_dir(version)
+        vdir.mkdir(exist_ok=True)
+        with _flocked(vdir / _COMMIT_LOCK):
+            try:
+                old = json.loads((vdir / _METADATA).read_text())
+            except (OSError, ValueError):
+                old = None
+            now_ns = time.time_ns()
+            first_ns = now_ns
+            if old is not None:  # a rerun keeps the version's place in the commit order
+                first_ns = int(old.get("first_committed_at_ns", old.get("committed_at_ns", now_ns)))
+            meta = {**meta, "committed_at_ns": now_ns, "first_committed_at_ns": first_ns}
+            os.rename(tmp, vdir / commit)  # our lock goes with it: never a lock-free temp
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(vdir / commit / _WRITER_LOCK)
+            _replace_file(vdir / _METADATA, json.dumps(meta, indent=1, sort_keys=True), self.fsync)
+            previous = (old or {}).get("commit")
+            legacy_is_previous = old is not None and previous is None
+            for p in vdir.iterdir():
+                if _COMMIT_RE.match(p.name) and p.name not in (commit, previous) \
+                        and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)  # two commits old, or crashed
+                elif _LEGACY_PART_RE.match(p.name) and not legacy_is_previous:
+                    p.unlink()  # a legacy (pre-manifest) copy two commits old
+                elif p.name.startswith(_MANIFEST_TMP) and p.is_file():
+                    p.unlink()  # a crashed manifest switch
+
+    def remove_stale_temp(self, older_than_s: Optional[float] = None) -> List[str]:
+        """Deletes temp/trash folders left by crashed writers (called by every write).
+
+        Only folders named as this store names them (``.tmp-model_version=<v>-<32 hex>``,
+        ``.trash-...``) directly under ``root``, not symlinks, last modified at least
+        ``older_than_s`` ago, and whose writer's lock is free (a live writer keeps its folder).
+
+        Args:
+            older_than_s: least age in seconds; default ``stale_temp_s``.
 
         Returns:
             The names removed.
         """
-        removed = []
+        age = self.stale_temp_s if older_than_s is None else float(older_than_s)
+        removed: List[str] = []
         if not self.root.exists():
             return removed
         now = time.time()
         for p in self.root.iterdir():
-            if p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) and p.is_dir():
-                if now - p.stat().st_mtime >= older_than_s:
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p.name)
-        return removed
+            if not _OWN_TEMP_RE.match(p.name):
+                continue
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                continue
+            if not os.path.isdir(p) or p.is_symlink() or now - st.st_mtime < age:
+                continue
+            if not _lock_is_free(p / _WRITER_LOCK):
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+        return sorted(removed)
 
     def delete_version(self, model_version: str) -> bool:
         """Removes a committed version (atomically hidden first). Returns whether it existed."""
@@ -319,11 +451,56 @@ class ParquetEmbeddingStore:
         if not target.exists():
             return False
         trash = self.root / f"{_TRASH_PREFIX}{target.name}-{uuid.uuid4().hex}"
-        os.rename(target, trash)
+        try:
+            with _flocked(target / _COMMIT_LOCK):  # not in the middle of a commit of it
+                os.rename(target, trash)
+        except FileNotFoundError:
+            return False  # deleted meanwhile
         shutil.rmtree(trash, ignore_errors=True)
         with self._lock:
             self._loaded.pop(model_version, None)
         return True
+
+    # ------------------------------------------------------------------ retention
+    def serving_pins(self) -> ServingPins:
+        """The serving pins (what was pushed), empty before any :meth:`mark_pushed`."""
+        try:
+            return ServingPins.from_json((self.root / _PINS).read_text())
+        except FileNotFoundError:
+            return ServingPins()
+
+    def mark_pushed(self, model_version: str) -> ServingPins:
+        """Records that ``model_version`` was pushed (blessed): retention never collects it.
+
+        The version served before becomes the rollback target (also kept). Call it when the
+        model is pushed (the BlockPusher does).
+
+        Returns:
+            The new pins.
+        """
+        validate_model_version(model_version)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _flocked(self.root / _PINS_LOCK):
+            pins = self.serving_pins().pushed(model_version, time.time_ns() // 1000)
+            _replace_file(self.root / _PINS, pins.to_json(), self.fsync)
+        return pins
+
+    def retire_versions(self, keep: Optional[int] = None) -> List[str]:
+        """Retires committed versions beyond ``keep`` (default ``keep_versions``) by the pins.
+
+        Never the serving version, the one before it, or the newest commit; unblessed versions
+        go first (see :mod:`embeddings.retention`).
+
+        Returns:
+            The retired versions.
+        """
+        keep = self.keep_versions if keep is None else int(keep)
+        if keep is None:
+            return []
+        old = versions_to_retire(self.committed_versions(), self.serving_pins(), keep)
+        for version in old:
+            self.delete_version(version)
+        return old
 
     # ------------------------------------------------------------------ read
     def committed_versions(self) -> List[str]:
@@ -351,8 +528,14 @@ class ParquetEmbeddingStore:
         versions = self.committed_versions()
         return versions[-1] if versions else None
 
+    def _not_committed(self, model_version: str) -> VersionNotCommittedError:
+        return VersionNotCommittedError(
+            f"model version {model_version!r} is not committed in {self.root} "
+            f"(committed: {self.committed_versions()}); it was never written, is being written, "
+            "or was retired: run meta-embedding generation for it or ask for a committed version")
+
     def version_metadata(self, model_version: str) -> Dict:
-        """The ``_metadata.json`` of a committed version.
+        """The manifest (``_metadata.json``) of a committed version.
 
         Raises:
             VersionNotCommittedError: the version is not committed under ``root``.
@@ -361,45 +544,54 @@ class ParquetEmbeddingStore:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
-            raise VersionNotCommittedError(
-                f"model version {model_version!r} is not committed in {self.root} "
-                f"(committed: {self.committed_versions()}); run meta-embedding generation for it "
-                "or ask for a committed version") from None
+            raise self._not_committed(model_version) from None
+
+    def _read_manifest(self, model_version: str) -> Tuple[Tuple[int, int], Dict]:
+        """(identity, content) of the manifest from one open file (both of the same commit)."""
+        path = self.version_dir(model_version) / _METADATA
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                raw = fh.read()
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._not_committed(model_version) from None
+        return (st.st_ino, st.st_mtime_ns), json.loads(raw.decode("utf-8"))
 
     def _load(self, model_version: str) -> _LoadedVersion:
+        """The version read through one manifest (re-read if its commit is collected under us)."""
         vdir = self.version_dir(model_version)
-        try:
-            st = vdir.stat()
-        except FileNotFoundError:
-            st = None
-        if st is None or not (vdir / _METADATA).is_file():
-            self.version_metadata(model_version)  # raises VersionNotCommittedError
-        key = (st.st_ino, st.st_mtime_ns)
-        with self._lock:
-            cached = self._loaded.get(model_version)
-            if cached is not None and cached.key == key:
+        for _ in range(_READ_ATTEMPTS):
+            key, meta = self._read_manifest(model_version)
+            with self._lock:
+                cached = self._loaded.get(model_version)
+                if cached is not None and cached.key == key:
+                    self._loaded.move_to_end(model_version)
+                    return cached
+            dim = int(meta["embedding_dim"])
+            try:
+                tables = [pq.read_table(str(vdir / f), columns=[
+                    "user_id", "embedding", "support_size", "last_interaction_ts", "generated_at"])
+                    for f in meta["files"]]
+            except FileNotFoundError:
+                continue  # a newer commit replaced this one and its folder was collected
+            tbl = pa.concat_tables(tables) if tables else arrow_schema(dim).empty_table()
+            loaded = _LoadedVersion(
+                key=key,
+                index=pd.Index(tbl.column("user_id").to_numpy(), dtype=object),
+                embeddings=embedding_column_to_numpy(tbl.column("embedding"), dim),
+                support_size=tbl.column("support_size").to_numpy(),
+                last_interaction_ts=tbl.column("last_interaction_ts").to_numpy(),
+                generated_at=tbl.column("generated_at").to_numpy(),
+            )
+            with self._lock:
+                self._loaded[model_version] = loaded
                 self._loaded.move_to_end(model_version)
-                return cached
-        meta = self.version_metadata(model_version)
-        dim = int(meta["embedding_dim"])
-        tables = [pq.read_table(str(vdir / f), columns=[
-            "user_id", "embedding", "support_size", "last_interaction_ts", "generated_at"])
-            for f in meta["files"]]
-        tbl = pa.concat_tables(tables) if tables else arrow_schema(dim).empty_table()
-        loaded = _LoadedVersion(
-            key=key,
-            index=pd.Index(tbl.column("user_id").to_numpy(), dtype=object),
-            embeddings=embedding_column_to_numpy(tbl.column("embedding"), dim),
-            support_size=tbl.column("support_size").to_numpy(),
-            last_interaction_ts=tbl.column("last_interaction_ts").to_numpy(),
-            generated_at=tbl.column("generated_at").to_numpy(),
-        )
-        with self._lock:
-            self._loaded[model_version] = loaded
-            self._loaded.move_to_end(model_version)
-            while len(self._loaded) > self.max_loaded_versions:
-                self._loaded.popitem(last=False)
-        return loaded
+                while len(self._loaded) > self.max_loaded_versions:
+                    self._loaded.popitem(last=False)
+            return loaded
+        raise RuntimeError(
+            f"model version {model_version!r} in {self.root} was rewritten {_READ_ATTEMPTS} times "
+            "while it was being read; retry the lookup, or rewrite the version less often")
 
     def embedding_dim(self, model_version: str) -> int:
         """E of a committed version."""

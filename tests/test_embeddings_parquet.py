@@ -1,6 +1,7 @@
 """Parquet meta-embedding store (embeddings/parquet_store.py): exact values, atomic versions."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,8 +51,12 @@ def test_roundtrip_is_bitwise_and_streams_into_several_files(tmp_path):
     summary = store.write(stream(ids, emb, "v1", batch=50))
     assert summary.num_users == 301 and summary.embedding_dim == E
     vdir = tmp_path / "model_version=v1"
-    parts = sorted(p.name for p in vdir.glob("part-*.parquet"))
-    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    manifest = json.loads((vdir / "_metadata.json").read_text())
+    commit = manifest["commit"]  # the immutable folder the manifest points at
+    parts = manifest["files"]
+    assert parts == [f"{commit}/part-0000{i}.parquet" for i in range(3)]
+    assert sorted(p.name for p in (vdir / commit).iterdir()) == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert sum(pq.ParquetFile(vdir / p).metadata.num_rows for p in parts) == 301
     table = pq.read_table(vdir / parts[0])
     assert table.column_names == ["user_id", "embedding", "model_version", "generated_at",
