@@ -1,7 +1,11 @@
 """``limaml refresh`` (components/meta_embedding_gen/refresh.py) on a pushed model folder.
 
 Setup: synthetic canonical data written as a prepared data folder; a real tft_beam
-AnalyzeAndTransformDataset run with ``trainer.preprocessing.preprocessing_fn``; a LimamlModel at
+AnalyzeAndTransformDataset run with ``trainer.preprocessing.preprocessing_fn``, shaped like the
+pipeline's Transform: its raw schema is the curated ``schema/schema.pbtxt`` (every feature a
+VarLen, ``oracle_prob``, ``cohort`` and ``history_size`` included) and its input rows are
+ProtocolExampleGen's (query rows carry ``cohort`` and ``history_size``, trainable rows do not),
+so refresh must not ask the new data for columns only the pipeline adds; a LimamlModel at
 its seeded initialisation (vocabulary sizes from that transform) exported as a pushed version
 ``<base>/7/`` with ``assets.extra/meta_block/`` and its ``transform_graph/`` copy. Expected
 embeddings: the fine-tune API on each user's last K interactions <= as_of, selected with pandas
@@ -35,7 +39,7 @@ VERSION = "7"
 def pushed(tmp_path_factory):
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
     from limaml.data import canonical
     from trainer import export, preprocessing
@@ -45,12 +49,19 @@ def pushed(tmp_path_factory):
     frame = sorted_frame(num_users=30, seed=2)
     data_dir = os.path.join(root, "data")
     canonical.write_prepared(frame, data_dir, {"dataset": "synthetic"})
-    # Real Transform run (its output doubles as the expected encoding).
-    raw_spec = preprocessing.raw_feature_spec()
-    cols = list(raw_spec)
-    raw = [{k: (r[k].encode() if isinstance(r[k], str) else r[k]) for k in cols}
-           for r in frame[cols].to_dict("records")]
-    meta = dataset_metadata.DatasetMetadata.from_feature_spec(raw_spec)
+    # Real Transform run (its output doubles as the expected encoding), on the pipeline's raw
+    # schema and ProtocolExampleGen-shaped rows: each user's last row is a query row (cohort,
+    # history_size), the others are trainable rows without them.
+    meta = dataset_metadata.DatasetMetadata(_pipeline_schema())
+    raw_spec = schema_utils.schema_as_feature_spec(meta.schema).feature_spec
+    assert {F.ORACLE_PROB, F.COHORT, F.HISTORY_SIZE} <= set(raw_spec)
+    last = ~frame[F.USER_ID].duplicated(keep="last").to_numpy()
+    raw = []
+    for i, r in enumerate(frame.to_dict("records")):
+        row = {k: [r[k].encode() if isinstance(r[k], str) else r[k]] for k in raw_spec if k in r}
+        row[F.COHORT] = [b"1-4"] if last[i] else []
+        row[F.HISTORY_SIZE] = [3] if last[i] else []
+        raw.append(row)
     tdir = os.path.join(root, "transform")
     with tft_beam.Context(temp_dir=os.path.join(root, "tft-tmp")):
         (transformed, _), transform_fn = ((raw, meta) | tft_beam.AnalyzeAndTransformDataset(
@@ -73,6 +84,15 @@ def pushed(tmp_path_factory):
     return types.SimpleNamespace(root=root, cfg=cfg, frame=frame, encoded=encoded, model=model,
                                  folder=folder, data_dir=data_dir,
                                  as_of1=int(ts.quantile(0.5)), as_of2=int(ts.quantile(0.7)))
+
+
+def _pipeline_schema():
+    """The curated raw schema the pipeline's ImportSchemaGen hands to Transform."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    with open(F.schema_path()) as f:
+        return text_format.Parse(f.read(), schema_pb2.Schema())
 
 
 def _parquet_rows(root: str) -> pd.DataFrame:
@@ -103,7 +123,7 @@ def test_refresh_parquet_changes_exactly_users_with_new_interactions(pushed, tmp
     p = pushed
     store = f"parquet:{tmp_path / 'store'}"
     monkeypatch.setattr(generate, "now", lambda: 1_000)
-    first = refresh.refresh(p.folder, p.data_dir, p.as_of1, store, log=None)
+    first = refresh.refresh(p.folder, p.data_dir, p.as_of1, store, log=None, create=True)
     users1 = set(p.frame.loc[p.frame[F.TIMESTAMP] <= p.as_of1, F.USER_ID])
     assert first.committed and first.model_version == VERSION and first.changed_users == len(users1)
     before = _parquet_rows(str(tmp_path / "store"))
@@ -140,7 +160,7 @@ def test_refresh_bigtable_rows_then_pointer(pushed, bigtable_emulator, monkeypat
     table = f"refresh-{uuid.uuid4().hex[:6]}"
     client = bigtable_emulator.client("proj")
     store = f"bigtable:proj/inst/{table}"
-    refresh.refresh(p.folder, p.data_dir, p.as_of1, store, client=client, log=None)
+    refresh.refresh(p.folder, p.data_dir, p.as_of1, store, client=client, log=None, create=True)
     bt = BigtableEmbeddingStore(client.instance("inst").table(table), pointer_ttl_s=0.0)
     users = np.array(sorted(set(p.frame[F.USER_ID])) + [COLD_START_USER], dtype=object)
     before, meta_before = bt.lookup(users, VERSION), bt.lookup_metadata(users, VERSION)[0]
@@ -170,7 +190,7 @@ def test_cli_rerun_and_errors_name_the_problem(pushed, tmp_path, capsys):
     p = pushed
     store = f"parquet:{tmp_path / 'store'}"
     assert main(["refresh", "--model", p.folder, "--data", p.data_dir, "--as-of", str(p.as_of1),
-                 "--store", store]) == 0
+                 "--store", store, "--create"]) == 0
     assert main(["refresh", "--model", p.folder, "--data", p.data_dir, "--as-of",
                  pd.Timestamp(p.as_of1, unit="s").isoformat() + "Z", "--store", store]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -214,3 +234,71 @@ def test_as_of_parsing():
     assert refresh.parse_as_of("2024-01-31T02:00:00+01:00") == 1_706_662_800
     with pytest.raises(ValueError, match="ISO date"):
         refresh.parse_as_of("31/01/2024")
+
+
+# --- the pipeline's own data and mistyped stores (issue 12, finding 5) -------------------------
+def test_refresh_reads_only_the_columns_the_model_needs(pushed, tmp_path):
+    """Data with neither the pipeline's protocol columns (cohort, history_size) nor the optional
+    oracle_prob nor rating, as production logs would be: refreshed as the fine-tune API says."""
+    from limaml.data import canonical
+
+    p = pushed
+    data_dir = str(tmp_path / "logs")
+    canonical.write_prepared(p.frame.drop(columns=[F.ORACLE_PROB, F.RATING]), data_dir, {"dataset": "logs"})
+    assert not {F.ORACLE_PROB, F.RATING, F.COHORT, F.HISTORY_SIZE} & set(canonical.read_prepared(data_dir))
+    root = tmp_path / "store"
+    got = refresh.refresh(p.folder, data_dir, p.as_of1, f"parquet:{root}", log=None, create=True)
+    users1 = set(p.frame.loc[p.frame[F.TIMESTAMP] <= p.as_of1, F.USER_ID])
+    assert got.committed and got.changed_users == len(users1)
+    _check_against_api(p, _parquet_rows(str(root)), users1, p.as_of1)
+
+
+def test_missing_model_column_is_named_before_any_write(pushed, tmp_path):
+    from limaml.data import canonical
+
+    p = pushed
+    data_dir = str(tmp_path / "no-genres")
+    canonical.write_prepared(p.frame.drop(columns=[F.GENRES]), data_dir, {"dataset": "x"})
+    root = tmp_path / "store"
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['genres'\] that the model reads"):
+        refresh.refresh(p.folder, data_dir, p.as_of1, f"parquet:{root}", log=None, create=True)
+    assert not root.exists()
+
+
+def test_mistyped_parquet_store_is_refused_without_create(pushed, tmp_path, capsys):
+    from limaml.cli import main
+
+    p = pushed
+    real = tmp_path / "store"
+    refresh.refresh(p.folder, p.data_dir, p.as_of1, f"parquet:{real}", log=None, create=True)
+    stamp = (real / f"model_version={VERSION}" / "_metadata.json").read_bytes()
+    typo = tmp_path / "stroe"
+    base = ["refresh", "--model", p.folder, "--data", p.data_dir, "--as-of", str(p.as_of2)]
+    assert main(base + ["--store", f"parquet:{typo}"]) == 2
+    err = capsys.readouterr().err
+    assert f"Parquet store {typo} does not exist" in err and "--create" in err
+    assert not typo.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(base + ["--store", f"parquet:{empty}"]) == 2
+    assert f"Parquet store {empty} is an empty folder" in capsys.readouterr().err
+    assert os.listdir(empty) == []
+    # A folder with other content is never a store, even with --create.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    assert main(base + ["--store", f"parquet:{foreign}", "--create"]) == 2
+    assert f"{foreign} is not a Parquet embedding store" in capsys.readouterr().err
+    assert os.listdir(foreign) == ["notes.txt"]
+    # The real store, without --create, still refreshes.
+    assert main(base + ["--store", f"parquet:{real}"]) == 0
+    assert (real / f"model_version={VERSION}" / "_metadata.json").read_bytes() != stamp
+
+
+def test_missing_bigtable_table_is_refused_without_create(pushed, bigtable_emulator):
+    p = pushed
+    table = f"typo-{uuid.uuid4().hex[:6]}"
+    client = bigtable_emulator.client("proj")
+    with pytest.raises(ValueError, match=f"Bigtable table bigtable:proj/inst/{table} does not exist"):
+        refresh.refresh(p.folder, p.data_dir, p.as_of1, f"bigtable:proj/inst/{table}", client=client, log=None)
+    assert not client.instance("inst").table(table).exists()

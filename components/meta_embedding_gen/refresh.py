@@ -138,35 +138,70 @@ def _store_error(spec: StoreSpec, err: BaseException) -> RuntimeError:
                         f"{str(err)[:300]}); nothing was written")
 
 
-def open_store(spec: StoreSpec, timeout_s: float = 30.0, client: Any = None):
-    """Opens the store and checks it answers (Bigtable: reads the version pointer).
+def _check_parquet_store(spec: StoreSpec, store: Any, create: bool) -> None:
+    """A Parquet root must be an existing store (a folder with a committed version) unless ``create``.
+
+    With ``create`` a missing or empty folder is accepted too; a folder with other content never is.
+
+    Raises:
+        ValueError: names the root and the fix (a typo in the path, or ``--create``).
+    """
+    root = spec.root
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"Parquet store root {root} exists and is not a folder")
+    if os.path.isdir(root) and store.committed_versions():
+        return
+    if not os.path.exists(root) or not os.listdir(root):
+        if create:
+            return
+        state = "does not exist" if not os.path.exists(root) else "is an empty folder"
+        raise ValueError(f"Parquet store {root} {state}, so it holds no embeddings; check the path "
+                         "(a typo would regenerate every user into a new store), or pass --create "
+                         "to start a new store there")
+    raise ValueError(f"{root} is not a Parquet embedding store (no committed model_version=* folder "
+                     "in it); check the path, or pass a new or empty folder with --create")
+
+
+def open_store(spec: StoreSpec, timeout_s: float = 30.0, client: Any = None, create: bool = False):
+    """Opens the store and checks it answers and exists (Bigtable: reads the version pointer).
 
     Args:
         spec: the store.
         timeout_s: Bigtable deadline of each read (retries included).
         client: optional ``google.cloud.bigtable.Client`` (default: one from the environment,
             which honours ``BIGTABLE_EMULATOR_HOST``).
+        create: accept a store that does not exist yet (a missing or empty Parquet folder, a
+            missing Bigtable table); it is created by the first write.
 
     Raises:
         RuntimeError: Bigtable does not answer within ``timeout_s`` (named).
-        ValueError: the Parquet root exists and is not a folder.
+        ValueError: the store does not exist and ``create`` is False, or the Parquet root is
+            not a folder or holds something else than a store.
     """
     if spec.kind == "parquet":
         from embeddings.parquet_store import ParquetEmbeddingStore
 
         if os.path.exists(spec.root) and not os.path.isdir(spec.root):
             raise ValueError(f"Parquet store root {spec.root} exists and is not a folder")
-        return ParquetEmbeddingStore(spec.root)
+        store = ParquetEmbeddingStore(spec.root)
+        _check_parquet_store(spec, store, create)
+        return store
     from google.api_core import exceptions as gexc
 
     from embeddings.bigtable_store import BigtableEmbeddingStore
 
     try:
         store = BigtableEmbeddingStore.open(spec.project, spec.instance, spec.table, client=client,
-                                            read_timeout_s=timeout_s, write_timeout_s=max(timeout_s, 120.0))
+                                            read_timeout_s=timeout_s, write_timeout_s=max(timeout_s, 120.0),
+                                            create_if_missing=create)
         store.committed_versions()
+        exists = store.table.exists()
     except (gexc.GoogleAPICallError, gexc.RetryError) as err:
         raise _store_error(spec, err) from err
+    if not exists and not create:
+        raise ValueError(f"Bigtable table {spec} does not exist, so it holds no embeddings; check "
+                         "the project/instance/table (a typo would regenerate every user into a new "
+                         "table), or pass --create to create it")
     return store
 
 
@@ -300,14 +335,34 @@ def last_k(frame: pd.DataFrame, users: np.ndarray, k: int) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------- encoding
+# Raw columns meta-embedding generation reads: the model's features, the user id (task key and
+# hashed user-id input), the label (fine-tuning loss) and the timestamp (order, recency). Other
+# raw features of the transform's input (rating, oracle_prob, the protocol's cohort and
+# history_size) feed nothing the meta block uses; TFT fills them with defaults.
+NEEDED_RAW_COLUMNS: Tuple[str, ...] = (F.USER_ID, F.TIMESTAMP, F.LABEL) + F.MODEL_FEATURES
+
+
+def needed_raw_features(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """The entries of a transform's raw feature ``spec`` that refresh feeds (:data:`NEEDED_RAW_COLUMNS`)."""
+    return {name: feat for name, feat in spec.items() if name in NEEDED_RAW_COLUMNS}
+
+
+def check_columns(frame: pd.DataFrame, spec: Dict[str, Any], data_dir: str) -> None:
+    """Raises ValueError naming the needed raw columns the prepared data lacks (before any work)."""
+    missing = [name for name in needed_raw_features(spec) if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{data_dir}: the prepared data lacks column(s) {missing} that the model reads "
+                         f"(has {list(frame.columns)}); prepare it with limaml data prepare")
+
+
 def _raw_tensors(frame: pd.DataFrame, spec: Dict[str, Any]) -> Dict[str, Any]:
     import tensorflow as tf
 
     out: Dict[str, Any] = {}
     n = len(frame)
-    for name, feat in spec.items():
+    for name, feat in needed_raw_features(spec).items():
         if name not in frame.columns:
-            raise ValueError(f"the transform graph needs raw column {name!r}, which the prepared "
+            raise ValueError(f"the model reads raw column {name!r}, which the prepared "
                              f"data lacks (columns: {list(frame.columns)})")
         col = frame[name].to_numpy()
         if feat.dtype == tf.string:
@@ -328,6 +383,16 @@ def _raw_tensors(frame: pd.DataFrame, spec: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def raw_spec_of(output: Any) -> Dict[str, Any]:
+    """The raw feature spec of a ``TFTransformOutput`` (the canonical contract when not copied)."""
+    from trainer import preprocessing
+
+    try:
+        return output.raw_feature_spec()
+    except Exception:  # noqa: BLE001 - raw metadata not copied: the canonical contract
+        return preprocessing.raw_feature_spec()
+
+
 def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
                           chunk_rows: int = ENCODE_CHUNK_ROWS) -> Dict[str, np.ndarray]:
     """Raw canonical rows -> encoded model features with the pushed Transform graph.
@@ -344,13 +409,8 @@ def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from trainer import preprocessing
-
     output = tft.TFTransformOutput(transform_dir)
-    try:
-        spec = output.raw_feature_spec()
-    except Exception:  # noqa: BLE001 - raw metadata not copied: the canonical contract
-        spec = preprocessing.raw_feature_spec()
+    spec = raw_spec_of(output)
     parts: Dict[str, List[np.ndarray]] = {}
     for lo in range(0, len(frame), chunk_rows):
         chunk = frame.iloc[lo:lo + chunk_rows]
@@ -438,7 +498,7 @@ def generate_embeddings(users: List[Tuple[str, list]], model_dir: str, cfg: Lima
 
 def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = None,
             beam_args: Sequence[str] = (), timeout_s: float = 30.0, client: Any = None,
-            log=print) -> RefreshSummary:
+            log=print, create: bool = False) -> RefreshSummary:
     """Regenerates, with a pushed model, the embeddings of users with new interactions.
 
     Args:
@@ -451,13 +511,16 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
         timeout_s: Bigtable read deadline.
         client: optional Bigtable client (tests).
         log: progress printer (``None``: silent).
+        create: the store may not exist yet (a new Parquet folder or Bigtable table); without
+            it a missing store is an error, so a mistyped path never regenerates every user.
 
     Returns:
         A :class:`RefreshSummary`.
 
     Raises:
         FileNotFoundError: model folder, meta block, transform graph or data missing (named).
-        ValueError: bad ``as_of``, store spec or model folder name.
+        ValueError: bad ``as_of``, store spec or model folder name; the store does not exist
+            (without ``create``); the data lacks a column the model reads.
         RuntimeError: the store is unreachable or failed; nothing is committed then.
     """
     t0 = time.perf_counter()
@@ -479,8 +542,11 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
     spec = parse_store(store)
     from limaml.data import canonical
 
+    import tensorflow_transform as tft
+
     frame = canonical.read_prepared(data_dir)
-    target = open_store(spec, timeout_s, client)
+    check_columns(frame, raw_spec_of(tft.TFTransformOutput(tdir)), data_dir)
+    target = open_store(spec, timeout_s, client, create=create)
     stored = read_stored_version(target, spec, version, timeout_s)
     frame = frame[frame[F.TIMESTAMP] <= as_of]
     changed = changed_users(frame, stored)

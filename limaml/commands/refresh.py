@@ -18,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     from components.meta_embedding_gen import refresh
 
     summary = refresh.refresh(args.model, args.data, args.as_of, store=args.store,
-                              beam_args=args.beam_arg, timeout_s=args.timeout)
+                              beam_args=args.beam_arg, timeout_s=args.timeout, create=args.create)
     print(json.dumps(dataclasses.asdict(summary), sort_keys=True))
     return 0
 
@@ -39,6 +39,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--store",
                    help="parquet:<dir> or bigtable:<project>/<instance>/<table> "
                         "(default: the Bigtable table of the model's config)")
+    p.add_argument("--create", action="store_true",
+                   help="the store may not exist yet: start a new Parquet folder or Bigtable table "
+                        "(without it a missing store is an error, so a typo cannot regenerate every user)")
     p.add_argument("--timeout", type=float, default=30.0, help="Bigtable read deadline in seconds")
     p.add_argument("--beam-arg", action="append", default=[], help="extra Beam flag (repeatable)")
     p.set_defaults(func=_run)
