@@ -7,12 +7,23 @@ import pytest
 
 from limaml.data import canonical, fetch, movielens
 from schema import features as F
-from tests.conftest_data import ML100K, ML1M, require
+from tests.conftest_data import ml100k_pypi_folder, require_ml100k_original, require_ml1m
 
 
 @pytest.fixture(scope="module")
-def ml100k() -> pd.DataFrame:
-    return canonical.validate(movielens.read_ml100k(require(ML100K)), "ml-100k")
+def ml100k_original() -> pd.DataFrame:
+    return canonical.validate(movielens.read_ml100k(require_ml100k_original()), "ml-100k")
+
+
+@pytest.fixture(scope="module")
+def ml100k_pypi() -> pd.DataFrame:
+    return canonical.validate(movielens.read_recbole_ml100k(ml100k_pypi_folder()), "recbole")
+
+
+@pytest.fixture(scope="module", params=["original", "pypi"])
+def ml100k(request) -> pd.DataFrame:
+    """Both readers: the original GroupLens files (skipped when absent) and the PyPI copy."""
+    return request.getfixturevalue(f"ml100k_{request.param}")
 
 
 def _row(frame, user, item):
@@ -52,9 +63,12 @@ def test_age_buckets_by_hand():
 
 
 def test_ml1m_counts_and_rows():
-    frame = canonical.validate(movielens.read_ml1m(require(ML1M)), "ml-1m")
-    assert len(frame) == 487_650
-    assert frame[F.USER_ID].nunique() == 2_999
+    source = require_ml1m()
+    frame = canonical.validate(movielens.read_ml1m(source), "ml-1m")
+    if os.path.exists(os.path.join(source, "ratings.dat")):  # the full ML-1M (its README's counts)
+        assert (len(frame), frame[F.USER_ID].nunique()) == (1_000_209, 6_040)
+    else:  # ../shared's copy: timestamps only for users 1-2999
+        assert (len(frame), frame[F.USER_ID].nunique()) == (487_650, 2_999)
     # users.dat: 1::F::1::10::48067 ; movies.dat: 1193::One Flew Over the Cuckoo's Nest (1975)::Drama
     # ratings: 1::1193::5::978300760
     r = _row(frame, "1", "1193")
@@ -63,7 +77,8 @@ def test_ml1m_counts_and_rows():
     assert (r[F.GENRES], r[F.RELEASE_YEAR]) == ("Drama", 1975)
 
 
-def test_pypi_copy_matches_shared_copy(ml100k, tmp_path_factory):
+def test_pypi_copy_matches_shared_copy(ml100k_original, tmp_path_factory):
+    ml100k = ml100k_original
     cache = str(tmp_path_factory.mktemp("cache"))
     folder = fetch.fetch_ml100k(cache)
     assert fetch.sha256_of(os.path.join(cache, fetch.RECBOLE_WHEEL)) == fetch.RECBOLE_SHA256

@@ -5,9 +5,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from components.protocol_example_gen.split import ApplyProtocol
 from limaml.config import ProtocolConfig
-from limaml.data import canonical, movielens, protocols, synthetic
+from limaml.data import protocols, synthetic
 from schema import features as F
-from tests.conftest_data import ML100K, require
+from tests.conftest_data import ml100k_frame
 
 
 def _key(row):
@@ -17,7 +17,7 @@ def _key(row):
 @pytest.mark.parametrize("dataset", ["ml100k", "synthetic"])
 def test_beam_split_matches_pandas_protocol(dataset):
     if dataset == "ml100k":
-        frame = canonical.validate(movielens.read_ml100k(require(ML100K)), "ml-100k")
+        frame = ml100k_frame()
         cfg = ProtocolConfig(name="budget")
     else:
         frame = synthetic.generate(synthetic.SyntheticConfig(num_users=800, num_items=200, seed=3))

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from limaml.config import ProtocolConfig
-from limaml.data import canonical, movielens, protocols
+from limaml.data import protocols
 from schema import features as F
-from tests.conftest_data import ML100K, require
+from tests.conftest_data import ml100k_frame
 
 
 def test_cohort_names_and_assignment():
@@ -48,7 +48,7 @@ def test_cutoff_roles_by_hand():
 
 @pytest.fixture(scope="module")
 def ml100k_split():
-    frame = canonical.validate(movielens.read_ml100k(require(ML100K)), "ml-100k")
+    frame = ml100k_frame()
     return protocols.apply(frame, ProtocolConfig(name="budget", horizon=20))
 
 
