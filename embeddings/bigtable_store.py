@@ -26,15 +26,27 @@ Visibility and atomicity:
    (including a rerun of an already committed version: readers keep the old attempt until the
    new pointer lands). A rerun with the same input commits identical values.
 
-Garbage collection: both families use ``MaxVersionsGCRule(keep_versions)``, which bounds the
-*cells per (row, family, qualifier)*, i.e. attempts of one version. Because each model version
-is its own qualifier, that rule alone never removes old versions. After each commit the writer
-therefore **retires** versions beyond the newest ``keep_versions`` commits: it deletes their
-pointer cell first (they become unreadable at once), then scans for rows holding their qualifier
-and deletes those columns (chunked ``mutate_rows``). :meth:`BigtableEmbeddingStore.retire_versions`
-does the same on demand. Caveat: if a committed version is rewritten and more than
-``keep_versions - 1`` of those rewrites fail before one succeeds, GC may collect the committed
-attempt's cells; finish the rerun to restore the version.
+Attempt cells and the GC rule: every write of a version is a new *attempt* (a new cell timestamp
+in the same ``e:<v>``/``m:<v>`` columns), and killed rewrites leave their cells behind. So that the
+committed attempt never falls outside the GC window, a rewrite of a committed version first
+deletes that version's cells of every attempt except the committed one and the one committed
+before it (kept for readers with a cached pointer); the column then holds at most
+:data:`ATTEMPT_CELLS_KEPT` = 3 cells during a write (previous commit, commit, the new attempt),
+exactly what both families' ``MaxVersionsGCRule(3)`` keeps. Bigtable's own GC therefore never
+deletes a live cell (the emulator never applies GC rules; tests check the window themselves).
+
+Readers check the commit in the same ``read_rows``: the pointer row's newest ``m:<v>`` cell is
+read with the users' cells; if it is gone (retired) or names another attempt (a rerun committed),
+the pointer is re-read and the lookup redone, or :class:`VersionNotCommittedError` is raised. A
+retired version is never served as "unknown users" (cold start) from a stale pointer cache.
+
+Retention: each model version is its own qualifier, so the GC rule never removes versions. After
+each commit the writer retires versions beyond ``keep_versions`` by what is served and blessed
+(:mod:`embeddings.retention`): the serving pins (row ``__meta__#serving``, written by
+:meth:`BigtableEmbeddingStore.mark_pushed` when a version is pushed) protect the serving version
+and the one before it, the newest commit is protected, unblessed versions go first. Retiring a
+version deletes its pointer cell first (unreadable at once), then its ``e``/``m`` columns
+(filtered key-only scan, chunked ``mutate_rows``).
 """
 from __future__ import annotations
 
@@ -66,11 +78,16 @@ from embeddings.record import (
     batches_of,
     validate_model_version,
 )
+from embeddings.retention import ServingPins, versions_to_retire
 
 EMB_FAMILY = "e"
 META_FAMILY = "m"
 POINTER_ROW_KEY = b"__meta__#versions"
 COLD_START_ROW_KEY = b"__meta__#cold_start"
+PINS_ROW_KEY = b"__meta__#serving"
+PINS_QUALIFIER = b"pins"
+ATTEMPT_CELLS_KEPT = 3
+"""Cells per (row, column) the GC rule keeps: previous commit, commit, attempt in progress."""
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _OK = 0
 
@@ -122,8 +139,8 @@ class BigtableEmbeddingStore:
     Args:
         table: a ``google.cloud.bigtable.table.Table`` (its instance's client must be ``admin=True``
             if the table may need to be created).
-        keep_versions: committed versions kept (older ones are retired after each commit) and
-            cells per column kept by the GC rule.
+        keep_versions: committed versions kept after each commit (retention by serving pins,
+            see :mod:`embeddings.retention`).
         create_if_missing: create the table / missing column families on first write.
         mutation_chunk_rows: rows per ``mutate_rows`` RPC.
         write_timeout_s: deadline of one ``mutate_rows`` (retries included).
@@ -170,8 +187,11 @@ class BigtableEmbeddingStore:
 
     # ------------------------------------------------------------------ admin
     def gc_rule(self) -> cf.MaxVersionsGCRule:
-        """GC rule of both families: keep the newest ``keep_versions`` cells per column."""
-        return cf.MaxVersionsGCRule(self.keep_versions)
+        """GC rule of both families: the newest :data:`ATTEMPT_CELLS_KEPT` cells per column.
+
+        A column is one version's attempts; writes keep at most that many (module docstring).
+        """
+        return cf.MaxVersionsGCRule(ATTEMPT_CELLS_KEPT)
 
     def ensure_table(self) -> None:
         """Creates the table with families ``e`` and ``m`` if missing; adds missing families.
@@ -317,6 +337,8 @@ class BigtableEmbeddingStore:
         attempt_us = time.time_ns() // 1_000_000 * 1000
         if previous is not None:
             attempt_us = max(attempt_us, int(previous["attempt_ts_us"]) + 1000)
+            # Killed attempts must not push the committed cells out of the GC window.
+            self.delete_stale_attempts(version, previous)
         ts = _ts_datetime(attempt_us)
         stream = StreamCheck(first)
         total = 0
@@ -355,6 +377,8 @@ class BigtableEmbeddingStore:
                   # a rerun keeps the version's place in the commit order (retirement, latest)
                   "first_committed_at_us": int(previous.get("first_committed_at_us", now_us))
                   if previous is not None else now_us,
+                  "previous_attempt_ts_us": int(previous["attempt_ts_us"])
+                  if previous is not None else None,
                   "has_cold_start": stream.has_cold}
         prow = self.table.direct_row(POINTER_ROW_KEY)
         prow.set_cell(META_FAMILY, q, json.dumps(record, sort_keys=True).encode("utf-8"),
@@ -366,19 +390,98 @@ class BigtableEmbeddingStore:
         return WriteSummary(version, total, dim, f"{self.table.name}/{version}",
                             time.perf_counter() - t0)
 
-    def retire_versions(self, keep: Optional[int] = None) -> List[str]:
-        """Removes committed versions beyond the newest ``keep`` (default ``keep_versions``).
+    def delete_stale_attempts(self, model_version: str, info: Optional[Dict] = None) -> int:
+        """Deletes a committed version's cells of attempts that are not (or no longer) needed.
 
-        For each retired version: delete its pointer cell (unreadable from then on), then delete
-        its ``e``/``m`` columns from every row that has them (a filtered key-only scan, then
-        chunked ``mutate_rows``).
+        Keeps the committed attempt and the one committed before it (``previous_attempt_ts_us``);
+        removes cells of killed or superseded attempts, so at most :data:`ATTEMPT_CELLS_KEPT`
+        cells per column exist while the next attempt is written.
+
+        Args:
+            model_version: a committed version.
+            info: its commit record (default: read fresh).
+
+        Returns:
+            Rows touched.
+        """
+        q = _qualifier(model_version)
+        info = self.version_info(model_version) if info is None else info
+        kept = sorted({int(info["attempt_ts_us"])} | (
+            {int(info["previous_attempt_ts_us"])} if info.get("previous_attempt_ts_us") else set()))
+        ranges: List[rf.TimestampRange] = []
+        start: Optional[int] = None
+        for ts in kept:  # [start, ts) between kept attempts (ms granularity)
+            if start is None or ts > start:
+                ranges.append(rf.TimestampRange(
+                    start=None if start is None else _ts_datetime(start), end=_ts_datetime(ts)))
+            start = ts + 1000
+        ranges.append(rf.TimestampRange(start=_ts_datetime(start)))
+        scan = self.table.read_rows(
+            filter_=rf.RowFilterChain([
+                rf.ColumnQualifierRegexFilter(re.escape(q.decode("ascii")).encode("ascii")),
+                rf.RowFilterUnion([rf.TimestampRangeFilter(r) for r in ranges]),
+                rf.CellsColumnLimitFilter(1), rf.StripValueTransformerFilter(True)]),
+            retry=DEFAULT_RETRY_READ_ROWS.with_deadline(self.write_timeout_s))
+        pending: List[Any] = []
+        touched = 0
+        for r in scan:
+            if r.row_key in (POINTER_ROW_KEY, PINS_ROW_KEY) or not r.cells:
+                continue
+            row = self.table.direct_row(r.row_key)
+            for fam in (EMB_FAMILY, META_FAMILY):
+                for tr in ranges:
+                    row.delete_cell(fam, q, time_range=tr)
+            pending.append(row)
+            touched += 1
+            if len(pending) >= self.mutation_chunk_rows:
+                self._mutate(pending)
+                pending = []
+        self._mutate(pending)
+        return touched
+
+    # ------------------------------------------------------------------ retention
+    def serving_pins(self, timeout_s: Optional[float] = None) -> ServingPins:
+        """The serving pins (what was pushed), empty before any :meth:`mark_pushed`."""
+        retry = DEFAULT_RETRY_READ_ROWS.with_deadline(timeout_s or self.read_timeout_s)
+        try:
+            row = self.table.read_row(PINS_ROW_KEY, filter_=rf.RowFilterChain([
+                rf.FamilyNameRegexFilter(META_FAMILY), rf.CellsColumnLimitFilter(1)]), retry=retry)
+        except gexc.NotFound:
+            return ServingPins()
+        cells = [] if row is None else row.cells.get(META_FAMILY, {}).get(PINS_QUALIFIER, [])
+        return ServingPins.from_json(cells[0].value.decode("utf-8")) if cells else ServingPins()
+
+    def mark_pushed(self, model_version: str) -> ServingPins:
+        """Records that ``model_version`` was pushed (blessed): retention never collects it.
+
+        The version served before becomes the rollback target (also kept). The BlockPusher calls
+        it when it pushes a model.
+
+        Returns:
+            The new pins.
+        """
+        validate_model_version(model_version)
+        self.ensure_table()
+        now_us = time.time_ns() // 1000
+        pins = self.serving_pins().pushed(model_version, now_us)
+        row = self.table.direct_row(PINS_ROW_KEY)
+        row.set_cell(META_FAMILY, PINS_QUALIFIER, pins.to_json().encode("utf-8"),
+                     timestamp=_ts_datetime(now_us // 1000 * 1000))
+        self._mutate([row])
+        return pins
+
+    def retire_versions(self, keep: Optional[int] = None) -> List[str]:
+        """Retires committed versions beyond ``keep`` (default ``keep_versions``) by the pins.
+
+        Never the serving version, the one before it, or the newest commit; unblessed versions
+        go first (see :mod:`embeddings.retention`). For each retired version: delete its pointer
+        cell (unreadable from then on), then its ``e``/``m`` columns from every row.
 
         Returns:
             The retired versions.
         """
         keep = self.keep_versions if keep is None else int(keep)
-        committed = self.committed_versions()
-        old = committed[:-keep] if keep > 0 else committed
+        old = versions_to_retire(self.committed_versions(), self.serving_pins(), keep)
         for version in old:
             q = _qualifier(version)
             prow = self.table.direct_row(POINTER_ROW_KEY)
@@ -407,7 +510,7 @@ class BigtableEmbeddingStore:
         pending: List[Any] = []
         touched = 0
         for r in scan:
-            if r.row_key == POINTER_ROW_KEY:
+            if r.row_key in (POINTER_ROW_KEY, PINS_ROW_KEY):
                 continue
             row = self.table.direct_row(r.row_key)
             row.delete_cell(EMB_FAMILY, q)
@@ -423,27 +526,53 @@ class BigtableEmbeddingStore:
     # ------------------------------------------------------------------ read
     def _read_cells(self, user_ids: np.ndarray, model_version: str, family: str,
                     timeout_s: Optional[float]) -> Tuple[np.ndarray, List[bytes], int]:
-        """Unique ids' positions found and their cell values (one read_rows for all keys)."""
+        """Unique ids' positions found and their cell values (one read_rows for all keys).
+
+        The same read returns the pointer's newest cell of the version: when it no longer names
+        the attempt read (a rerun committed, or the version was retired), the pointer is re-read
+        and the read redone once, or :class:`VersionNotCommittedError` raised.
+        """
         info = self.version_info(model_version, fresh=False, timeout_s=timeout_s)
-        ts_us = int(info["attempt_ts_us"])
         q = _qualifier(model_version)
         keys = row_keys(user_ids)
         row_set = RowSet()
         for k in keys:  # RowSet is built per key by API design; it is one RPC
             row_set.add_row_key(k)
+        row_set.add_row_key(POINTER_ROW_KEY)
+        pointer_filter = rf.RowFilterChain([
+            rf.RowKeyRegexFilter(re.escape(POINTER_ROW_KEY.decode("ascii")).encode("ascii")),
+            rf.FamilyNameRegexFilter(META_FAMILY),
+            rf.ColumnQualifierRegexFilter(re.escape(q.decode("ascii")).encode("ascii")),
+            rf.CellsColumnLimitFilter(1), rf.StripValueTransformerFilter(True)])
         deadline = timeout_s if timeout_s is not None else self.read_timeout_s
-        rows = self.table.read_rows(
-            row_set=row_set, filter_=_version_filter(q, ts_us, family),
-            retry=DEFAULT_RETRY_READ_ROWS.with_deadline(deadline))
-        got_keys: List[bytes] = []
-        values: List[bytes] = []
-        for r in rows:
-            cells = r.cells.get(family, {}).get(q, ())
-            # Client-side re-check: exactly this version's committed attempt.
-            match = [c for c in cells if c.timestamp_micros == ts_us]
-            if match:
-                got_keys.append(r.row_key)
-                values.append(match[0].value)
+        for attempt in range(2):
+            ts_us = int(info["attempt_ts_us"])
+            rows = self.table.read_rows(
+                row_set=row_set,
+                filter_=rf.RowFilterUnion([pointer_filter, _version_filter(q, ts_us, family)]),
+                retry=DEFAULT_RETRY_READ_ROWS.with_deadline(deadline))
+            got_keys: List[bytes] = []
+            values: List[bytes] = []
+            pointer_ts: Optional[int] = None
+            for r in rows:
+                cells = r.cells.get(family, {}).get(q, ())
+                if r.row_key == POINTER_ROW_KEY:
+                    mine = r.cells.get(META_FAMILY, {}).get(q, ())
+                    pointer_ts = max((c.timestamp_micros for c in mine), default=None)
+                    continue
+                # Client-side re-check: exactly this version's committed attempt.
+                match = [c for c in cells if c.timestamp_micros == ts_us]
+                if match:
+                    got_keys.append(r.row_key)
+                    values.append(match[0].value)
+            if pointer_ts == ts_us:
+                break
+            # Retired (raises VersionNotCommittedError) or recommitted: read the pointer again.
+            info = self.version_info(model_version, fresh=True, timeout_s=timeout_s)
+            if attempt == 1:
+                raise VersionNotCommittedError(
+                    f"model version {model_version!r} in Bigtable table {self.table.name} changed "
+                    "twice while it was being read (rewritten or retired); retry the lookup")
         pos = pd.Index(keys).get_indexer(got_keys) if got_keys else np.zeros(0, dtype=np.intp)
         return pos, values, int(info["embedding_dim"])
 

@@ -104,8 +104,11 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
                     limaml_model=limaml.outputs["model"], global_dnn_model=global_dnn.outputs["model"],
                     wide_deep_model=wide_deep.outputs["model"], linear_model=linear.outputs["model"],
                     linear_user_id_model=linear_user_id.outputs["model"], limaml_config=cfg_json)
+    emb = config.embeddings
     pusher = BlockPusher(model=limaml.outputs["model"], model_blessing=eval_limaml.outputs["blessing"],
-                         serving_base=serving_base)
+                         serving_base=serving_base,
+                         embedding_table=(f"{emb.bigtable_project}/{emb.bigtable_instance}/{emb.bigtable_table}"
+                                          if emb.bigtable_table else ""))
     return [example_gen, statistics_gen, schema_gen, validator, gate, transform, task_gen, limaml,
             global_dnn, wide_deep, linear, linear_user_id, meg, join, eval_limaml, eval_dnn, eval_linear,
             report, pusher]

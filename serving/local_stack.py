@@ -473,6 +473,7 @@ def start_local_stack(
             bt.ensure_table()
             if load_embeddings:
                 load_version_into(bt, source, version)
+                bt.mark_pushed(version)  # served: later commits to the table never retire it
             elif version not in bt.committed_versions():
                 raise StackError(
                     f"Bigtable table {bt.table.name} at {emu_host} has no committed embeddings "

@@ -9,6 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
+from embeddings import bigtable_store as bts
 from embeddings.bigtable_store import BigtableEmbeddingStore
 from embeddings.emulator import BigtableEmulator, free_port
 from embeddings.parquet_store import ParquetEmbeddingStore
@@ -182,7 +183,9 @@ def test_bigtable_backend_one_read_rows_for_all_users(bigtable_emulator):
     store.table.read_rows = spy
     query = list(ids[1:]) + ["stranger-1", "stranger-2"]
     res = lk.lookup(query, "1")
-    assert len(calls) == 1 and len(calls[0].row_keys) == 101
+    # one RPC: 101 unique users + the version pointer row (commit checked in the same read)
+    assert len(calls) == 1 and len(calls[0].row_keys) == 102
+    assert bts.POINTER_ROW_KEY in calls[0].row_keys
     np.testing.assert_array_equal(res.embeddings[:99], emb[1:])
     np.testing.assert_array_equal(res.embeddings[99:], np.stack([COLD1, COLD1]))
     assert res.cold.tolist() == [False] * 99 + [True, True] and res.degraded is None

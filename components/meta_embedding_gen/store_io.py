@@ -85,7 +85,9 @@ def write_stores(cfg: "LimamlConfig", staging_dir: str, store_root: str, version
 
     The Bigtable table is opened (and created if missing) before anything is written, so an
     unreachable Bigtable fails the run with no store touched. Each store commits atomically
-    (Parquet: version folder rename; Bigtable: rows, then the version pointer).
+    (Parquet: version folder rename; Bigtable: rows, then the version pointer). Each store then
+    retires versions beyond ``cfg.embeddings.keep_versions`` by its serving pins (never the
+    served version or the one before it; embeddings/retention.py).
 
     Args:
         cfg: the run's config (``cfg.embeddings`` names the Bigtable table, if any).
@@ -108,7 +110,7 @@ def write_stores(cfg: "LimamlConfig", staging_dir: str, store_root: str, version
         bigtable = BigtableEmbeddingStore.open(e.bigtable_project, e.bigtable_instance, e.bigtable_table,
                                                keep_versions=e.keep_versions)
         bigtable.ensure_table()
-    summary = ParquetEmbeddingStore(store_root).write(
+    summary = ParquetEmbeddingStore(store_root, keep_versions=e.keep_versions).write(
         staged_batches(staging_dir, version, generated_at, cold))
     if bigtable is not None:
         bigtable.write(staged_batches(staging_dir, version, generated_at, cold))
