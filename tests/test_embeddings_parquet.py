@@ -1,11 +1,13 @@
 """Parquet meta-embedding store (embeddings/parquet_store.py): exact values, atomic versions."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -197,3 +199,98 @@ def test_rerun_keeps_commit_order(tmp_path):
     store.write(stream(ids, emb, "v1"))
     assert store.committed_versions() == ["v1", "v2"]
     assert store.latest_committed_version() == "v2"
+
+
+def test_reader_racing_50_rewrites_never_sees_a_mix_or_a_gap(tmp_path):
+    """Each rewrite k stores value k for every user in 10 files; a load must hold one k only."""
+    users = np.array([f"u{i}" for i in range(400)], dtype=object)
+    writer = ParquetEmbeddingStore(tmp_path, rows_per_file=40, fsync=False)
+
+    def commit(k: int) -> None:
+        writer.write(stream(users, np.full((400, E), float(k), np.float32), "v1", batch=100,
+                            cold=np.full(E, float(k), np.float32), generated_at=k))
+
+    commit(0)
+    done = threading.Event()
+    seen: list = []
+    problems: list = []
+
+    def read_loop() -> None:
+        reader = ParquetEmbeddingStore(tmp_path)  # another process's view: its own cache
+        while not done.is_set():
+            try:
+                batch = reader.read_version("v1")
+            except Exception as exc:  # noqa: BLE001 - any failure to read a committed version
+                problems.append(f"{type(exc).__name__}: {exc}")
+                continue
+            values = np.unique(batch.embeddings)
+            if values.size != 1 or batch.num_users != 401:
+                problems.append(f"mixed load: values {values.tolist()[:5]}, {batch.num_users} rows")
+            seen.append(float(values[0]))
+
+    readers = [threading.Thread(target=read_loop) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for k in range(1, 51):
+            commit(k)
+    finally:
+        done.set()
+        for t in readers:
+            t.join(timeout=60)
+    assert not problems, f"{len(problems)} of {len(seen) + len(problems)} loads bad: {problems[:3]}"
+    assert len(set(seen)) > 1, f"readers saw only commits {sorted(set(seen))}: no overlap"
+    vdir = tmp_path / "model_version=v1"
+    commits = sorted(p.name for p in vdir.iterdir() if p.name.startswith("commit-"))
+    assert len(commits) == 2, f"superseded commit folders not collected: {commits}"
+
+
+def test_crashed_writers_temp_folder_is_cleaned_by_the_next_write_and_only_it(tmp_path):
+    store_root = tmp_path / "store"
+    ids, emb = make_data(50, seed=8)
+    ParquetEmbeddingStore(store_root).write(stream(ids, emb, "v1"))
+    marker = tmp_path / "marker"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(store_root), str(marker)],
+                            cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    crashed = [p for p in store_root.iterdir() if p.name.startswith(".tmp-")]
+    assert len(crashed) == 1
+    old = time.time() - 2 * 3600
+    os.utime(crashed[0], (old, old))
+    # What the cleanup must leave alone: a foreign folder, a live writer's folder (its lock is
+    # held), a crashed folder too recent to be sure, a symlink named like ours.
+    foreign = store_root / ".tmp-notes"
+    live = store_root / f".tmp-model_version=v3-{'a' * 32}"
+    recent = store_root / f".tmp-model_version=v4-{'b' * 32}"
+    outside = tmp_path / "outside"
+    link = store_root / f".tmp-model_version=v5-{'c' * 32}"
+    for d in (foreign, live, recent, outside):
+        d.mkdir()
+        (d / "keep.txt").write_text("x")
+    link.symlink_to(outside, target_is_directory=True)
+    lock_fd = os.open(str(live / ".writer.lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        for d in (foreign, live, outside):
+            os.utime(d, (old, old))
+        os.utime(link, (old, old), follow_symlinks=False)
+        ParquetEmbeddingStore(store_root).write(stream(ids, emb + 1, "v6"))  # the next write
+    finally:
+        os.close(lock_fd)
+    left = sorted(p.name for p in store_root.iterdir() if p.name.startswith("."))
+    assert crashed[0].name not in left, f"the killed writer's {crashed[0].name} was not cleaned"
+    assert left == sorted([foreign.name, live.name, recent.name, link.name])
+    assert (outside / "keep.txt").exists() and (live / "keep.txt").exists()
+    fresh = ParquetEmbeddingStore(store_root)
+    assert fresh.committed_versions() == ["v1", "v6"]
+    np.testing.assert_array_equal(bits(fresh.lookup(ids, "v1").embeddings), bits(emb))
