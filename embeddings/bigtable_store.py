@@ -196,6 +196,9 @@ class BigtableEmbeddingStore:
     def ensure_table(self) -> None:
         """Creates the table with families ``e`` and ``m`` if missing; adds missing families.
 
+        A family whose ``MaxVersionsGCRule`` keeps fewer than :data:`ATTEMPT_CELLS_KEPT` cells
+        is widened to :meth:`gc_rule`.
+
         Raises:
             RuntimeError: the table is missing and ``create_if_missing`` is False.
         """
@@ -215,6 +218,11 @@ class BigtableEmbeddingStore:
         for fam in (EMB_FAMILY, META_FAMILY):
             if fam not in families:
                 self.table.column_family(fam, self.gc_rule()).create()
+            elif isinstance(families[fam].gc_rule, cf.MaxVersionsGCRule) and \
+                    families[fam].gc_rule.max_num_versions < ATTEMPT_CELLS_KEPT:
+                # A table made with a narrower window (older code, keep_versions < 3) would
+                # let Bigtable collect committed cells during a rewrite: widen it.
+                self.table.column_family(fam, self.gc_rule()).update()
         self._table_ready = True
 
     # ------------------------------------------------------------------ pointer

@@ -208,3 +208,15 @@ def test_reader_with_a_cached_pointer_never_serves_a_retired_version_as_cold(big
     with EmbeddingLookup(reader, embedding_dim=E, timeout_s=5.0) as lookup:
         with pytest.raises(VersionNotCommittedError, match="'1' is not committed"):
             lookup.lookup(USERS[3:], "1")  # known users: an error (HTTP 503), never cold start
+
+
+def test_a_narrower_gc_rule_of_an_existing_table_is_widened(bigtable_emulator):
+    from google.cloud.bigtable import column_family
+
+    table = bigtable_emulator.client().instance("limaml").table(f"gw-{uuid.uuid4().hex[:8]}")
+    table.create(column_families={bts.EMB_FAMILY: column_family.MaxVersionsGCRule(1),
+                                  bts.META_FAMILY: column_family.MaxVersionsGCRule(2)})
+    BigtableEmbeddingStore(table).ensure_table()
+    rules = {name: fam.gc_rule for name, fam in table.list_column_families().items()}
+    assert rules == {bts.EMB_FAMILY: column_family.MaxVersionsGCRule(3),
+                     bts.META_FAMILY: column_family.MaxVersionsGCRule(3)}
