@@ -120,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (DataError, ValueError, OSError, RuntimeError) as err:
         print(f"limaml: error: {err}", file=sys.stderr)
         return 2
 

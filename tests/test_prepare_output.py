@@ -97,3 +97,10 @@ def test_write_prepared_refuses_directly(tmp_path):
     with pytest.raises(canonical.NotOurOutputError, match="nothing was deleted"):
         canonical.write_prepared(frame, str(out), {"dataset": "x"})
     assert (out / "u.data").read_text() == "1\t1\t5\t881250949\n"
+
+
+def test_unwritable_output_location_is_one_line(source, tmp_path, capsys):
+    (tmp_path / "plain-file").write_text("x")
+    assert _prepare(source, tmp_path / "plain-file" / "out") == 2  # parent is a file
+    err = capsys.readouterr().err
+    assert "plain-file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
