@@ -77,10 +77,18 @@ class ModelConfig:
         user_id_l2: L2 penalty on the user rows used by a meta-batch (mean over tasks).
         wide: add a linear ("wide") part over the global features to the global block's logit
             (LiMAML and the global DNN; wide&deep has its own).
+        wide_trainable: LiMAML: train the wide part in the outer loop. False keeps it at its
+            warm start (the L2-tuned linear fit), so meta-training learns only the residual and
+            cannot over-fit per-item weights of rare items.
         interaction: ``"none"`` or ``"dot"``: the global block adds
             ``<P e, v_item>`` to the logit, an explicit dot product between the projected meta
             embedding and the item's representation (item-id embedding + projected genres);
             an MLP on a concatenation learns products poorly.
+        history_dim: width C_h of the meta block's history encoder (0: none). The meta block
+            also reads a summary of the task's support set: the label-split, shrunk means of
+            the support items' representations (a learned item embedding of width C_h and the
+            genre multi-hot), see :func:`trainer.model.history_summary`. MEG has the same
+            support rows, so training and serving compute it alike; cold users get zeros.
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -97,7 +105,9 @@ class ModelConfig:
     user_id_dropout: float = 0.2
     user_id_l2: float = 0.0
     wide: bool = False
+    wide_trainable: bool = True
     interaction: str = "none"
+    history_dim: int = 0
 
     def __post_init__(self) -> None:
         features.validate_meta_features(tuple(self.meta_features))
@@ -105,6 +115,8 @@ class ModelConfig:
             raise ValueError(f"interaction {self.interaction!r} must be 'none' or 'dot'")
         if not 0.0 <= self.user_id_dropout < 1.0:
             raise ValueError(f"user_id_dropout {self.user_id_dropout} must be in [0, 1)")
+        if self.history_dim < 0:
+            raise ValueError(f"history_dim {self.history_dim} must be >= 0")
         if self.user_id_embedding_dim < 0:
             raise ValueError(f"user_id_embedding_dim {self.user_id_embedding_dim} must be >= 0")
         if self.activation not in ("relu", "tanh"):
@@ -130,6 +142,10 @@ class MamlConfig:
         user_row_lr: inner learning rate of the user-id embedding row (None: ``inner_lr``).
         train_aggregation: ``None`` uses per-sample meta embeddings on the query set;
             ``"latest"``/``"mean"``/``"max"`` use the serving-time aggregate over the support set.
+        support_sampling: ``"log_uniform"``: in meta-training, each task keeps only its latest
+            k support rows, k log-uniform in ``1..n`` (n = its support size), so the inner loop
+            is meta-learned for every support size users have at serving time (cut at S, most
+            training tasks have a full support, few have 1-4 rows). ``"none"``: full supports.
     """
 
     inner_lr: float = 0.3
@@ -140,8 +156,11 @@ class MamlConfig:
     support_shrinkage: float = 4.0
     user_row_lr: Optional[float] = 1.0
     train_aggregation: Optional[str] = None
+    support_sampling: str = "none"
 
     def __post_init__(self) -> None:
+        if self.support_sampling not in ("none", "log_uniform"):
+            raise ValueError(f"support_sampling {self.support_sampling!r} must be 'none' or 'log_uniform'")
         if self.adaptation_steps < 0:
             raise ValueError(f"adaptation_steps {self.adaptation_steps} must be >= 0")
         if self.train_aggregation not in (None, "latest", "mean", "max"):

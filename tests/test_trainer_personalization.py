@@ -19,11 +19,11 @@ D_ROW = 3
 
 
 def personal_model(steps=2, first_order=False, dropout=0.0, l2=0.0, interaction="dot", wide=True,
-                   inner_lr=0.3, user_row_lr=None, seed=0, shrinkage=4.0):
+                   inner_lr=0.3, user_row_lr=None, seed=0, shrinkage=4.0, history_dim=0):
     mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=D_ROW, user_id_dropout=dropout, user_id_l2=l2,
-                       interaction=interaction, wide=wide)
+                       interaction=interaction, wide=wide, history_dim=history_dim)
     mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
                     user_row_lr=user_row_lr, support_shrinkage=shrinkage)
     model = LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
@@ -36,8 +36,9 @@ def personal_model(steps=2, first_order=False, dropout=0.0, l2=0.0, interaction=
     return model
 
 
-def test_meta_gradient_with_user_rows_dot_and_wide_matches_finite_differences():
-    model = personal_model(steps=2, l2=0.05)
+@pytest.mark.parametrize("history_dim", [0, 2])
+def test_meta_gradient_with_user_rows_dot_and_wide_matches_finite_differences(history_dim):
+    model = personal_model(steps=2, l2=0.05, history_dim=history_dim)
     batch = make_batch()
     _, grads = maml.MamlTrainer(model).meta_gradients(batch)
     loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
@@ -136,3 +137,76 @@ def test_cold_start_uses_the_users_row_and_meg_matches_manual_adaptation():
     per_sample = meta_forward(adapted, model.meta_x(s), "tanh").numpy()
     m = mask.numpy()[..., None]
     np.testing.assert_allclose(emb, (per_sample * m).sum(1) / m.sum(1), rtol=1e-8)
+
+
+def test_support_sampling_keeps_a_log_uniform_suffix_of_each_support():
+    tasks, width = 20000, 40
+    n = np.array([32, 5, 1, 0] * (tasks // 4))
+    mask = (np.arange(width)[None, :] < n[:, None]).astype(np.float32)
+    tf.random.set_seed(0)
+    cut = maml.sample_support_sizes({"mask": tf.constant(mask)})["mask"].numpy()
+    k = cut.sum(axis=1)
+    assert np.all(cut <= mask)
+    assert np.all(k[n == 0] == 0) and np.all(k[n == 1] == 1)
+    assert np.all((k[n > 0] >= 1) & (k[n > 0] <= n[n > 0]))
+    # the kept rows are the latest k of the valid prefix: positions n-k .. n-1
+    for row, nn, kk in zip(cut[:200], n[:200], k[:200]):
+        np.testing.assert_array_equal(np.flatnonzero(row), np.arange(nn - kk, nn))
+    # k = floor((n+1)^u): P(k <= j) = log(j+1)/log(n+1)
+    k32 = k[n == 32]
+    for j in (1, 4, 16):
+        assert np.mean(k32 <= j) == pytest.approx(np.log(j + 1) / np.log(33), abs=0.02)
+    assert np.mean(k[n == 5] == 5) == pytest.approx(1 - np.log(5) / np.log(6), abs=0.02)
+
+
+def test_support_sampling_applies_in_training_only():
+    batch = make_batch()
+    model = personal_model(steps=1)
+    model.maml_cfg = dataclasses.replace(model.maml_cfg, support_sampling="log_uniform")
+    full = float(maml.maml_loss(model, batch, training=False)[0])
+    plain = personal_model(steps=1)
+    assert full == pytest.approx(float(maml.maml_loss(plain, batch, training=False)[0]), rel=1e-12)
+    tf.random.set_seed(1)
+    sampled = [float(maml.maml_loss(model, batch, training=True)[0]) for _ in range(5)]
+    assert max(abs(s - full) for s in sampled) > 1e-6
+
+
+def test_frozen_wide_part_keeps_its_warm_start():
+    mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
+                       categorical_embedding_dim=2, user_id_buckets=8, user_id_embedding_dim=D_ROW,
+                       wide=True, wide_trainable=False)
+    model = LimamlModel(build_layout(mcfg, VOCABS), mcfg, MamlConfig(support_sampling="none"),
+                        seed=0, dtype=tf.float64)
+    trained = {id(v) for v in model.outer_variables()}
+    wide = {k: v for k, v in model.global_params.items() if k.startswith("wide_")}
+    assert wide and not any(id(v) in trained for v in wide.values())
+    assert id(model.global_params["w_out"]) in trained
+    before = {k: v.numpy().copy() for k, v in model.global_params.items()}
+    maml.MamlTrainer(model).train_step(make_batch())
+    for k in wide:
+        np.testing.assert_array_equal(model.global_params[k].numpy(), before[k])
+    assert not np.array_equal(model.global_params["w_out"].numpy(), before["w_out"])
+
+
+def test_history_summary_by_hand():
+    model = personal_model(history_dim=2)
+    h = np.arange(10, dtype=np.float64).reshape(5, 2) / 10.0  # item i -> [0.2 i, 0.2 i + 0.1]
+    model.history_emb.assign(h)
+    genres = np.zeros((1, 3, 64))
+    genres[0, 0, 5] = genres[0, 1, 7] = genres[0, 2, 9] = 1.0
+    support = {"item_id": tf.constant([[4, 1, 3]]), "genres": tf.constant(genres),
+               "label": tf.constant([[1.0, 0.0, 1.0]]), "mask": tf.constant([[1.0, 1.0, 0.0]])}
+    got = model.history_vector(support).numpy()
+    # one valid positive (item 4, genre 5) and one negative (item 1, genre 7); the third row is
+    # padding: each mean is its row over (1 + 1)
+    pos_g, neg_g = np.zeros(64), np.zeros(64)
+    pos_g[5], neg_g[7] = 0.5, 0.5
+    expect = np.concatenate([[0.4, 0.45], pos_g, [0.1, 0.15], neg_g])
+    np.testing.assert_allclose(got[0], expect, rtol=1e-12)
+    # train and serve alike: the meta input of a task's samples carries its summary; cold: zeros
+    x = model.meta_x({k: tf.constant(np.zeros((1, 2), np.int64)) for k in
+                      ("age_bucket", "gender", "occupation", "zip_prefix")}, model.history_vector(support))
+    np.testing.assert_allclose(x.numpy()[0, 1, -expect.size:], expect, rtol=1e-12)
+    cold = model.meta_x({k: tf.constant(np.zeros((1,), np.int64)) for k in
+                         ("age_bucket", "gender", "occupation", "zip_prefix")})
+    assert cold.shape[-1] == x.shape[-1] and np.all(cold.numpy()[0, -expect.size:] == 0)

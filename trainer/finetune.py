@@ -18,7 +18,7 @@ import tensorflow as tf
 from limaml.config import MamlConfig
 from trainer.layout import MASK
 from trainer.maml import LABEL, adapt, aggregate
-from trainer.model import LimamlModel, meta_forward
+from trainer.model import LimamlModel, history_width, meta_forward
 
 
 def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Tensor],
@@ -41,7 +41,7 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
     part[MASK] = tf.cast(mask, model.dtype)
     if LABEL not in part:
         raise KeyError("support needs 'label' (the inner loop fine-tunes on the support loss)")
-    s_x = model.meta_x(part)
+    s_x = model.meta_x(part, model.history_vector(part))
     lrs = None
     if inner_lr is not None and not model.inner_lrs:
         lrs = dict(model.inner_lr_tensors())
@@ -108,4 +108,7 @@ def cold_start_embedding(model: LimamlModel, meta_x: tf.Tensor) -> tf.Tensor:
                          "(with 'user_hash'), not a dense meta_x")
     else:
         params = model.meta_params
+        if model.history_emb is not None:  # no history: the summary's zeros
+            meta_x = tf.concat([tf.cast(meta_x, model.dtype), tf.zeros(
+                [tf.shape(meta_x)[0], history_width(model.layout, model.model_cfg)], model.dtype)], -1)
     return meta_forward(params, tf.cast(meta_x, model.dtype), model.model_cfg.activation)

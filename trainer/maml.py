@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -129,7 +129,9 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     meta_params = model.meta_params if meta_params is None else meta_params
     global_params = model.global_params if global_params is None else global_params
     inner_lrs = model.inner_lr_tensors() if inner_lrs is None else inner_lrs
-    meta_x = model.meta_x(support) if support_meta_x is None else support_meta_x
+    if support_meta_x is None:
+        support_meta_x = model.meta_x(support, model.history_vector(support))
+    meta_x = support_meta_x
     tasks = tf.shape(meta_x)[0]
     theta = tile_params({k: v for k, v in meta_params.items() if k != USER_ROW}, tasks)
     if model.user_emb is not None:
@@ -161,6 +163,27 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     return theta
 
 
+def sample_support_sizes(support: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Keeps each task's latest k support rows, k log-uniform in ``1..n``.
+
+    ``k = clip(floor((n + 1)^u), 1, n)``, ``u ~ U[0, 1)``, for a task with ``n`` valid rows
+    (valid positions come first, in time order, so the latest k are positions ``n-k..n-1``).
+
+    Args:
+        support: ``{feature: [tasks, S, ...], "mask": [tasks, S]}``.
+
+    Returns:
+        The same support with ``mask [tasks, S]`` cut (tasks with n = 0 stay empty).
+    """
+    mask = support[MASK]
+    n = tf.reduce_sum(tf.cast(mask, tf.float32), axis=1)
+    u = tf.random.uniform(tf.shape(n))
+    k = tf.clip_by_value(tf.floor(tf.pow(n + 1.0, u)), 1.0, tf.maximum(n, 1.0))
+    pos = tf.cast(tf.range(tf.shape(mask)[1]), tf.float32)[None, :]
+    keep = tf.cast(pos >= (n - k)[:, None], mask.dtype)
+    return dict(support, **{MASK: mask * keep})
+
+
 def query_embeddings(model: LimamlModel, adapted: Params, batch: Mapping[str, Mapping[str, tf.Tensor]],
                      aggregation: Optional[str], support_meta_x: Optional[tf.Tensor] = None
                      ) -> tf.Tensor:
@@ -170,10 +193,11 @@ def query_embeddings(model: LimamlModel, adapted: Params, batch: Mapping[str, Ma
     f(x_meta,s; θ_u) over the valid support positions, broadcast to every query sample.
     """
     act = model.model_cfg.activation
-    q_x = model.meta_x(batch[QUERY])
+    history = model.history_vector(batch[SUPPORT])
+    q_x = model.meta_x(batch[QUERY], history)
     if aggregation is None:
         return meta_forward(adapted, q_x, act)
-    s_x = model.meta_x(batch[SUPPORT]) if support_meta_x is None else support_meta_x
+    s_x = model.meta_x(batch[SUPPORT], history) if support_meta_x is None else support_meta_x
     agg = aggregate(meta_forward(adapted, s_x, act), batch[SUPPORT][MASK], aggregation)
     return tf.broadcast_to(agg[:, None, :], tf.concat([tf.shape(q_x)[:2], tf.shape(agg)[1:]], 0))
 
@@ -194,7 +218,9 @@ def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
         ``(loss, per_task)``: scalar mean over tasks with a valid query position, and ``[tasks]``.
     """
     cfg = model.maml_cfg if maml_cfg is None else maml_cfg
-    s_x = model.meta_x(batch[SUPPORT])
+    if training and cfg.support_sampling == "log_uniform":
+        batch = dict(batch, **{SUPPORT: sample_support_sizes(batch[SUPPORT])})
+    s_x = model.meta_x(batch[SUPPORT], model.history_vector(batch[SUPPORT]))
     row, penalty = None, 0.0
     if model.user_emb is not None:
         row = model.user_rows(batch[SUPPORT][USER_HASH][:, 0])

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
 from schema import features
-from trainer.layout import USER_HASH, FeatureLayout
+from trainer.layout import MASK, USER_HASH, FeatureLayout
 
 DOT_PROJ = "dot_proj"
 Params = Dict[str, tf.Tensor]
@@ -74,6 +74,45 @@ def meta_input(feats: Features, layout: FeatureLayout, dtype: tf.DType = tf.floa
         parts.append(tf.one_hot(tf.cast(feats[USER_HASH], tf.int64), layout.user_id_buckets,
                                 dtype=dtype))
     return tf.concat(parts, axis=-1)
+
+
+def history_width(layout: FeatureLayout, model_cfg: ModelConfig) -> int:
+    """Width of :func:`history_summary`: ``2 (C_h + G)``, 0 without a history encoder."""
+    if model_cfg.history_dim == 0:
+        return 0
+    return 2 * (model_cfg.history_dim + sum(b for _, b in layout.global_multi_hot))
+
+
+def history_summary(support: Features, history_emb: tf.Tensor, layout: FeatureLayout
+                    ) -> tf.Tensor:
+    """Label-split, shrunk means of the support items' representations.
+
+    With ``r_s = [H[item_s], multi-hot_s]`` and valid positions ``m_s``::
+
+        h = [ Σ_s m_s y_s r_s / (1 + Σ_s m_s y_s),  Σ_s m_s (1 − y_s) r_s / (1 + Σ_s m_s (1 − y_s)) ]
+
+    The ``1 +`` shrinks the mean of a few rows toward 0, the cold-start value.
+
+    Args:
+        support: ``{item_id: [tasks, S], <multi-hot>: [tasks, S, G], label: [tasks, S],
+            mask: [tasks, S]}``.
+        history_emb: item representations ``H [items, C_h]``.
+        layout: the feature layout (which multi-hots).
+
+    Returns:
+        ``[tasks, 2 (C_h + G)]``.
+    """
+    dtype = history_emb.dtype
+    parts = [tf.gather(history_emb, tf.cast(support[features.ITEM_ID], tf.int64))]
+    parts += [tf.cast(support[name], dtype) for name, _ in layout.global_multi_hot]
+    r = tf.concat(parts, axis=-1)
+    m = tf.cast(support[MASK], dtype)
+    y = tf.cast(support[features.LABEL], dtype)
+    out = []
+    for w in (m * y, m * (1.0 - y)):
+        total = tf.reduce_sum(w[..., None] * r, axis=1)
+        out.append(total / (1.0 + tf.reduce_sum(w, axis=1))[:, None])
+    return tf.concat(out, axis=-1)
 
 
 def meta_forward(meta_params: Mapping[str, tf.Tensor], meta_x: tf.Tensor,
@@ -236,7 +275,8 @@ def init_meta_params(rng: np.random.RandomState, layout: FeatureLayout,
                      model_cfg: ModelConfig) -> Dict[str, np.ndarray]:
     """Initial values of θ_meta (numpy)."""
     out: Dict[str, np.ndarray] = {}
-    width = layout.meta_dim + model_cfg.user_id_embedding_dim
+    width = (layout.meta_dim + history_width(layout, model_cfg)
+             + model_cfg.user_id_embedding_dim)
     for i, h in enumerate(tuple(model_cfg.meta_hidden) + (model_cfg.embedding_dim,)):
         out[f"w{i}"] = _glorot(rng, width, h)
         out[f"b{i}"] = np.zeros(h)
@@ -275,6 +315,13 @@ class LimamlModel(tf.Module):
             self.user_emb = tf.Variable(
                 tf.zeros([layout.user_id_buckets, model_cfg.user_id_embedding_dim], dtype),
                 name="meta_user_emb")
+        self.history_emb = None
+        if model_cfg.history_dim > 0:
+            items = dict(layout.global_categorical).get(features.ITEM_ID)
+            if items is None:
+                raise ValueError("history_dim > 0 needs item_id among the global features")
+            self.history_emb = tf.Variable(rng.normal(0.0, 0.05, (items, model_cfg.history_dim)),
+                                           dtype=dtype, name="meta_history_emb")
         self.global_names = sorted(glob0)
         self.global_params = {k: tf.Variable(v, dtype=dtype, name=f"global_{k}")
                               for k, v in glob0.items()}
@@ -288,7 +335,10 @@ class LimamlModel(tf.Module):
         """Variables trained by the outer loop, in a fixed order."""
         out = [self.meta_params[k] for k in self.meta_names]
         out += [] if self.user_emb is None else [self.user_emb]
-        out += [self.global_params[k] for k in self.global_names]
+        out += [] if self.history_emb is None else [self.history_emb]
+        trained = [k for k in self.global_names
+                   if self.model_cfg.wide_trainable or not k.startswith("wide_")]
+        out += [self.global_params[k] for k in trained]
         out += [self.inner_lrs[k] for k in self.meta_names if k in self.inner_lrs]
         return out
 
@@ -316,9 +366,32 @@ class LimamlModel(tf.Module):
             params[USER_ROW] = self.user_rows(feats[USER_HASH])
         return params
 
-    def meta_x(self, feats: Features) -> tf.Tensor:
-        """Dense meta input ``[..., D]``."""
-        return meta_input(feats, self.layout, self.dtype)
+    def history_vector(self, support: Features) -> Optional[tf.Tensor]:
+        """:func:`history_summary` of support sets ``[tasks, S, ...]`` -> ``[tasks, 2 (C_h + G)]``
+        (None without a history encoder)."""
+        if self.history_emb is None:
+            return None
+        return history_summary(support, self.history_emb, self.layout)
+
+    def meta_x(self, feats: Features, history: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """Dense meta input ``[..., D (+ 2 (C_h + G))]``.
+
+        Args:
+            feats: encoded features ``[...]`` (``[tasks, n]`` or ``[users]``).
+            history: with a history encoder, the task's support summary ``[tasks, H]``
+                (broadcast over the n samples of ``[tasks, n]`` features); None gives zeros
+                (cold start).
+        """
+        x = meta_input(feats, self.layout, self.dtype)
+        if self.history_emb is None:
+            return x
+        width = history_width(self.layout, self.model_cfg)
+        if history is None:
+            return tf.concat([x, tf.zeros(tf.concat([tf.shape(x)[:-1], [width]], 0), x.dtype)], -1)
+        h = tf.cast(history, x.dtype)
+        if x.shape.rank == h.shape.rank + 1:
+            h = tf.broadcast_to(h[:, None, :], tf.concat([tf.shape(x)[:-1], [width]], 0))
+        return tf.concat([x, h], axis=-1)
 
     def meta_embedding(self, feats: Features) -> tf.Tensor:
         """Un-adapted meta embeddings f(x_meta; θ_meta), ``[..., E]``."""
