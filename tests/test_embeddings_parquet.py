@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from embeddings.parquet_store import ParquetEmbeddingStore
+from embeddings.parquet_store import ParquetEmbeddingStore, batch_to_table
 from embeddings.record import COLD_START_USER, EmbeddingBatch, VersionNotCommittedError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_interrupted_write_keeps_previous_version_and_hides_new(tmp_path):
 _KILLED_WRITER = r"""
 import sys, time, numpy as np
 from pathlib import Path
-from embeddings.parquet_store import ParquetEmbeddingStore
+from embeddings.parquet_store import ParquetEmbeddingStore, batch_to_table
 from embeddings.record import EmbeddingBatch
 root, marker = sys.argv[1], Path(sys.argv[2])
 def gen():
@@ -294,3 +294,24 @@ def test_crashed_writers_temp_folder_is_cleaned_by_the_next_write_and_only_it(tm
     fresh = ParquetEmbeddingStore(store_root)
     assert fresh.committed_versions() == ["v1", "v6"]
     np.testing.assert_array_equal(bits(fresh.lookup(ids, "v1").embeddings), bits(emb))
+
+
+def test_legacy_layout_stays_readable_and_is_migrated_by_rewrites(tmp_path):
+    """Stores written before manifests named a commit folder: parts directly in the version."""
+    ids, emb = make_data(30, seed=9)
+    vdir = tmp_path / "model_version=v1"
+    vdir.mkdir()
+    pq.write_table(batch_to_table(EmbeddingBatch.create(ids, emb, "v1", 5)),
+                   vdir / "part-00000.parquet")
+    (vdir / "_metadata.json").write_text(json.dumps({
+        "model_version": "v1", "embedding_dim": E, "num_users": 30, "committed_at_ns": 1,
+        "first_committed_at_ns": 1, "files": ["part-00000.parquet"], "has_cold_start": False}))
+    store = ParquetEmbeddingStore(tmp_path)
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v1").embeddings), bits(emb))
+    store.write(stream(ids, emb + 1, "v1"))
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v1").embeddings), bits(emb + 1))
+    assert (vdir / "part-00000.parquet").exists()  # the replaced copy is kept for readers on it
+    store.write(stream(ids, emb + 2, "v1"))
+    assert not (vdir / "part-00000.parquet").exists()  # two commits old: collected
+    assert len([p for p in vdir.iterdir() if p.name.startswith("commit-")]) == 2
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v1").embeddings), bits(emb + 2))
