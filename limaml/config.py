@@ -211,7 +211,12 @@ class TrainConfig:
         baseline_lr: Adam learning rate of the baselines.
         baseline_batch_size: examples per baseline step.
         baseline_epochs: passes over the examples for the baselines.
-        baseline_patience: early stopping: epochs without validation-loss improvement.
+        baseline_patience: early stopping: epochs without validation improvement.
+        baseline_early_stopping: what early stopping watches on the validation rows: ``"auc"``
+            (the metric every model is judged by; the warm start, epoch -1, is a candidate, so a
+            deep baseline ends at least as good as its linear counterpart on validation) or
+            ``"logloss"``. A lower log loss with a lower AUC is how, on ML-1M, the global DNN
+            kept epochs that ranked worse than its own warm start.
         baseline_val_fraction: fraction of the baseline examples held out for early stopping.
         baseline_l2: L2 penalty on the baselines' embedding tables and weights.
         linear_warm_start: start the wide part of a deep model (global DNN with ``wide``,
@@ -232,6 +237,7 @@ class TrainConfig:
     baseline_batch_size: int = 256
     baseline_epochs: int = 30
     baseline_patience: int = 2
+    baseline_early_stopping: str = "auc"
     baseline_val_fraction: float = 0.1
     baseline_l2: float = 0.0
     linear_c_grid: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

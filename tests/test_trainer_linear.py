@@ -114,3 +114,37 @@ def test_warm_started_limaml_global_block_is_the_linear_model_on_global_features
     feats = {k: tf.constant(v) for k, v in data.items() if v.dtype != object}
     got = model.logits(feats, meta_emb=tf.random.normal([len(data["label"]), 4])).numpy()
     np.testing.assert_allclose(got, ref.logits(feats).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("watch", ["auc", "logloss"])
+def test_early_stopping_falls_back_to_the_warm_start_when_training_only_hurts(watch):
+    from limaml.config import TrainConfig
+
+    data, layout, mcfg = _encoded_world()
+    ref = linear.LinearModel(layout, "linear")
+    linear.fit_linear(ref, data, c_grid=(0.3,))
+    # a learning rate of 50 wrecks every epoch: the warm start (epoch -1) must be kept
+    cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=50.0, baseline_epochs=2,
+                      baseline_early_stopping=watch)
+    model = baselines.make_baseline("global_dnn", layout, mcfg)
+    info = baselines.fit_baseline(model, data, cfg)
+    assert info["best_epoch"] == -1
+    np.testing.assert_allclose(baselines.predict_logits(model, data),
+                               baselines.predict_logits(ref, data), rtol=1e-4, atol=1e-4)
+
+
+def test_auc_early_stopping_scores_epochs_by_one_minus_validation_auc():
+    from limaml.config import TrainConfig
+
+    data, layout, mcfg = _encoded_world()
+    cfg = TrainConfig(linear_c_grid=(0.3,), baseline_epochs=1, baseline_patience=5,
+                      linear_warm_start=False)
+    model = baselines.make_baseline("global_dnn", layout, mcfg)
+    info = baselines.fit_baseline(model, data, cfg)
+    val = baselines.validation_rows(data, cfg)
+    y = data["label"][val]
+    p = baselines.predict_logits(model, {k: v[val] for k, v in data.items()})
+    # independent AUC: the share of (positive, negative) pairs ranked right
+    pos, neg = p[y == 1], p[y == 0]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert info["val_loss"][0] == pytest.approx(1.0 - pairs, abs=1e-9)

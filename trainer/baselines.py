@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from limaml.config import ModelConfig, TrainConfig
 from schema import features
-from trainer import linear, validation
+from trainer import evaluate, linear, validation
 from trainer.layout import USER_HASH, FeatureLayout
 from trainer.maml import Adam
 from trainer.model import _dot, global_forward, init_global_params
@@ -176,7 +176,8 @@ def validation_rows(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> n
 
 def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
                  val_data: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, object]:
-    """Trains a baseline with Adam on flat examples; early stopping on validation log loss.
+    """Trains a baseline with Adam on flat examples; early stopping on the validation rows
+    (``baseline_early_stopping``: 1 - AUC or log loss; ``val_loss`` holds that score).
 
     Args:
         model: :class:`GlobalDNN` or :class:`WideDeep`.
@@ -225,11 +226,18 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
         opt.apply(grads)
         return loss
 
+    watch = train_cfg.baseline_early_stopping
+    if watch not in ("auc", "logloss"):
+        raise ValueError(f"baseline_early_stopping {watch!r} must be 'auc' or 'logloss'")
+
     def val_loss() -> float:
+        """Validation score to minimise: log loss, or 1 - AUC."""
         if val_data is None:
             return float("nan")
         p = predict_logits(model, val_data)
         y = np.asarray(val_data[LABEL], np.float64)
+        if watch == "auc":
+            return 1.0 - evaluate.auc(y, p)
         return float(np.mean(np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))))
 
     bs = train_cfg.baseline_batch_size
@@ -250,7 +258,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
                                          f"in epoch {epoch}")
         vl = val_loss()
         history.append(vl)
-        log.info("baseline %s epoch %d: val loss %.4f", model.kind, epoch, vl)
+        log.info("baseline %s epoch %d: val %s score %.4f", model.kind, epoch, watch, vl)
         if val_data is None or vl < best - 1e-5:
             best, best_epoch, waited = vl, epoch, 0
             best_vals = [v.numpy() for v in variables]
