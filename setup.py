@@ -27,6 +27,7 @@ setup(
         "kfp-pipeline-spec==0.2.2",
         "tensorflow-serving-api==2.16.1",
         "google-cloud-bigtable==2.36.0",
+        "uvicorn==0.54.0",  # the ranker's HTTP server (serving/http_server.py)
         "dill",
         "pandas",
         "matplotlib",

@@ -328,6 +328,32 @@ class EmbeddingLookup:
                 self._cold.popitem(last=False)
         return emb[0].copy()
 
+    def check_readable(self, model_version: str, timeout_s: Optional[float] = None) -> None:
+        """Reads ``model_version``'s cold-start row from the store itself (no cache): readiness.
+
+        Args:
+            model_version: the served version.
+            timeout_s: budget; default ``max(timeout_s, 1 s)``.
+
+        Raises:
+            VersionNotCommittedError: the version has no committed embeddings.
+            TimeoutError: the store did not answer in time.
+            Any store error.
+        """
+        version = validate_model_version(str(model_version))
+        budget = timeout_s or max(self.timeout_s, 1.0)
+        fut = self._pool.submit(self.store.lookup, np.array([COLD_START_USER], dtype=object),
+                                version, timeout_s=budget)
+        try:
+            res = fut.result(timeout=budget)
+        except cf.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"embedding store {self.store!r} did not answer within "
+                               f"{budget:g}s") from None
+        if np.asarray(res.embeddings).shape != (1, self.embedding_dim):
+            raise ValueError(f"store {self.store!r} holds another E than {self.embedding_dim} "
+                             f"for version {version!r}")
+
     def close(self) -> None:
         """Stops the worker pool (abandoned store calls finish in the background)."""
         self._pool.shutdown(wait=False)

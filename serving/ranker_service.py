@@ -1,4 +1,4 @@
-"""HTTP JSON front end of the ranker (stdlib ``http.server``, one thread per connection).
+"""HTTP JSON front end of the ranker: an ASGI app served by uvicorn (``serving.http_server``).
 
 API
 ---
@@ -9,8 +9,13 @@ API
      "candidates": [{"item_id": "i1", "genres": "Drama|Comedy", "release_year": 1995}, ...],
      "user_features": {"age_bucket": "25", ...}}          # optional
 
+or, with an item cache (``limaml serve`` loads one from the run's examples), ids only::
+
+    {"user_id": "u42", "item_ids": ["i1", "i2"], "user_features": {...}}
+
 Each candidate holds raw features named as in ``schema.features``; the required ones are the
-ranker's ``required_features`` (default: item id and item features). Types follow
+ranker's ``required_features`` (default: item id and item features; only ``item_id`` when the
+ranker has an item cache, which fills the rest). Types follow
 ``schema.features.CANONICAL_COLUMNS``: strings, integers (int64), numbers (float64).
 
 Responses (always a JSON object, ``Content-Type: application/json``):
@@ -18,34 +23,57 @@ Responses (always a JSON object, ``Content-Type: application/json``):
     200  {"scores": [0.71, ...],        # click probability per candidate, in request order
           "model_version": "2",         # served version; the embedding came from the same one
           "cold_start": false,          # true: no embedding for the user, cold-start default used
-          "degraded": null}             # or why the embedding may be stale/default (store down)
-    400  {"error": "...", "field": "candidates[3].release_year"}   malformed JSON or request
-    404  {"error": "..."}               unknown path
-    405  {"error": "..."}               wrong method for the path
-    411  {"error": "..."}               no Content-Length
-    413  {"error": "..."}               body larger than max_body_bytes
-    502  {"error": "..."}               the model server rejected the request (contract mismatch)
-    503  {"error": "..."}               model server down/slow, or the embedding lookup failed
-    500  {"error": "..."}               anything else (logged); the service keeps serving
+          "degraded": null}             # or a short reason (e.g. "embedding store unavailable")
+    4xx/5xx {"error": "<message>", "code": "<short code>", "field": ...}
+
+    400  bad_request         malformed JSON (also: invalid Unicode, nesting too deep) or request;
+                             ``field`` names the offending field
+    401  unauthorized        a token is configured and the request lacks it
+    404  not_found           unknown path
+    405  method_not_allowed  wrong method for the path
+    408  body_timeout        the body did not arrive within ``body_timeout_s``
+    411  length_required     no Content-Length
+    413  too_large           body larger than ``max_body_bytes``
+    502  model_error         the model server rejected the request (contract mismatch)
+    503  model_unavailable, embeddings_unavailable, embeddings_not_committed, overloaded
+                             (more than ``max_pending`` requests waiting; ``Retry-After: 1``)
+    500  internal            anything else; the service keeps serving
+
+5xx messages are generic: the details (hosts, paths, table names) go to the log only.
 
 ``GET /healthz`` -> 200 ``{"status": "ok"}`` while the process serves HTTP (liveness).
 ``GET /readyz``  -> 200 ``{"status": "ready", "model_version": "2"}`` when the model server
-answers, else 503 (readiness).
+serves a version *and* that version's meta embeddings are readable from the store, else 503.
+
+Authentication (optional): with ``auth_token`` set (``--auth-token-file`` or
+``LIMAML_RANKER_TOKEN``), ``POST /v1/rank`` needs ``Authorization: Bearer <token>``; the probes
+(``/healthz``, ``/readyz``) stay open for the kubelet.
+
+Server: uvicorn on a socket with a listen backlog of 2048, keep-alive, a request-head deadline,
+bounded head size, at most ``max_pending`` requests in the ranker at once (queued for
+``workers`` threads), the rest answered 503 at once (see :func:`start_ranker_service`).
 
 Run: ``start_ranker_service(ranker, port=0)`` in process, or ``python -m serving.ranker_service
---model-target host:8500 --model-name global_block --embedding-lookup pkg.module:factory``.
+--model-target host:8500 --model-name global_block --embedding-lookup pkg.module:factory``
+(binds 127.0.0.1 unless ``--host`` says otherwise).
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
+import hmac
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+
+from embeddings.record import VersionNotCommittedError
+from serving.http_server import AsgiServerHandle, serve_asgi
 
 from serving.ranker import (
     EmbeddingLookupError,
@@ -61,127 +89,255 @@ RANK_PATH = "/v1/rank"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 DEFAULT_MAX_BODY_BYTES = 4 << 20
-_REQUEST_KEYS = ("user_id", "candidates", "user_features")
+DEFAULT_BODY_TIMEOUT_S = 10.0
+DEFAULT_WORKERS = 8
+DEFAULT_MAX_PENDING = 1024
+TOKEN_ENV = "LIMAML_RANKER_TOKEN"
+_REQUEST_KEYS = ("user_id", "candidates", "item_ids", "user_features")
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str, field: Optional[str] = None) -> None:
+    def __init__(self, status: int, message: str, field: Optional[str] = None,
+                 code: str = "bad_request") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.code = code
+
+
+def _error(status: int, code: str, message: str, field: Optional[str] = None
+           ) -> Tuple[int, Dict[str, Any]]:
+    body: Dict[str, Any] = {"error": message, "code": code}
+    if field is not None or status == 400:
+        body["field"] = field
+    return status, body
+
+
+def _embedding_failure(exc: EmbeddingLookupError) -> Tuple[int, Dict[str, Any]]:
+    cause = exc.__cause__
+    version = getattr(exc, "model_version", None)
+    if isinstance(cause, VersionNotCommittedError):
+        return _error(503, "embeddings_not_committed",
+                      f"model version {version!r} is not committed in the meta embeddings; run "
+                      "meta-embedding generation for it or serve a version that has embeddings")
+    return _error(503, "embeddings_unavailable",
+                  f"the meta embeddings of model version {version!r} cannot be read now")
+
+
+def _public_degraded(degraded: Optional[str]) -> Optional[str]:
+    """A response's ``degraded`` without store names (the full reason is logged)."""
+    if degraded is None:
+        return None
+    log.info("degraded answer: %s", degraded)
+    if "timed out" in degraded or "saturated" in degraded:
+        return "embedding store too slow; cold-start default served"
+    if "cold-start" in degraded and "fallback" in degraded:
+        return "cold-start default unknown; fallback vector served"
+    return "embedding store unavailable; cold-start default served"
+
+
+def parse_rank_body(body: bytes) -> Dict[str, Any]:
+    """Decodes a ``/v1/rank`` body into its JSON object.
+
+    Raises:
+        _HttpError: 400 for anything that is not a UTF-8 JSON object of the allowed keys
+            (invalid Unicode, nesting deeper than Python's recursion limit included).
+    """
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _HttpError(400, f"body is not valid UTF-8 JSON: {exc}", "body") from None
+    except RecursionError:
+        raise _HttpError(400, "body is nested too deeply", "body") from None
+    if not isinstance(payload, dict):
+        raise _HttpError(400, f"body must be a JSON object, got {type(payload).__name__}",
+                         "body")
+    extra = sorted(set(payload) - set(_REQUEST_KEYS))
+    if extra:
+        raise _HttpError(400, f"unknown request field(s) {extra}; allowed: "
+                              f"{list(_REQUEST_KEYS)}", extra[0])
+    if "user_id" not in payload:
+        raise _HttpError(400, "user_id: missing", "user_id")
+    has_c, has_i = "candidates" in payload, "item_ids" in payload
+    if has_c == has_i:
+        raise _HttpError(400, "candidates: missing (send candidates or item_ids, one of them)"
+                         if not has_c else "send candidates or item_ids, not both", "candidates")
+    return payload
 
 
 def handle_rank_body(ranker: Ranker, body: bytes) -> Tuple[int, Dict[str, Any]]:
     """Answers one ``/v1/rank`` body: ``(HTTP status, JSON object)``; never raises."""
     try:
-        try:
-            payload = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _HttpError(400, f"body is not valid UTF-8 JSON: {exc}", "body") from None
-        if not isinstance(payload, dict):
-            raise _HttpError(400, f"body must be a JSON object, got {type(payload).__name__}",
-                             "body")
-        extra = sorted(set(payload) - set(_REQUEST_KEYS))
-        if extra:
-            raise _HttpError(400, f"unknown request field(s) {extra}; allowed: "
-                                  f"{list(_REQUEST_KEYS)}", extra[0])
-        if "user_id" not in payload:
-            raise _HttpError(400, "user_id: missing", "user_id")
-        if "candidates" not in payload:
-            raise _HttpError(400, "candidates: missing", "candidates")
-        resp = ranker.rank(payload["user_id"], payload["candidates"], payload.get("user_features"))
-        return 200, resp.to_json()
+        payload = parse_rank_body(body)
+        if "item_ids" in payload:
+            resp = ranker.rank_items(payload["user_id"], payload["item_ids"],
+                                     payload.get("user_features"))
+        else:
+            resp = ranker.rank(payload["user_id"], payload["candidates"],
+                               payload.get("user_features"))
+        out = resp.to_json()
+        out["degraded"] = _public_degraded(out["degraded"])
+        return 200, out
     except _HttpError as exc:
-        return exc.status, {"error": exc.message, "field": exc.field}
+        return _error(exc.status, exc.code, exc.message, exc.field)
     except InvalidRequest as exc:
-        return 400, {"error": str(exc), "field": exc.field}
-    except (ModelServerUnavailable, EmbeddingLookupError) as exc:
-        return 503, {"error": str(exc)}
+        return _error(400, "bad_request", _printable(str(exc)), exc.field)
+    except EmbeddingLookupError as exc:
+        log.warning("ranker service: %s", exc)
+        return _embedding_failure(exc)
+    except ModelServerUnavailable as exc:
+        log.warning("ranker service: %s", exc)
+        return _error(503, "model_unavailable", "the model server is unavailable")
     except ModelServerError as exc:
-        return 502, {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
+        log.error("ranker service: %s", exc)
+        return _error(502, "model_error", "the model server rejected the request")
+    except RecursionError:
+        return _error(400, "bad_request", "request is nested too deeply", "body")
+    except Exception:  # noqa: BLE001 - answer 500, keep serving
         log.exception("ranker service: unexpected error")
-        return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
+        return _error(500, "internal", "internal error")
 
 
-def _make_handler(ranker: Ranker, max_body_bytes: int):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive; every answer has a Content-Length
-        server_version = "limaml-ranker/1"
-        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + the
-        # client's delayed ACK add ~40 ms to every keep-alive response.
-        disable_nagle_algorithm = True
-        timeout = 30  # seconds a client may stall mid-request before its socket is closed
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet by default
-            log.debug("%s " + fmt, self.address_string(), *args)
 
-        def _send(self, status: int, obj: Dict[str, Any]) -> None:
-            data = json.dumps(obj).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+def handle_ready(ranker: Ranker) -> Tuple[int, Dict[str, Any]]:
+    """``/readyz``: 200 when the served version and its embeddings are reachable, else 503."""
+    try:
+        version = ranker.readiness()
+    except EmbeddingLookupError as exc:
+        log.warning("readiness: %s", exc)
+        status, body = _embedding_failure(exc)
+        return status, {"status": "unavailable", **body}
+    except ModelServerError as exc:
+        log.warning("readiness: %s", exc)
+        return 503, {"status": "unavailable", "code": "model_unavailable",
+                     "error": "the model server is unavailable"}
+    except Exception:  # noqa: BLE001
+        log.exception("readiness check failed")
+        return 503, {"status": "unavailable", "code": "internal", "error": "internal error"}
+    return 200, {"status": "ready", "model_version": str(version)}
 
-        def _path(self) -> str:
-            return self.path.split("?", 1)[0]
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            try:
-                path = self._path()
-                if path == HEALTH_PATH:
-                    self._send(200, {"status": "ok"})
-                elif path == READY_PATH:
-                    try:
-                        version = ranker.model_version()
-                        self._send(200, {"status": "ready", "model_version": str(version)})
-                    except ModelServerError as exc:
-                        self._send(503, {"status": "unavailable", "error": str(exc)})
-                elif path == RANK_PATH:
-                    self._send(405, {"error": f"use POST for {RANK_PATH}"})
-                else:
-                    self._send(404, {"error": f"unknown path {path!r}; use POST {RANK_PATH}, "
-                                              f"GET {HEALTH_PATH} or GET {READY_PATH}"})
-            except Exception:  # noqa: BLE001 - e.g. client went away
-                log.exception("ranker service: GET failed")
+_Send = Callable[[Dict[str, Any]], Awaitable[None]]
+_Receive = Callable[[], Awaitable[Dict[str, Any]]]
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
-            try:
-                path = self._path()
-                length_header = self.headers.get("Content-Length")
-                if length_header is None:
-                    self.close_connection = True
-                    self._send(411, {"error": "Content-Length header required"})
-                    return
-                try:
-                    length = int(length_header)
-                    if length < 0:
-                        raise ValueError
-                except ValueError:
-                    self.close_connection = True
-                    self._send(400, {"error": f"bad Content-Length {length_header!r}"})
-                    return
-                if length > max_body_bytes:
-                    self.close_connection = True
-                    self._send(413, {"error": f"body of {length} bytes is larger than "
-                                              f"{max_body_bytes}; send fewer candidates"})
-                    return
-                body = self.rfile.read(length)
-                if path != RANK_PATH:
-                    self._send(404 if path not in (HEALTH_PATH, READY_PATH) else 405,
-                               {"error": f"unknown path {path!r}; use POST {RANK_PATH}"})
-                    return
-                status, obj = handle_rank_body(ranker, body)
-                self._send(status, obj)
-            except Exception:  # noqa: BLE001 - e.g. client went away
-                log.exception("ranker service: POST failed")
-                self.close_connection = True
 
-    return Handler
+class RankerApp:
+    """The ranker's ASGI application (see the module doc for the API).
+
+    Args:
+        ranker: the ranker.
+        max_body_bytes: largest request body.
+        body_timeout_s: most seconds to receive a body once its head arrived.
+        workers: threads running the ranker (gRPC and embedding calls block).
+        max_pending: most requests in the ranker (running or queued); more get 503 at once.
+        auth_token: required ``Authorization: Bearer`` token of ``/v1/rank``; None: open.
+    """
+
+    def __init__(self, ranker: Ranker, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, workers: int = DEFAULT_WORKERS,
+                 max_pending: int = DEFAULT_MAX_PENDING, auth_token: Optional[str] = None
+                 ) -> None:
+        if workers < 1 or max_pending < 1 or max_body_bytes < 1 or body_timeout_s <= 0:
+            raise ValueError(f"workers={workers}, max_pending={max_pending}, "
+                             f"max_body_bytes={max_body_bytes}, body_timeout_s={body_timeout_s}:"
+                             " all must be positive")
+        self.ranker = ranker
+        self.max_body_bytes = int(max_body_bytes)
+        self.body_timeout_s = float(body_timeout_s)
+        self.max_pending = int(max_pending)
+        self._expected = f"Bearer {auth_token}".encode("utf-8") if auth_token else None
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ranker")
+        self._pending = 0  # touched only on the event loop
+
+    def close(self) -> None:
+        """Stops the worker threads (after running requests)."""
+        self._pool.shutdown(wait=False)
+
+    async def __call__(self, scope: Dict[str, Any], receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        headers = dict(scope["headers"])
+        status, body, extra = await self._route(path, method, headers, receive)
+        data = json.dumps(body).encode("utf-8")
+        out_headers: List[Tuple[bytes, bytes]] = [
+            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        out_headers.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _route(self, path: str, method: str, headers: Dict[bytes, bytes],
+                     receive: _Receive) -> Tuple[int, Dict[str, Any], List[Tuple[bytes, bytes]]]:
+        close = [(b"connection", b"close")]
+        if path == HEALTH_PATH and method in ("GET", "HEAD"):
+            return 200, {"status": "ok"}, []
+        if path == READY_PATH and method in ("GET", "HEAD"):
+            status, body = await self._run(handle_ready, self.ranker)
+            return status, body, []
+        if path == RANK_PATH and method != "POST":
+            return (*_error(405, "method_not_allowed", f"use POST for {RANK_PATH}"), [])
+        if path != RANK_PATH:
+            if path in (HEALTH_PATH, READY_PATH):
+                return (*_error(405, "method_not_allowed", f"use GET for {path}"), [])
+            return (*_error(404, "not_found", f"unknown path; use POST {RANK_PATH}, "
+                                              f"GET {HEALTH_PATH} or GET {READY_PATH}"), [])
+        if self._expected is not None and not hmac.compare_digest(
+                headers.get(b"authorization", b""), self._expected):
+            return (*_error(401, "unauthorized", "missing or wrong bearer token"),
+                    [(b"www-authenticate", b"Bearer")])
+        length_header = headers.get(b"content-length")
+        if length_header is None:
+            return (*_error(411, "length_required", "Content-Length header required"), close)
+        try:
+            length = int(length_header)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            return (*_error(400, "bad_request", "bad Content-Length", "Content-Length"), close)
+        if length > self.max_body_bytes:
+            return (*_error(413, "too_large", f"body of {length} bytes is larger than "
+                                              f"{self.max_body_bytes}; send fewer candidates"),
+                    close)
+        try:
+            body = await asyncio.wait_for(self._read_body(receive, length), self.body_timeout_s)
+        except asyncio.TimeoutError:
+            return (*_error(408, "body_timeout",
+                            f"body not received within {self.body_timeout_s:g} s"), close)
+        if body is None:
+            return (*_error(400, "bad_request", "body shorter than Content-Length", "body"), close)
+        if self._pending >= self.max_pending:
+            return (*_error(503, "overloaded", "too many requests waiting; retry"),
+                    [(b"retry-after", b"1")])
+        status, obj = await self._run(handle_rank_body, self.ranker, body)
+        return status, obj, []
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._pending -= 1
+
+    @staticmethod
+    async def _read_body(receive: _Receive, length: int) -> Optional[bytes]:
+        chunks: List[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > length:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks) if size == length else None
 
 
 class RankerServiceHandle:
@@ -190,12 +346,13 @@ class RankerServiceHandle:
     Attributes:
         port: the bound port.
         host: the bound interface.
+        app: the ASGI app.
     """
 
-    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+    def __init__(self, server: AsgiServerHandle, app: RankerApp) -> None:
         self._server = server
-        self._thread = thread
-        self.host, self.port = server.server_address[:2]
+        self.app = app
+        self.host, self.port = server.host, server.port
         self._stopped = False
 
     @property
@@ -207,9 +364,8 @@ class RankerServiceHandle:
         """Stops serving and closes the socket; idempotent."""
         if not self._stopped:
             self._stopped = True
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
+            self._server.stop()
+            self.app.close()
 
     def __enter__(self) -> "RankerServiceHandle":
         return self
@@ -223,24 +379,55 @@ def start_ranker_service(
     host: str = "127.0.0.1",
     port: int = 0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    workers: int = DEFAULT_WORKERS,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    header_timeout_s: float = 10.0,
+    auth_token: Optional[str] = None,
 ) -> RankerServiceHandle:
-    """Serves ``ranker`` over HTTP on a background thread.
+    """Serves ``ranker`` over HTTP (uvicorn) on a background thread.
 
     Args:
         ranker: the ranker.
-        host: interface to bind.
+        host: interface to bind (default: this machine only).
         port: port; 0 picks a free one.
         max_body_bytes: largest request body accepted.
+        workers: ranker threads.
+        max_pending: requests in the ranker (running or queued) before answering 503.
+        body_timeout_s: most seconds for a body after its head.
+        header_timeout_s: most seconds for a request head.
+        auth_token: bearer token ``/v1/rank`` requires; None: no check.
 
     Returns:
         The handle (``port``, ``url``, ``stop()``).
+
+    Raises:
+        OSError: the address cannot be bound.
     """
-    server = ThreadingHTTPServer((host, port), _make_handler(ranker, max_body_bytes))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="ranker-http", daemon=True)
-    thread.start()
-    log.info("ranker service on http://%s:%d", host, server.server_address[1])
-    return RankerServiceHandle(server, thread)
+    app = RankerApp(ranker, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
+                    workers=workers, max_pending=max_pending, auth_token=auth_token)
+    try:
+        server = serve_asgi(app, host=host, port=port, header_timeout_s=header_timeout_s)
+    except BaseException:
+        app.close()
+        raise
+    log.info("ranker service on http://%s:%d", host, server.port)
+    return RankerServiceHandle(server, app)
+
+
+def read_token(path: Optional[str], env: str = TOKEN_ENV) -> Optional[str]:
+    """A shared token from a file (stripped) or, without a file, the environment; else None.
+
+    Raises:
+        ValueError: the file is empty.
+    """
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+        if not token:
+            raise ValueError(f"token file {path} is empty")
+        return token
+    return os.environ.get(env) or None
 
 
 def _load_factory(spec: str):
@@ -257,10 +444,19 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", required=True)
     parser.add_argument("--embedding-lookup", required=True,
                         help="'package.module:factory'; factory() returns the lookup")
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (0.0.0.0: every interface, e.g. in a pod)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--timeout-s", type=float, default=1.0)
     parser.add_argument("--max-candidates", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    parser.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING)
+    parser.add_argument("--auth-token-file",
+                        help=f"require 'Authorization: Bearer <token>' (else ${TOKEN_ENV})")
+    parser.add_argument("--model-token-file",
+                        help="token sent to the model server (its --auth_token_file)")
+    parser.add_argument("--item-catalog",
+                        help="JSON lines of items (item_id + item features) for the item cache")
     return parser
 
 
@@ -269,9 +465,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     lookup = _load_factory(args.embedding_lookup)()
+    items = None
+    if args.item_catalog:
+        from serving.item_cache import ItemCache
+
+        with open(args.item_catalog, encoding="utf-8") as fh:
+            items = ItemCache.from_records(json.loads(line) for line in fh if line.strip())
     ranker = Ranker(args.model_target, args.model_name, lookup, timeout_s=args.timeout_s,
-                    max_candidates=args.max_candidates)
-    handle = start_ranker_service(ranker, host=args.host, port=args.port)
+                    max_candidates=args.max_candidates, item_cache=items,
+                    auth_token=read_token(args.model_token_file, "LIMAML_MODEL_TOKEN"))
+    handle = start_ranker_service(ranker, host=args.host, port=args.port, workers=args.workers,
+                                  max_pending=args.max_pending,
+                                  auth_token=read_token(args.auth_token_file))
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

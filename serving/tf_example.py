@@ -72,6 +72,11 @@ def check_value(field: str, kind: str, value: Any) -> None:
     if kind == "str":
         if not isinstance(value, str):
             raise _kind_error(field, kind, value)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. a lone surrogate from JSON "\ud800"
+            raise FeatureError(field, "is not valid Unicode (lone surrogate); send UTF-8 "
+                                      "text") from None
     elif kind == "int64":
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise _kind_error(field, kind, value)

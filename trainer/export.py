@@ -6,7 +6,12 @@
   ``tf.Example``s holding raw features plus ``meta_embedding`` (float list [E]), applies the
   Transform graph (``TFTransformOutput.transform_features_layer()``) and the global block.
 * ``predict_dense(<encoded global features>, meta_embedding: float32[N, E])`` -> same output, for
-  callers that already hold encoded tensors (low-latency path).
+  callers that already hold encoded tensors.
+* ``predict_raw(<raw features>, meta_embedding: float32[N, E])`` -> same output: one dense ``[N]``
+  tensor per raw serving feature (a row per candidate, dtypes of the raw feature spec), the
+  Transform graph applied inside, exactly as ``serving_default`` does after parsing. The ranker's
+  low-latency path: a ``PredictRequest`` built from numpy columns, no ``tf.Example`` per
+  candidate (:data:`RAW_SIGNATURE`; inputs listed by :func:`raw_input_names`).
 
 ``meta_block/``:
 
@@ -34,6 +39,7 @@ from trainer.layout import MASK, USER_HASH, FeatureLayout
 from trainer.model import LimamlModel, global_forward
 
 META_BLOCK_JSON = "meta_block.json"
+RAW_SIGNATURE = "predict_raw"
 # Raw columns a serving request does not need to carry.
 _NOT_SERVED = (features.LABEL, features.RATING, features.ORACLE_PROB, features.TIMESTAMP)
 
@@ -72,6 +78,39 @@ class GlobalBlockServing(tf.Module):
         self.serve = tf.function(self._serve, input_signature=[
             tf.TensorSpec([None], tf.string, name="examples")])
         self.predict_dense = tf.function(self._predict_dense, input_signature=[dense_specs])
+        self._raw_names = raw_input_names(spec)
+
+    def _raw_to_parsed(self, raw: Mapping[str, tf.Tensor]) -> Dict[str, Any]:
+        """Dense ``[N]`` raw columns -> what ``parse_example`` gives for ``self._spec``."""
+        n = tf.shape(raw[features.META_EMBEDDING])[0]
+        parsed: Dict[str, Any] = {}
+        for name, feat in self._spec.items():
+            if name == features.META_EMBEDDING:
+                continue
+            col = raw.get(name)
+            if isinstance(feat, tf.io.VarLenFeature):
+                if col is None:  # absent from every example: an empty [N, 0] sparse tensor
+                    parsed[name] = tf.SparseTensor(tf.zeros([0, 2], tf.int64),
+                                                   tf.zeros([0], feat.dtype),
+                                                   tf.stack([tf.cast(n, tf.int64), 0]))
+                else:  # one value per row, empty strings and zeros kept
+                    rows = tf.range(tf.cast(tf.shape(col)[0], tf.int64))
+                    parsed[name] = tf.SparseTensor(
+                        tf.stack([rows, tf.zeros_like(rows)], axis=1), col,
+                        tf.stack([tf.cast(tf.shape(col)[0], tf.int64), 1]))
+            elif col is None:
+                default = feat.default_value if feat.default_value is not None else 0
+                parsed[name] = tf.fill(tf.concat([[n], feat.shape], 0),
+                                       tf.constant(default, feat.dtype))
+            else:
+                parsed[name] = col
+        return parsed
+
+    def _predict_raw(self, raw):
+        raw = dict(raw)
+        emb = raw[features.META_EMBEDDING]
+        transformed = self.tft_layer(self._raw_to_parsed(raw))
+        return {"probabilities": tf.sigmoid(self._scorer(transformed, emb))}
 
     def _serve(self, examples):
         parsed = tf.io.parse_example(examples, self._spec)
@@ -94,10 +133,29 @@ class GlobalBlockServing(tf.Module):
         def flat(*args):
             return self.predict_dense(dict(zip(names, args)))
         flat_fn = tf.function(flat, input_signature=specs)
+        emb_spec = specs[-1]
+        raw_names = list(self._raw_names) + [features.META_EMBEDDING]
+        raw_specs = [tf.TensorSpec([None], self._spec[n].dtype, name=n)
+                     for n in self._raw_names] + [emb_spec]
+
+        def flat_raw(*args):
+            return self._predict_raw(dict(zip(raw_names, args)))
+        raw_fn = tf.function(flat_raw, input_signature=raw_specs)
         tf.saved_model.save(self, path, signatures={
             "serving_default": self.serve.get_concrete_function(),
             "predict_dense": flat_fn.get_concrete_function(),
+            RAW_SIGNATURE: raw_fn.get_concrete_function(),
         })
+
+
+def raw_input_names(spec: Mapping[str, Any]) -> Tuple[str, ...]:
+    """Raw inputs of ``predict_raw``: the canonical serving columns of the parsing spec.
+
+    Derived columns the examples may carry (cohort, history size) are not inputs: the
+    signature gives the Transform what ``parse_example`` gives when they are absent.
+    """
+    return tuple(k for k in spec if k in features.CANONICAL_COLUMNS
+                 and k not in _NOT_SERVED and k != features.META_EMBEDDING)
 
 
 def export_global_block(path: str, model: LimamlModel, tft_output) -> None:
@@ -189,3 +247,25 @@ def load_meta_block(path: str) -> Tuple[LimamlModel, LimamlConfig, Dict[str, Any
     tf.train.Checkpoint(model=model).read(
         os.path.join(path, "checkpoint", "model")).assert_existing_objects_matched()
     return model, cfg, info
+
+
+def reexport_global_block(model_dir: str, out_dir: str) -> None:
+    """Re-exports a served LiMAML model folder with the current signatures (e.g. ``predict_raw``).
+
+    Rebuilds the trained model from ``<model_dir>/assets.extra/meta_block/`` (checkpoint and
+    the Transform graph copy), writes the global block to ``out_dir`` and copies
+    ``assets.extra/`` beside it, so ``out_dir`` is a drop-in version folder for TF Serving.
+
+    Args:
+        model_dir: a pushed version folder (``<serving_base>/<version>/``).
+        out_dir: where to write the new version folder (must not exist).
+    """
+    import shutil
+
+    import tensorflow_transform as tft
+
+    meta_dir = os.path.join(model_dir, "assets.extra", "meta_block")
+    model, _, _ = load_meta_block(meta_dir)
+    tft_output = tft.TFTransformOutput(os.path.join(meta_dir, "transform_graph"))
+    export_global_block(out_dir, model, tft_output)
+    shutil.copytree(os.path.join(model_dir, "assets.extra"), os.path.join(out_dir, "assets.extra"))

@@ -1,0 +1,177 @@
+"""Runs an ASGI app on uvicorn with a real accept queue, keep-alive and request deadlines.
+
+``serve_asgi(app, host, port)`` binds the socket itself (so ``port=0`` works and the listen
+backlog is ours: :data:`DEFAULT_BACKLOG`), then runs a ``uvicorn.Server`` on a background thread
+(its own asyncio loop). What it adds to uvicorn's defaults:
+
+* **Header deadline**: a connection that has not sent a complete request head
+  ``header_timeout_s`` after it opened, or after the first byte of its next keep-alive request,
+  is closed (uvicorn alone keeps a slow-header client forever: any byte cancels its keep-alive
+  timer). The body has its own deadline in the app (``serving.ranker_service``).
+* **Bounded sizes**: request heads larger than ``max_header_bytes`` are answered 400 by h11.
+* **Bounded connections**: beyond ``max_connections`` open connections uvicorn answers 503.
+* **Keep-alive**: idle keep-alive connections are closed after ``keep_alive_s``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from typing import Any, Optional
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKLOG = 2048
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_KEEP_ALIVE_S = 5
+DEFAULT_MAX_HEADER_BYTES = 16 << 10
+DEFAULT_MAX_CONNECTIONS = 4096
+
+
+class _DeadlineH11Protocol(H11Protocol):
+    """h11 protocol that closes connections which do not finish a request head in time."""
+
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_deadline: Optional[asyncio.TimerHandle] = None
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm_head_deadline(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timeout(self) -> None:
+        self._head_deadline = None
+        if self._idle() and not self.transport.is_closing():
+            log.info("closing a connection from %s: no complete request head within %.1f s",
+                     self.client, self.header_timeout_s)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle():
+            self._arm_head_deadline()  # first bytes of a request: its head must follow in time
+        super().data_received(data)
+        if not self._idle():
+            self._disarm_head_deadline()  # head complete: the app's body deadline takes over
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+
+class AsgiServerHandle:
+    """A running uvicorn server on a background thread.
+
+    Attributes:
+        host: bound interface.
+        port: bound port.
+    """
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, sock: socket.socket
+                 ) -> None:
+        self._server = server
+        self._thread = thread
+        self._sock = sock
+        self.host, self.port = sock.getsockname()[:2]
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8080``."""
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stops accepting, lets running requests finish (up to ``grace_s``); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.should_exit = True
+        self._thread.join(timeout=grace_s + 1.0)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout=2.0)
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+def serve_asgi(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    backlog: int = DEFAULT_BACKLOG,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    start_timeout_s: float = 10.0,
+) -> AsgiServerHandle:
+    """Serves ``app`` (ASGI 3) on a background thread; returns once it accepts connections.
+
+    Args:
+        app: the ASGI application.
+        host: interface to bind (``127.0.0.1``: this machine only).
+        port: port; 0 picks a free one.
+        backlog: listen queue of not yet accepted connections.
+        header_timeout_s: most seconds for a request head (see module doc).
+        keep_alive_s: idle seconds before a keep-alive connection is closed.
+        max_header_bytes: largest request head.
+        max_connections: open connections (and running requests) before answering 503.
+        start_timeout_s: how long to wait for the server to start.
+
+    Returns:
+        The handle (``host``, ``port``, ``url``, ``stop()``).
+
+    Raises:
+        OSError: the address cannot be bound.
+        RuntimeError: the server did not start in time.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    protocol = type("DeadlineH11Protocol", (_DeadlineH11Protocol,),
+                    {"header_timeout_s": float(header_timeout_s)})
+    config = uvicorn.Config(
+        app, http=protocol, loop="asyncio", lifespan="off", log_config=None, access_log=False,
+        backlog=backlog, timeout_keep_alive=keep_alive_s, limit_concurrency=max_connections,
+        h11_max_incomplete_event_size=max_header_bytes, server_header=False, date_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name=f"asgi-{sock.getsockname()[1]}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"the HTTP server on {host}:{sock.getsockname()[1]} did not start")
+        time.sleep(0.01)
+    return AsgiServerHandle(server, thread, sock)
+
+
+__all__ = ["AsgiServerHandle", "DEFAULT_BACKLOG", "serve_asgi"]
