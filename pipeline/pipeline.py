@@ -16,6 +16,7 @@ from components.protocol_example_gen.component import ProtocolExampleGen
 from components.report.component import Report
 from components.task_gen.component import TaskGen
 from limaml.config import LimamlConfig
+from pipeline import settings as S
 from pipeline.settings import PIPELINE_NAME
 from report.eval_config import BlessingThresholds, make_eval_config
 from schema import features as F
@@ -60,20 +61,20 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
     task_gen = TaskGen(transformed_examples=transform.outputs["transformed_examples"],
                        transform_graph=transform.outputs["transform_graph"], limaml_config=cfg_json)
     limaml = _trainer(LIMAML_RUN_FN, task_gen.outputs["tasks"], transform.outputs["transform_graph"],
-                      config, "limaml", "eval").with_id("LimamlTrainer")
+                      config, "limaml", "eval").with_id(S.LIMAML_TRAINER)
     global_dnn = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
                           transform.outputs["transform_graph"], config, "global_dnn", "train"
-                          ).with_id("GlobalDnnTrainer")
+                          ).with_id(S.GLOBAL_DNN_TRAINER)
     wide_deep = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
                          transform.outputs["transform_graph"], config, "wide_deep", "train"
-                         ).with_id("WideDeepTrainer")
+                         ).with_id(S.WIDE_DEEP_TRAINER)
     # The linear floor: logistic regressions without / with the user id.
     linear = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
                       transform.outputs["transform_graph"], config, "linear", "train"
-                      ).with_id("LinearTrainer")
+                      ).with_id(S.LINEAR_TRAINER)
     linear_user_id = _trainer(BASELINE_RUN_FN, transform.outputs["transformed_examples"],
                               transform.outputs["transform_graph"], config, "linear_user_id", "train"
-                              ).with_id("LinearUserIdTrainer")
+                              ).with_id(S.LINEAR_USER_ID_TRAINER)
     meg = MetaEmbeddingGen(transformed_examples=transform.outputs["transformed_examples"],
                            transform_graph=transform.outputs["transform_graph"],
                            model=limaml.outputs["model"], limaml_config=cfg_json)
@@ -86,18 +87,18 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
             with_baseline=True, prediction_key=PREDICTION_KEY,
             thresholds=BlessingThresholds(min_auc=config.evaluation.min_auc,
                                           min_auc_change=config.evaluation.min_auc_change))
-    ).with_id("EvaluatorLimaml")
+    ).with_id(S.EVALUATOR_LIMAML)
     eval_dnn = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=global_dnn.outputs["model"],
         example_splits=["eval"], eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY)
-    ).with_id("EvaluatorGlobalDnn")
+    ).with_id(S.EVALUATOR_GLOBAL_DNN)
     # Both linear models in one TFMA run (candidate = linear_user_id, baseline = linear): one more
     # Beam pass over the query rows instead of two; no thresholds, its blessing gates nothing.
     eval_linear = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=linear_user_id.outputs["model"],
         baseline_model=linear.outputs["model"], example_splits=["eval"],
         eval_config=make_eval_config(with_baseline=True, thresholds=None, prediction_key=PREDICTION_KEY)
-    ).with_id("EvaluatorLinear")
+    ).with_id(S.EVALUATOR_LINEAR)
     report = Report(examples=join.outputs["joined_examples"], evaluation=eval_limaml.outputs["evaluation"],
                     baseline_evaluation=eval_dnn.outputs["evaluation"],
                     linear_evaluation=eval_linear.outputs["evaluation"],
@@ -109,9 +110,14 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
                          serving_base=serving_base,
                          embedding_table=(f"{emb.bigtable_project}/{emb.bigtable_instance}/{emb.bigtable_table}"
                                           if emb.bigtable_table else ""))
-    return [example_gen, statistics_gen, schema_gen, validator, gate, transform, task_gen, limaml,
-            global_dnn, wide_deep, linear, linear_user_id, meg, join, eval_limaml, eval_dnn, eval_linear,
-            report, pusher]
+    nodes = [example_gen, statistics_gen, schema_gen, validator, gate, transform, task_gen, limaml,
+             global_dnn, wide_deep, linear, linear_user_id, meg, join, eval_limaml, eval_dnn, eval_linear,
+             report, pusher]
+    ids = tuple(node.id for node in nodes)
+    if ids != S.COMPONENT_IDS:
+        raise RuntimeError(f"pipeline node ids {ids} differ from pipeline.settings.COMPONENT_IDS "
+                             f"{S.COMPONENT_IDS}; update COMPONENT_IDS with the pipeline")
+    return nodes
 
 
 def create_pipeline(config: LimamlConfig, pipeline_root: str,

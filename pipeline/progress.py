@@ -1,16 +1,17 @@
 """Component progress of a local run, read from ML Metadata while the pipeline runs.
 
 TFX's own progress lines go through absl logging, which components reconfigure mid-run; the
-metadata store is the record of what started and finished, so a background thread polls it.
+metadata store is the record of what started and finished, so a background thread polls it
+(through :mod:`pipeline.run_metadata`, read-only).
 """
 from __future__ import annotations
 
-import sys
+import os
 import threading
 import time
-from typing import Dict, Optional, TextIO
+from typing import Any, Dict, Optional, TextIO
 
-_STATES = {1: "new", 2: "running", 3: "finished", 4: "FAILED", 5: "cached", 6: "cancelled"}
+from pipeline import run_metadata
 
 
 class ProgressMonitor(threading.Thread):
@@ -19,52 +20,40 @@ class ProgressMonitor(threading.Thread):
     Args:
         metadata_path: the run's SQLite ML Metadata file.
         interval_s: polling period.
-        out: where to print.
+        out: where to print (default: the console, :func:`limaml.console.console`).
     """
 
-    def __init__(self, metadata_path: str, interval_s: float = 2.0, out: TextIO = sys.stderr) -> None:
+    def __init__(self, metadata_path: str, interval_s: float = 2.0, out: Optional[TextIO] = None) -> None:
         super().__init__(daemon=True, name="limaml-progress")
+        if out is None:
+            from limaml.console import console
+
+            out = console()
         self._path, self._interval, self._out = metadata_path, interval_s, out
         self._stop_event = threading.Event()
         self._seen: Dict[int, int] = {}
         self._start = time.time()
 
-    def _store(self):
-        from ml_metadata.metadata_store import metadata_store
-        from ml_metadata.proto import metadata_store_pb2
+    def _store(self) -> Any:
+        return run_metadata.open_readonly(self._path)
 
-        cfg = metadata_store_pb2.ConnectionConfig()
-        cfg.sqlite.filename_uri = self._path
-        cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-        return metadata_store.MetadataStore(cfg)
-
-    def poll(self, store) -> None:
+    def poll(self, store: Any) -> None:
         """Prints one line per execution whose state changed since the last poll."""
-        node_type: Optional[int] = None
-        for ctx_type in store.get_context_types():
-            if ctx_type.name == "node":
-                node_type = ctx_type.id
-        for execution in store.get_executions():
-            state = int(execution.last_known_state)
-            if self._seen.get(execution.id) == state:
+        for execution in run_metadata.node_executions(self._path, store):
+            if self._seen.get(execution.id) == execution.state:
                 continue
-            self._seen[execution.id] = state
-            nodes = [c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
-                     if c.type_id == node_type]
-            name = nodes[0] if nodes else execution.type
-            print(f"[run {time.time() - self._start:5.0f}s] {name}: {_STATES.get(state, state)}",
+            self._seen[execution.id] = execution.state
+            print(f"[run {time.time() - self._start:5.0f}s] {execution.node}: {execution.state_name}",
                   file=self._out, flush=True)
 
     def prime(self) -> None:
         """Marks the executions of earlier runs (already in the store) as seen, silently."""
-        import os
-
         if os.path.exists(self._path):
             try:
-                for execution in self._store().get_executions():
-                    self._seen[execution.id] = int(execution.last_known_state)
-            except Exception:  # noqa: BLE001 - an empty or new store
-                pass
+                for execution in run_metadata.node_executions(self._path):
+                    self._seen[execution.id] = execution.state
+            except run_metadata.MetadataReadError:
+                pass  # an empty store (a run that stopped before writing): nothing seen yet
 
     def run(self) -> None:
         store = None
@@ -72,8 +61,8 @@ class ProgressMonitor(threading.Thread):
             try:
                 store = store or self._store()
                 self.poll(store)
-            except Exception:  # noqa: BLE001 - the store may not exist yet, or be mid-write
-                store = None
+            except run_metadata.MetadataReadError:
+                store = None  # not created yet, or mid-write: next poll
             self._stop_event.wait(self._interval)
 
     def stop(self) -> None:
@@ -82,5 +71,5 @@ class ProgressMonitor(threading.Thread):
         self.join(timeout=10)
         try:
             self.poll(self._store())
-        except Exception:  # noqa: BLE001
-            pass
+        except run_metadata.MetadataReadError:
+            pass  # the run never created its store: nothing to report

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 import tensorflow as tf
+from tfx.utils import io_utils
 
-from components.block_pusher.push import copy_tree
 from components.common.model_layout import META_BLOCK_SUBDIR
 from trainer import run as trainer_run
 
@@ -34,7 +34,7 @@ def to_serving_layout(serving_model_dir: str, transform_output: str) -> None:
         target = os.path.join(serving_model_dir, META_BLOCK_SUBDIR)
         tf.io.gfile.makedirs(os.path.dirname(target))
         tf.io.gfile.rename(meta_dir, target, overwrite=True)
-        copy_tree(transform_output, os.path.join(target, TRANSFORM_GRAPH))
+        io_utils.copy_dir(transform_output, os.path.join(target, TRANSFORM_GRAPH))
 
 
 def run_fn(fn_args) -> None:

@@ -5,6 +5,8 @@ import dataclasses
 import os
 from typing import List, Tuple
 
+from pipeline.run_metadata import METADATA_FILE
+
 PIPELINE_NAME = "limaml"
 
 
@@ -32,7 +34,7 @@ class PipelinePaths:
         output = os.path.abspath(output)
         return cls(data_dir=os.path.abspath(data_dir),
                    pipeline_root=os.path.join(output, "pipeline"),
-                   metadata_path=os.path.join(output, "metadata.sqlite"),
+                   metadata_path=os.path.join(output, METADATA_FILE),
                    serving_base=os.path.join(output, "serving", "limaml"),
                    report_dir=os.path.join(output, "report"))
 
@@ -48,8 +50,20 @@ def beam_args(workers: int = 1) -> List[str]:
     return [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
 
 
+# Component ids of the pipeline (``pipeline/pipeline.py`` names its nodes with these; ML Metadata
+# node contexts, Kubeflow tasks and artifact folders carry them).
+LIMAML_TRAINER = "LimamlTrainer"
+GLOBAL_DNN_TRAINER = "GlobalDnnTrainer"
+WIDE_DEEP_TRAINER = "WideDeepTrainer"
+LINEAR_TRAINER = "LinearTrainer"
+LINEAR_USER_ID_TRAINER = "LinearUserIdTrainer"
+EMBEDDING_JOIN = "EmbeddingJoin"
+EVALUATOR_LIMAML = "EvaluatorLimaml"
+EVALUATOR_GLOBAL_DNN = "EvaluatorGlobalDnn"
+EVALUATOR_LINEAR = "EvaluatorLinear"
+
 COMPONENT_IDS: Tuple[str, ...] = (
     "ProtocolExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-    "Transform", "TaskGen", "LimamlTrainer", "GlobalDnnTrainer", "WideDeepTrainer", "LinearTrainer",
-    "LinearUserIdTrainer", "MetaEmbeddingGen", "EmbeddingJoin", "EvaluatorLimaml", "EvaluatorGlobalDnn",
-    "EvaluatorLinear", "Report", "BlockPusher")
+    "Transform", "TaskGen", LIMAML_TRAINER, GLOBAL_DNN_TRAINER, WIDE_DEEP_TRAINER, LINEAR_TRAINER,
+    LINEAR_USER_ID_TRAINER, "MetaEmbeddingGen", EMBEDDING_JOIN, EVALUATOR_LIMAML, EVALUATOR_GLOBAL_DNN,
+    EVALUATOR_LINEAR, "Report", "BlockPusher")

@@ -22,6 +22,8 @@ from typing import List, Optional
 
 import tensorflow_model_analysis as tfma
 
+from report import tfma_metrics
+from report.tfma_metrics import LOGLOSS_NAME
 from schema import features as F
 
 # Model names TFMA writes into its metric keys (``MetricKey.model_name``).
@@ -31,8 +33,7 @@ SINGLE_MODEL_NAME = ""               # an unnamed single ModelSpec
 
 # Metric names as they appear in TFMA's output (``MetricKey.name``).
 AUC_NAME = "auc"
-LOGLOSS_NAME = "binary_crossentropy"   # computed by report.tfma_metrics.LogLoss
-LOGLOSS_MODULE = "report.tfma_metrics"
+LOGLOSS_MODULE = tfma_metrics.__name__  # LOGLOSS_NAME: the name report.tfma_metrics.LogLoss writes
 EXAMPLE_COUNT_NAME = "example_count"
 CALIBRATION_PLOT_NAME = "calibration_plot"
 MEAN_PREDICTION_NAME = "mean_prediction"

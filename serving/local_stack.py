@@ -48,15 +48,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from components.artifacts.names import META_EMBEDDINGS_TYPE as MEG_ARTIFACT_TYPE
+from components.artifacts.names import MODEL_VERSION_PROPERTY
 from embeddings.record import StoreLookup, VersionNotCommittedError
+from pipeline import run_metadata
+from pipeline.run_metadata import METADATA_FILE
+from pipeline.settings import EMBEDDING_JOIN
 
 log = logging.getLogger(__name__)
 
-MEG_ARTIFACT_TYPE = "limaml.MetaEmbeddings"
-MODEL_VERSION_PROPERTY = "model_version"
-METADATA_FILE = "metadata.sqlite"
 SERVING_SUBDIR = os.path.join("serving", "limaml")
-EVAL_EXAMPLES_NODE = "EmbeddingJoin"  # examples of a run that got past validation and training
+EVAL_EXAMPLES_NODE = EMBEDDING_JOIN  # examples of a run that got past validation and training
 STORES = ("parquet", "bigtable")
 
 BIGTABLE_PROJECT = "limaml-local"
@@ -126,16 +128,6 @@ def _no_model_message(folder: RunFolder) -> str:
             " or rerun `limaml run --output DIR`")
 
 
-def _open_mlmd(metadata_path: str):
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(cfg)
-
-
 @dataclass(frozen=True)
 class EmbeddingArtifact:
     """One ``limaml.MetaEmbeddings`` artifact of a run (a Parquet store root)."""
@@ -145,15 +137,23 @@ class EmbeddingArtifact:
     model_version: Optional[str]
 
 
-def embedding_artifacts(metadata_path: str) -> List[EmbeddingArtifact]:
-    """The run's meta-embedding artifacts, newest first (empty if MEG never ran)."""
+def _read_artifacts(metadata_path: str, type_name: str) -> list:
+    """Artifacts of a type, newest first; a store that cannot be read is a named StackError."""
     try:
-        arts = _open_mlmd(metadata_path).get_artifacts_by_type(MEG_ARTIFACT_TYPE)
-    except Exception as exc:  # noqa: BLE001 - type not registered yet, locked or broken file
-        log.debug("reading %s from %s failed: %s", MEG_ARTIFACT_TYPE, metadata_path, exc)
-        return []
+        return run_metadata.artifacts_by_type(metadata_path, type_name)
+    except run_metadata.MetadataReadError as exc:
+        raise StackError(str(exc)) from exc
+
+
+def embedding_artifacts(metadata_path: str) -> List[EmbeddingArtifact]:
+    """The run's meta-embedding artifacts, newest first (empty if MEG never ran).
+
+    Raises:
+        StackError: the run's ML Metadata cannot be read (locked by a writer through every
+            retry, damaged, ...); the message names the file, the cause and what to do.
+    """
     out = []
-    for a in sorted(arts, key=lambda a: a.id, reverse=True):
+    for a in _read_artifacts(metadata_path, MEG_ARTIFACT_TYPE):
         prop = a.custom_properties.get(MODEL_VERSION_PROPERTY)
         version = prop.string_value if prop is not None and prop.string_value else None
         out.append(EmbeddingArtifact(a.id, a.uri, version))
@@ -164,16 +164,36 @@ def eval_examples_uri(metadata_path: str) -> str:
     """URI of the newest evaluation examples of a complete run (``EmbeddingJoin``'s output).
 
     Raises:
-        StackError: the run has none.
+        StackError: the run has none, or its ML Metadata cannot be read (named).
     """
-    try:
-        arts = _open_mlmd(metadata_path).get_artifacts_by_type("Examples")
-    except Exception:  # noqa: BLE001
-        arts = []
+    arts = _read_artifacts(metadata_path, "Examples")
     mine = [a for a in arts if f"{os.sep}{EVAL_EXAMPLES_NODE}{os.sep}" in a.uri]
     if not mine:
         raise StackError(f"no {EVAL_EXAMPLES_NODE} examples recorded in {metadata_path}; {_RUN_HINT}")
-    return max(mine, key=lambda a: a.id).uri
+    return mine[0].uri
+
+
+def item_examples_uri(metadata_path: str) -> Optional[str]:
+    """URI of the newest ``ProtocolExampleGen`` examples of a run (None if there are none)."""
+    try:
+        arts = _open_mlmd(metadata_path).get_artifacts_by_type("Examples")
+    except Exception:  # noqa: BLE001
+        return None
+    mine = [a for a in arts if f"{os.sep}{EXAMPLE_GEN_NODE}{os.sep}" in a.uri]
+    return max(mine, key=lambda a: a.id).uri if mine else None
+
+
+def run_item_cache(metadata_path: str) -> Any:
+    """The item cache of a run: every item of its ExampleGen output (None if it has none)."""
+    from serving.item_cache import ItemCache
+
+    uri = item_examples_uri(metadata_path)
+    if uri is None:
+        return None
+    try:
+        return ItemCache.from_examples(uri)
+    except FileNotFoundError:
+        return None
 
 
 # --------------------------------------------------------------------------- embedding stores
@@ -396,6 +416,9 @@ def start_local_stack(
     cache_size: int = 100_000,
     max_candidates: int = 1000,
     poll_interval_s: float = 1.0,
+    item_cache: bool = True,
+    auth_token: Optional[str] = None,
+    model_auth_token: Optional[str] = None,
 ) -> LocalStack:
     """Starts model server, embedding store, embedding lookup and ranker HTTP service of a run.
 
@@ -419,6 +442,9 @@ def start_local_stack(
         cache_size: LRU entries of the embedding lookup.
         max_candidates: most candidates per request.
         poll_interval_s: seconds between model server scans for newly pushed versions.
+        item_cache: load the run's items (ExampleGen output) so clients may send item ids only.
+        auth_token: bearer token the ranker's ``/v1/rank`` requires (None: open).
+        model_auth_token: token the stand-in model server requires of the ranker (None: open).
 
     Returns:
         The running :class:`LocalStack`.
@@ -497,19 +523,22 @@ def start_local_stack(
         try:
             server = model_server.launch_model_server(
                 folder.serving_base, name, port=port_model, binary=model_server_binary,
-                poll_interval_s=poll_interval_s)
+                poll_interval_s=poll_interval_s, auth_token=model_auth_token)
         except RuntimeError as exc:
             raise StackError(f"the model server did not start on port {port_model}: {exc}") from exc
         started.append(server)
+        items = run_item_cache(folder.metadata_path) if item_cache else None
         ranker = Ranker(server.target, name, lookup, timeout_s=timeout_s,
-                        max_candidates=max_candidates)
+                        max_candidates=max_candidates, item_cache=items,
+                        auth_token=model_auth_token)
         started.append(ranker)
         served = str(ranker.model_version(refresh=True))
         if served != version:
             log.warning("model server serves version %s, expected %s (a push during start-up?)",
                         served, version)
         try:
-            service = start_ranker_service(ranker, host=host, port=port_ranker)
+            service = start_ranker_service(ranker, host=host, port=port_ranker,
+                                           auth_token=auth_token)
         except OSError as exc:
             raise StackError(f"the ranker service cannot listen on {host}:{port_ranker}: {exc}; "
                              "choose another --port-ranker (0 picks a free one)") from exc

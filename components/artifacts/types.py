@@ -2,6 +2,8 @@
 from tfx.types import artifact
 from tfx.types.system_artifacts import Dataset
 
+from components.artifacts.names import META_EMBEDDINGS_TYPE, REPORT_TYPE
+
 
 class MetaEmbeddings(artifact.Artifact):
     """Per-user meta embeddings of one model version, as Parquet (``model_version=<v>/part-*.parquet``).
@@ -12,11 +14,11 @@ class MetaEmbeddings(artifact.Artifact):
         users: number of user records (the cold-start row excluded).
     """
 
-    TYPE_NAME = "limaml.MetaEmbeddings"
+    TYPE_NAME = META_EMBEDDINGS_TYPE
     TYPE_ANNOTATION = Dataset
 
 
 class Report(artifact.Artifact):
     """The evaluation report: ``metrics.json`` and ``index.html``."""
 
-    TYPE_NAME = "limaml.Report"
+    TYPE_NAME = REPORT_TYPE

@@ -9,16 +9,7 @@ from __future__ import annotations
 import os
 
 import tensorflow as tf
-
-
-def copy_tree(src: str, dst: str) -> None:
-    """Copies a folder tree with tf.io.gfile (local paths, gs://, ...)."""
-    for root, _, files in tf.io.gfile.walk(src):
-        rel = os.path.relpath(root, src)
-        target = os.path.join(dst, rel) if rel != "." else dst
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name), overwrite=True)
+from tfx.utils import io_utils
 
 
 def push(serving_model_dir: str, serving_base: str, version: str) -> str:
@@ -38,9 +29,7 @@ def push(serving_model_dir: str, serving_base: str, version: str) -> str:
     tf.io.gfile.makedirs(serving_base)
     target = os.path.join(serving_base, str(version))
     tmp = os.path.join(serving_base, f".tmp-{version}")
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    copy_tree(serving_model_dir, tmp)
+    io_utils.copy_dir(serving_model_dir, tmp)  # replaces a crashed push's leftover temporary folder
     if tf.io.gfile.exists(target):
         tf.io.gfile.rmtree(target)
     tf.io.gfile.rename(tmp, target)

@@ -7,7 +7,7 @@ then packed into batches so the numpy/TF kernels run over many users at once.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -51,17 +51,37 @@ def ReadRowsByUser(pipeline: beam.Pipeline, pattern: str, feature_spec: Mapping[
         | "SortByTime" >> beam.MapTuple(lambda u, rows: (u, sorted(rows, key=lambda r: int(r[F.TIMESTAMP])))))
 
 
-def stack_users(users: List[Tuple[str, List[Row]]]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-    """Concatenates several users' time-ordered rows into one table sorted by user then time.
+def stack_users(users: List[Tuple[str, List[Row]]], columns: Optional[Sequence[str]] = None
+                ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Concatenates several users' time-ordered rows into one table, user by user, in time order.
+
+    One ``np.asarray`` per scalar column (``np.stack`` only for vector columns), and only the
+    ``columns`` asked for: TaskGen stacks every column, MEG only what its kernel reads.
+
+    Args:
+        users: ``[(user_id, rows sorted by time)]``; every row has the same columns.
+        columns: columns to stack (default: every column of the first row).
 
     Returns:
         (user key per row [N] as object array, {column: [N, ...]}).
+
+    Raises:
+        KeyError: a requested column is missing from the rows (named, with the columns they have).
     """
-    keys: List[str] = []
-    columns: Dict[str, List[np.ndarray]] = {}
-    for user, rows in users:
-        keys.extend([user] * len(rows))
-        for name in rows[0]:
-            columns.setdefault(name, []).extend(r[name] for r in rows)
-    table = {k: np.stack(v) for k, v in columns.items()}
-    return np.array(keys, dtype=object), table
+    rows = [r for _, rs in users for r in rs]
+    keys = np.empty(len(rows), dtype=object)
+    pos = 0
+    for user, rs in users:
+        keys[pos:pos + len(rs)] = user
+        pos += len(rs)
+    if not rows:
+        return keys, {}
+    first_row = rows[0]
+    missing = [c for c in (columns or ()) if c not in first_row]
+    if missing:
+        raise KeyError(f"rows lack encoded column(s) {missing}; they have {sorted(first_row)}")
+    table: Dict[str, np.ndarray] = {}
+    for name in (list(columns) if columns is not None else list(first_row)):
+        values = [r[name] for r in rows]
+        table[name] = np.stack(values) if np.ndim(first_row[name]) else np.asarray(values)
+    return keys, table

@@ -9,6 +9,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
+from components.artifacts.names import MODEL_VERSION_PROPERTY
 from components.common.examples_io import split_pattern
 from components.common.model_version import model_version
 from components.embedding_join.join import JoinEmbeddings, is_cold_row
@@ -25,7 +26,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         emb = artifact_utils.get_single_instance(input_dict["meta_embeddings"])
         model = artifact_utils.get_single_instance(input_dict["model"])
         version = model_version(model)
-        made_by = emb.get_string_custom_property("model_version")
+        made_by = emb.get_string_custom_property(MODEL_VERSION_PROPERTY)
         if made_by != version:
             raise ValueError(f"meta embeddings of model version {made_by} cannot feed model version {version}; "
                              f"rerun MetaEmbeddingGen with the model being evaluated")

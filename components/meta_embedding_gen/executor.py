@@ -9,6 +9,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
+from components.artifacts.names import MODEL_VERSION_PROPERTY
 from components.common.examples_io import ReadRowsByUser, split_pattern
 from components.common.model_version import model_version
 from components.meta_embedding_gen import generate, store_io
@@ -41,5 +42,5 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 cfg.embeddings.users_per_batch, exec_properties.get("as_of"))
             generate.stage_embeddings(result, staging)
         users_written = write_stores(cfg, staging, out.uri, version, generate.now(), store_io.load_cold(cold_file))
-        out.set_string_custom_property("model_version", version)
+        out.set_string_custom_property(MODEL_VERSION_PROPERTY, version)
         out.set_int_custom_property("users", users_written)
