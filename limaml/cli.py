@@ -1,13 +1,23 @@
-"""The ``limaml`` command line. Runners only resolve paths and flags, then call the library."""
+"""The ``limaml`` command line. Runners only resolve paths and flags, then call the library.
+
+Quiet by default: commands print progress and results; what the libraries write to standard error
+(warnings, TensorFlow's C++ log lines, Beam) goes to a log file, ``<run folder>/logs/`` for
+commands with one (``run --output``, ``serve``/``score --run``, ``experiment``/``tune --output``),
+else ``$LIMAML_CACHE/logs/`` (default ``~/.cache/limaml/logs/``); its path is printed at the end.
+``--verbose`` (anywhere on the line) shows library output live instead.
+"""
 from __future__ import annotations
 
 import argparse
-import warnings
 import os
 import sys
+import warnings
 from typing import List, Optional
 
+from limaml.console import LibraryLog, console, log_path
 from limaml.data.errors import DataError
+
+VERBOSE_FLAG = "--verbose"
 
 DEFAULT_SHARED_ML100K = os.path.join("..", "shared", "data", "movielens-100k")
 
@@ -63,7 +73,11 @@ def _cmd_kubeflow_compile(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``limaml`` sub-command."""
-    parser = argparse.ArgumentParser(prog="limaml", description=__doc__)
+    parser = argparse.ArgumentParser(prog="limaml", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="show library warnings and logs live instead of writing them to the log "
+                             "file (accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
@@ -85,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1,
                      help="Beam DirectRunner workers; >1 uses multi-processing mode")
     run.add_argument("--beam-arg", action="append", default=[], help="extra Beam flag (repeatable)")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_cmd_run, log_folder="output")
 
     kfp = sub.add_parser("kubeflow", help="Kubeflow Pipelines").add_subparsers(dest="kfp_command", required=True)
     comp = kfp.add_parser("compile", help="compile the pipeline to a KFP V2 pipeline spec")
@@ -104,11 +118,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [args.command] + [getattr(args, k, None) for k in ("data_command", "kfp_command", "bench")]
+    return "-".join(str(p) for p in parts if p)
+
+
+def _log_file(args: argparse.Namespace) -> str:
+    """The library log of this command: in its run folder when it has one, else in the cache."""
+    folder = getattr(args, getattr(args, "log_folder", "") or "", None)
+    if not folder:
+        from limaml.data.fetch import default_cache_dir
+
+        folder = default_cache_dir()
+    return log_path(folder, _command_name(args))
+
+
+def _start_library_log(args: argparse.Namespace) -> Optional[LibraryLog]:
+    """Redirects library output to the command's log file; None when it cannot be created."""
+    path = _log_file(args)
+    try:
+        return LibraryLog(path).start()
+    except OSError as err:
+        print(f"limaml: warning: cannot write the library log {path} ({err}); library output stays "
+              "on the terminal", file=sys.stderr)
+        return None
+
+
+def _finish_library_log(log: Optional[LibraryLog]) -> None:
+    if log is None:
+        return
+    log.stop()
+    lines = log.line_count()
+    if lines:
+        print(f"[limaml] library warnings and logs ({lines} lines): {log.path} "
+              f"(pass {VERBOSE_FLAG} to see them live)", file=sys.stderr, flush=True)
+    else:
+        try:
+            os.remove(log.path)
+            os.rmdir(os.path.dirname(log.path))  # only when empty; the logs/ folder of other runs stays
+        except OSError:
+            pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``limaml`` console script."""
-    # Quiet TensorFlow's C++ start-up lines and Google clients' Python-version notices, here and
-    # in Beam's worker processes (which inherit the environment).
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = VERBOSE_FLAG in argv
+    argv = [a for a in argv if a != VERBOSE_FLAG]
+    # Set before any command imports TensorFlow (its C++ logging reads it once, at import):
+    # C++ INFO and WARNING lines off, errors (e.g. the cuFFT/cuDNN factory lines) go to the log.
+    # Beam's worker processes inherit the environment and the redirected standard error.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Google clients' Python-version notices.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
@@ -118,11 +179,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.bench_args = [a for a in (list(extra) + list(args.bench_args)) if a != "--"]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    log = None if verbose else _start_library_log(args)
     try:
         return args.func(args)
     except (DataError, ValueError, OSError, RuntimeError) as err:
-        print(f"limaml: error: {err}", file=sys.stderr)
+        print(f"limaml: error: {err}", file=console())
         return 2
+    finally:
+        _finish_library_log(log)
 
 
 if __name__ == "__main__":

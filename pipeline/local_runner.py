@@ -4,12 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from typing import List, Optional
 
 from tfx import v1 as tfx
 
 from limaml.config import LimamlConfig
+from limaml.console import console
 from pipeline.pipeline import create_pipeline
 from pipeline.progress import ProgressMonitor
 from pipeline.settings import PipelinePaths, beam_args
@@ -22,7 +22,7 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
     monitor.prime()
     absl_logger = logging.getLogger("absl")
     # Training progress (steps, losses, early stopping) from the trainer's own loggers.
-    train_handler = logging.StreamHandler(sys.stderr)
+    train_handler = logging.StreamHandler(console())
     train_handler.setFormatter(logging.Formatter("[train] %(message)s"))
     train_logger = logging.getLogger("trainer")
     train_logger.addHandler(train_handler)

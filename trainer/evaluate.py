@@ -1,7 +1,7 @@
 """Evaluation helpers: AUC / log loss, and post-adaptation query predictions of task batches."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -37,17 +37,33 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def _query_logits_fn(model: LimamlModel, steps: int, aggregation: Optional[str]):
-    key = ("_eval_fn", steps, aggregation)
+def _query_logits_fn(model: LimamlModel, steps: int, aggregation: Optional[str]
+                     ) -> Callable[[Mapping[str, Mapping[str, tf.Tensor]]], tf.Tensor]:
+    """Post-adaptation query logits of a batch of tasks, compiled once per batch layout.
+
+    The ``tf.function`` has an input signature with the task dimension unknown, so every batch
+    of a call (the last, smaller one included) and every later call with the same support and
+    query sizes reuse one trace per ``(steps, aggregation)``. Without it, each of the trainer's
+    evaluations traced again for its last batch, and TF warned about frequent retracing.
+    """
     cache = model.__dict__.setdefault("_eval_cache", {})
-    if key not in cache:
-        def fn(batch):
-            adapted = adapt(model, batch[SUPPORT], steps, first_order=True)
-            emb = query_embeddings(model, adapted, batch, aggregation)
-            return global_forward(model.global_params, emb, batch[QUERY], model.layout,
-                                  model.model_cfg)
-        cache[key] = tf.function(fn, reduce_retracing=True)
-    return cache[key]
+
+    def logits(batch):
+        adapted = adapt(model, batch[SUPPORT], steps, first_order=True)
+        emb = query_embeddings(model, adapted, batch, aggregation)
+        return global_forward(model.global_params, emb, batch[QUERY], model.layout, model.model_cfg)
+
+    def call(batch: Mapping[str, Mapping[str, tf.Tensor]]) -> tf.Tensor:
+        spec = {part: {k: tf.TensorSpec([None] + list(v.shape[1:]), v.dtype) for k, v in batch[part].items()}
+                for part in batch}
+        layout = tuple((part, k, tuple(s.shape.as_list()), s.dtype.name)
+                       for part in sorted(spec) for k, s in sorted(spec[part].items()))
+        key = ("_eval_fn", steps, aggregation, layout)
+        if key not in cache:
+            cache[key] = tf.function(logits, input_signature=[spec])
+        return cache[key](batch)
+
+    return call
 
 
 def query_predictions(model: LimamlModel, tasks: Mapping[str, Mapping[str, np.ndarray]],

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any, Dict, List
+
+from limaml.console import console
 
 
 def _frame(data_dir: str):
@@ -37,7 +38,7 @@ def _config(path, dataset: str):
 
 
 def _progress(line: str) -> None:
-    print(f"[experiment] {line}", file=sys.stderr, flush=True)
+    print(f"[experiment] {line}", file=console(), flush=True)
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=1))
     if args.output:
         experiment.write_outputs(summary, args.output)
-        print(f"[experiment] written {os.path.join(args.output, 'experiment.json')}", file=sys.stderr)
+        print(f"[experiment] written {os.path.join(args.output, 'experiment.json')}", file=console())
     return 0
 
 
@@ -88,7 +89,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     exp.add_argument("--tuned", help="tuning.json of `limaml tune`: each model's chosen settings")
     exp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples over users")
     exp.add_argument("--output", help="folder for experiment.json and index.html")
-    exp.set_defaults(func=_cmd_experiment)
+    exp.set_defaults(func=_cmd_experiment, log_folder="output")
 
     tune = sub.add_parser("tune", help="search settings on a validation split of training users")
     tune.add_argument("--data", required=True, help="prepared data folder")
@@ -98,4 +99,4 @@ def register(sub: "argparse._SubParsersAction") -> None:
     tune.add_argument("--models", help="subset of the grid's models")
     tune.add_argument("--config", help="LimamlConfig JSON to start from")
     tune.add_argument("--output", help="folder for tuning.json")
-    tune.set_defaults(func=_cmd_tune)
+    tune.set_defaults(func=_cmd_tune, log_folder="output")

@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+from limaml.console import console
+
 DEFAULT_PORT_MODEL = 8500
 DEFAULT_PORT_RANKER = 8080
 RUN_ENV = "LIMAML_RUN"
@@ -73,7 +75,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         stack = _start(args, host=args.host)
     except KeyboardInterrupt:
-        print("[serve] interrupted during start-up", file=sys.stderr)
+        print("[serve] interrupted during start-up", file=console())
         return 130
     done = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: done.set())
@@ -164,7 +166,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             stack.stop()
     print(json.dumps(body, indent=None if args.compact else 2), flush=True)
     if status != 200:
-        print(f"limaml: ranker answered HTTP {status}", file=sys.stderr)
+        print(f"limaml: ranker answered HTTP {status}", file=console())
         return 1
     return 0
 
@@ -178,7 +180,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface of the ranker HTTP service (0.0.0.0: all)")
     _add_stack_flags(serve, default_ports=True)
-    serve.set_defaults(func=_cmd_serve)
+    serve.set_defaults(func=_cmd_serve, log_folder="run")
 
     score = sub.add_parser(
         "score", help="score candidates for one user (one request) and print the JSON response")
@@ -194,4 +196,4 @@ def register(sub: "argparse._SubParsersAction") -> None:
     score.add_argument("--http-timeout-s", type=float, default=60.0)
     score.add_argument("--compact", action="store_true", help="one-line JSON")
     _add_stack_flags(score, default_ports=False)
-    score.set_defaults(func=_cmd_score)
+    score.set_defaults(func=_cmd_score, log_folder="run")

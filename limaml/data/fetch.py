@@ -8,6 +8,8 @@ import sys
 import tempfile
 import zipfile
 
+from limaml.console import console
+
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 _MEMBERS = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
@@ -40,7 +42,7 @@ def fetch_ml100k(cache_dir: str | None = None) -> str:
     os.makedirs(cache_dir, exist_ok=True)
     wheel = os.path.join(cache_dir, RECBOLE_WHEEL)
     if not os.path.exists(wheel) or sha256_of(wheel) != RECBOLE_SHA256:
-        print(f"[data] fetching ML-100K from PyPI (recbole==1.2.1 wheel) into {cache_dir}", file=sys.stderr)
+        print(f"[data] fetching ML-100K from PyPI (recbole==1.2.1 wheel) into {cache_dir}", file=console())
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, "recbole==1.2.1"]
             done = subprocess.run(cmd, capture_output=True, text=True)
