@@ -1,18 +1,25 @@
-"""``write_report``: TFMA outputs -> ``metrics.json`` + ``index.html`` (the Report component's logic).
+"""The Report component's logic: TFMA outputs and served models -> ``metrics.json`` + ``index.html``.
 
-Plain function, no TFX: the pipeline's Report component calls it with the Evaluators' output
-URIs (and, optionally, the paired comparisons of :func:`report.paired.paired_bootstrap`); it can
-equally run by hand on any TFMA output directories.
+Plain functions, no TFX. :func:`write_run_report` is what the pipeline's Report component runs
+(the oracle's TFMA run on synthetic data, per-row scores of every served model, paired bootstrap
+comparisons, then :func:`write_report`); :func:`write_report` alone turns any TFMA output
+directories (and, optionally, paired comparisons of :func:`report.paired.paired_bootstrap`) into
+the report files.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from report import eval_config as ec
 from report import html as rh
 from report import metrics as rm
 from schema import features as F
+
+REFERENCE_MODEL = "limaml"
+BOOTSTRAP_RESAMPLES = 1000
+PER_ROW_SCORES = "per_row_scores.parquet"
+ORACLE_TFMA = "oracle_tfma"
 
 
 def ci_notes(sources: Sequence[rm.ModelSource]) -> List[str]:
@@ -116,3 +123,73 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
     notes = [*ci_notes(sources), *(str(n) for n in notes_extra)]
     html_path = rh.render_report(metrics, calibration, None, out_dir, notes=notes, title=title)
     return {"html": html_path, "metrics_json": os.path.join(out_dir, "metrics.json")}
+
+
+def has_oracle(examples_pattern: str) -> bool:
+    """True when the evaluation examples carry the synthetic data's true click probability."""
+    import glob
+
+    import tensorflow as tf
+
+    for path in sorted(glob.glob(examples_pattern))[:1]:
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+            return F.ORACLE_PROB in tf.train.Example.FromString(record.numpy()).features.feature
+    return False
+
+
+def write_run_report(dataset: str, protocol: str, examples_pattern: str,
+                     sources: Sequence[rm.ModelSource], model_dirs: Mapping[str, str], out_dir: str,
+                     cohorts: Sequence[str], seed: int, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                     reference: str = REFERENCE_MODEL,
+                     beam_pipeline_args: Optional[Sequence[str]] = None,
+                     progress: Optional[Callable[[str], None]] = print) -> Dict[str, str]:
+    """The pipeline's report of one run, written into ``out_dir``.
+
+    Adds the oracle (TFMA on ``oracle_prob``, into ``out_dir/oracle_tfma``) when the examples
+    carry it, scores the evaluation examples with every served model (``per_row_scores.parquet``),
+    compares ``reference`` with every other model by a paired bootstrap over users, and writes
+    ``metrics.json`` and ``index.html`` with :func:`write_report`.
+
+    Args:
+        dataset: dataset name for the report.
+        protocol: evaluation protocol (``cutoff`` / ``budget``).
+        examples_pattern: glob of the evaluation tf.Example TFRecords (GZIP) that TFMA evaluated.
+        sources: where each trained model's TFMA results are.
+        model_dirs: ``{model name: served SavedModel folder}`` (``serving_default`` on
+            serialized tf.Examples), ``reference`` among them.
+        out_dir: the report folder (created).
+        cohorts: cohort names in report order.
+        seed: bootstrap seed (the run's ``train.seed``).
+        n_resamples: bootstrap resamples of users.
+        reference: the model every other one is compared with.
+        beam_pipeline_args: Beam flags of the oracle's TFMA run.
+        progress: called with one line per finished step (None: silent).
+
+    Returns:
+        ``{"html": ..., "metrics_json": ..., "per_row_scores": ...}`` paths.
+    """
+    from components.report import scoring
+    from report import paired
+
+    os.makedirs(out_dir, exist_ok=True)
+    sources = list(sources)
+    if has_oracle(examples_pattern):
+        sources.append(run_oracle_evaluation(examples_pattern, os.path.join(out_dir, ORACLE_TFMA),
+                                             beam_pipeline_args=beam_pipeline_args))
+    rows = scoring.score_examples(scoring.example_files(examples_pattern), dict(model_dirs))
+    per_row = os.path.join(out_dir, PER_ROW_SCORES)
+    rows.to_frame().to_parquet(per_row, index=False)
+    if progress:
+        progress(f"[report] scored {len(rows)} evaluation rows with {len(model_dirs)} models")
+    comparisons = paired.paired_bootstrap(
+        rows.user_ids, rows.labels, rows.scores, rows.cohorts, reference=reference,
+        cohort_names=list(cohorts), n_resamples=n_resamples, seed=seed)
+    note = (f"Paired comparisons: each model's served SavedModel (serving_default) scored the same "
+            f"{len(rows)} evaluation rows; {n_resamples} bootstrap resamples of users, seed "
+            f"{seed}; per-row predictions in {PER_ROW_SCORES}.")
+    paths = write_report(dataset, protocol, sources, out_dir,
+                         users_per_cohort=rows.users_per_cohort(list(cohorts)), cohorts=cohorts,
+                         comparisons=comparisons, notes_extra=[note])
+    if progress:
+        progress(f"[report] written {paths['html']}")
+    return {**paths, "per_row_scores": per_row}
