@@ -32,6 +32,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from limaml.console import console
+
 STAGES = ("generate", "parquet", "bigtable", "kernel")
 DEFAULT_STAGES = ("generate", "parquet", "bigtable")
 _TABLES: Dict[str, Dict[str, np.ndarray]] = {}  # in-process input registry (see _EmitUsers)
@@ -247,7 +249,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                                   args.chunk_users, args.seed, ModelConfig().user_id_buckets)
         print(f"[bench] inputs: {table['__starts'].shape[0] - 1} users, "
               f"{table['__starts'][-1]} interactions (last {args.max_recent} per user) in "
-              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+              f"{time.perf_counter() - t0:.1f}s", file=console())
         cfg, model, loader = _model_and_loader(workdir, enc, args.max_recent, args.users_per_batch)
         staging = os.path.join(workdir, "staging")
         for stage in args.stages:
@@ -259,7 +261,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
                 ids, emb = _read_staged(staging)
                 rows.extend(bench_stores(emb, ids, model_version="1", stages=(stage,),
                                          out_dir=os.path.join(workdir, "store")))
-            print(f"[bench] {json.dumps(rows[-1])}", file=sys.stderr)
+            print(f"[bench] {json.dumps(rows[-1])}", file=console())
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
