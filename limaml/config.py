@@ -146,6 +146,8 @@ class MamlConfig:
             k support rows, k log-uniform in ``1..n`` (n = its support size), so the inner loop
             is meta-learned for every support size users have at serving time (cut at S, most
             training tasks have a full support, few have 1-4 rows). ``"none"``: full supports.
+            On ML-1M's validation split (training users' later interactions, 10 epochs) it
+            took cohort 1-4 from 0.707 to 0.719 AUC and overall from 0.736 to 0.739.
     """
 
     inner_lr: float = 0.3
@@ -156,7 +158,7 @@ class MamlConfig:
     support_shrinkage: float = 4.0
     user_row_lr: Optional[float] = 1.0
     train_aggregation: Optional[str] = None
-    support_sampling: str = "none"
+    support_sampling: str = "log_uniform"
 
     def __post_init__(self) -> None:
         if self.support_sampling not in ("none", "log_uniform"):

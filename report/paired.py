@@ -20,6 +20,10 @@ Shapes of the results (stored in ``metrics.json``; see :mod:`report.metrics`)::
     baseline_checks -> {"global_dnn": B, "wide_deep_id": B}   (pairs whose models are present)
     B = {"counterpart": str, "auc": float|null, "counterpart_auc": float|null,
          "delta": float|null, "under_trained": bool}
+
+References:
+    Efron, Tibshirani, An Introduction to the Bootstrap (1993) §6 (percentile intervals);
+    Field, Welsh, Bootstrapping clustered data, JRSS-B 69(3), 2007 (resampling whole clusters).
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@
 * :class:`WideDeep`: wide (linear over one-hots of every categorical feature, the hashed user id,
   multi-hot and numeric inputs) + deep (the global block with a trained hashed user-id
   embedding in place of the meta embedding); logit = wide + deep.
+
+References:
+    Cheng et al., Wide & Deep Learning for Recommender Systems (arXiv:1606.07792) §3.
 """
 from __future__ import annotations
 

@@ -8,6 +8,10 @@ For every user u with support (recent interactions) ``x_u,1..S`` (padded, mask `
 Users with no valid support interaction get the un-adapted output f(x_meta,u,0; θ_meta)
 (cold start); their padded row 0 must carry the user's meta features. For users with no row at
 all, use :func:`cold_start_embedding` on their meta features.
+
+References:
+    LiMAML (arXiv:2403.00803) §3.3: offline fine-tuning of the meta block per member and
+    storage of its output as the member's meta embedding.
 """
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ The fitted weights live in a ``tf.Module`` with the baselines' interface (``logi
 ``layout``, ``kind``) so export and TFMA treat it like any other model:
 
     logit = b + Σ_f w_f[x_f] + w_genres · multi_hot + w_year · year [+ w_user[user_hash]]
+
+References:
+    scikit-learn LogisticRegression (solver "lbfgs"); Nocedal, Wright, Numerical Optimization,
+    2nd ed., §7.2 (L-BFGS).
 """
 from __future__ import annotations
 

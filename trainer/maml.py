@@ -19,6 +19,15 @@ learned per-entry tensor (Meta-SGD, ``learn_inner_lr``). Outer loss, minimised w
 
 Second-order by default (the outer tape differentiates through the inner gradients);
 ``first_order`` stops the gradient through the inner gradients (FOMAML).
+
+References:
+    Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks.
+    ICML 2017 (arXiv:1703.03400): §2.2 Algorithm 1 (inner/outer update), §5.2 first-order
+    approximation. Li, Zhou, Chen, Li. Meta-SGD (arXiv:1707.09835): §3 (learned per-entry α).
+    Wang et al. LiMAML: Personalization of Deep Recommender Models via Meta Learning
+    (arXiv:2403.00803): §3 (member tasks, meta block adapted, global block shared).
+    Kingma, Ba. Adam (arXiv:1412.6980): Algorithm 1 (the outer optimiser :class:`Adam`).
+    Support-size sampling and the n/(n+κ) step are this project's (see MamlConfig).
 """
 from __future__ import annotations
 

@@ -15,6 +15,13 @@ Global block::
     z = [e, emb_f(x_f) for global categorical f, multi-hot, numeric]   [..., F]
     (optional DCN-v2 cross layers: z_{k+1} = z_0 * (z_k W_k + b_k) + z_k)
     logit = MLP(z)                                                     [...]
+
+References:
+    LiMAML (arXiv:2403.00803) §3.1: meta block / global block split, ID embeddings in the
+    meta block. DCN-v2: Wang et al., Improved Deep & Cross Network (arXiv:2008.13535) §3.2, eq. 1
+    (cross layers). Wide part: Cheng et al., Wide & Deep Learning (arXiv:1606.07792) §3.
+    The history summary follows the neural-process encoders (Garnelo et al., Conditional
+    Neural Processes, arXiv:1807.01613, §2.4: a permutation-invariant mean over the context set).
 """
 from __future__ import annotations
 
