@@ -8,9 +8,14 @@ HTTP ranker service on loopback, then, for each candidate count, runs a load-gen
     candidates    candidates per request
     p50_ms, p95_ms, p99_ms   end-to-end latency seen by the client (HTTP + JSON + embedding
                   lookup + tf.Example building + gRPC Predict + model)
-    qps           requests per second of that sequential client
-    floor_p50_ms  p50 of calling the same SavedModel signature in-process on the same serialized
-                  inputs: the model's own cost, what serving overhead is measured against
+    concurrency   clients sending at once (each with its own keep-alive connection)
+    qps           requests per second of those clients together
+    floor_p50_ms  p50 of calling, in process, the SavedModel signature the ranker uses
+                  (``predict_raw`` on numpy columns when the model has it, else
+                  ``serving_default`` on serialized examples): the model's own cost, what
+                  serving overhead is measured against
+    signature     that signature
+    ids_only      the request carried item ids only (features from the ranker's item cache)
     requests      how many timed requests the row is based on
 """
 from __future__ import annotations
@@ -27,29 +32,56 @@ import numpy as np
 
 from schema import features as F
 
-# The load generator: runs in its own interpreter, imports only the stdlib.
+# The load generator: runs in its own interpreter, imports only the stdlib. `concurrency` threads,
+# each with its own keep-alive connection, share the request budget.
 _CLIENT = r"""
-import http.client, json, sys, time
-host, port, body_path, max_requests, max_seconds, warmup = sys.argv[1:7]
+import http.client, json, sys, threading, time
+host, port, body_path, max_requests, max_seconds, warmup, concurrency = sys.argv[1:8]
 body = open(body_path, "rb").read()
-conn = http.client.HTTPConnection(host, int(port), timeout=30)
 headers = {"Content-Type": "application/json"}
-def once():
+def once(conn):
     conn.request("POST", "/v1/rank", body=body, headers=headers)
     resp = conn.getresponse()
     data = resp.read()
     if resp.status != 200:
         raise SystemExit("ranker service answered %d: %s" % (resp.status, data[:500]))
-for _ in range(int(warmup)):
-    once()
-lat = []
+lat, errors, lock = [], [], threading.Lock()
+budget = [int(max_requests)]
+def worker():
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        for _ in range(int(warmup)):
+            once(conn)
+        start_evt.wait()
+        mine = []
+        while time.perf_counter() < deadline[0]:
+            with lock:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+            t0 = time.perf_counter()
+            once(conn)
+            mine.append((time.perf_counter() - t0) * 1000.0)
+        with lock:
+            lat.extend(mine)
+    except BaseException as exc:
+        errors.append(str(exc))
+    finally:
+        conn.close()
+start_evt = threading.Event()
+deadline = [0.0]
+threads = [threading.Thread(target=worker) for _ in range(int(concurrency))]
+for t in threads:
+    t.start()
+time.sleep(0.05 * int(warmup))
 start = time.perf_counter()
-deadline = start + float(max_seconds)
-while len(lat) < int(max_requests) and time.perf_counter() < deadline:
-    t0 = time.perf_counter()
-    once()
-    lat.append((time.perf_counter() - t0) * 1000.0)
+deadline[0] = start + float(max_seconds)
+start_evt.set()
+for t in threads:
+    t.join()
 elapsed = time.perf_counter() - start
+if errors:
+    raise SystemExit(errors[0])
 print(json.dumps({"latencies_ms": lat, "elapsed_s": elapsed}))
 """
 
@@ -105,20 +137,50 @@ def _percentiles(lat_ms: Sequence[float]) -> Dict[str, float]:
 
 
 def _floor_p50_ms(saved_model_dir: str, examples: List[bytes], max_calls: int,
-                  max_seconds: float) -> float:
+                  max_seconds: float, raw_inputs: Optional[Dict[str, Any]] = None) -> float:
     import tensorflow as tf
 
-    fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    inp = tf.constant(examples)
+    loaded = tf.saved_model.load(saved_model_dir)
+    if raw_inputs is not None:
+        fn = loaded.signatures["predict_raw"]
+        kwargs = {k: tf.constant(v) for k, v in raw_inputs.items()}
+    else:
+        fn = loaded.signatures["serving_default"]
+        kwargs = {"examples": tf.constant(examples)}
     for _ in range(3):
-        fn(examples=inp)
+        fn(**kwargs)
     lat = []
     deadline = time.perf_counter() + max_seconds
     while len(lat) < max_calls and time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        fn(examples=inp)["probabilities"].numpy()
+        fn(**kwargs)["probabilities"].numpy()
         lat.append((time.perf_counter() - t0) * 1000.0)
     return float(np.percentile(lat, 50))
+
+
+def _raw_floor_inputs(saved_model_dir: str, user_id: str, cands: Sequence[Mapping[str, Any]],
+                      emb: np.ndarray, user_features: Optional[Mapping[str, Any]]
+                      ) -> Optional[Dict[str, Any]]:
+    """Numpy columns for ``predict_raw`` (None when the model lacks it or a value is missing)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(saved_model_dir)
+    if "predict_raw" not in loaded.signatures:
+        return None
+    spec = loaded.signatures["predict_raw"].structured_input_signature[1]
+    n = len(cands)
+    shared = {**(user_features or {}), F.USER_ID: user_id}
+    out: Dict[str, Any] = {}
+    for name, ts in spec.items():
+        if name == F.META_EMBEDDING:
+            out[name] = np.tile(np.asarray(emb, np.float32), (n, 1))
+            continue
+        vals = [shared[name]] * n if name in shared else [c.get(name) for c in cands]
+        if any(v is None for v in vals):
+            return None
+        out[name] = np.asarray(vals, dtype=object if ts.dtype == tf.string
+                               else ts.dtype.as_numpy_dtype)
+    return out
 
 
 def run_serve_bench(
@@ -135,6 +197,9 @@ def run_serve_bench(
     timeout_s: float = 5.0,
     user_features: Optional[Mapping[str, Any]] = None,
     candidates: Optional[Sequence[Mapping[str, Any]]] = None,
+    concurrencies: Sequence[int] = (1, 8, 32),
+    ids_only: bool = False,
+    item_cache: Any = None,
 ) -> List[Dict[str, float]]:
     """Measures the HTTP ranker service end to end from a separate client process.
 
@@ -154,6 +219,9 @@ def run_serve_bench(
         user_features: raw user features sent with every request (a real model needs them).
         candidates: pool of raw candidates; a row of n candidates takes the first n, cycling
             through the pool when it is smaller (default: ``synthetic_candidates``).
+        concurrencies: clients at once, one row per (candidate count, concurrency).
+        ids_only: send item ids only (the ranker fills features from ``item_cache``).
+        item_cache: the ranker's item cache (default: one of the candidates, when ids_only).
 
     Returns:
         One row per candidate count: candidates, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms,
@@ -185,8 +253,14 @@ def run_serve_bench(
     if model_target is None:
         server = model_server.launch_model_server(model_base_dir, model_name)
         model_target = server.target
+    if ids_only and item_cache is None:
+        from serving.item_cache import ItemCache
+
+        pool_for_cache = candidates or synthetic_candidates(max(candidate_counts),
+                                                            DEFAULT_REQUIRED_CANDIDATE_FEATURES)
+        item_cache = ItemCache.from_records(pool_for_cache)
     ranker = Ranker(model_target, model_name, embedding_lookup, timeout_s=timeout_s,
-                    max_candidates=max(max(candidate_counts), 1))
+                    max_candidates=max(max(candidate_counts), 1), item_cache=item_cache)
     service = start_ranker_service(ranker)
     rows: List[Dict[str, float]] = []
     try:
@@ -202,28 +276,36 @@ def run_serve_bench(
                 else:
                     cands = [dict(candidates[i % len(candidates)]) for i in range(n)]
                 body_path = os.path.join(tmp, f"body_{n}.json")
-                body: Dict[str, Any] = {"user_id": user_id, "candidates": cands}
+                body: Dict[str, Any] = {"user_id": user_id}
+                if ids_only:
+                    body["item_ids"] = [c[F.ITEM_ID] for c in cands]
+                else:
+                    body["candidates"] = cands
                 if user_features:
                     body["user_features"] = dict(user_features)
                 with open(body_path, "w", encoding="utf-8") as fh:
                     json.dump(body, fh)
-                proc = subprocess.run(
-                    [sys.executable, "-c", _CLIENT, "127.0.0.1", str(service.port), body_path,
-                     str(max_requests), str(max_seconds), str(warmup)],
-                    capture_output=True, text=True, timeout=max_seconds + 120,
-                )
-                if proc.returncode != 0:
-                    raise RuntimeError(f"load generator failed for {n} candidates: "
-                                       f"{proc.stderr.strip()[-2000:]}")
-                out = json.loads(proc.stdout.strip().splitlines()[-1])
-                lat = out["latencies_ms"]
                 examples = serialize_candidates(user_id, cands, emb, user_features)
-                row: Dict[str, float] = {"candidates": n, **_percentiles(lat),
-                                         "qps": len(lat) / max(out["elapsed_s"], 1e-9),
-                                         "floor_p50_ms": _floor_p50_ms(
-                                             saved_model_dir, examples, max_requests, max_seconds),
-                                         "requests": len(lat)}
-                rows.append(row)
+                raw = _raw_floor_inputs(saved_model_dir, user_id, cands, emb, user_features)
+                floor = _floor_p50_ms(saved_model_dir, examples, max_requests, max_seconds, raw)
+                for conc in concurrencies:
+                    proc = subprocess.run(
+                        [sys.executable, "-c", _CLIENT, "127.0.0.1", str(service.port),
+                         body_path, str(max_requests), str(max_seconds), str(warmup),
+                         str(conc)],
+                        capture_output=True, text=True, timeout=max_seconds + 120,
+                    )
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"load generator failed for {n} candidates: "
+                                           f"{proc.stderr.strip()[-2000:]}")
+                    out = json.loads(proc.stdout.strip().splitlines()[-1])
+                    lat = out["latencies_ms"]
+                    row: Dict[str, Any] = {
+                        "candidates": n, "concurrency": conc, **_percentiles(lat),
+                        "qps": len(lat) / max(out["elapsed_s"], 1e-9), "floor_p50_ms": floor,
+                        "signature": "predict_raw" if raw is not None else "serving_default",
+                        "ids_only": bool(ids_only), "requests": len(lat)}
+                    rows.append(row)
     finally:
         service.stop()
         ranker.close()
@@ -234,11 +316,13 @@ def run_serve_bench(
 
 def format_rows(rows: Sequence[Dict[str, float]]) -> str:
     """A small fixed-width table of ``run_serve_bench`` rows."""
-    head = f"{'candidates':>10} {'p50_ms':>8} {'p95_ms':>8} {'p99_ms':>8} {'qps':>8} {'floor_p50':>9}"
+    head = (f"{'candidates':>10} {'conc':>5} {'p50_ms':>8} {'p95_ms':>8} {'p99_ms':>8} "
+            f"{'qps':>8} {'floor_p50':>9}")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['candidates']:>10} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
-                     f"{r['p99_ms']:>8.2f} {r['qps']:>8.1f} {r['floor_p50_ms']:>9.2f}")
+        lines.append(f"{r['candidates']:>10} {r.get('concurrency', 1):>5} {r['p50_ms']:>8.2f} "
+                     f"{r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['qps']:>8.1f} "
+                     f"{r['floor_p50_ms']:>9.2f}")
     return "\n".join(lines)
 
 
@@ -248,7 +332,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Starts the run's local stack (:func:`serving.local_stack.start_local_stack`: model server on
     ``<run>/serving/limaml``, the run's meta embeddings), takes a real user and real candidates
     from the run's evaluation examples, and prints one JSON row per candidate count:
-    ``candidates, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms, requests`` (see the module doc).
+    ``candidates, concurrency, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms, signature,
+    ids_only, requests`` (see the module doc), one per candidate count and concurrency.
 
     Returns:
         0 (errors raise; the CLI reports them).
@@ -268,6 +353,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model-base", help="TF Serving base to serve instead of RUN/serving/limaml")
     parser.add_argument("--cache-size", type=int, default=100_000,
                         help="embedding lookup LRU entries (0: every request reads the store)")
+    parser.add_argument("--concurrency", default="1,8,32",
+                        help="comma-separated clients at once, one row each")
+    parser.add_argument("--ids-only", action="store_true",
+                        help="send item ids only (features from the ranker's item cache)")
     parser.add_argument("--table", action="store_true", help="also print a table to stderr")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # `limaml bench serve -- --run DIR`
@@ -279,6 +368,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--candidates {args.candidates!r}: expected integers like 1,10,100")
     if not counts or min(counts) < 1:
         parser.error("--candidates: give counts >= 1")
+    try:
+        concs = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--concurrency {args.concurrency!r}: expected integers like 1,8,32")
+    if not concs or min(concs) < 1:
+        parser.error("--concurrency: give counts >= 1")
 
     from serving.local_stack import read_eval_requests, start_local_stack
 
@@ -303,7 +398,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stack.run.serving_base, model_name=stack.model_name, embedding_lookup=stack.lookup,
             candidate_counts=counts, max_requests=args.max_requests, max_seconds=args.max_seconds,
             warmup=args.warmup, user_id=request["user_id"], model_target=stack.model_target,
-            user_features=request["user_features"], candidates=pool)
+            user_features=request["user_features"], candidates=pool, concurrencies=concs,
+            ids_only=args.ids_only, item_cache=stack.ranker.item_cache)
     finally:
         stack.stop()
     for row in rows:

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SERVING_SUBDIR = os.path.join("serving", "limaml")
 EVAL_EXAMPLES_NODE = EMBEDDING_JOIN  # examples of a run that got past validation and training
+EXAMPLE_GEN_NODE = "ProtocolExampleGen"  # every item of the run (train and eval splits)
 STORES = ("parquet", "bigtable")
 
 BIGTABLE_PROJECT = "limaml-local"
@@ -176,8 +177,9 @@ def eval_examples_uri(metadata_path: str) -> str:
 def item_examples_uri(metadata_path: str) -> Optional[str]:
     """URI of the newest ``ProtocolExampleGen`` examples of a run (None if there are none)."""
     try:
-        arts = _open_mlmd(metadata_path).get_artifacts_by_type("Examples")
-    except Exception:  # noqa: BLE001
+        arts = _read_artifacts(metadata_path, "Examples")
+    except StackError as exc:
+        log.warning("no item cache: %s", exc)
         return None
     mine = [a for a in arts if f"{os.sep}{EXAMPLE_GEN_NODE}{os.sep}" in a.uri]
     return max(mine, key=lambda a: a.id).uri if mine else None

@@ -76,6 +76,15 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.model_server_guard import (
+    DEFAULT_MAX_ELEMENTS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    TensorCheckError,
+    TokenAuthInterceptor,
+    check_tensor_proto,
+    read_token,
+)
+
 log = logging.getLogger(__name__)
 
 MODEL_SERVER_BINARY = "tensorflow_model_server"
@@ -505,6 +514,10 @@ def run_predict(servable: Servable, request) -> predict_pb2.PredictResponse:
     kwargs = {}
     for alias, proto in request.inputs.items():
         try:
+            check_tensor_proto(alias, proto, DEFAULT_MAX_ELEMENTS)
+        except TensorCheckError as exc:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
             arr = tf.make_ndarray(proto)
         except Exception as exc:  # noqa: BLE001 - malformed TensorProto
             raise ServingError(
@@ -535,9 +548,9 @@ def _answer(context: grpc.ServicerContext, fn: Callable[[], object]):
         return fn()
     except ServingError as exc:
         err = exc
-    except Exception as exc:  # noqa: BLE001 - never kill the server thread; report INTERNAL
+    except Exception:  # noqa: BLE001 - never kill the server thread; report INTERNAL
         log.exception("model server internal error")
-        err = ServingError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        err = ServingError(grpc.StatusCode.INTERNAL, "internal error (details in the server log)")
     context.abort(err.code, err.message)
 
 
@@ -614,15 +627,21 @@ class ModelServerHandle:
         kind: ``"stand-in"`` or ``"tensorflow_model_server"``.
     """
 
-    def __init__(self, port: int, kind: str, stop_fn: Callable[[float], None]) -> None:
+    def __init__(self, port: int, kind: str, stop_fn: Callable[[float], None],
+                 host: str = "127.0.0.1", socket_path: Optional[str] = None) -> None:
         self.port = port
         self.kind = kind
+        self.host = host
+        self.socket_path = socket_path
         self._stop_fn = stop_fn
         self._stopped = False
 
     @property
     def target(self) -> str:
-        """gRPC target string, ``"127.0.0.1:<port>"``."""
+        """gRPC target: ``"unix:<path>"`` when serving on a UNIX socket (the real binary on
+        loopback), else ``"127.0.0.1:<port>"``."""
+        if self.socket_path:
+            return f"unix:{self.socket_path}"
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace_s: float = 0.5) -> None:
@@ -647,6 +666,9 @@ def serve_models(
     host: str = "127.0.0.1",
     poll_interval_s: Optional[float] = 1.0,
     max_workers: int = 8,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    auth_token: Optional[str] = None,
+    grpc_socket_path: Optional[str] = None,
 ) -> ModelServerHandle:
     """Starts the stand-in server for the given models, in this process.
 
@@ -655,10 +677,14 @@ def serve_models(
     Args:
         configs: the models.
         port: port to listen on; 0 picks a free one (see ``handle.port``).
-        host: interface to bind (``"0.0.0.0"`` for all, as TF Serving does).
+        host: interface to bind (default: this machine only; ``"0.0.0.0"`` for all, as TF
+            Serving does).
         poll_interval_s: seconds between scans of the base paths for new versions; None or 0
             disables polling.
         max_workers: gRPC handler threads.
+        max_message_bytes: largest request or response message (larger: RESOURCE_EXHAUSTED).
+        auth_token: with a token, every RPC needs ``authorization: Bearer <token>`` metadata.
+        grpc_socket_path: also listen on this UNIX socket (TF Serving's flag).
 
     Returns:
         The handle.
@@ -670,8 +696,10 @@ def serve_models(
     registry.refresh()
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfs"),
-        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+        options=[("grpc.max_receive_message_length", int(max_message_bytes)),
+                 ("grpc.max_send_message_length", int(max_message_bytes)),
                  ("grpc.so_reuseport", 0)],
+        interceptors=[TokenAuthInterceptor(auth_token)] if auth_token else None,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         _PredictionService(registry), server
@@ -683,6 +711,8 @@ def serve_models(
         raise RuntimeError(f"cannot bind the model server to {host}:{port}: {exc}") from exc
     if not bound:
         raise RuntimeError(f"cannot bind the model server to {host}:{port}; choose a free port")
+    if grpc_socket_path:
+        server.add_insecure_port(f"unix:{grpc_socket_path}")
     server.start()
     stop_event = threading.Event()
 
@@ -701,7 +731,7 @@ def serve_models(
         server.stop(grace_s).wait()
 
     log.info("stand-in model server for %s on %s:%d", registry.model_names(), host, bound)
-    return ModelServerHandle(bound, "stand-in", stop)
+    return ModelServerHandle(bound, "stand-in", stop, host=host)
 
 
 def start_model_server(
@@ -732,7 +762,8 @@ def _free_port() -> int:
 
 
 def wait_until_available(
-    target: str, model_names: Sequence[str], timeout_s: float, alive: Callable[[], Optional[str]] = lambda: None
+    target: str, model_names: Sequence[str], timeout_s: float,
+    alive: Callable[[], Optional[str]] = lambda: None, auth_token: Optional[str] = None,
 ) -> None:
     """Polls GetModelStatus until every model has an AVAILABLE version.
 
@@ -759,7 +790,9 @@ def wait_until_available(
             req = get_model_status_pb2.GetModelStatusRequest()
             req.model_spec.name = name
             try:
-                resp = stub.GetModelStatus(req, timeout=2.0)
+                resp = stub.GetModelStatus(
+                    req, timeout=2.0,
+                    metadata=(("authorization", f"Bearer {auth_token}"),) if auth_token else None)
                 if any(s.state == _State.AVAILABLE for s in resp.model_version_status):
                     pending.pop(0)
                     continue
@@ -784,6 +817,8 @@ def launch_model_server(
     ready_timeout_s: float = 120.0,
     poll_interval_s: float = 1.0,
     extra_args: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    auth_token: Optional[str] = None,
 ) -> ModelServerHandle:
     """Starts TF Serving if ``tensorflow_model_server`` is on PATH, else the stand-in.
 
@@ -800,12 +835,19 @@ def launch_model_server(
         ready_timeout_s: how long to wait for the models to become available.
         poll_interval_s: ``--file_system_poll_wait_seconds``.
         extra_args: more flags for the real binary.
+        host: interface to bind. The stand-in binds exactly it. TF Serving 2.16 has no bind
+            flag (it listens on 0.0.0.0:port): for a loopback host it is also given
+            ``--grpc_socket_path`` in a private folder and the handle's target is that UNIX
+            socket; restrict its TCP port with a firewall/NetworkPolicy or use
+            ``--ssl_config_file`` (mTLS) through ``extra_args``.
+        auth_token: stand-in only: the shared token every RPC must carry.
 
     Returns:
         The handle.
 
     Raises:
-        ValueError: if neither or both of (base_dir, model_name) and model_config_file are given.
+        ValueError: if neither or both of (base_dir, model_name) and model_config_file are
+            given, or a token is asked of the real binary (it has no token check).
         TimeoutError / RuntimeError: if the server does not come up.
     """
     if model_config_file:
@@ -825,12 +867,24 @@ def launch_model_server(
     exe = shutil.which(MODEL_SERVER_BINARY) if binary is None else (binary or None)
     names = [mc.name for mc in configs]
     if exe is None:
-        handle = serve_models(configs, port=port, poll_interval_s=poll_interval_s)
-        wait_until_available(handle.target, names, ready_timeout_s)
+        handle = serve_models(configs, port=port, host=host, poll_interval_s=poll_interval_s,
+                              auth_token=auth_token)
+        wait_until_available(handle.target, names, ready_timeout_s, auth_token=auth_token)
         return handle
+    if auth_token:
+        raise ValueError(f"{exe} has no token check; use --ssl_config_file (mTLS) through "
+                         "extra_args, or the stand-in (binary='')")
     port = port or _free_port()
+    socket_path = None
+    if host in ("127.0.0.1", "localhost", "::1"):
+        import tempfile
+
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="tfs-"), "grpc.sock")
+        log.warning("%s listens on 0.0.0.0:%d whatever the host (no bind flag in TF Serving); "
+                    "clients here use the UNIX socket %s", exe, port, socket_path)
     cmd = [exe, f"--port={port}", *model_flags,
-           f"--file_system_poll_wait_seconds={max(1, int(round(poll_interval_s)))}", *extra_args]
+           f"--file_system_poll_wait_seconds={max(1, int(round(poll_interval_s)))}",
+           *([f"--grpc_socket_path={socket_path}"] if socket_path else []), *extra_args]
     log.info("starting %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -849,7 +903,7 @@ def launch_model_server(
                 proc.kill()
                 proc.wait()
 
-    handle = ModelServerHandle(port, MODEL_SERVER_BINARY, stop)
+    handle = ModelServerHandle(port, MODEL_SERVER_BINARY, stop, socket_path=socket_path)
     try:
         wait_until_available(handle.target, names, ready_timeout_s, alive)
     except BaseException:
@@ -858,15 +912,28 @@ def launch_model_server(
     return handle
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs the stand-in with TF Serving's flag names until SIGINT/SIGTERM."""
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m serving.model_server`` (TF Serving's names, plus ``--host``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8500)
     parser.add_argument("--model_name", default="")
     parser.add_argument("--model_base_path", default="")
     parser.add_argument("--model_config_file", default="")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (0.0.0.0: every interface, e.g. in a pod)")
+    parser.add_argument("--grpc_socket_path", default="", help="also listen on this UNIX socket")
+    parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest gRPC message")
+    parser.add_argument("--auth_token_file", default="",
+                        help="require 'authorization: Bearer <token>' metadata "
+                             "(else $LIMAML_MODEL_TOKEN; neither: no check)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the stand-in with TF Serving's flag names until SIGINT/SIGTERM."""
+    parser = build_arg_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.model_config_file:
@@ -876,7 +943,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         parser.error("give --model_base_path (and --model_name) or --model_config_file")
     handle = serve_models(configs, port=args.port, host=args.host,
-                          poll_interval_s=args.file_system_poll_wait_seconds)
+                          poll_interval_s=args.file_system_poll_wait_seconds,
+                          max_message_bytes=args.max_message_bytes,
+                          auth_token=read_token(args.auth_token_file),
+                          grpc_socket_path=args.grpc_socket_path or None)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -73,9 +73,12 @@ class CountingPredict:
         self._stub = stub
         self.requests = []
 
-    def Predict(self, request, timeout=None):  # noqa: N802 - stub method name
+    def Predict(self, request, **kwargs):  # noqa: N802 - stub method name
         self.requests.append(request)
-        return self._stub.Predict(request, timeout=timeout)
+        return self._stub.Predict(request, **kwargs)
+
+    def __getattr__(self, name):  # GetModelMetadata and the rest: the real stub
+        return getattr(self._stub, name)
 
 
 @pytest.fixture()
@@ -318,7 +321,7 @@ def test_http_model_server_down_is_503(toy_model_base, lookup):
         assert _http(svc.port, "POST", "/v1/rank", good)[0] == 200
         handle.stop()
         status, body = _http(svc.port, "POST", "/v1/rank", good)
-        assert status == 503 and "UNAVAILABLE" in body["error"]
+        assert status == 503 and body["code"] == "model_unavailable"  # details: log only
         assert _http(svc.port, "GET", "/healthz")[0] == 200
         assert _http(svc.port, "GET", "/readyz")[0] in (200, 503)  # version may still be cached
     finally:
@@ -333,7 +336,9 @@ def test_serve_bench_smoke(toy_model_base):
 
     rows = run_serve_bench(toy_model_base, model_name="bench", embedding_dim=EMBED_DIM,
                            candidate_counts=(1, 10), max_requests=15, max_seconds=5, warmup=2)
-    assert [r["candidates"] for r in rows] == [1, 10]
+    assert [(r["candidates"], r["concurrency"]) for r in rows] == [
+        (1, 1), (1, 8), (1, 32), (10, 1), (10, 8), (10, 32)]
+    assert {r["signature"] for r in rows} == {"serving_default"}  # the toy has no predict_raw
     for r in rows:
         assert r["requests"] == 15
         assert 0 < r["floor_p50_ms"] and 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]

@@ -1,0 +1,146 @@
+"""The low-latency serving path: ``predict_raw`` on the exported global block, the ranker's
+columnar ``PredictRequest`` and its item cache, against ``serving_default`` on ``tf.Example``s.
+
+Everything runs for real: a small real LiMAML export (real Transform graph), the TF Serving
+stand-in over gRPC, the ranker's HTTP service.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from schema import features as F
+from serving import model_server
+from serving.item_cache import ItemCache
+from serving.ranker import InvalidRequest, Ranker
+from serving.ranker_service import start_ranker_service
+from serving.tf_example import serialize_candidates
+
+try:
+    from limaml_serving_fixture import limaml_served  # noqa: F401
+except ImportError:  # pragma: no cover - run from the repo root
+    from tests.limaml_serving_fixture import limaml_served  # noqa: F401
+
+ATOL = 1e-5
+
+
+class _Lookup:
+    """One fixed embedding per user (a distinct vector for each), never cold."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def vector(self, user: str) -> np.ndarray:
+        seed = sum(user.encode()) % 1000
+        return np.random.default_rng(seed).normal(size=self.dim).astype(np.float32)
+
+    def lookup(self, user_ids, model_version):
+        emb = np.stack([self.vector(u) for u in user_ids])
+        return type("R", (), {"embeddings": emb, "cold": np.zeros(len(user_ids), bool),
+                              "degraded": None})()
+
+
+@pytest.fixture(scope="module")
+def stack(limaml_served):
+    server = model_server.start_model_server(limaml_served.base, "limaml", poll_interval_s=None)
+    lookup = _Lookup(limaml_served.embedding_dim)
+    items = ItemCache.from_records(limaml_served.items)
+    fast = Ranker(server.target, "limaml", lookup, item_cache=items)
+    slow = Ranker(server.target, "limaml", lookup, use_raw_signature=False)
+    yield server, fast, slow, lookup
+    fast.close()
+    slow.close()
+    server.stop()
+
+
+def _cands(served, n: int, offset: int = 0):
+    return [dict(served.items[(offset + i) % len(served.items)]) for i in range(n)]
+
+
+def test_predict_raw_equals_serving_default_in_process(limaml_served):
+    loaded = tf.saved_model.load(limaml_served.version_dir)
+    assert {"serving_default", "predict_raw"} <= set(loaded.signatures)
+    cands = _cands(limaml_served, 25)
+    uf = limaml_served.user_features[0]
+    emb = np.random.default_rng(0).normal(size=limaml_served.embedding_dim).astype(np.float32)
+    examples = serialize_candidates("u1", cands, emb, uf)
+    want = loaded.signatures["serving_default"](examples=tf.constant(examples))["probabilities"]
+    spec = loaded.signatures["predict_raw"].structured_input_signature[1]
+    assert F.META_EMBEDDING in spec and F.ITEM_ID in spec
+    raw = {}
+    for name, ts in spec.items():
+        if name == F.META_EMBEDDING:
+            raw[name] = tf.constant(np.tile(emb, (25, 1)))
+        elif name in uf:
+            raw[name] = tf.constant([uf[name]] * 25, dtype=ts.dtype)
+        else:
+            raw[name] = tf.constant([c[name] for c in cands], dtype=ts.dtype)
+    got = loaded.signatures["predict_raw"](**raw)["probabilities"]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=ATOL)
+    assert len(set(np.round(want.numpy(), 6))) > 1  # candidates really differ
+
+
+@pytest.mark.parametrize("n", [1, 7, 100])
+def test_ranker_raw_path_scores_like_the_example_path(limaml_served, stack, n):
+    _, fast, slow, _ = stack
+    cands = _cands(limaml_served, n, offset=n)
+    for user, uf in zip(limaml_served.user_ids[:2], limaml_served.user_features[:2]):
+        a = fast.rank(user, cands, uf)
+        b = slow.rank(user, cands, uf)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=ATOL)
+        assert a.model_version == b.model_version == "1"
+    assert fast._raw_inputs[1] is not None  # the raw signature was used
+    assert slow._raw_inputs == {}  # never asked: always serving_default
+
+
+def test_ids_only_and_partial_candidates_use_the_item_cache(limaml_served, stack):
+    _, fast, slow, _ = stack
+    cands = _cands(limaml_served, 12, offset=3)
+    uf = limaml_served.user_features[1]
+    user = limaml_served.user_ids[1]
+    want = slow.rank(user, cands, uf).scores
+    by_id = fast.rank_items(user, [c[F.ITEM_ID] for c in cands], uf).scores
+    np.testing.assert_allclose(by_id, want, rtol=0, atol=ATOL)
+    partial = [{F.ITEM_ID: c[F.ITEM_ID]} if i % 2 else c for i, c in enumerate(cands)]
+    np.testing.assert_allclose(fast.rank(user, partial, uf).scores, want, rtol=0, atol=ATOL)
+    with pytest.raises(InvalidRequest, match="unknown item"):
+        fast.rank_items(user, ["no-such-item"], uf)
+    with pytest.raises(InvalidRequest):
+        slow.rank_items(user, [cands[0][F.ITEM_ID]], uf)  # no item cache
+
+
+def test_missing_user_features_fall_back_to_serving_default(limaml_served, stack):
+    """predict_raw needs every raw input; without user features the tf.Example path answers
+    (absent features parse as empty), with the same scores as the slow ranker."""
+    _, fast, slow, _ = stack
+    cands = _cands(limaml_served, 5)
+    np.testing.assert_allclose(fast.rank("anon", cands).scores, slow.rank("anon", cands).scores,
+                               rtol=0, atol=ATOL)
+
+
+def test_http_ids_only_request(limaml_served, stack):
+    _, fast, slow, _ = stack
+    svc = start_ranker_service(fast)
+    try:
+        cands = _cands(limaml_served, 9)
+        uf = limaml_served.user_features[2]
+        body = {"user_id": "u9", "item_ids": [c[F.ITEM_ID] for c in cands], "user_features": uf}
+        conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+        conn.request("POST", "/v1/rank", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 200, answer
+        np.testing.assert_allclose(answer["scores"], slow.rank("u9", cands, uf).scores,
+                                   rtol=0, atol=ATOL)
+        conn.request("POST", "/v1/rank", body=json.dumps({**body, "candidates": cands}),
+                     headers={"Content-Type": "application/json"})
+        both = conn.getresponse()
+        assert both.status == 400 and json.loads(both.read())["code"] == "bad_request"
+        conn.close()
+    finally:
+        svc.stop()
