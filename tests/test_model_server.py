@@ -363,6 +363,22 @@ def test_kubernetes_manifests_are_consistent(tmp_path):
     assert int(store_env["LIMAML_EMBEDDING_DIM"]) > 0
     assert {p["path"] for p in (ranker["readinessProbe"]["httpGet"],
                                 ranker["livenessProbe"]["httpGet"])} == {"/readyz", "/healthz"}
+    # The optional shared token comes from an optional Secret, as the ranker reads it.
+    from serving.ranker_service import TOKEN_ENV
+
+    token_env = {e["name"]: e for e in ranker["env"]}[TOKEN_ENV]["valueFrom"]["secretKeyRef"]
+    assert token_env["optional"] is True and token_env["key"] == "token"
+    policy = docs[("NetworkPolicy", "limaml-tfserving-clients")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == tfs_labels(docs)
+    allowed = policy["ingress"][0]
+    assert allowed["from"][0]["podSelector"]["matchLabels"] == \
+        docs[("Deployment", "limaml-ranker")]["spec"]["selector"]["matchLabels"]
+    assert allowed["ports"][0]["port"] == grpc_port
+
+
+def tfs_labels(docs) -> dict:
+    """The TF Serving Deployment's pod selector."""
+    return docs[("Deployment", "limaml-tfserving")]["spec"]["selector"]["matchLabels"]
 
 
 def test_broken_or_partial_push_keeps_serving_the_old_version(toy_model_base, tmp_path):
