@@ -297,7 +297,7 @@ def test_launch_uses_the_binary_with_tf_serving_flags(toy_model_base, tmp_path):
     fake binary that runs this module's CLI) and returns once the model is AVAILABLE."""
     fake = tmp_path / "bin" / "tensorflow_model_server"
     fake.parent.mkdir()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(model_server.__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(model_server.__file__))))
     fake.write_text(f"#!/bin/sh\ncd {repo}\nexec {sys.executable} -m serving.model_server "
                     '--host=127.0.0.1 "$@"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -325,7 +325,7 @@ def test_kubernetes_manifests_are_consistent(tmp_path):
 
     from serving.ranker_service import build_arg_parser
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(model_server.__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(model_server.__file__))))
     folder = os.path.join(repo, "kubeflow", "serving")
     docs = {}
     for name in sorted(os.listdir(folder)):

@@ -1,0 +1,62 @@
+"""``python -m serving.model_server``: the stand-in with TF Serving's flag names."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from typing import Optional, Sequence
+
+from serving.model_server.config import load_model_config_file, single_model_config
+from serving.model_server.server import serve_models
+from serving.model_server.guard import DEFAULT_MAX_MESSAGE_BYTES, read_token
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m serving.model_server`` (TF Serving's names, plus ``--host``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--model_name", default="")
+    parser.add_argument("--model_base_path", default="")
+    parser.add_argument("--model_config_file", default="")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (0.0.0.0: every interface, e.g. in a pod)")
+    parser.add_argument("--grpc_socket_path", default="", help="also listen on this UNIX socket")
+    parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest gRPC message")
+    parser.add_argument("--auth_token_file", default="",
+                        help="require 'authorization: Bearer <token>' metadata "
+                             "(else $LIMAML_MODEL_TOKEN; neither: no check)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the stand-in with TF Serving's flag names until SIGINT/SIGTERM."""
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.model_config_file:
+        configs = load_model_config_file(args.model_config_file)
+    elif args.model_base_path:
+        configs = [single_model_config(args.model_base_path, args.model_name or "default")]
+    else:
+        parser.error("give --model_base_path (and --model_name) or --model_config_file")
+    handle = serve_models(configs, port=args.port, host=args.host,
+                          poll_interval_s=args.file_system_poll_wait_seconds,
+                          max_message_bytes=args.max_message_bytes,
+                          auth_token=read_token(args.auth_token_file),
+                          grpc_socket_path=args.grpc_socket_path or None)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"serving {[c.name for c in configs]} on port {handle.port}", flush=True)
+    done.wait()
+    handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

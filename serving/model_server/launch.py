@@ -1,0 +1,178 @@
+"""``launch_model_server``: the real ``tensorflow_model_server`` when on PATH, else the stand-in."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Callable, Optional, Sequence
+
+import grpc
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+from serving.model_server.errors import MODEL_SERVER_BINARY, _State
+from serving.model_server.config import _abs_path, load_model_config_file, single_model_config
+from serving.model_server.server import ModelServerHandle, serve_models
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_available(
+    target: str, model_names: Sequence[str], timeout_s: float,
+    alive: Callable[[], Optional[str]] = lambda: None, auth_token: Optional[str] = None,
+) -> None:
+    """Polls GetModelStatus until every model has an AVAILABLE version.
+
+    Args:
+        target: gRPC target.
+        model_names: models to wait for.
+        timeout_s: how long to wait.
+        alive: returns an error message when the server process died (stop waiting).
+
+    Raises:
+        TimeoutError: naming the models still not available.
+        RuntimeError: if ``alive`` reports the server died.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = list(model_names)
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        last = ""
+        while pending:
+            died = alive()
+            if died:
+                raise RuntimeError(died)
+            name = pending[0]
+            req = get_model_status_pb2.GetModelStatusRequest()
+            req.model_spec.name = name
+            try:
+                resp = stub.GetModelStatus(
+                    req, timeout=2.0,
+                    metadata=(("authorization", f"Bearer {auth_token}"),) if auth_token else None)
+                if any(s.state == _State.AVAILABLE for s in resp.model_version_status):
+                    pending.pop(0)
+                    continue
+                last = str(resp).replace("\n", " ")
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"model server at {target} has no AVAILABLE version of {pending} after "
+                    f"{timeout_s:.0f} s (last status: {last}); check the base path holds "
+                    "<version>/saved_model.pb"
+                )
+            time.sleep(0.1)
+
+
+def launch_model_server(
+    base_dir: Optional[str] = None,
+    model_name: Optional[str] = None,
+    port: int = 0,
+    model_config_file: Optional[str] = None,
+    binary: Optional[str] = None,
+    ready_timeout_s: float = 120.0,
+    poll_interval_s: float = 1.0,
+    extra_args: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    auth_token: Optional[str] = None,
+) -> ModelServerHandle:
+    """Starts TF Serving if ``tensorflow_model_server`` is on PATH, else the stand-in.
+
+    Give either ``base_dir`` and ``model_name`` or ``model_config_file``. Returns once every model
+    has an AVAILABLE version, so callers see the same thing whichever server runs.
+
+    Args:
+        base_dir: model base path (``--model_base_path``).
+        model_name: model name (``--model_name``).
+        port: gRPC port on 127.0.0.1; 0 picks a free one.
+        model_config_file: a ``model_config_list`` text proto (``--model_config_file``).
+        binary: path of the TF Serving binary (default: ``tensorflow_model_server`` on PATH;
+            ``""`` forces the stand-in).
+        ready_timeout_s: how long to wait for the models to become available.
+        poll_interval_s: ``--file_system_poll_wait_seconds``.
+        extra_args: more flags for the real binary.
+        host: interface to bind. The stand-in binds exactly it. TF Serving 2.16 has no bind
+            flag (it listens on 0.0.0.0:port): for a loopback host it is also given
+            ``--grpc_socket_path`` in a private folder and the handle's target is that UNIX
+            socket; restrict its TCP port with a firewall/NetworkPolicy or use
+            ``--ssl_config_file`` (mTLS) through ``extra_args``.
+        auth_token: stand-in only: the shared token every RPC must carry.
+
+    Returns:
+        The handle.
+
+    Raises:
+        ValueError: if neither or both of (base_dir, model_name) and model_config_file are
+            given, or a token is asked of the real binary (it has no token check).
+        TimeoutError / RuntimeError: if the server does not come up.
+    """
+    if model_config_file:
+        if base_dir or model_name:
+            raise ValueError("give model_config_file or base_dir/model_name, not both")
+        configs = load_model_config_file(model_config_file)
+        model_flags = [f"--model_config_file={os.path.abspath(model_config_file)}"]
+    else:
+        if not base_dir or not model_name:
+            raise ValueError(
+                f"base_dir={base_dir!r} and model_name={model_name!r}: give both, or a "
+                "model_config_file"
+            )
+        configs = [single_model_config(base_dir, model_name)]
+        model_flags = [f"--model_name={model_name}",
+                       f"--model_base_path={_abs_path(base_dir)}"]
+    exe = shutil.which(MODEL_SERVER_BINARY) if binary is None else (binary or None)
+    names = [mc.name for mc in configs]
+    if exe is None:
+        handle = serve_models(configs, port=port, host=host, poll_interval_s=poll_interval_s,
+                              auth_token=auth_token)
+        wait_until_available(handle.target, names, ready_timeout_s, auth_token=auth_token)
+        return handle
+    if auth_token:
+        raise ValueError(f"{exe} has no token check; use --ssl_config_file (mTLS) through "
+                         "extra_args, or the stand-in (binary='')")
+    port = port or _free_port()
+    socket_path = None
+    if host in ("127.0.0.1", "localhost", "::1"):
+        import tempfile
+
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="tfs-"), "grpc.sock")
+        log.warning("%s listens on 0.0.0.0:%d whatever the host (no bind flag in TF Serving); "
+                    "clients here use the UNIX socket %s", exe, port, socket_path)
+    cmd = [exe, f"--port={port}", *model_flags,
+           f"--file_system_poll_wait_seconds={max(1, int(round(poll_interval_s)))}",
+           *([f"--grpc_socket_path={socket_path}"] if socket_path else []), *extra_args]
+    log.info("starting %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def alive() -> Optional[str]:
+        if proc.poll() is None:
+            return None
+        err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+        return f"{exe} exited with code {proc.returncode}: {err}"
+
+    def stop(grace_s: float) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=max(grace_s, 5.0))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    handle = ModelServerHandle(port, MODEL_SERVER_BINARY, stop, socket_path=socket_path)
+    try:
+        wait_until_available(handle.target, names, ready_timeout_s, alive)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle

@@ -1,0 +1,143 @@
+"""Predict: input checks, the SavedModel call, outputs as TF Serving's typed proto fields."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import predict_pb2
+
+from serving.model_server.errors import DEFAULT_SIGNATURE, ServingError, _PREDICT_METHODS, _TF_TO_GRPC
+from serving.model_server.registry import Servable
+from serving.model_server.guard import DEFAULT_MAX_ELEMENTS, TensorCheckError, check_tensor_proto
+
+
+def _dtype_name(enum_value: int) -> str:
+    return types_pb2.DataType.Name(enum_value)
+
+
+def tensor_to_proto_field(value: np.ndarray) -> tensor_pb2.TensorProto:
+    """Encodes an array in typed repeated fields (TF Serving's ``AsProtoField``)."""
+    arr = np.asarray(value)
+    dtype = tf.as_dtype(arr.dtype if arr.dtype != object else tf.string)
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
+    proto.tensor_shape.CopyFrom(
+        tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in arr.shape]
+        )
+    )
+    flat = arr.reshape(-1)
+    if dtype == tf.float32:
+        proto.float_val.extend(flat.tolist())
+    elif dtype == tf.float64:
+        proto.double_val.extend(flat.tolist())
+    elif dtype in (tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16):
+        proto.int_val.extend(flat.tolist())
+    elif dtype == tf.int64:
+        proto.int64_val.extend(flat.tolist())
+    elif dtype == tf.bool:
+        proto.bool_val.extend(flat.tolist())
+    elif dtype == tf.string:
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    else:
+        return tf.make_tensor_proto(arr)
+    return proto
+
+
+def _verify_inputs(signature: meta_graph_pb2.SignatureDef, request) -> None:
+    sent = set(request.inputs.keys())
+    want = set(signature.inputs.keys())
+    if len(sent) > len(want) or (len(sent) < len(want) and not signature.defaults):
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input size does not match signature: {len(sent)}!={len(want)} "
+            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(want))}}}). "
+            f"Sent extra: {{{','.join(sorted(sent - want))}}}. "
+            f"Missing but required: {{{','.join(sorted(want - sent))}}}.",
+        )
+    for alias in sorted(sent):
+        if alias not in signature.inputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
+                f"the set {{{','.join(sorted(want))}}}.",
+            )
+        got, expected = request.inputs[alias].dtype, signature.inputs[alias].dtype
+        if got != expected:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg[{alias}] to be {_dtype_name(expected)} but {_dtype_name(got)} is "
+                f"provided; send input '{alias}' as {_dtype_name(expected)}",
+            )
+
+
+def _output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter: Sequence[str]) -> List[str]:
+    if not output_filter:
+        return list(signature.outputs.keys())
+    seen: List[str] = []
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                f"the set {{{','.join(sorted(signature.outputs.keys()))}}}.",
+            )
+        if alias in seen:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"duplicate output tensor alias: {alias}"
+            )
+        seen.append(alias)
+    return seen
+
+
+def run_predict(servable: Servable, request) -> predict_pb2.PredictResponse:
+    """Runs one ``PredictRequest`` against a loaded servable.
+
+    Raises:
+        ServingError: with TF Serving's status codes.
+    """
+    sig_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = servable.signature_defs.get(sig_name)
+    fn = servable.functions.get(sig_name)
+    if signature is None or fn is None:
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{sig_name}" not found.'
+        )
+    if signature.method_name and signature.method_name not in _PREDICT_METHODS:
+        raise ServingError(
+            grpc.StatusCode.INTERNAL,
+            "Expected prediction signature method_name to be one of {"
+            + ", ".join(_PREDICT_METHODS) + "}. Was: " + signature.method_name,
+        )
+    _verify_inputs(signature, request)
+    aliases = _output_aliases(signature, list(request.output_filter))
+    kwargs = {}
+    for alias, proto in request.inputs.items():
+        try:
+            check_tensor_proto(alias, proto, DEFAULT_MAX_ELEMENTS)
+        except TensorCheckError as exc:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            arr = tf.make_ndarray(proto)
+        except Exception as exc:  # noqa: BLE001 - malformed TensorProto
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"input '{alias}' is not a valid tensor: {exc}"
+            ) from exc
+        kwargs[alias] = tf.constant(arr, dtype=tf.as_dtype(signature.inputs[alias].dtype))
+    try:
+        outputs = fn(**kwargs)
+    except tf.errors.OpError as exc:
+        raise ServingError(_TF_TO_GRPC.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message) from exc
+    except (TypeError, ValueError) as exc:
+        # The concrete function rejects inputs whose shape does not fit the signature.
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    response.model_spec.signature_name = sig_name
+    for alias in aliases:
+        response.outputs[alias].CopyFrom(tensor_to_proto_field(outputs[alias].numpy()))
+    return response
