@@ -15,9 +15,11 @@ Layout (DESIGN.md section 3):
 
 Visibility and atomicity:
 
-1. All user rows (and the cold-start row) are written with ``Table.mutate_rows`` in chunks; the
-   status of every row is checked and any failure raises :class:`BigtableWriteError` naming the
-   failed row keys. Nothing is committed then.
+1. All user rows (and the cold-start row) are written with ``Table.mutate_rows`` in chunks,
+   several chunks in flight at once (:meth:`BigtableEmbeddingStore.write_rows`; a MEG job writes
+   them from every Beam worker under one :class:`WriteAttempt`); the status of every row is
+   checked and any failure raises :class:`BigtableWriteError` naming the failed row keys.
+   Nothing is committed then.
 2. Only after every row succeeded, the pointer cell ``m:<version>`` of ``__meta__#versions`` is
    written, holding the attempt timestamp. That single-cell write is the commit.
 3. Readers read the pointer first and then ask only for cells with qualifier == version **and**
@@ -50,6 +52,7 @@ version deletes its pointer cell first (unreadable at once), then its ``e``/``m`
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -133,6 +136,21 @@ def _version_filter(qualifier: bytes, ts_us: Optional[int], families: str) -> rf
     return rf.RowFilterChain(parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class WriteAttempt:
+    """One write of a model version in progress (picklable: workers write its rows).
+
+    Attributes:
+        model_version: the version written.
+        attempt_ts_us: cell timestamp of every cell of this attempt (ms granularity).
+        previous: the version's commit record before this write (a rerun), or None.
+    """
+
+    model_version: str
+    attempt_ts_us: int
+    previous: Optional[Dict[str, Any]]
+
+
 class BigtableEmbeddingStore:
     """Writes and reads meta embeddings in one Bigtable table.
 
@@ -143,6 +161,7 @@ class BigtableEmbeddingStore:
             see :mod:`embeddings.retention`).
         create_if_missing: create the table / missing column families on first write.
         mutation_chunk_rows: rows per ``mutate_rows`` RPC.
+        write_threads: ``mutate_rows`` RPCs in flight at once during a write.
         write_timeout_s: deadline of one ``mutate_rows`` (retries included).
         read_timeout_s: default deadline of a lookup's ``read_rows`` (retries included).
         pointer_ttl_s: how long a lookup trusts its cached copy of the version pointer.
@@ -152,15 +171,19 @@ class BigtableEmbeddingStore:
 
     def __init__(self, table: Any, keep_versions: int = 3, create_if_missing: bool = True,
                  mutation_chunk_rows: int = 1000, write_timeout_s: float = 120.0,
-                 read_timeout_s: float = 5.0, pointer_ttl_s: float = 30.0) -> None:
+                 read_timeout_s: float = 5.0, pointer_ttl_s: float = 30.0,
+                 write_threads: int = 4) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        if write_threads < 1:
+            raise ValueError(f"write_threads must be >= 1, got {write_threads}")
         if mutation_chunk_rows < 1:
             raise ValueError(f"mutation_chunk_rows must be >= 1, got {mutation_chunk_rows}")
         self.table = table
         self.keep_versions = int(keep_versions)
         self.create_if_missing = create_if_missing
         self.mutation_chunk_rows = int(mutation_chunk_rows)
+        self.write_threads = int(write_threads)
         self.write_timeout_s = float(write_timeout_s)
         self.read_timeout_s = float(read_timeout_s)
         self.pointer_ttl_s = float(pointer_ttl_s)
@@ -315,11 +338,131 @@ class BigtableEmbeddingStore:
                 f"({shown}{' ...' if len(failed) > 10 else ''}); the version was not committed, "
                 "rerun the write", failed)
 
+    def begin_write(self, model_version: str) -> "WriteAttempt":
+        """Starts a write of ``model_version``: a new attempt timestamp, nothing visible yet.
+
+        Creates the table if needed and, for a rerun of a committed version, deletes the cells of
+        killed attempts first (module docstring: GC window). Rows of the attempt can then be
+        written by any process (:meth:`write_rows`, e.g. from every Beam worker); the attempt is
+        visible only once :meth:`commit` has written the version pointer.
+
+        Returns:
+            The (picklable) :class:`WriteAttempt`.
+        """
+        validate_model_version(model_version)
+        self.ensure_table()
+        previous = self._pointer(fresh=True).get(model_version)
+        attempt_us = time.time_ns() // 1_000_000 * 1000
+        if previous is not None:
+            attempt_us = max(attempt_us, int(previous["attempt_ts_us"]) + 1000)
+            # Killed attempts must not push the committed cells out of the GC window.
+            self.delete_stale_attempts(model_version, previous)
+        return WriteAttempt(model_version, int(attempt_us), previous)
+
+    def _row_mutations(self, attempt: "WriteAttempt", batch: EmbeddingBatch) -> List[Any]:
+        q = _qualifier(attempt.model_version)
+        ts = _ts_datetime(attempt.attempt_ts_us)
+        emb = np.ascontiguousarray(batch.embeddings, dtype="<f4").view(np.uint8)
+        meta = np.ascontiguousarray(np.stack(
+            [batch.support_size, batch.last_interaction_ts,
+             np.full(batch.num_users, batch.generated_at, dtype=np.int64)], axis=1),
+            dtype="<i8").view(np.uint8)
+        rows: List[Any] = []
+        for key, e, m in zip(row_keys(batch.user_ids), emb, meta):  # per row by API design
+            row = self.table.direct_row(key)
+            row.set_cell(EMB_FAMILY, q, e.tobytes(), timestamp=ts)
+            row.set_cell(META_FAMILY, q, m.tobytes(), timestamp=ts)
+            rows.append(row)
+        return rows
+
+    def write_rows(self, attempt: "WriteAttempt", batches: Union[EmbeddingBatch, Iterable[EmbeddingBatch]]
+                   ) -> int:
+        """Writes user (or cold-start) rows of an attempt in parallel ``mutate_rows`` chunks.
+
+        Chunks of ``mutation_chunk_rows`` rows (spanning batches) go out on ``write_threads``
+        threads; at most ``2 * write_threads`` chunks are in flight, and a batch's full chunks
+        have landed before the next batch is read, so memory stays bounded by the batch, not by
+        the stream. Nothing becomes visible (see :meth:`commit`).
+
+        Args:
+            attempt: from :meth:`begin_write` (possibly in another process).
+            batches: batches of ``attempt.model_version``.
+
+        Returns:
+            Rows written.
+
+        Raises:
+            BigtableWriteError: some rows failed (named); the attempt must not be committed.
+            ValueError: a batch of another version.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        total = 0
+        inflight: deque = deque()  # in submission order: the first failed chunk is the one named
+        pending: List[Any] = []
+        chunk = self.mutation_chunk_rows
+        with ThreadPoolExecutor(max_workers=self.write_threads) as pool:
+            try:
+                for batch in batches_of(batches):
+                    if batch.model_version != attempt.model_version:
+                        raise ValueError(f"batch of version {batch.model_version!r} in a write "
+                                         f"of version {attempt.model_version!r}")
+                    lo = 0
+                    while lo < batch.num_users:  # chunks of exactly ``chunk`` rows span batches
+                        hi = min(batch.num_users, lo + chunk - len(pending))
+                        pending.extend(self._row_mutations(attempt, batch.slice(lo, hi)))
+                        lo = hi
+                        if len(pending) >= chunk:
+                            inflight.append(pool.submit(self._mutate, pending))
+                            pending = []
+                            if len(inflight) >= 2 * self.write_threads:
+                                inflight.popleft().result()
+                    total += batch.num_users
+                    while inflight:  # a batch's full chunks have landed before the next is read
+                        inflight.popleft().result()
+                if pending:
+                    inflight.append(pool.submit(self._mutate, pending))
+                while inflight:
+                    inflight[0].result()
+                    inflight.popleft()
+            finally:
+                for f in inflight:
+                    f.cancel()
+        return total
+
+    def commit(self, attempt: "WriteAttempt", num_users: int, embedding_dim: int, generated_at: int,
+               has_cold_start: bool) -> None:
+        """Commits an attempt whose rows are all written: the version pointer cell, written last.
+
+        Then retires versions beyond ``keep_versions`` by the serving pins.
+        """
+        q = _qualifier(attempt.model_version)
+        previous = attempt.previous
+        now_us = time.time_ns() // 1000
+        record = {"attempt_ts_us": attempt.attempt_ts_us, "embedding_dim": int(embedding_dim),
+                  "num_users": int(num_users),
+                  "generated_at": int(generated_at), "committed_at_us": now_us,
+                  # a rerun keeps the version's place in the commit order (retirement, latest)
+                  "first_committed_at_us": int(previous.get("first_committed_at_us", now_us))
+                  if previous is not None else now_us,
+                  "previous_attempt_ts_us": int(previous["attempt_ts_us"])
+                  if previous is not None else None,
+                  "has_cold_start": bool(has_cold_start)}
+        prow = self.table.direct_row(POINTER_ROW_KEY)
+        prow.set_cell(META_FAMILY, q, json.dumps(record, sort_keys=True).encode("utf-8"),
+                      timestamp=_ts_datetime(attempt.attempt_ts_us))
+        self._mutate([prow])
+        with self._lock:
+            self._pointer_cache = None
+        self.retire_versions()
+
     def write(self, batches: Union[EmbeddingBatch, Iterable[EmbeddingBatch]],
               require_cold_start: bool = True) -> WriteSummary:
-        """Writes one model version in chunked ``mutate_rows`` calls, then commits it.
+        """Writes one model version in parallel ``mutate_rows`` chunks, then commits it.
 
-        Streams: one input batch and one chunk of mutations are in memory at a time.
+        :meth:`begin_write`, :meth:`write_rows` batch by batch (each checked first), then
+        :meth:`commit`. Streams: one input batch and a few chunks of mutations are in memory.
 
         Args:
             batches: one :class:`EmbeddingBatch` or an iterable of them (same version and E).
@@ -339,62 +482,26 @@ class BigtableEmbeddingStore:
         if first is None:
             raise ValueError("no batches to write: pass at least one EmbeddingBatch")
         version, dim = first.model_version, first.embedding_dim
-        q = _qualifier(version)
-        self.ensure_table()
-        previous = self._pointer(fresh=True).get(version)
-        attempt_us = time.time_ns() // 1_000_000 * 1000
-        if previous is not None:
-            attempt_us = max(attempt_us, int(previous["attempt_ts_us"]) + 1000)
-            # Killed attempts must not push the committed cells out of the GC window.
-            self.delete_stale_attempts(version, previous)
-        ts = _ts_datetime(attempt_us)
+        attempt = self.begin_write(version)
         stream = StreamCheck(first)
-        total = 0
         generated_at = first.generated_at
-        pending: List[Any] = []
-        batch: Optional[EmbeddingBatch] = first
-        while batch is not None:
-            stream.check(batch)
-            generated_at = max(generated_at, batch.generated_at)
-            emb = np.ascontiguousarray(batch.embeddings, dtype="<f4").view(np.uint8)
-            meta = np.ascontiguousarray(np.stack(
-                [batch.support_size, batch.last_interaction_ts,
-                 np.full(batch.num_users, batch.generated_at, dtype=np.int64)], axis=1),
-                dtype="<i8").view(np.uint8)
-            keys = row_keys(batch.user_ids)
-            for i, key in enumerate(keys):  # building mutations is per row by API design
-                row = self.table.direct_row(key)
-                row.set_cell(EMB_FAMILY, q, emb[i].tobytes(), timestamp=ts)
-                row.set_cell(META_FAMILY, q, meta[i].tobytes(), timestamp=ts)
-                pending.append(row)
-                if len(pending) >= self.mutation_chunk_rows:
-                    self._mutate(pending)
-                    pending = []
-            total += batch.num_users
-            batch = next(it, None)
+
+        def checked() -> Iterable[EmbeddingBatch]:
+            nonlocal generated_at
+            batch: Optional[EmbeddingBatch] = first
+            while batch is not None:
+                stream.check(batch)
+                generated_at = max(generated_at, batch.generated_at)
+                yield batch
+                batch = next(it, None)
+
+        total = self.write_rows(attempt, checked())
         if require_cold_start and not stream.has_cold:
             raise ValueError(
                 f"version {version!r} has no cold-start row: add "
                 f"EmbeddingBatch.cold_start(<un-adapted meta block output>, {version!r}, ...) "
                 "to the stream (or pass require_cold_start=False); nothing was committed")
-        self._mutate(pending)
-        # Commit: the pointer cell, written last.
-        now_us = time.time_ns() // 1000
-        record = {"attempt_ts_us": attempt_us, "embedding_dim": dim, "num_users": total,
-                  "generated_at": generated_at, "committed_at_us": now_us,
-                  # a rerun keeps the version's place in the commit order (retirement, latest)
-                  "first_committed_at_us": int(previous.get("first_committed_at_us", now_us))
-                  if previous is not None else now_us,
-                  "previous_attempt_ts_us": int(previous["attempt_ts_us"])
-                  if previous is not None else None,
-                  "has_cold_start": stream.has_cold}
-        prow = self.table.direct_row(POINTER_ROW_KEY)
-        prow.set_cell(META_FAMILY, q, json.dumps(record, sort_keys=True).encode("utf-8"),
-                      timestamp=ts)
-        self._mutate([prow])
-        with self._lock:
-            self._pointer_cache = None
-        self.retire_versions()
+        self.commit(attempt, total, dim, generated_at, stream.has_cold)
         return WriteSummary(version, total, dim, f"{self.table.name}/{version}",
                             time.perf_counter() - t0)
 

@@ -1,4 +1,4 @@
-"""TFX glue of MetaEmbeddingGen (logic in generate.py, store_io.py)."""
+"""TFX glue of MetaEmbeddingGen (logic in inputs.py, generate.py, bigtable_sink.py, store_io.py)."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,10 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
 from components.artifacts.names import MODEL_VERSION_PROPERTY
-from components.common.examples_io import ReadRowsByUser, split_pattern
+from components.common.examples_io import split_pattern
 from components.common.model_version import model_version
-from components.meta_embedding_gen import generate, store_io
+from components.meta_embedding_gen import generate, inputs, store_io
+from components.meta_embedding_gen.bigtable_sink import BigtableTarget, WriteBigtableRows
 from components.meta_embedding_gen.meta_block import MetaBlockLoader
 from components.meta_embedding_gen.store_io import write_stores  # noqa: F401 (re-exported)
 from limaml.config import LimamlConfig
@@ -34,13 +35,21 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         cold_file = os.path.join(staging, generate.COLD_FILE)
         store_io.clear_staging(staging)
         loader = MetaBlockLoader(os.path.join(model.uri, "Format-Serving"))
+        e = cfg.embeddings
+        generated_at = generate.now()
+        pattern = split_pattern(examples.uri, exec_properties.get("split") or "train")
+        # Bigtable first: an unreachable table fails the run before anything is written.
+        bigtable = store_io.open_bigtable(cfg)
+        attempt = bigtable.begin_write(version) if bigtable is not None else None
+        sink = None if attempt is None else WriteBigtableRows(BigtableTarget(
+            e.bigtable_project, e.bigtable_instance, e.bigtable_table, attempt, generated_at))
         with self._make_beam_pipeline() as p:
-            users = p | "ReadByUser" >> ReadRowsByUser(  # pylint: disable=no-value-for-parameter
-                split_pattern(examples.uri, exec_properties.get("split") or "train"), spec)
+            users = p | "ReadUserBatches" >> inputs.ReadUserBatchesFromExamples(  # pylint: disable=no-value-for-parameter
+                pattern, spec, inputs.buckets_for(pattern))
             result = users | "Generate" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
-                loader, cfg.embeddings.max_recent, cfg.embeddings.aggregation,
-                cfg.embeddings.users_per_batch, exec_properties.get("as_of"))
-            generate.stage_embeddings(result, staging)
-        users_written = write_stores(cfg, staging, out.uri, version, generate.now(), store_io.load_cold(cold_file))
+                loader, e.max_recent, e.aggregation, e.users_per_batch, exec_properties.get("as_of"))
+            generate.stage_embeddings(result, staging, sink)
+        users_written = write_stores(cfg, staging, out.uri, version, generated_at,
+                                     store_io.load_cold(cold_file), bigtable_attempt=attempt)
         out.set_string_custom_property(MODEL_VERSION_PROPERTY, version)
         out.set_int_custom_property("users", users_written)

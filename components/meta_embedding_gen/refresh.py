@@ -427,20 +427,6 @@ def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
     return out
 
 
-def user_rows(encoded: Dict[str, np.ndarray]) -> List[Tuple[str, list]]:
-    """Encoded table sorted by user then time -> ``[(user_id, [row dicts])]`` (MEG's input)."""
-    uid = encoded[F.USER_ID]
-    if uid.size == 0:
-        return []
-    change = np.ones(uid.shape[0], bool)
-    change[1:] = uid[1:] != uid[:-1]
-    starts = np.append(np.flatnonzero(change), uid.shape[0])
-    out = []
-    for a, b in zip(starts[:-1], starts[1:]):
-        out.append((str(uid[a]), [{k: v[i] for k, v in encoded.items()} for i in range(a, b)]))
-    return out
-
-
 # --------------------------------------------------------------------------------- refresh
 @dataclasses.dataclass(frozen=True)
 class RefreshSummary:
@@ -480,20 +466,43 @@ def _carried_batches(stored: StoredVersion, keep: np.ndarray, version: str) -> I
                                  model_version=version, generated_at=int(gen))
 
 
-def generate_embeddings(users: List[Tuple[str, list]], model_dir: str, cfg: LimamlConfig,
+def generate_embeddings(encoded: Dict[str, np.ndarray], model_dir: str, cfg: LimamlConfig,
                         as_of: int, staging: str, beam_args: Sequence[str] = ()) -> None:
-    """Runs MEG (Beam) for ``users`` with the model of ``model_dir``; stages its output."""
+    """Runs MEG (Beam) on an encoded table with the model of ``model_dir``; stages its output.
+
+    The table goes to ``staging/input/users.parquet`` in row groups of whole users (about
+    ``users_per_batch * max_recent`` rows each); Beam reads it back one row group (a
+    :class:`UserBatch`) per element, so no per-user element and no ``beam.Create`` of the
+    users: workers split the file by row group.
+
+    Args:
+        encoded: ``{column: [N, ...]}`` sorted by user then time (:func:`encode_with_transform`).
+        model_dir: pushed version folder.
+        cfg: the model's config (``embeddings``: max_recent, aggregation, users_per_batch).
+        as_of: unix seconds.
+        staging: private folder (cleared first).
+        beam_args: Beam pipeline flags.
+    """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from components.meta_embedding_gen import inputs
+    from components.meta_embedding_gen.user_batch import UserBatch
+
     e = cfg.embeddings
     store_io.clear_staging(staging)
-    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
-        result = (p
-                  | "Users" >> beam.Create(users)
-                  | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
-                      MetaBlockLoader(model_dir), e.max_recent, e.aggregation, e.users_per_batch, as_of))
-        generate.stage_embeddings(result, staging)
+    input_dir = os.path.join(staging, "input")
+    path = inputs.write_grouped_parquet(UserBatch.from_grouped(encoded), input_dir,
+                                        max(1, e.users_per_batch * e.max_recent))
+    try:
+        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
+            result = (p
+                      | "Users" >> inputs.ReadUserBatches(path)  # pylint: disable=no-value-for-parameter
+                      | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
+                          MetaBlockLoader(model_dir), e.max_recent, e.aggregation, e.users_per_batch, as_of))
+            generate.stage_embeddings(result, staging)
+    finally:
+        shutil.rmtree(input_dir, ignore_errors=True)
 
 
 def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = None,
@@ -560,7 +569,7 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
     encoded = encode_with_transform(support, tdir)
     staging = tempfile.mkdtemp(prefix="limaml-refresh-")
     try:
-        generate_embeddings(user_rows(encoded), model_dir, cfg, as_of, staging, beam_args)
+        generate_embeddings(encoded, model_dir, cfg, as_of, staging, beam_args)
         new_cold = store_io.load_cold(os.path.join(staging, generate.COLD_FILE))
         generated_at = generate.now()
         keep = None

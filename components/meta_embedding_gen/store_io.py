@@ -36,9 +36,40 @@ def clear_staging(staging_dir: str) -> None:
         shutil.rmtree(staging_dir)
 
 
-def to_staging_record(row: dict) -> dict:
-    """Beam row -> Parquet-friendly dict (embedding as a list)."""
-    return {**row, "embedding": [float(x) for x in row["embedding"]]}
+def staging_table(user_ids: np.ndarray, embeddings: np.ndarray, support_size: np.ndarray,
+                  last_interaction_ts: np.ndarray) -> pa.Table:
+    """Embedding rows of U users as one Arrow table (:data:`STAGING_SCHEMA`), no per-row Python.
+
+    Args:
+        user_ids: object str [U].
+        embeddings: float32 [U, E].
+        support_size: int [U].
+        last_interaction_ts: int [U].
+    """
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    u, e = emb.shape
+    vectors = pa.ListArray.from_arrays(pa.array(np.arange(0, u * e + 1, e, dtype=np.int32)),
+                                       pa.array(emb.reshape(-1)))
+    return pa.Table.from_arrays(
+        [pa.array(np.asarray(user_ids, dtype=object), type=pa.string()), vectors,
+         pa.array(np.asarray(support_size, dtype=np.int64)),
+         pa.array(np.asarray(last_interaction_ts, dtype=np.int64))], schema=STAGING_SCHEMA)
+
+
+def table_to_batch(table: "pa.Table | pa.RecordBatch", model_version: str, generated_at: int
+                   ) -> EmbeddingBatch:
+    """Rows of :data:`STAGING_SCHEMA` -> a validated :class:`EmbeddingBatch`."""
+    emb = table.column("embedding")
+    if isinstance(emb, pa.ChunkedArray):
+        emb = emb.combine_chunks()
+    values = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    vectors = values.reshape(table.num_rows, -1) if table.num_rows else values.reshape(0, 1)
+    return EmbeddingBatch.create(
+        user_ids=table.column("user_id").to_numpy(zero_copy_only=False).astype(object),
+        embeddings=vectors,
+        support_size=table.column("support_size").to_numpy(),
+        last_interaction_ts=table.column("last_interaction_ts").to_numpy(),
+        model_version=model_version, generated_at=generated_at)
 
 
 def staged_batches(staging_dir: str, model_version: str, generated_at: int, cold: Optional[np.ndarray],
@@ -55,15 +86,7 @@ def staged_batches(staging_dir: str, model_version: str, generated_at: int, cold
         for rb in pq.ParquetFile(path).iter_batches(batch_size=rows_per_batch):
             if rb.num_rows == 0:
                 continue
-            emb = rb.column("embedding")
-            width = len(emb[0].as_py())
-            vectors = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
-            yield EmbeddingBatch.create(
-                user_ids=rb.column("user_id").to_numpy(zero_copy_only=False).astype(object),
-                embeddings=vectors,
-                support_size=rb.column("support_size").to_numpy(),
-                last_interaction_ts=rb.column("last_interaction_ts").to_numpy(),
-                model_version=model_version, generated_at=generated_at)
+            yield table_to_batch(rb, model_version, generated_at)
 
 
 def save_cold(vector: np.ndarray, path: str) -> None:
@@ -79,8 +102,21 @@ def load_cold(path: str) -> np.ndarray:
     return np.load(path)
 
 
+def open_bigtable(cfg: "LimamlConfig"):
+    """The run's Bigtable store (table created if missing), or None when the config names none."""
+    e = cfg.embeddings
+    if not e.bigtable_table:
+        return None
+    from embeddings.bigtable_store import BigtableEmbeddingStore
+
+    store = BigtableEmbeddingStore.open(e.bigtable_project, e.bigtable_instance, e.bigtable_table,
+                                        keep_versions=e.keep_versions)
+    store.ensure_table()
+    return store
+
+
 def write_stores(cfg: "LimamlConfig", staging_dir: str, store_root: str, version: str, generated_at: int,
-                 cold: Optional[np.ndarray]) -> int:
+                 cold: Optional[np.ndarray], bigtable_attempt=None) -> int:
     """Commits the staged rows to Parquet (always) and Bigtable (when configured).
 
     The Bigtable table is opened (and created if missing) before anything is written, so an
@@ -96,22 +132,24 @@ def write_stores(cfg: "LimamlConfig", staging_dir: str, store_root: str, version
         version: model version tag.
         generated_at: unix seconds of this run.
         cold: float32 [E] cold-start vector.
+        bigtable_attempt: the :class:`embeddings.bigtable_store.WriteAttempt` whose user rows the
+            Beam workers already wrote (:mod:`bigtable_sink`): only the cold-start row and the
+            pointer are written here. None: every staged row is written here (parallel chunks).
 
     Returns:
         Users written (the cold-start row not counted).
     """
     from embeddings.parquet_store import ParquetEmbeddingStore
 
-    e = cfg.embeddings
-    bigtable = None
-    if e.bigtable_table:
-        from embeddings.bigtable_store import BigtableEmbeddingStore
-
-        bigtable = BigtableEmbeddingStore.open(e.bigtable_project, e.bigtable_instance, e.bigtable_table,
-                                               keep_versions=e.keep_versions)
-        bigtable.ensure_table()
-    summary = ParquetEmbeddingStore(store_root, keep_versions=e.keep_versions).write(
+    bigtable = open_bigtable(cfg)
+    summary = ParquetEmbeddingStore(store_root, keep_versions=cfg.embeddings.keep_versions).write(
         staged_batches(staging_dir, version, generated_at, cold))
-    if bigtable is not None:
+    if bigtable is not None and bigtable_attempt is None:
         bigtable.write(staged_batches(staging_dir, version, generated_at, cold))
+    elif bigtable is not None:
+        rows = int(summary.rows)
+        if cold is not None:
+            bigtable.write_rows(bigtable_attempt, EmbeddingBatch.cold_start(cold, version, generated_at))
+        bigtable.commit(bigtable_attempt, rows, int(summary.embedding_dim), generated_at,
+                        cold is not None)
     return int(summary.rows) - (1 if cold is not None else 0)

@@ -1,0 +1,161 @@
+"""Columnar inputs of MEG: :class:`UserBatch` PCollections from Parquet or tf.Examples.
+
+Two sources, neither of which ever builds a Python object per interaction:
+
+* :func:`ReadUserBatches`: Parquet files written by :func:`write_grouped_parquet`, whose row
+  groups are cut at user boundaries; Beam's ``ReadFromParquetBatched`` yields one Arrow table per
+  row group, i.e. one batch of whole users (splittable across workers by row group). Refresh and
+  the benchmark use it.
+* :func:`ReadUserBatchesFromExamples`: Transform's gzipped tf.Examples (any order). Records are
+  parsed ~2k at a time into column arrays, split by a stable hash of the user id into
+  ``buckets`` groups and regrouped by one shuffle (GroupByKey on the bucket); each bucket becomes
+  one :class:`UserBatch`. Memory per element is one bucket (population / buckets).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.meta_embedding_gen.user_batch import Columns, UserBatch, user_cuts
+from schema import features as F
+
+INPUT_FILE = "users.parquet"
+
+
+# --------------------------------------------------------------------------------- Arrow <-> numpy
+def columns_to_arrow(columns: Mapping[str, np.ndarray]) -> pa.Table:
+    """``{column: [N] or [N, W]}`` -> Arrow table (``[N, W]`` as fixed-size lists of W)."""
+    arrays, names = [], []
+    for name, col in columns.items():
+        col = np.asarray(col)
+        if col.ndim == 1:
+            arrays.append(pa.array(col, type=pa.string() if name == F.USER_ID else None))
+        elif col.ndim == 2:
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(col.reshape(-1)), col.shape[1]))
+        else:
+            raise ValueError(f"column {name!r} has shape {col.shape}; only [N] and [N, W] are stored")
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def arrow_to_columns(table: pa.Table) -> Columns:
+    """Inverse of :func:`columns_to_arrow` (strings as object arrays of ``str``)."""
+    out: Columns = {}
+    for name, col in zip(table.column_names, table.columns):
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if pa.types.is_fixed_size_list(arr.type):
+            width = arr.type.list_size
+            out[name] = arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        else:
+            out[name] = arr.to_numpy(zero_copy_only=False)
+    return out
+
+
+# --------------------------------------------------------------------------------- Parquet
+def write_grouped_parquet(batch: UserBatch, folder: str, rows_per_group: int) -> str:
+    """Writes a grouped table to ``folder/users.parquet``, row groups cut at user boundaries.
+
+    Args:
+        batch: users grouped and time-ordered (e.g. :meth:`UserBatch.from_grouped`).
+        folder: created if missing.
+        rows_per_group: about this many rows per row group (= per Beam element); a group ends
+            on the first user boundary at or past it, so no user is ever split.
+
+    Returns:
+        The file written.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, INPUT_FILE)
+    cuts = user_cuts(batch.offsets, rows_per_group)
+    writer = None
+    try:
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            table = columns_to_arrow(batch.take_users(lo, hi).columns)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table, row_group_size=table.num_rows)
+        if writer is None:  # no user: an empty file with no row group
+            pq.write_table(columns_to_arrow(batch.columns), path)
+    finally:
+        if writer is not None:
+            writer.close()
+    return path
+
+
+def _to_user_batch(table: pa.Table) -> UserBatch:
+    return UserBatch.from_grouped(arrow_to_columns(table))
+
+
+@beam.ptransform_fn
+def ReadUserBatches(pipeline: beam.Pipeline, pattern: str) -> beam.PCollection:  # pylint: disable=invalid-name
+    """Files of :func:`write_grouped_parquet` -> PCollection of :class:`UserBatch` (one per row group)."""
+    return (pipeline
+            | "ReadParquet" >> beam.io.ReadFromParquetBatched(pattern)
+            | "ToUserBatch" >> beam.Map(_to_user_batch))
+
+
+# --------------------------------------------------------------------------------- tf.Examples
+def user_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
+    """Stable bucket ``[N]`` in ``[0, buckets)`` of each user id (same in every process)."""
+    h = pd.util.hash_array(np.asarray(user_ids, dtype=object), categorize=False)
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
+class _ParseColumns(beam.DoFn):
+    """A list of serialized tf.Examples -> ``(bucket, {column: [n, ...]})`` per bucket present."""
+
+    def __init__(self, feature_spec: Mapping[str, Any], buckets: int) -> None:
+        self._spec = dict(feature_spec)
+        self._buckets = buckets
+
+    def process(self, records: List[bytes]) -> Iterable[Tuple[int, Columns]]:
+        import tensorflow as tf
+
+        parsed = tf.io.parse_example(tf.constant(records), self._spec)
+        cols = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v).numpy()
+                for k, v in parsed.items()}
+        n = len(records)
+        uid = cols[F.USER_ID].reshape(n, -1)[:, 0].astype(str).astype(object)
+        cols[F.USER_ID] = uid
+        cols[F.TIMESTAMP] = cols[F.TIMESTAMP].reshape(n, -1)[:, 0].astype(np.int64)
+        bucket = user_buckets(uid, self._buckets)
+        order = np.argsort(bucket, kind="stable")
+        sorted_b = bucket[order]
+        starts = np.flatnonzero(np.r_[True, sorted_b[1:] != sorted_b[:-1]]) if n else np.zeros(0, int)
+        ends = np.r_[starts[1:], n].astype(int)
+        for a, b in zip(starts, ends):
+            idx = order[a:b]
+            yield int(sorted_b[a]), {k: v[idx] for k, v in cols.items()}
+
+
+def _group_bucket(item: Tuple[int, Iterable[Columns]]) -> UserBatch:
+    _, parts = item
+    parts = list(parts)
+    cols: Dict[str, np.ndarray] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return UserBatch.group(cols)
+
+
+@beam.ptransform_fn
+def ReadUserBatchesFromExamples(pipeline: beam.Pipeline, pattern: str, feature_spec: Mapping[str, Any],
+                                buckets: int) -> beam.PCollection:  # pylint: disable=invalid-name
+    """Gzipped tf.Examples (any order) -> PCollection of :class:`UserBatch` (one per bucket)."""
+    return (pipeline
+            | "Read" >> beam.io.ReadFromTFRecord(pattern, compression_type=beam.io.filesystem.CompressionTypes.AUTO)
+            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=2048)
+            | "ParseColumns" >> beam.ParDo(_ParseColumns(feature_spec, buckets))
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "ToUserBatch" >> beam.Map(_group_bucket))
+
+
+def buckets_for(pattern: str, bytes_per_bucket: int = 16 << 20, max_buckets: int = 4096) -> int:
+    """Shuffle buckets for an input: one per ``bytes_per_bucket`` of (compressed) input files."""
+    import tensorflow as tf
+
+    total = sum(tf.io.gfile.stat(p).length for p in tf.io.gfile.glob(pattern))
+    return int(min(max_buckets, max(1, -(-total // bytes_per_bucket))))
