@@ -7,17 +7,23 @@ Pipeline measured:
    :class:`trainer.local_encoder.LocalEncoder` (not timed);
 2. a :class:`trainer.model.LimamlModel` at its seeded initialisation, exported as a real meta
    block and loaded by :class:`MetaBlockLoader` (the production path; not timed);
-3. ``generate``: the **Beam path** of production, timed end to end on the DirectRunner:
-   users -> ``GenerateEmbeddings`` (batched fine-tune kernel, ``users_per_batch`` users per
-   call) -> staged Parquet parts + cold-start vector (:func:`generate.stage_embeddings`);
+3. ``generate``: the **Beam path** of production (refresh's), timed end to end on the
+   DirectRunner: the encoded table is written once as grouped Parquet (row groups of whole users,
+   :func:`inputs.write_grouped_parquet`; its time is ``input_write_s``, not in ``users_per_s``),
+   then ``ReadUserBatches`` (one columnar :class:`UserBatch` per row group) ->
+   ``GenerateEmbeddings`` (support windows by offsets, batched fine-tune kernel,
+   ``users_per_batch`` users per call, Arrow output) -> staged Parquet parts + cold-start vector
+   (:func:`generate.stage_embeddings`); ``--workers N`` runs it on N DirectRunner processes;
    optional ``kernel``: the batched kernel alone (``finetune.generate_meta_embeddings`` on
-   pre-padded arrays), to show what Beam and row handling add;
+   pre-padded arrays), to show what Beam and the columnar handling add;
 4. ``parquet`` / ``bigtable``: the staged vectors written to the stores with
    :func:`benchmarks.embedding_store_bench.bench_stores` (Bigtable: a ``cbtemulator`` started for
    the stage).
 
 Prints a JSON list of rows ``{"stage", "users", "users_per_s", "peak_rss_mb", ...}``.
-``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included).
+``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included: the
+in-memory input table is dropped before ``generate`` unless the ``kernel`` stage needs it;
+with ``--workers`` > 1 the worker processes are not counted).
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,7 +42,6 @@ from limaml.console import console
 
 STAGES = ("generate", "parquet", "bigtable", "kernel")
 DEFAULT_STAGES = ("generate", "parquet", "bigtable")
-_TABLES: Dict[str, Dict[str, np.ndarray]] = {}  # in-process input registry (see _EmitUsers)
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -54,6 +59,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         f"(default {','.join(DEFAULT_STAGES)}); parquet/bigtable need generate")
     p.add_argument("--chunk-users", type=int, default=200_000,
                    help="users generated and encoded per chunk (memory bound, default 200000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="DirectRunner worker processes for generate (default 1: in-process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="folder for the model, staging and Parquet store "
                                      "(default: a temporary folder, deleted)")
@@ -110,33 +117,6 @@ def build_inputs(num_users: int, num_items: int, mean_interactions: float, max_r
     return enc, table
 
 
-class _EmitUsers:
-    """``shard`` -> ``(user_id, [row dicts])`` for the shard's users, read from ``_TABLES``.
-
-    The input table lives in this process (the DirectRunner runs in-process), so the pipeline
-    graph does not carry gigabytes of pickled rows; users are produced lazily per shard.
-    """
-
-    def __init__(self, key: str, shards: int) -> None:
-        self.key = key
-        self.shards = shards
-
-    def __call__(self, shard: int) -> Iterator[Tuple[str, list]]:
-        from schema import features as F
-
-        t = _TABLES[self.key]
-        starts = t["__starts"]
-        users = starts.shape[0] - 1
-        lo, hi = shard * users // self.shards, (shard + 1) * users // self.shards
-        cols = [k for k in t if not k.startswith("__")]
-        for u in range(lo, hi):
-            a, b = starts[u], starts[u + 1]
-            block = {k: t[k][a:b] for k in cols}
-            block[F.GENRES] = block[F.GENRES].astype(np.float32)
-            rows = [{k: v[i] for k, v in block.items()} for i in range(b - a)]
-            yield str(t[F.USER_ID][a]), rows
-
-
 def _model_and_loader(workdir: str, enc, max_recent: int, users_per_batch: int):
     from components.common.model_layout import meta_block_dir
     from components.meta_embedding_gen.meta_block import MetaBlockLoader
@@ -154,37 +134,43 @@ def _model_and_loader(workdir: str, enc, max_recent: int, users_per_batch: int):
     return cfg, model, MetaBlockLoader(folder)
 
 
-def bench_generate(table: Dict[str, np.ndarray], loader, cfg, staging: str) -> Dict[str, Any]:
-    """Times the Beam MEG path (generation + staging) over every user of ``table``."""
+def write_input(table: Dict[str, np.ndarray], folder: str, rows_per_group: int) -> str:
+    """The encoded table as grouped Parquet (what refresh writes), genres as float32."""
+    from components.meta_embedding_gen import inputs
+    from components.meta_embedding_gen.user_batch import UserBatch
+    from schema import features as F
+
+    cols = {k: v for k, v in table.items() if not k.startswith("__")}
+    cols[F.GENRES] = cols[F.GENRES].astype(np.float32)
+    batch = UserBatch(cols, table["__starts"].astype(np.int64))
+    return inputs.write_grouped_parquet(batch, folder, rows_per_group)
+
+
+def bench_generate(input_path: str, users: int, loader, cfg, staging: str, workers: int = 1
+                   ) -> Dict[str, Any]:
+    """Times the Beam MEG path (columnar read, generation, staging) over every user of the input."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from benchmarks.embedding_store_bench import _PeakRss
-    from components.meta_embedding_gen import generate, store_io
+    from components.meta_embedding_gen import generate, inputs, store_io
 
-    users = table["__starts"].shape[0] - 1
-    key = f"bench-{id(table)}"
-    _TABLES[key] = table
-    shards = max(1, min(64, users // 10_000))
     e = cfg.embeddings
     store_io.clear_staging(staging)
-    try:
-        with _PeakRss() as rss:
-            t0 = time.perf_counter()
-            opts = PipelineOptions(["--direct_num_workers=1", "--direct_running_mode=in_memory"])
-            with beam.Pipeline(runner="DirectRunner", options=opts) as p:
-                result = (p
-                          | "Shards" >> beam.Create(list(range(shards)))
-                          | "Users" >> beam.FlatMap(_EmitUsers(key, shards))
-                          | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
-                              loader, e.max_recent, e.aggregation, e.users_per_batch))
-                generate.stage_embeddings(result, staging)
-            secs = time.perf_counter() - t0
-    finally:
-        _TABLES.pop(key, None)
+    flags = (["--direct_num_workers=1", "--direct_running_mode=in_memory"] if workers <= 1 else
+             [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
+    with _PeakRss() as rss:
+        t0 = time.perf_counter()
+        with beam.Pipeline(runner="DirectRunner", options=PipelineOptions(flags)) as p:
+            result = (p
+                      | "Users" >> inputs.ReadUserBatches(input_path)  # pylint: disable=no-value-for-parameter
+                      | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
+                          loader, e.max_recent, e.aggregation, e.users_per_batch))
+            generate.stage_embeddings(result, staging)
+        secs = time.perf_counter() - t0
     return {"stage": "generate", "users": int(users), "users_per_s": users / secs,
-            "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "path": "beam",
-            "users_per_batch": e.users_per_batch, "max_recent": e.max_recent}
+            "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "path": "beam-columnar",
+            "workers": workers, "users_per_batch": e.users_per_batch, "max_recent": e.max_recent}
 
 
 def bench_kernel(table: Dict[str, np.ndarray], model, cfg) -> Dict[str, Any]:
@@ -252,9 +238,19 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
               f"{time.perf_counter() - t0:.1f}s", file=console())
         cfg, model, loader = _model_and_loader(workdir, enc, args.max_recent, args.users_per_batch)
         staging = os.path.join(workdir, "staging")
+        users = int(table["__starts"].shape[0] - 1)
+        input_path, input_s = None, 0.0
+        if "generate" in args.stages:
+            t0 = time.perf_counter()
+            input_path = write_input(table, os.path.join(workdir, "input"),
+                                     args.users_per_batch * args.max_recent)
+            input_s = time.perf_counter() - t0
+            if "kernel" not in args.stages:
+                table = None  # generation reads the Parquet input; free the in-memory copy
         for stage in args.stages:
             if stage == "generate":
-                rows.append(bench_generate(table, loader, cfg, staging))
+                rows.append(bench_generate(input_path, users, loader, cfg, staging, args.workers))
+                rows[-1]["input_write_s"] = round(input_s, 2)
             elif stage == "kernel":
                 rows.append(bench_kernel(table, model, cfg))
             else:

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.meta_embedding_gen import generate, store_io
+from components.meta_embedding_gen import generate, inputs, store_io
 from components.meta_embedding_gen.meta_block import MetaBlockLoader
+from components.meta_embedding_gen.user_batch import UserBatch
 from embeddings.record import COLD_START_USER
 from limaml.config import EmbeddingConfig, LimamlConfig, MamlConfig, ModelConfig
 from limaml.data.synthetic import SyntheticConfig, generate as generate_synthetic
@@ -52,13 +53,11 @@ def sorted_frame(num_users: int = 40, seed: int = 1) -> pd.DataFrame:
     return frame.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable").reset_index(drop=True)
 
 
-def user_rows(encoded: Dict[str, np.ndarray], frame: pd.DataFrame) -> List[Tuple[str, list]]:
-    """``(user_id, [row dicts sorted by time])`` as ReadRowsByUser emits them."""
-    cols = [k for k in encoded if k != F.ORACLE_PROB]
-    out = []
-    for user, idx in frame.groupby(F.USER_ID, sort=True).indices.items():
-        out.append((user, [{k: encoded[k][i] for k in cols} for i in idx]))
-    return out
+def user_table(encoded: Dict[str, np.ndarray], frame: pd.DataFrame) -> UserBatch:
+    """The encoded interactions as one columnar batch of whole users (MEG's input unit)."""
+    cols = {k: v for k, v in encoded.items() if k != F.ORACLE_PROB}
+    cols[F.USER_ID] = frame[F.USER_ID].astype(str).to_numpy().astype(object)
+    return UserBatch.group(cols)
 
 
 def expected_embeddings(model, frame: pd.DataFrame, encoded: Dict[str, np.ndarray], k: int,
@@ -118,12 +117,14 @@ def export_model_folder(root: str, model, cfg: LimamlConfig, version: str = VERS
     return folder
 
 
-def run_generation(users, loader, cfg: LimamlConfig, staging: str, as_of: Optional[int] = None) -> None:
-    """GenerateEmbeddings + staging on the DirectRunner (what the executor does)."""
+def run_generation(users: UserBatch, loader, cfg: LimamlConfig, staging: str, as_of: Optional[int] = None,
+                   rows_per_group: int = 37) -> None:
+    """Grouped Parquet input -> ReadUserBatches -> GenerateEmbeddings + staging (DirectRunner)."""
     store_io.clear_staging(staging)
+    path = inputs.write_grouped_parquet(users, staging + "-input", rows_per_group)
     e = cfg.embeddings
     with beam.Pipeline(runner="DirectRunner") as p:
-        result = (p | beam.Create(users)
+        result = (p | inputs.ReadUserBatches(path)  # pylint: disable=no-value-for-parameter
                   | generate.GenerateEmbeddings(loader, e.max_recent, e.aggregation,  # pylint: disable=no-value-for-parameter
                                                 e.users_per_batch, as_of))
         generate.stage_embeddings(result, staging)
@@ -155,7 +156,7 @@ def world(tmp_path_factory):
     folder = export_model_folder(root, model, cfg)
     return types.SimpleNamespace(root=root, cfg=cfg, frame=frame, encoded=encoded, model=model,
                                  folder=folder, loader=MetaBlockLoader(folder),
-                                 users=user_rows(encoded, frame))
+                                 users=user_table(encoded, frame))
 
 
 @pytest.fixture(scope="module")
@@ -264,9 +265,9 @@ def test_rerun_with_stale_staging_parts_does_not_duplicate(world, tmp_path):
     os.makedirs(staging)
     with open(os.path.join(staging, "part-00000-of-00009.parquet"), "wb") as f:
         f.write(b"stale")  # an earlier run's part: cleared before the run
-    run_generation(world.users[:5], world.loader, world.cfg, staging)
+    run_generation(world.users.take_users(0, 5), world.loader, world.cfg, staging)
     got = read_staged(staging)
-    assert list(got.user_ids) == [u for u, _ in world.users[:5]]
+    assert list(got.user_ids) == list(world.users.user_ids[:5])
 
 
 def test_missing_meta_block_is_named(tmp_path):

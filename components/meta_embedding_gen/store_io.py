@@ -59,16 +59,17 @@ def staging_table(user_ids: np.ndarray, embeddings: np.ndarray, support_size: np
 def table_to_batch(table: "pa.Table | pa.RecordBatch", model_version: str, generated_at: int
                    ) -> EmbeddingBatch:
     """Rows of :data:`STAGING_SCHEMA` -> a validated :class:`EmbeddingBatch`."""
-    emb = table.column("embedding")
-    if isinstance(emb, pa.ChunkedArray):
-        emb = emb.combine_chunks()
-    values = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    def col(name: str) -> pa.Array:
+        c = table.column(name)
+        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+    values = np.asarray(col("embedding").flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     vectors = values.reshape(table.num_rows, -1) if table.num_rows else values.reshape(0, 1)
     return EmbeddingBatch.create(
-        user_ids=table.column("user_id").to_numpy(zero_copy_only=False).astype(object),
+        user_ids=col("user_id").to_numpy(zero_copy_only=False).astype(object),
         embeddings=vectors,
-        support_size=table.column("support_size").to_numpy(),
-        last_interaction_ts=table.column("last_interaction_ts").to_numpy(),
+        support_size=col("support_size").to_numpy(),
+        last_interaction_ts=col("last_interaction_ts").to_numpy(),
         model_version=model_version, generated_at=generated_at)
 
 
