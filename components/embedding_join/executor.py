@@ -34,7 +34,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         cold = store.cold_start_default(version)
         if cold is None:
             raise ValueError(f"{emb.uri}: version {version} has no cold-start default row")
-        parquet = os.path.join(str(store.version_dir(version)), "*.parquet")
+        # the files of the version's committed copy (manifest -> immutable commit folder); a store
+        # in the pre-manifest layout keeps its files directly in the version folder
+        commit = store.version_metadata(version).get("commit") or ""
+        parquet = os.path.join(str(store.version_dir(version)), commit, "*.parquet")
         out = artifact_utils.get_single_instance(output_dict["joined_examples"])
         out.split_names = artifact_utils.encode_split_names([split])
         with self._make_beam_pipeline() as p:
