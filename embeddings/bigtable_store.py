@@ -69,6 +69,7 @@ from google.cloud.bigtable import row_filters as rf
 from google.cloud.bigtable.row_data import DEFAULT_RETRY_READ_ROWS
 from google.cloud.bigtable.row_set import RowSet
 from google.cloud.bigtable.table import DEFAULT_RETRY
+from google.cloud.bigtable_v2.types import data as data_v2
 
 from embeddings.parquet_store import WriteSummary
 from embeddings.record import (
@@ -134,6 +135,16 @@ def _version_filter(qualifier: bytes, ts_us: Optional[int], families: str) -> rf
             rf.TimestampRange(start=_ts_datetime(ts_us), end=_ts_datetime(ts_us + 1000))))
     parts.append(rf.CellsColumnLimitFilter(1))
     return rf.RowFilterChain(parts)
+
+
+_RAW_MUTATION = data_v2.Mutation.pb()
+_RAW_SET_CELL = data_v2.Mutation.SetCell.pb()
+
+
+def _set_cell(family: str, qualifier: bytes, ts_us: int, value: bytes) -> Any:
+    """``Mutation(set_cell=...)`` as ``DirectRow.set_cell`` makes it, built on the raw protobuf."""
+    return data_v2.Mutation.wrap(_RAW_MUTATION(set_cell=_RAW_SET_CELL(
+        family_name=family, column_qualifier=qualifier, timestamp_micros=ts_us, value=value)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,8 +371,14 @@ class BigtableEmbeddingStore:
         return WriteAttempt(model_version, int(attempt_us), previous)
 
     def _row_mutations(self, attempt: "WriteAttempt", batch: EmbeddingBatch) -> List[Any]:
+        """One ``DirectRow`` per user with its ``e``/``m`` SetCell mutations.
+
+        The two mutations are built as raw protobufs and wrapped (what ``DirectRow.set_cell``
+        builds, same fields, without proto-plus field marshalling, ~10x cheaper per row); the
+        attempt timestamp is already a whole millisecond, as ``set_cell`` would make it.
+        """
         q = _qualifier(attempt.model_version)
-        ts = _ts_datetime(attempt.attempt_ts_us)
+        ts_us = int(attempt.attempt_ts_us)
         emb = np.ascontiguousarray(batch.embeddings, dtype="<f4").view(np.uint8)
         meta = np.ascontiguousarray(np.stack(
             [batch.support_size, batch.last_interaction_ts,
@@ -370,8 +387,9 @@ class BigtableEmbeddingStore:
         rows: List[Any] = []
         for key, e, m in zip(row_keys(batch.user_ids), emb, meta):  # per row by API design
             row = self.table.direct_row(key)
-            row.set_cell(EMB_FAMILY, q, e.tobytes(), timestamp=ts)
-            row.set_cell(META_FAMILY, q, m.tobytes(), timestamp=ts)
+            muts = row._get_mutations()  # pylint: disable=protected-access
+            muts.append(_set_cell(EMB_FAMILY, q, ts_us, e.tobytes()))
+            muts.append(_set_cell(META_FAMILY, q, ts_us, m.tobytes()))
             rows.append(row)
         return rows
 

@@ -285,3 +285,23 @@ def test_rerun_keeps_commit_order_for_retirement(store):
     assert store.latest_committed_version() == "v2"
     store.write(stream(ids, emb + 3, "v3"))
     assert store.committed_versions() == ["v2", "v3"]  # v1 retired, not v2
+
+
+def test_row_mutations_equal_direct_row_set_cell(store):
+    """The raw-protobuf mutations are exactly what ``DirectRow.set_cell`` builds."""
+    from embeddings.bigtable_store import EMB_FAMILY, META_FAMILY, WriteAttempt, _ts_datetime
+
+    ids, emb = make_data(5, seed=11)
+    batch = EmbeddingBatch.create(ids, emb, "v9", 1234, support_size=[1, 2, 3, 4, 5],
+                                  last_interaction_ts=[10, 20, 30, 40, 50])
+    attempt = WriteAttempt("v9", 1_700_000_000_123_000, None)
+    got = store._row_mutations(attempt, batch)  # pylint: disable=protected-access
+    for i, row in enumerate(got):
+        ref = store.table.direct_row(row_key(ids[i]))
+        ts = _ts_datetime(attempt.attempt_ts_us)
+        ref.set_cell(EMB_FAMILY, b"v9", emb[i].astype("<f4").tobytes(), timestamp=ts)
+        ref.set_cell(META_FAMILY, b"v9", np.array([i + 1, 10 * (i + 1), 1234], "<i8").tobytes(),
+                     timestamp=ts)
+        assert row.row_key == ref.row_key
+        assert [type(m).pb(m).SerializeToString() for m in row._get_mutations()] == \
+            [type(m).pb(m).SerializeToString() for m in ref._get_mutations()]
