@@ -31,7 +31,7 @@ from trainer.layout import build_layout
 from trainer.local_encoder import LocalEncoder
 from trainer.model import LimamlModel
 
-LONG, SINGLE, COLD = "long", "single", "cold"
+LONG, SINGLE, COLD = "long", "single-é", "cold"  # a non-ASCII id: UTF-8 through tf.Example and Arrow
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,8 @@ class _ParseColumns(beam.DoFn):
         cols = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v).numpy()
                 for k, v in parsed.items()}
         n = len(records)
-        uid = cols[F.USER_ID].reshape(n, -1)[:, 0].astype(str).astype(object)
+        raw = cols[F.USER_ID].reshape(n, -1)[:, 0]  # bytes; UTF-8 decoded in Arrow
+        uid = pa.array(raw, type=pa.binary()).cast(pa.string()).to_numpy(zero_copy_only=False)
         cols[F.USER_ID] = uid
         cols[F.TIMESTAMP] = cols[F.TIMESTAMP].reshape(n, -1)[:, 0].astype(np.int64)
         bucket = user_buckets(uid, self._buckets)
