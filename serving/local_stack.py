@@ -535,6 +535,10 @@ def start_local_stack(
                         auth_token=model_auth_token)
         started.append(ranker)
         served = str(ranker.model_version(refresh=True))
+        try:
+            ranker.warm_up()
+        except Exception as exc:  # noqa: BLE001 - a cold first call is slow, not wrong
+            log.warning("ranker warm-up failed: %s", exc)
         if served != version:
             log.warning("model server serves version %s, expected %s (a push during start-up?)",
                         served, version)

@@ -301,6 +301,24 @@ class Ranker:
         columns: Dict[str, list] = {F.ITEM_ID: list(item_ids)}
         return self._rank_columns(user_id, columns, len(item_ids), user_features)
 
+    def warm_up(self) -> Optional[RankResponse]:
+        """Sends one request through the fast path (first item of the cache, blank user
+        features), so the model server's first call of the served version (function and table
+        initialisation, seconds on a busy machine) is not paid by clients under their deadline.
+
+        Returns:
+            The warm-up response, or None without an item cache.
+
+        Raises:
+            Whatever :meth:`rank_items` raises.
+        """
+        cache = self.item_cache
+        if cache is None or not len(cache):
+            return None
+        item = next(iter(cache._index))
+        return self.rank_items("warm-up", [item], {name: "" for name in self._user_allowed
+                                                   if SERVING_FEATURE_KINDS[name] == "str"})
+
     def readiness(self) -> int:
         """The served version, once the model server serves it and its embeddings are readable.
 

@@ -474,6 +474,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ranker = Ranker(args.model_target, args.model_name, lookup, timeout_s=args.timeout_s,
                     max_candidates=args.max_candidates, item_cache=items,
                     auth_token=read_token(args.model_token_file, "LIMAML_MODEL_TOKEN"))
+    try:
+        ranker.warm_up()
+    except Exception as exc:  # noqa: BLE001 - a cold first call is slow, not wrong
+        log.warning("ranker warm-up failed: %s", exc)
     handle = start_ranker_service(ranker, host=args.host, port=args.port, workers=args.workers,
                                   max_pending=args.max_pending,
                                   auth_token=read_token(args.auth_token_file))

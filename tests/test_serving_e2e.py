@@ -297,6 +297,23 @@ def test_real_users_score_like_the_in_process_model(served, bigtable_stack):
         assert len(body["scores"]) == len(case.request["candidates"]) == ref.shape[0]
         np.testing.assert_allclose(body["scores"], ref, rtol=0, atol=ATOL,
                                    err_msg=f"user {case.user_id}")
+    # Online went through predict_raw (numpy columns), the reference through serving_default.
+    assert bigtable_stack.ranker._raw_inputs_of(int(served.version)), \
+        "the pushed model has no predict_raw signature: the ranker fell back to tf.Examples"
+
+
+@pytest.mark.e2e
+def test_item_ids_only_score_like_the_in_process_model(served, bigtable_stack):
+    """Clients may send item ids alone: the ranker's item cache (the run's ExampleGen items)
+    fills the item features, and the scores are the Evaluator examples' scores."""
+    assert bigtable_stack.ranker.item_cache is not None and len(bigtable_stack.ranker.item_cache)
+    for case in served.warm:
+        request = {"user_id": case.user_id, "user_features": case.request["user_features"],
+                   "item_ids": [c[F.ITEM_ID] for c in case.request["candidates"]]}
+        status, body = _post(bigtable_stack.ranker_url, request)
+        assert status == 200, body
+        np.testing.assert_allclose(body["scores"], _reference(served.version_dir, case.serialized),
+                                   rtol=0, atol=ATOL, err_msg=f"user {case.user_id}")
 
 
 @pytest.mark.e2e
@@ -438,17 +455,21 @@ def test_version_without_embeddings_is_503_and_the_service_keeps_serving(served,
         os.rename(tmp, os.path.join(base, bad))  # a push, as BlockPusher does it
 
         body = _wait_for(stack.ranker_url, case.request, lambda s, b: s == 503, 120)
+        assert body["code"] == "embeddings_not_committed", body
         assert f"model version {bad!r} is not committed" in body["error"], body
         assert "run meta-embedding generation" in body["error"], body
+        assert served.run_dir not in json.dumps(body)  # paths go to the log, not the client
         assert _get(stack.ranker_url, "/healthz") == (200, {"status": "ok"})
-        status, ready = _get(stack.ranker_url, "/readyz")
-        assert status == 200 and ready["model_version"] == bad
+        status, ready = _get(stack.ranker_url, "/readyz")  # served, but its embeddings are not
+        assert status == 503 and ready["code"] == "embeddings_not_committed", ready
         status, again = _post(stack.ranker_url, case.request)  # still the documented error
         assert status == 503 and "not committed" in again["error"]
 
         shutil.rmtree(os.path.join(base, bad))  # roll the push back
         after = _wait_for(stack.ranker_url, case.request, lambda s, b: s == 200, 120)
         assert after["model_version"] == served.version
+        assert _get(stack.ranker_url, "/readyz") == (200, {"status": "ready",
+                                                           "model_version": served.version})
         np.testing.assert_allclose(after["scores"], before["scores"], rtol=0, atol=ATOL)
     finally:
         stack.stop()
@@ -498,7 +519,9 @@ def test_bench_serve_prints_rows_for_the_real_model(served, capsys):
                            "--candidates", "1,10"])
     assert rc == 0
     rows = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
-    assert [r["candidates"] for r in rows] == [1, 10]
+    assert [(r["candidates"], r["concurrency"]) for r in rows] == [
+        (c, k) for c in (1, 10) for k in (1, 8, 32)]
+    assert {r["signature"] for r in rows} == {"predict_raw"}
     for r in rows:
         assert r["requests"] >= 1 and r["qps"] > 0 and r["model_version"] == served.version
         assert 0 < r["floor_p50_ms"] and 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]

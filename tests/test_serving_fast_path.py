@@ -144,3 +144,14 @@ def test_http_ids_only_request(limaml_served, stack):
         conn.close()
     finally:
         svc.stop()
+
+
+def test_warm_up_goes_through_predict_raw(limaml_served, stack):
+    server, _, _, lookup = stack
+    items = ItemCache.from_records(limaml_served.items)
+    with Ranker(server.target, "limaml", lookup, item_cache=items) as ranker:
+        resp = ranker.warm_up()
+        assert resp is not None and len(resp.scores) == 1 and resp.model_version == "1"
+        assert ranker._raw_inputs[1] is not None
+    with Ranker(server.target, "limaml", lookup) as no_cache:
+        assert no_cache.warm_up() is None
