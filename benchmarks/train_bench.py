@@ -71,7 +71,8 @@ def _per_task_step(model: LimamlModel, opt: maml.Adam, cfg: MamlConfig, tasks: i
 def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, hidden: int = 64,
         embedding_dim: int = 16, steps: int = 20,
         adaptation_steps: Sequence[int] = (1, 5), first_order: Sequence[bool] = (False, True),
-        impls: Sequence[str] = ("batched", "per_task_loop")) -> List[Dict[str, object]]:
+        impls: Sequence[str] = ("batched", "batched_xla", "per_task_loop")
+        ) -> List[Dict[str, object]]:
     """Measures meta-training throughput.
 
     Args:
@@ -87,17 +88,19 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
         Rows ``{"impl", "adaptation_steps", "first_order", "tasks_per_s", ...}``.
     """
     layout = _layout(meta_dim)
+    # plain MAML on dense meta inputs (no user-id rows), full supports: the same math in both
     mcfg = ModelConfig(meta_hidden=(hidden,), embedding_dim=embedding_dim, global_hidden=(hidden,),
-                       categorical_embedding_dim=16)
+                       categorical_embedding_dim=16, user_id_embedding_dim=0)
     batch = _batch(layout, tasks, support, query)
     rows: List[Dict[str, object]] = []
     for impl in impls:
         for k in adaptation_steps:
             for fo in first_order:
-                cfg = MamlConfig(inner_lr=0.1, adaptation_steps=k, first_order=fo)
+                cfg = MamlConfig(inner_lr=0.1, adaptation_steps=k, first_order=fo,
+                                 support_sampling="none", support_shrinkage=0.0)
                 model = LimamlModel(layout, mcfg, cfg, seed=0)
-                if impl == "batched":
-                    trainer = maml.MamlTrainer(model, cfg)
+                if impl in ("batched", "batched_xla"):
+                    trainer = maml.MamlTrainer(model, cfg, jit_compile=impl == "batched_xla")
                     step = trainer._step_fn
                 else:
                     step = _per_task_step(model, maml.Adam(model.outer_variables(), cfg.meta_lr),

@@ -288,16 +288,19 @@ class MamlTrainer(tf.Module):
     """Outer loop: Adam on θ_meta, θ_global (and Meta-SGD α) from the post-adaptation query loss.
 
     Create it (and the model) inside ``strategy.scope()`` when using a distribution strategy.
+    ``jit_compile`` compiles the whole step (inner loop, outer gradient, Adam) with XLA.
     """
 
     def __init__(self, model: LimamlModel, maml_cfg: Optional[MamlConfig] = None,
-                 strategy: Optional[tf.distribute.Strategy] = None, name: str = "maml_trainer"):
+                 strategy: Optional[tf.distribute.Strategy] = None, name: str = "maml_trainer",
+                 jit_compile: bool = False):
         super().__init__(name=name)
         self.model = model
         self.maml_cfg = model.maml_cfg if maml_cfg is None else maml_cfg
         self.strategy = strategy or tf.distribute.get_strategy()
         self.optimizer = Adam(model.outer_variables(), lr=self.maml_cfg.meta_lr)
-        self._step_fn = tf.function(self._train_step, reduce_retracing=True)
+        self._step_fn = tf.function(self._train_step, reduce_retracing=True,
+                                    jit_compile=jit_compile)
 
     def meta_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
         """Outer loss and its gradient w.r.t. ``model.outer_variables()``."""
