@@ -26,7 +26,7 @@ from trainer.layout import USER_HASH, FeatureLayout
 from trainer.maml import Adam
 from trainer.model import _dot, global_forward, init_global_params
 
-LABEL = "label"
+LABEL = features.LABEL
 KINDS = ("global_dnn", "wide_deep", "linear", "linear_user_id")
 log = logging.getLogger(__name__)
 

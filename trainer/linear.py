@@ -25,10 +25,11 @@ import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
+from schema import features
 from trainer.layout import USER_HASH, FeatureLayout
 from trainer.model import _dot
 
-LABEL = "label"
+LABEL = features.LABEL
 KINDS = ("linear", "linear_user_id")
 DEFAULT_C_GRID: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 log = logging.getLogger(__name__)

@@ -39,10 +39,11 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig
+from schema import features
 from trainer.layout import MASK, QUERY, SUPPORT, USER_HASH
 from trainer.model import USER_ROW, LimamlModel, Params, global_forward, meta_forward
 
-LABEL = "label"
+LABEL = features.LABEL
 AGGREGATIONS = ("latest", "mean", "max")
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,8 @@ class Adam(tf.Module):
         self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in self.variables_]
 
     def apply(self, grads: Sequence[Optional[tf.Tensor]]) -> None:
-        """Applies one Adam update; None gradients count as zero."""
+        """Applies one Adam update; a variable whose gradient is None is skipped (its moments
+        do not decay and it does not move, as in tf.keras.optimizers.Adam)."""
         self.iterations.assign_add(1)
         t = tf.cast(self.iterations, tf.float64)
         for var, m, v, g in zip(self.variables_, self.m, self.v, grads):
