@@ -74,6 +74,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 
 from embeddings.record import VersionNotCommittedError
 from serving.http_server import AsgiServerHandle, serve_asgi
+from serving.model_server import guard
 
 from serving.ranker import (
     EmbeddingLookupError,
@@ -416,18 +417,9 @@ def start_ranker_service(
 
 
 def read_token(path: Optional[str], env: str = TOKEN_ENV) -> Optional[str]:
-    """A shared token from a file (stripped) or, without a file, the environment; else None.
-
-    Raises:
-        ValueError: the file is empty.
-    """
-    if path:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.read().strip()
-        if not token:
-            raise ValueError(f"token file {path} is empty")
-        return token
-    return os.environ.get(env) or None
+    """The ranker's shared token: :func:`serving.model_server.guard.read_token` with
+    ``$LIMAML_RANKER_TOKEN``."""
+    return guard.read_token(path, env)
 
 
 def _load_factory(spec: str):
@@ -473,7 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             items = ItemCache.from_records(json.loads(line) for line in fh if line.strip())
     ranker = Ranker(args.model_target, args.model_name, lookup, timeout_s=args.timeout_s,
                     max_candidates=args.max_candidates, item_cache=items,
-                    auth_token=read_token(args.model_token_file, "LIMAML_MODEL_TOKEN"))
+                    auth_token=guard.read_token(args.model_token_file))
     try:
         ranker.warm_up()
     except Exception as exc:  # noqa: BLE001 - a cold first call is slow, not wrong

@@ -102,8 +102,9 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return self._deny
 
 
-def read_token(path: Optional[str]) -> Optional[str]:
-    """The token from a file (stripped), else ``$LIMAML_MODEL_TOKEN``, else None.
+def read_token(path: Optional[str], env: str = TOKEN_ENV) -> Optional[str]:
+    """A shared token from a file (stripped), else the environment variable ``env`` (default
+    ``$LIMAML_MODEL_TOKEN``), else None. The ranker uses it with ``$LIMAML_RANKER_TOKEN``.
 
     Raises:
         ValueError: the file is empty.
@@ -114,7 +115,7 @@ def read_token(path: Optional[str]) -> Optional[str]:
         if not token:
             raise ValueError(f"token file {path} is empty")
         return token
-    return os.environ.get(TOKEN_ENV) or None
+    return os.environ.get(env) or None
 
 
 __all__ = ["DEFAULT_MAX_ELEMENTS", "DEFAULT_MAX_MESSAGE_BYTES", "TOKEN_ENV", "TensorCheckError",
