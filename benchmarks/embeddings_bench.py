@@ -23,7 +23,8 @@ Pipeline measured:
 Prints a JSON list of rows ``{"stage", "users", "users_per_s", "peak_rss_mb", ...}``.
 ``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included: the
 in-memory input table is dropped before ``generate`` unless the ``kernel`` stage needs it;
-with ``--workers`` > 1 the worker processes are not counted).
+with ``--workers`` > 1 the worker processes are not counted); ``rss_start_mb`` is the RSS when
+the stage starts (what building the inputs left allocated), so ``peak - start`` is the stage's own.
 """
 from __future__ import annotations
 
@@ -159,6 +160,9 @@ def bench_generate(input_path: str, users: int, loader, cfg, staging: str, worke
     store_io.clear_staging(staging)
     flags = (["--direct_num_workers=1", "--direct_running_mode=in_memory"] if workers <= 1 else
              [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
+    import psutil
+
+    start_mb = psutil.Process(os.getpid()).memory_info().rss / 2**20
     with _PeakRss() as rss:
         t0 = time.perf_counter()
         with beam.Pipeline(runner="DirectRunner", options=PipelineOptions(flags)) as p:
@@ -169,7 +173,8 @@ def bench_generate(input_path: str, users: int, loader, cfg, staging: str, worke
             generate.stage_embeddings(result, staging)
         secs = time.perf_counter() - t0
     return {"stage": "generate", "users": int(users), "users_per_s": users / secs,
-            "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "path": "beam-columnar",
+            "peak_rss_mb": round(rss.peak_mb, 1), "rss_start_mb": round(start_mb, 1),
+            "seconds": round(secs, 2), "path": "beam-columnar",
             "workers": workers, "users_per_batch": e.users_per_batch, "max_recent": e.max_recent}
 
 
