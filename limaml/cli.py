@@ -28,7 +28,8 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     syn = None
     if args.dataset == "synthetic":
         syn = synthetic.SyntheticConfig(num_users=args.users, num_items=args.items,
-                                        mean_interactions=args.interactions, seed=args.seed)
+                                        mean_interactions=args.interactions, seed=args.seed,
+                                        genre_taste=args.genre_taste)
     prepare.prepare(args.dataset, args.output, source=args.source, synthetic_cfg=syn)
     return 0
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--items", type=int, default=1000, help="synthetic: number of items")
     prep.add_argument("--interactions", type=float, default=20.0, help="synthetic: mean interactions per user")
     prep.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    prep.add_argument("--genre-taste", type=float, default=0.0,
+                      help="synthetic: scale of a user x primary-genre taste (0: none)")
     prep.set_defaults(func=_cmd_data_prepare)
 
     run = sub.add_parser("run", help="run the whole LiMAML pipeline locally")

@@ -1,4 +1,6 @@
 """Synthetic generator: determinism, long tail, and the planted signal behind the oracle AUC."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -72,3 +74,27 @@ def test_oracle_probability_is_the_planted_formula():
     b = world.item_bias[f[F.ITEM_ID].str[1:].astype(int).to_numpy()]
     logit = CFG.signal * (u * v).sum(1) / np.sqrt(CFG.latent_dim) + b + CFG.global_bias
     np.testing.assert_allclose(f[F.ORACLE_PROB], 1 / (1 + np.exp(-logit)), rtol=1e-12)
+
+
+def test_genre_taste_adds_a_user_by_primary_genre_vector_and_changes_nothing_else():
+    from limaml.data.synthetic import SyntheticConfig, generate_world
+
+    base = SyntheticConfig(num_users=300, num_items=120, mean_interactions=12, seed=4)
+    plain = generate_world(base)
+    tasty = generate_world(dataclasses.replace(base, genre_taste=1.5))
+    assert plain.genre_vectors is None and tasty.genre_vectors.shape == (300, 9, 8)
+    np.testing.assert_array_equal(plain.user_vectors, tasty.user_vectors)
+    same = ["user_id", "item_id", "timestamp", "genres"]
+    pd.testing.assert_frame_equal(plain.frame[same], tasty.frame[same])
+    f = tasty.frame
+    u = f["user_id"].str[1:].astype(int).to_numpy()
+    i = f["item_id"].str[1:].astype(int).to_numpy()
+    g = tasty.primary_genre[i]
+    # the primary genre is one of the item's listed genres (or "none")
+    names = [("none" if k == 8 else f"genre{k}") for k in g[:200]]
+    assert all(n in row.split("|") for n, row in zip(names, f["genres"].to_numpy()[:200]))
+    vec = tasty.user_vectors[u] + tasty.genre_vectors[u, g]
+    logit = 2.0 * np.sum(vec * tasty.item_vectors[i], axis=1) / np.sqrt(8) + tasty.item_bias[i] - 0.3
+    np.testing.assert_allclose(f["oracle_prob"].to_numpy(), 1 / (1 + np.exp(-logit)), rtol=1e-12)
+    # a user's taste now differs between genres: same user, different δ rows
+    assert np.abs(tasty.genre_vectors[0, 0] - tasty.genre_vectors[0, 1]).max() > 0.1

@@ -18,7 +18,7 @@ Generative story (all vectorised, deterministic under ``seed``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,11 @@ class SyntheticConfig:
         zipf: exponent of the item popularity.
         days: length of the log.
         seed: RNG seed.
+        genre_taste: scale of a user × primary-genre taste (0 = none): user u meets an item of
+            primary genre g with the vector ``user_vec[u] + genre_taste · δ[u, g]``,
+            ``δ ~ N(0, I)``, drawn from a separate RNG stream (the rest of the log is the same
+            as with 0). The primary genre is the item's genre flag with the largest latent
+            coordinate (``"none"`` items have their own δ).
     """
 
     num_users: int = 5000
@@ -58,6 +63,7 @@ class SyntheticConfig:
     zipf: float = 0.8
     days: int = 120
     seed: int = 0
+    genre_taste: float = 0.0
 
 
 _AGES = ("under18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
@@ -79,12 +85,17 @@ class World:
         user_vectors: [users, latent_dim] preference of user ``u<k>`` at row k.
         item_vectors: [items, latent_dim] latent vector of item ``i<k>`` at row k.
         item_bias: [items] item bias.
+        primary_genre: [items] index of the item's primary genre (``latent_dim`` = "none").
+        genre_vectors: [users, latent_dim + 1, latent_dim] user × primary-genre taste δ, already
+            scaled by ``genre_taste`` (None when it is 0).
     """
 
     frame: pd.DataFrame
     user_vectors: np.ndarray
     item_vectors: np.ndarray
     item_bias: np.ndarray
+    primary_genre: Optional[np.ndarray] = None
+    genre_vectors: Optional[np.ndarray] = None
 
 
 def generate(cfg: SyntheticConfig = SyntheticConfig()) -> pd.DataFrame:
@@ -127,6 +138,13 @@ def generate_world(cfg: SyntheticConfig = SyntheticConfig()) -> World:
     ts = (START_TS + arrival[users] + rng.uniform(0, 1, n) * (span - arrival[users])).astype(np.int64)
     # Click probabilities and labels.
     affinity = np.einsum("nd,nd->n", user_vec[users], item_vec[items]) / np.sqrt(d)
+    primary = np.where(genre_flags.any(axis=1),
+                       np.argmax(np.where(genre_flags, item_vec, -np.inf), axis=1), d)
+    delta = None
+    if cfg.genre_taste > 0:
+        genre_rng = np.random.default_rng([cfg.seed, 13])
+        delta = cfg.genre_taste * genre_rng.normal(0.0, 1.0, (cfg.num_users, d + 1, d))
+        affinity += np.einsum("nd,nd->n", delta[users, primary[items]], item_vec[items]) / np.sqrt(d)
     prob = _sigmoid(cfg.signal * affinity + item_bias[items] + cfg.global_bias)
     label = (rng.uniform(0, 1, n) < prob).astype(np.int64)
 
@@ -146,7 +164,7 @@ def generate_world(cfg: SyntheticConfig = SyntheticConfig()) -> World:
     })
     # A user can meet the same item twice at the same second only by chance; keep the first.
     frame = frame.drop_duplicates([F.USER_ID, F.ITEM_ID, F.TIMESTAMP]).reset_index(drop=True)
-    return World(frame, user_vec, item_vec, item_bias)
+    return World(frame, user_vec, item_vec, item_bias, primary, delta)
 
 
 def config_dict(cfg: SyntheticConfig) -> Dict[str, float]:
