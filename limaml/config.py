@@ -89,6 +89,10 @@ class ModelConfig:
             the support items' representations (a learned item embedding of width C_h and the
             genre multi-hot), see :func:`trainer.model.history_summary`. MEG has the same
             support rows, so training and serving compute it alike; cold users get zeros.
+        meta_blocks: the task entities, one meta block each: ``("user",)`` or
+            ``("user", "user_x_genre")``. The second block is adapted per (user, primary genre)
+            on the user's support rows of that genre (see :mod:`trainer.genre_block`); the
+            global block reads both embeddings, ``[e_user, e_user×genre]``.
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -108,6 +112,7 @@ class ModelConfig:
     wide_trainable: bool = True
     interaction: str = "none"
     history_dim: int = 0
+    meta_blocks: Tuple[str, ...] = ("user",)
 
     def __post_init__(self) -> None:
         features.validate_meta_features(tuple(self.meta_features))
@@ -115,6 +120,9 @@ class ModelConfig:
             raise ValueError(f"interaction {self.interaction!r} must be 'none' or 'dot'")
         if not 0.0 <= self.user_id_dropout < 1.0:
             raise ValueError(f"user_id_dropout {self.user_id_dropout} must be in [0, 1)")
+        if tuple(self.meta_blocks) not in (("user",), ("user", "user_x_genre")):
+            raise ValueError(f"meta_blocks {self.meta_blocks!r} must be ('user',) or "
+                             "('user', 'user_x_genre')")
         if self.history_dim < 0:
             raise ValueError(f"history_dim {self.history_dim} must be >= 0")
         if self.user_id_embedding_dim < 0:

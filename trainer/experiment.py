@@ -35,6 +35,8 @@ from trainer.model import LimamlModel, global_forward
 from trainer.tasks import build_support_sets, build_tasks
 
 MODELS = ("limaml", "global_dnn", "wide_deep", "linear", "linear_user_id")
+# also runnable: "limaml_multi", LiMAML with the user × genre block (trainer.genre_block)
+MULTI_BLOCKS = ("user", "user_x_genre")
 # names in metrics.json
 REPORT_NAME = {"wide_deep": "wide_deep_id"}
 log = logging.getLogger(__name__)
@@ -178,6 +180,8 @@ def limaml_scores(model: LimamlModel, data: Prepared, cfg: LimamlConfig,
             cfg.embeddings.aggregation, cfg.maml).numpy())
     emb = np.concatenate(embs)[data.query_user]
     q = _numeric(data.query)
+    if model.genre_params:
+        emb = np.concatenate([emb, _query_genre_embeddings(model, sup, mask, emb, q, data)], -1)
     fn = tf.function(lambda e, f: global_forward(model.global_params, e, f, model.layout,
                                                  model.model_cfg), reduce_retracing=True)
     names = list(model.layout.global_feature_names)
@@ -188,11 +192,29 @@ def limaml_scores(model: LimamlModel, data: Prepared, cfg: LimamlConfig,
     return 1.0 / (1.0 + np.exp(-np.concatenate(out)))
 
 
+def _query_genre_embeddings(model: LimamlModel, sup: Mapping[str, np.ndarray], mask: np.ndarray,
+                            user_emb: np.ndarray, q: Mapping[str, np.ndarray], data: Prepared,
+                            batch_rows: int = 2048) -> np.ndarray:
+    """User × genre embedding of every query row ``[M, E]``: its user's support rows of the
+    row's primary genre (as MEG would store for the entity ``user#genre``)."""
+    genres = np.argmax(q[F.GENRES], axis=-1)
+    out = []
+    for i in range(0, len(genres), batch_rows):
+        users = data.query_user[i:i + batch_rows]
+        out.append(finetune.generate_genre_embeddings(
+            model, {k: v[users] for k, v in sup.items()}, mask[users],
+            genres[i:i + batch_rows, None], user_emb[i:i + batch_rows]).numpy()[:, 0])
+    return np.concatenate(out)
+
+
 def fit_scores(name: str, data: Prepared, cfg: LimamlConfig, seed: int,
                progress: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """Trains model ``name`` (one of :data:`MODELS`) with ``seed`` and returns query probabilities."""
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-    if name == "limaml":
+    if name == "limaml_multi":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, meta_blocks=MULTI_BLOCKS))
+        data = dataclasses.replace(data, layout=build_layout(cfg.model, data.layout.vocab_sizes))
+    if name in ("limaml", "limaml_multi"):
         return limaml_scores(train_limaml(data, cfg, seed, progress), data, cfg)
     model = baselines.make_baseline(name, data.layout, cfg.model, seed=seed)
     info = baselines.fit_baseline(model, data.train, cfg.train)
@@ -250,10 +272,11 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
     for name in models:
         base, _, variant = name.partition("@")
         mcfg = (configs or {}).get(variant, cfg) if variant else cfg
-        if tuned and base in tuned:
+        tuned_key = "limaml" if base == "limaml_multi" and "limaml_multi" not in (tuned or {}) else base
+        if tuned and tuned_key in tuned:
             from trainer.tuning import apply_overrides
 
-            mcfg = apply_overrides(mcfg, tuned[base])
+            mcfg = apply_overrides(mcfg, tuned[tuned_key])
         for seed in seeds:
             t0 = time.time()
             if base in linear.KINDS and name in out["scores"]:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from limaml.config import MamlConfig
 from trainer.layout import MASK
 from trainer.maml import LABEL, adapt, aggregate
-from trainer.model import LimamlModel, history_width, meta_forward
+from trainer.model import LimamlModel, history_width, meta_forward, meta_input
 
 
 def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Tensor],
@@ -91,6 +91,43 @@ def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.
         _FN_CACHE[key] = fn
     return fn({k: tf.convert_to_tensor(v) for k, v in support_batch.items() if k != MASK},
               tf.convert_to_tensor(mask))
+
+
+def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tensor],
+                              mask: tf.Tensor, genres: tf.Tensor, user_emb: tf.Tensor) -> tf.Tensor:
+    """User × genre meta embeddings (MEG of the second block; see :mod:`trainer.genre_block`).
+
+    For user u and genre g, θ_g is adapted on u's support rows of genre g (with u's embedding
+    ``user_emb`` in front, held fixed), then ``e_u,g = f_g([x_meta,u, one-hot(g)]; θ_g,(u,g))``.
+    With no row of that genre θ_g stays un-adapted (the entity's cold start).
+
+    Args:
+        model: a trained model with a user×genre block.
+        support: ``{feature: [U, S, ...], "label": [U, S]}``; row 0 carries u's meta features.
+        mask: ``[U, S]`` valid positions.
+        genres: ``[U, K]`` genre buckets wanted per user (int).
+        user_emb: ``[U, E]`` the users' meta embeddings (:func:`generate_meta_embeddings`).
+
+    Returns:
+        ``[U, K, E]``.
+    """
+    from trainer import genre_block  # noqa: PLC0415  (genre_block imports trainer.maml)
+
+    part = {k: tf.convert_to_tensor(v) for k, v in support.items()}
+    part[MASK] = tf.cast(mask, model.dtype)
+    genres = tf.cast(genres, tf.int64)
+    k = tf.shape(genres)[1]
+    sub = genre_block.subtask_supports(part, genres)                           # [U·K, S]
+    prefix = tf.broadcast_to(tf.repeat(tf.cast(user_emb, model.dtype), k, axis=0)[:, None, :],
+                             tf.concat([tf.shape(sub[MASK]), tf.shape(user_emb)[1:]], 0))
+    theta = genre_block.adapt_genre_block(model, sub, prefix, model.maml_cfg.adaptation_steps,
+                                          first_order=True)
+    first = {name: v[:, :1] for name, v in sub.items() if name != MASK}         # [U·K, 1, ...]
+    buckets = model.layout.global_multi_hot[0][1]
+    x = tf.concat([meta_input(first, model.layout, model.dtype),
+                   tf.one_hot(tf.reshape(genres, [-1, 1]), buckets, dtype=model.dtype)], -1)
+    emb = meta_forward(theta, x, model.model_cfg.activation)[:, 0]              # [U·K, E]
+    return tf.stop_gradient(tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0)))
 
 
 def cold_start_embedding(model: LimamlModel, meta_x: tf.Tensor) -> tf.Tensor:

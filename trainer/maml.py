@@ -102,9 +102,19 @@ def aggregate(emb: tf.Tensor, mask: tf.Tensor, aggregation: str) -> tf.Tensor:
 
 
 def set_loss(model: LimamlModel, meta_params: Params, global_params: Mapping[str, tf.Tensor],
-             meta_x: tf.Tensor, part: Mapping[str, tf.Tensor]) -> tf.Tensor:
-    """Per-task loss of one set with per-sample meta embeddings; ``[tasks]``."""
+             meta_x: tf.Tensor, part: Mapping[str, tf.Tensor],
+             prefix_emb: Optional[tf.Tensor] = None,
+             suffix_emb: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Per-task loss of one set with per-sample meta embeddings; ``[tasks]``.
+
+    ``prefix_emb`` / ``suffix_emb`` ``[tasks, n, E']``: fixed embeddings of other meta blocks,
+    put before / after this block's output (the global block reads ``[e_user, e_user×genre]``).
+    """
     emb = meta_forward(meta_params, meta_x, model.model_cfg.activation)
+    if prefix_emb is not None:
+        emb = tf.concat([tf.cast(prefix_emb, emb.dtype), emb], axis=-1)
+    if suffix_emb is not None:
+        emb = tf.concat([emb, tf.cast(suffix_emb, emb.dtype)], axis=-1)
     logits = global_forward(global_params, emb, part, model.layout, model.model_cfg)
     return masked_task_loss(logits, part[LABEL], part[MASK])
 
@@ -113,8 +123,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           first_order: bool = False, meta_params: Optional[Mapping[str, tf.Tensor]] = None,
           global_params: Optional[Mapping[str, tf.Tensor]] = None,
           inner_lrs: Optional[Mapping[str, tf.Tensor]] = None,
-          support_meta_x: Optional[tf.Tensor] = None, user_row: Optional[tf.Tensor] = None
-          ) -> Params:
+          support_meta_x: Optional[tf.Tensor] = None, user_row: Optional[tf.Tensor] = None,
+          prefix_emb: Optional[tf.Tensor] = None, with_user_row: bool = True) -> Params:
     """The inner loop for all tasks at once; never assigns a variable.
 
     θ_u^{j+1} = θ_u^j − α ⊙ ρ_u ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts, where
@@ -132,6 +142,11 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
         support_meta_x: precomputed dense meta input ``[tasks, S, D]``.
         user_row: with a user-id embedding, the tasks' starting rows ``[tasks, d]`` (default:
             the table rows of ``support["user_hash"][:, 0]``).
+        prefix_emb: ``[tasks, S, E']`` embeddings of other meta blocks, fixed during this
+            block's adaptation (the user×genre block adapts after the user block). When the
+            model has a user×genre block and no prefix is given, this is the user block: its
+            support loss reads the genre block's un-adapted embeddings after its own.
+        with_user_row: adapt the user-id row too (False for blocks without one).
 
     Returns:
         Adapted per-task θ_u, each ``[tasks, ...]``.
@@ -144,10 +159,11 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     meta_x = support_meta_x
     tasks = tf.shape(meta_x)[0]
     theta = tile_params({k: v for k, v in meta_params.items() if k != USER_ROW}, tasks)
-    if model.user_emb is not None:
+    if model.user_emb is not None and with_user_row:
         # Sparse adaptation: each task holds only its own row of the user-id table.
         theta[USER_ROW] = (model.user_rows(support[USER_HASH][:, 0]) if user_row is None
                            else user_row)
+    suffix_emb = model.genre_embedding(support) if prefix_emb is None else None
     names = sorted(theta)
     kappa = model.maml_cfg.support_shrinkage
     if kappa > 0:
@@ -159,7 +175,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             inner.watch([theta[k] for k in names])
             # Sum over tasks: task u's loss depends only on its own copy θ_u, so the gradient
             # w.r.t. θ_u is exactly ∇ L_support,u.
-            loss = tf.reduce_sum(set_loss(model, theta, global_params, meta_x, support))
+            loss = tf.reduce_sum(set_loss(model, theta, global_params, meta_x, support,
+                                          prefix_emb, suffix_emb))
         grads = inner.gradient(loss, [theta[k] for k in names])
         new = {}
         for k, g in zip(names, grads):
@@ -244,6 +261,11 @@ def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
                     support_meta_x=s_x, user_row=row)
     emb = query_embeddings(model, adapted, batch, cfg.train_aggregation, support_meta_x=s_x)
     q = batch[QUERY]
+    if model.genre_params:
+        from trainer import genre_block  # noqa: PLC0415  (genre_block imports this module)
+        support_emb = meta_forward(adapted, s_x, model.model_cfg.activation)
+        emb = tf.concat([emb, genre_block.query_genre_embeddings(
+            model, batch[SUPPORT], support_emb, q, cfg.adaptation_steps, cfg.first_order)], -1)
     logits = global_forward(model.global_params, emb, q, model.layout, model.model_cfg)
     per_task = masked_task_loss(logits, q[LABEL], q[MASK])
     has_q = tf.cast(tf.reduce_sum(tf.cast(q[MASK], per_task.dtype), axis=1) > 0, per_task.dtype)

@@ -314,7 +314,8 @@ class LimamlModel(tf.Module):
         rng = np.random.RandomState(seed)
         self.meta_names = meta_param_names(len(model_cfg.meta_hidden))
         meta0 = init_meta_params(rng, layout, model_cfg)
-        glob0 = init_global_params(rng, layout, model_cfg, model_cfg.embedding_dim)
+        glob0 = init_global_params(rng, layout, model_cfg,
+                                   model_cfg.embedding_dim * len(model_cfg.meta_blocks))
         self.meta_params = {k: tf.Variable(v, dtype=dtype, name=f"meta_{k}")
                             for k, v in meta0.items()}
         self.user_emb = None
@@ -329,6 +330,17 @@ class LimamlModel(tf.Module):
                 raise ValueError("history_dim > 0 needs item_id among the global features")
             self.history_emb = tf.Variable(rng.normal(0.0, 0.05, (items, model_cfg.history_dim)),
                                            dtype=dtype, name="meta_history_emb")
+        self.genre_params: Dict[str, tf.Variable] = {}
+        if "user_x_genre" in model_cfg.meta_blocks:
+            if not layout.global_multi_hot:
+                raise ValueError("the user_x_genre block needs a genre multi-hot global feature")
+            width = layout.meta_dim + layout.global_multi_hot[0][1]
+            for i, h in enumerate(tuple(model_cfg.meta_hidden) + (model_cfg.embedding_dim,)):
+                self.genre_params[f"w{i}"] = tf.Variable(_glorot(rng, width, h), dtype=dtype,
+                                                         name=f"genre_w{i}")
+                self.genre_params[f"b{i}"] = tf.Variable(np.zeros(h), dtype=dtype,
+                                                         name=f"genre_b{i}")
+                width = h
         self.global_names = sorted(glob0)
         self.global_params = {k: tf.Variable(v, dtype=dtype, name=f"global_{k}")
                               for k, v in glob0.items()}
@@ -343,6 +355,7 @@ class LimamlModel(tf.Module):
         out = [self.meta_params[k] for k in self.meta_names]
         out += [] if self.user_emb is None else [self.user_emb]
         out += [] if self.history_emb is None else [self.history_emb]
+        out += [self.genre_params[k] for k in self.meta_names if k in self.genre_params]
         trained = [k for k in self.global_names
                    if self.model_cfg.wide_trainable or not k.startswith("wide_")]
         out += [self.global_params[k] for k in trained]
@@ -379,6 +392,20 @@ class LimamlModel(tf.Module):
         if self.history_emb is None:
             return None
         return history_summary(support, self.history_emb, self.layout)
+
+    def genre_x(self, feats: Features) -> tf.Tensor:
+        """Input of the user×genre block ``[..., D + G]``: the meta input and the one-hot of the
+        row's primary genre (the lowest genre bucket it carries)."""
+        name, buckets = self.layout.global_multi_hot[0]
+        genre = tf.argmax(tf.cast(feats[name], tf.float32), axis=-1)
+        return tf.concat([meta_input(feats, self.layout, self.dtype),
+                          tf.one_hot(genre, buckets, dtype=self.dtype)], -1)
+
+    def genre_embedding(self, feats: Features) -> Optional[tf.Tensor]:
+        """Un-adapted user×genre embeddings f_g(x_g; θ_g) ``[..., E]`` (None: single block)."""
+        if not self.genre_params:
+            return None
+        return meta_forward(self.genre_params, self.genre_x(feats), self.model_cfg.activation)
 
     def meta_x(self, feats: Features, history: Optional[tf.Tensor] = None) -> tf.Tensor:
         """Dense meta input ``[..., D (+ 2 (C_h + G))]``.

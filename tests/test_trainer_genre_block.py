@@ -1,0 +1,103 @@
+"""The user × genre meta block: subtask supports by hand, isolation of genres, meta-gradient."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from limaml.config import MamlConfig, ModelConfig
+from trainer import genre_block, maml
+from trainer.layout import build_layout
+from trainer.model import LimamlModel
+from tests.test_trainer_maml import VOCABS, assert_gradient_matches_finite_differences, make_batch
+
+
+def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre")):
+    mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
+                       categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
+                       user_id_embedding_dim=3, meta_blocks=blocks)
+    mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none")
+    return LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
+
+
+def one_hot_genres(buckets):
+    """[T, n] genre buckets -> [T, n, 64] multi-hot (one genre per row)."""
+    return tf.one_hot(tf.constant(buckets), 64, dtype=tf.float32)
+
+
+def test_subtask_support_holds_exactly_the_earlier_rows_of_the_query_rows_genre():
+    # one task, support rows (time order) with genres 3, 5, 3, 7 (last one padding)
+    support = {"genres": one_hot_genres([[3, 5, 3, 7]]),
+               "mask": tf.constant([[1.0, 1.0, 1.0, 0.0]]),
+               "item_id": tf.constant([[10, 11, 12, 13]])}
+    query_genres = tf.constant([[3, 7, 9]])
+    sub = genre_block.subtask_supports(support, query_genres)
+    np.testing.assert_array_equal(sub["mask"].numpy(), [[1, 0, 1, 0],   # genre 3: rows 0, 2
+                                                        [0, 0, 0, 0],   # genre 7: only padding
+                                                        [0, 0, 0, 0]])  # genre 9: none
+    np.testing.assert_array_equal(sub["item_id"].numpy(), [[10, 11, 12, 13]] * 3)
+
+
+def test_a_query_rows_genre_embedding_reads_only_support_rows_of_its_genre():
+    model = genre_model(steps=2)
+    batch = make_batch()
+    s, q = dict(batch["support"]), dict(batch["query"])
+    # task 0: support genres 1, 2, 1, 2; query genres 1, 2, 2
+    s["genres"] = tf.concat([one_hot_genres([[1, 2, 1, 2]]), s["genres"][1:]], 0)
+    q["genres"] = tf.concat([one_hot_genres([[1, 2, 2]]), q["genres"][1:]], 0)
+    user_emb = tf.zeros(s["mask"].shape + (2,), tf.float64)
+
+    def genre_embs(labels0):
+        s2 = dict(s, label=tf.concat([tf.constant([labels0], tf.float32), s["label"][1:]], 0))
+        return genre_block.query_genre_embeddings(model, s2, user_emb, q, 2).numpy()
+
+    a = genre_embs([1.0, 0.0, 1.0, 0.0])
+    b = genre_embs([1.0, 1.0, 1.0, 1.0])    # only genre-2 rows change
+    np.testing.assert_allclose(a[0, 0], b[0, 0], rtol=1e-12)   # genre-1 query row: untouched
+    assert np.abs(a[0, 1] - b[0, 1]).max() > 1e-6              # genre-2 query rows move
+    np.testing.assert_allclose(a[1:], b[1:], rtol=1e-12)       # other tasks untouched
+
+
+def test_meta_gradient_with_the_genre_block_matches_finite_differences():
+    model = genre_model(steps=2)
+    batch = make_batch()
+    _, grads = maml.MamlTrainer(model).meta_gradients(batch)
+    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
+    rng = np.random.RandomState(5)
+    checked = 0
+    for var, g in zip(model.outer_variables(), grads):
+        if var is model.user_emb:
+            continue  # rows: covered by tests/test_trainer_personalization.py
+        flat = np.arange(int(np.prod(var.shape)))
+        picks = flat if flat.size <= 8 else rng.choice(flat, 8, replace=False)
+        checked += assert_gradient_matches_finite_differences(var, g, loss_fn, picks)
+    genre_vars = {id(v) for v in model.genre_params.values()}
+    assert genre_vars <= {id(v) for v in model.outer_variables()} and len(genre_vars) == 4
+    assert checked > 50
+
+
+def test_single_block_model_is_unchanged_by_the_option():
+    one = genre_model(blocks=("user",))
+    assert not one.genre_params and one.global_params["w0"].shape[0] == 2 + 2 + 64 + 1
+    two = genre_model()
+    assert two.global_params["w0"].shape[0] == 4 + 2 + 64 + 1  # [e_user, e_genre] = 2E
+
+
+def test_meg_genre_embeddings_equal_the_training_time_query_embeddings():
+    from trainer import finetune
+
+    model = genre_model(steps=2)
+    batch = make_batch()
+    s, q = batch["support"], batch["query"]
+    # one user per task: the meta features of the task's rows are those of its first row
+    s = {k: (tf.repeat(v[:, :1], v.shape[1], axis=1)
+             if k in ("age_bucket", "gender", "occupation", "zip_prefix", "user_hash") else v)
+         for k, v in s.items()}
+    q = {k: (tf.repeat(s[k][:, :1], v.shape[1], axis=1) if k in ("age_bucket", "gender",
+             "occupation", "zip_prefix", "user_hash") else v) for k, v in q.items()}
+    e_user = tf.random.stateless_normal([3, 2], seed=[1, 2], dtype=tf.float64)
+    per_sample = tf.broadcast_to(e_user[:, None, :], [3, s["mask"].shape[1], 2])
+    train_time = genre_block.query_genre_embeddings(model, s, per_sample, q, 2).numpy()
+    genres = tf.argmax(q["genres"], axis=-1)
+    serve_time = finetune.generate_genre_embeddings(
+        model, {k: v for k, v in s.items() if k != "mask"}, s["mask"], genres, e_user).numpy()
+    np.testing.assert_allclose(serve_time, train_time, rtol=1e-9, atol=1e-12)

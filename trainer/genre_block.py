@@ -1,0 +1,104 @@
+"""The user × genre meta block: one more task entity, adapted per (user, primary genre).
+
+LiMAML (arXiv:2403.00803, §6 future work) names tasks finer than a member (member × notification
+type) and models with several meta blocks, because one member vector cannot hold type-specific
+taste. Here the second entity is user × the item's primary genre.
+
+Entity of a row: ``(user, g)`` with ``g = argmax(genres multi-hot)``, the lowest genre hash
+bucket the item carries (a fixed choice; an item listed under several genres counts under one).
+
+For a task (support ``[tasks, S]`` earlier rows, query ``[tasks, Q]`` later rows of one user) and
+each query position q with genre ``g_q``, the *genre subtask* is the user's support rows of that
+genre (same time order, no query row)::
+
+    m_sub[t, q, s] = m_support[t, s] · [g_s(t, s) = g_q(t, q)]                 [tasks, Q, S]
+
+The genre block f_g(x_g; θ_g), ``x_g = [meta input, one-hot(g)]``, is adapted on each subtask
+(the functional inner loop of :func:`trainer.maml.adapt`, with the user block's per-sample
+embeddings e_user fixed in front of its output), and the query row is scored with
+``[e_user, f_g(x_g,q; θ_g,(t,q))]``. A subtask without rows keeps θ_g: the user × genre
+embedding falls back to the genre block's un-adapted output for that user and genre (and the
+user embedding, always present, to its own cold start).
+
+Shapes: ``T`` tasks, ``S`` support, ``Q`` query, ``E`` embedding width, ``G`` genre buckets.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import tensorflow as tf
+
+from schema import features
+from trainer.layout import MASK
+from trainer.maml import adapt
+from trainer.model import LimamlModel, meta_forward
+
+Features = Mapping[str, tf.Tensor]
+
+
+def primary_genre(feats: Features) -> tf.Tensor:
+    """Primary genre bucket ``[...]`` (int64) of rows with genres ``[..., G]``: the lowest set
+    bucket (the genre one-hot of :meth:`trainer.model.LimamlModel.genre_x`)."""
+    return tf.argmax(tf.cast(feats[features.GENRES], tf.float32), axis=-1)
+
+
+def subtask_supports(support: Features, genres: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Each (task, genre) pair's support: the task's support rows of that genre.
+
+    Args:
+        support: ``{feature: [T, S, ...], "mask": [T, S]}`` (genres multi-hot included).
+        genres: ``[T, K]`` genre bucket of K entities per task (e.g. the query rows' genres).
+
+    Returns:
+        ``{feature: [T·K, S, ...], "mask": [T·K, S]}``, entity (t, k) at row ``t·K + k``.
+    """
+    k = tf.shape(genres)[1]
+    out = {name: tf.repeat(v, k, axis=0) for name, v in support.items() if name != MASK}
+    same = tf.cast(tf.equal(primary_genre(support)[:, None, :],
+                            tf.cast(genres, tf.int64)[:, :, None]), support[MASK].dtype)
+    mask = support[MASK][:, None, :] * same                                    # [T, K, S]
+    out[MASK] = tf.reshape(mask, [-1, tf.shape(mask)[2]])
+    return out
+
+
+def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Tensor, steps: int,
+                      first_order: bool = False) -> Dict[str, tf.Tensor]:
+    """θ_g adapted on every subtask, ``{w_l: [N, ...], b_l: [N, ...]}``.
+
+    θ_g,(n)^{j+1} = θ_g,(n)^j − α ρ_n ∇ L_support,n([e_user, f_g(x_g; θ_g,(n)^j)]), with α =
+    ``inner_lr`` and ρ_n the support-size step of :func:`trainer.maml.adapt`.
+
+    Args:
+        model: the model (``genre_params``, θ_global).
+        sub_support: ``{feature: [N, S, ...], "mask": [N, S]}`` subtask supports.
+        user_emb: ``[N, S, E]`` the user block's embeddings of those rows (held fixed).
+        steps: adaptation steps.
+        first_order: stop gradients through the inner gradients.
+    """
+    lr = tf.constant(model.maml_cfg.inner_lr, model.dtype)
+    return adapt(model, sub_support, steps, first_order, meta_params=model.genre_params,
+                 inner_lrs={k: lr for k in model.genre_params},
+                 support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
+                 with_user_row=False)
+
+
+def query_genre_embeddings(model: LimamlModel, support: Features, support_user_emb: tf.Tensor,
+                           query: Features, steps: int, first_order: bool = False) -> tf.Tensor:
+    """User × genre embeddings of the query rows, ``[T, Q, E]``.
+
+    Args:
+        model: the model.
+        support: ``{feature: [T, S, ...], "mask": [T, S]}``.
+        support_user_emb: ``[T, S, E]`` the adapted user block's embeddings of the support rows.
+        query: ``{feature: [T, Q, ...]}``.
+        steps, first_order: inner-loop settings.
+    """
+    genres = primary_genre(query)                                              # [T, Q]
+    q_len = tf.shape(genres)[1]
+    sub = subtask_supports(support, genres)                                    # [T·Q, S]
+    user_emb = tf.repeat(support_user_emb, q_len, axis=0)                      # [T·Q, S, E]
+    theta = adapt_genre_block(model, sub, user_emb, steps, first_order)
+    q_flat = {k: tf.reshape(v, tf.concat([[-1, 1], tf.shape(v)[2:]], 0))
+              for k, v in query.items()}                                       # [T·Q, 1, ...]
+    emb = meta_forward(theta, model.genre_x(q_flat), model.model_cfg.activation)
+    return tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0))
