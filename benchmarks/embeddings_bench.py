@@ -21,8 +21,9 @@ Pipeline measured:
    the stage).
 
 Prints a JSON list of rows ``{"stage", "users", "users_per_s", "peak_rss_mb", ...}``.
-``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included: the
-in-memory input table is dropped before ``generate`` unless the ``kernel`` stage needs it;
+``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included: unless
+the ``kernel`` stage needs the in-memory table, a child process builds the inputs and writes the
+Parquet input, so this process never holds the population;
 with ``--workers`` > 1 the worker processes are not counted); ``rss_start_mb`` is the RSS when
 the stage starts (what building the inputs left allocated), so ``peak - start`` is the stage's own.
 """
@@ -147,6 +148,22 @@ def write_input(table: Dict[str, np.ndarray], folder: str, rows_per_group: int) 
     return inputs.write_grouped_parquet(batch, folder, rows_per_group)
 
 
+def _inputs_to_parquet(args: argparse.Namespace, folder: str):
+    """Child process: builds the inputs and writes them as grouped Parquet.
+
+    Returns:
+        ``(encoder, users, interactions, input path, seconds writing the Parquet)``.
+    """
+    from limaml.config import ModelConfig
+
+    enc, table = build_inputs(args.users, args.items, args.interactions, args.max_recent,
+                              args.chunk_users, args.seed, ModelConfig().user_id_buckets)
+    t0 = time.perf_counter()
+    path = write_input(table, folder, args.users_per_batch * args.max_recent)
+    return (enc, int(table["__starts"].shape[0] - 1), int(table["__starts"][-1]), path,
+            time.perf_counter() - t0)
+
+
 def bench_generate(input_path: str, users: int, loader, cfg, staging: str, workers: int = 1
                    ) -> Dict[str, Any]:
     """Times the Beam MEG path (columnar read, generation, staging) over every user of the input."""
@@ -236,22 +253,27 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     rows: List[Dict[str, Any]] = []
     try:
         t0 = time.perf_counter()
-        enc, table = build_inputs(args.users, args.items, args.interactions, args.max_recent,
-                                  args.chunk_users, args.seed, ModelConfig().user_id_buckets)
-        print(f"[bench] inputs: {table['__starts'].shape[0] - 1} users, "
-              f"{table['__starts'][-1]} interactions (last {args.max_recent} per user) in "
-              f"{time.perf_counter() - t0:.1f}s", file=console())
-        cfg, model, loader = _model_and_loader(workdir, enc, args.max_recent, args.users_per_batch)
         staging = os.path.join(workdir, "staging")
-        users = int(table["__starts"].shape[0] - 1)
-        input_path, input_s = None, 0.0
-        if "generate" in args.stages:
-            t0 = time.perf_counter()
-            input_path = write_input(table, os.path.join(workdir, "input"),
-                                     args.users_per_batch * args.max_recent)
-            input_s = time.perf_counter() - t0
-            if "kernel" not in args.stages:
-                table = None  # generation reads the Parquet input; free the in-memory copy
+        input_dir = os.path.join(workdir, "input")
+        table, input_path, input_s = None, None, 0.0
+        if "kernel" in args.stages or "generate" not in args.stages:
+            enc, table = build_inputs(args.users, args.items, args.interactions, args.max_recent,
+                                      args.chunk_users, args.seed, ModelConfig().user_id_buckets)
+            users, interactions = int(table["__starts"].shape[0] - 1), int(table["__starts"][-1])
+            if "generate" in args.stages:
+                t1 = time.perf_counter()
+                input_path = write_input(table, input_dir, args.users_per_batch * args.max_recent)
+                input_s = time.perf_counter() - t1
+        else:  # inputs built in a child process: this one never holds the population
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                enc, users, interactions, input_path, input_s = pool.submit(
+                    _inputs_to_parquet, args, input_dir).result()
+        print(f"[bench] inputs: {users} users, {interactions} interactions (last "
+              f"{args.max_recent} per user) in {time.perf_counter() - t0:.1f}s", file=console())
+        cfg, model, loader = _model_and_loader(workdir, enc, args.max_recent, args.users_per_batch)
         for stage in args.stages:
             if stage == "generate":
                 rows.append(bench_generate(input_path, users, loader, cfg, staging, args.workers))
