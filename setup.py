@@ -32,6 +32,6 @@ setup(
         "pandas",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest==8.3.3", "pytest-timeout"]},
+    extras_require={"test": ["pytest==8.3.3", "pytest-timeout", "ruff==0.8.4"]},
     entry_points={"console_scripts": ["limaml=limaml.cli:main"]},
 )

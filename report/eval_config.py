@@ -97,6 +97,9 @@ class BlessingThresholds:
         return threshold if threshold.ByteSize() else None
 
 
+DEFAULT_THRESHOLDS = BlessingThresholds()  # frozen: safe as a shared default
+
+
 def _metrics_specs(auc_num_thresholds: int, calibration_buckets: int,
                    auc_threshold: Optional[tfma.MetricThreshold]) -> List[tfma.MetricsSpec]:
     if not isinstance(auc_num_thresholds, int) or auc_num_thresholds < 10:
@@ -152,7 +155,7 @@ def _model_spec(name: str, label_key: str, signature_name: str, prediction_key: 
 
 
 def make_eval_config(label_key: str = F.LABEL, cohort_key: str = F.COHORT, with_baseline: bool = False,
-                     *, thresholds: Optional[BlessingThresholds] = BlessingThresholds(),
+                     *, thresholds: Optional[BlessingThresholds] = DEFAULT_THRESHOLDS,
                      signature_name: str = "serving_default", prediction_key: str = "",
                      baseline_prediction_key: Optional[str] = None, model_name: str = SINGLE_MODEL_NAME,
                      auc_num_thresholds: int = DEFAULT_AUC_NUM_THRESHOLDS,

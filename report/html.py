@@ -169,7 +169,7 @@ def _plot_lift(metrics: Mapping[str, Any]) -> str:
             up = lift["lift_pct"] >= 0
             ax.annotate(label, (x, lift["lift_pct"]), xytext=(0, 3 if up else -3), textcoords="offset points",
                         ha="center", va="bottom" if up else "top", fontsize=8)
-    for i, baseline in enumerate(baselines):  # legend entries
+    for baseline in baselines:  # legend entries
         ax.bar([math.nan], [math.nan], color=MODEL_COLOURS[baseline], label=f"vs {MODEL_LABELS[baseline]}")
     ax.bar([math.nan], [math.nan], color="white", edgecolor="#555555", hatch="//",
            label="n.s.: 95% CIs overlap")
@@ -268,7 +268,8 @@ def _paired_table(metrics: Mapping[str, Any]) -> str:
                                                           else "worse")
                 verdict_cell = f'<span class="{cls}">{html.escape(verdict)}</span>'
             delta = "—" if entry["delta"] is None else f"{entry['delta']:+.4f}"
-            cells = [f"{html.escape(_label(reference))} vs {html.escape(_label(other))} <code>{html.escape(key)}</code>",
+            cells = [f"{html.escape(_label(reference))} vs {html.escape(_label(other))} "
+                     f"<code>{html.escape(key)}</code>",
                      html.escape(_slice_label(slice_name)), delta,
                      "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]",
                      _fmt(entry["p_value"], 3), f"{entry['users']:,}", f"{entry['examples']:,}",
@@ -534,7 +535,8 @@ def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence
     sections += ["<h2>Calibration</h2>", _plot_calibration(calibration, models),
                  "<h2>TFMA slice metrics</h2>", _table(rows, metrics)]
     default_notes = [
-        "AUC: TFMA's thresholded AUC; log loss: mean binary cross-entropy (natural log, TFMA custom metric report.tfma_metrics.LogLoss).",
+        "AUC: TFMA's thresholded AUC; log loss: mean binary cross-entropy (natural log, TFMA custom "
+        "metric report.tfma_metrics.LogLoss).",
         "A cohort without evaluation examples shows — (null in metrics.json) for AUC and log loss; "
         "a cohort whose labels are all 0 or all 1 shows — for AUC (undefined there).",
     ]

@@ -44,7 +44,8 @@ Where the numbers come from (TFMA 0.47.1, read with ``tfma.load_metrics``):
 Missing values: a cohort with no evaluation example is absent from TFMA's output and gets
 ``{"auc": null, "auc_ci95": null, "logloss": null, "examples": 0, "users": <given, normally 0>}``.
 A slice whose labels are all 0 or all 1 (``mean_label`` 0 or 1) gets ``auc`` and ``auc_ci95``
-``null``: AUC is undefined there, and TFMA 0.47.1 reports 0.0 for it. A NaN from TFMA becomes ``null``. JSON has no NaN, hence ``null``.
+``null``: AUC is undefined there, and TFMA 0.47.1 reports 0.0 for it. A NaN from TFMA becomes
+``null``. JSON has no NaN, hence ``null``.
 """
 from __future__ import annotations
 

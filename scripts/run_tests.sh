@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 # System packages of the tests (headless Chromium renders the HTML report); a failure here
 # is reported, and the browser test then fails with the reason.
 ./scripts/system_packages.sh || echo "[tests] warning: system packages missing (see above)" >&2
+# Lint first (ruff, configured in pyproject.toml): a lint error fails the run before the tests.
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -66,7 +66,6 @@ import hmac
 import importlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -75,7 +74,6 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 from embeddings.record import VersionNotCommittedError
 from serving.http_server import AsgiServerHandle, serve_asgi
 from serving.model_server import guard
-
 from serving.ranker import (
     EmbeddingLookupError,
     InvalidRequest,

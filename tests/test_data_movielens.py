@@ -7,7 +7,7 @@ import pytest
 
 from limaml.data import canonical, fetch, movielens
 from schema import features as F
-from tests.conftest_data import ml100k_pypi_folder, require_ml100k_original, require_ml1m
+from tests.conftest_data import ml100k_pypi_folder, require_ml1m, require_ml100k_original
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,10 @@ from serving.tf_example import serialize_candidates
 
 try:
     from serving_fixtures import *  # noqa: F401,F403
-    from serving_fixtures import (EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL,
-                                  make_candidates, toy_scores)
+    from serving_fixtures import EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL, make_candidates, toy_scores
 except ImportError:  # tests/ became a package
     from tests.serving_fixtures import *  # noqa: F401,F403
-    from tests.serving_fixtures import (EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL,
-                                        make_candidates, toy_scores)
+    from tests.serving_fixtures import EMBED_DIM, MODEL_NAME, MODEL_NAME_ALL, make_candidates, toy_scores
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.State.END

@@ -333,7 +333,8 @@ def test_validate_metrics_accepts_new_keys():
      "comparisons.limaml_vs_global_dnn.overall.ci95: lower bound above upper bound"),
     (lambda d: d["comparisons"]["limaml_vs_linear"]["cohorts"]["100+"].__setitem__("ci95", [0.0, 0.1]),
      "comparisons.limaml_vs_linear.cohorts.100+.ci95: must be null when delta is null"),
-    (lambda d: d["comparisons"]["limaml_vs_linear"]["cohorts"].pop("0"), "comparisons.limaml_vs_linear.cohorts.0: missing"),
+    (lambda d: d["comparisons"]["limaml_vs_linear"]["cohorts"].pop("0"),
+     "comparisons.limaml_vs_linear.cohorts.0: missing"),
     (lambda d: d["comparisons"]["limaml_vs_linear"]["overall"].__setitem__("p_value", 1.5),
      "comparisons.limaml_vs_linear.overall.p_value"),
     (lambda d: d["comparisons"]["limaml_vs_linear"]["overall"].__setitem__("users", 2.0),
@@ -399,7 +400,8 @@ def test_html_paired_section_and_linear_models(tmp_path):
         key = row.split("<code>", 1)[1].split("</code>", 1)[0]
         by_key.setdefault(key, []).append(row)
     # overall rows (first per comparison): the verdict follows the interval, not the delta's sign
-    assert "LiMAML better" in by_key["limaml_vs_global_dnn"][0] and "[+0.0310, +0.0660]" in by_key["limaml_vs_global_dnn"][0]
+    row = by_key["limaml_vs_global_dnn"][0]
+    assert "LiMAML better" in row and "[+0.0310, +0.0660]" in row
     assert "n.s." in by_key["limaml_vs_wide_deep_id"][0] and "better" not in by_key["limaml_vs_wide_deep_id"][0]
     assert "LiMAML worse" in by_key["limaml_vs_linear"][0]
     assert "AUC undefined" in by_key["limaml_vs_linear"][-1]  # cohort 100+: null

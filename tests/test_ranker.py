@@ -408,6 +408,6 @@ def test_http_concurrent_requests(service, ranker):
         got = list(pool.map(lambda rc: _http(service.port, "POST", "/v1/rank",
                                              {"user_id": rc[0], "candidates": rc[1]}), requests))
     assert [g[0] for g in got] == [200] * len(requests)
-    for (status, body), expected in zip(got, want):
+    for (_status, body), expected in zip(got, want):
         np.testing.assert_allclose(body["scores"], expected["scores"], atol=1e-7, rtol=0)
         assert body["cold_start"] == expected["cold_start"]

@@ -1,7 +1,6 @@
 """components/report/scoring.py: per-row predictions of served SavedModels on tf.Example TFRecords,
 checked against a tiny hand-built model whose output is worked out by hand."""
 import math
-import os
 
 import numpy as np
 import pytest

@@ -213,7 +213,7 @@ def served(pipeline_run, tmp_path_factory) -> Served:
         assert made, f"MEG committed no version in {meg_uri}"
         warnings.warn(f"the pipeline pushed no model to {base} (not blessed? see "
                       f"{pipeline_run.paths.report_dir}); serving the trained model of version "
-                      f"{made[-1]} from a temporary push instead")
+                      f"{made[-1]} from a temporary push instead", stacklevel=2)
         base = str(tmp_path_factory.mktemp("manual_push") / "limaml")
         _push_trained_model(meta, made[-1], base)
         versions = local_stack.pushed_versions(base)
@@ -373,8 +373,8 @@ def test_score_command_prints_the_response(served, tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_score_command_against_a_running_ranker(served, bigtable_stack, tmp_path, capsys):
-    from limaml.cli import main
     from embeddings.emulator import free_port
+    from limaml.cli import main
 
     case = served.warm[2]
     cands = tmp_path / "candidates.jsonl"
@@ -423,7 +423,7 @@ def test_serve_command_serves_until_interrupted(served):
             if "Ctrl-C to stop" in line:
                 break
         assert url and proc.poll() is None, "".join(lines)
-        assert any("model server (stand-in)" in l for l in lines), "".join(lines)
+        assert any("model server (stand-in)" in line for line in lines), "".join(lines)
         status, body = _post(url, case.request)
         assert status == 200, body
         np.testing.assert_allclose(body["scores"], _reference(served.version_dir, case.serialized),
@@ -518,7 +518,7 @@ def test_bench_serve_prints_rows_for_the_real_model(served, capsys):
                            "--max-requests", "15", "--max-seconds", "3", "--warmup", "2",
                            "--candidates", "1,10"])
     assert rc == 0
-    rows = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [(r["candidates"], r["concurrency"]) for r in rows] == [
         (c, k) for c in (1, 10) for k in (1, 8, 32)]
     assert {r["signature"] for r in rows} == {"predict_raw"}

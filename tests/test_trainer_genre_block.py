@@ -5,10 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
+from tests.test_trainer_maml import VOCABS, assert_gradient_matches_finite_differences, make_batch
 from trainer import genre_block, maml
 from trainer.layout import build_layout
 from trainer.model import LimamlModel
-from tests.test_trainer_maml import VOCABS, assert_gradient_matches_finite_differences, make_batch
 
 
 def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre")):

@@ -9,11 +9,10 @@ import pytest
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
+from tests.test_trainer_maml import VOCABS, T, assert_gradient_matches_finite_differences, make_batch
 from trainer import finetune, maml
 from trainer.layout import build_layout
 from trainer.model import USER_ROW, LimamlModel, dot_interaction, meta_forward, wide_logit
-from tests.test_trainer_maml import (T, VOCABS, assert_gradient_matches_finite_differences,
-                                     make_batch)
 
 D_ROW = 3
 

@@ -31,16 +31,20 @@ def test_build_tasks_on_hand_made_histories():
     s, sm = out["support"]["row"], out["support"]["mask"]
     q, qm = out["query"]["row"], out["query"]["mask"]
     # u1 starts at row 101: support [101], query [102]
-    np.testing.assert_array_equal(s[0], [101, 0, 0]); np.testing.assert_array_equal(sm[0], [1, 0, 0])
-    np.testing.assert_array_equal(q[0], [102, 0]); np.testing.assert_array_equal(qm[0], [1, 0])
+    np.testing.assert_array_equal(s[0], [101, 0, 0])
+    np.testing.assert_array_equal(sm[0], [1, 0, 0])
+    np.testing.assert_array_equal(q[0], [102, 0])
+    np.testing.assert_array_equal(qm[0], [1, 0])
     # u2 rows 103..107: p0 = min(3, 5*3//5) = 3 -> support 103..105, query 106, 107
-    np.testing.assert_array_equal(s[1], [103, 104, 105]); np.testing.assert_array_equal(q[1], [106, 107])
+    np.testing.assert_array_equal(s[1], [103, 104, 105])
+    np.testing.assert_array_equal(q[1], [106, 107])
     # u3 rows 108..119 (positions 0..11): splits 3,5,7,9,11 possible; latest two kept (9, 11)
     np.testing.assert_array_equal(out["split"][2:], [9, 11])
     np.testing.assert_array_equal(s[2], [108 + 6, 108 + 7, 108 + 8])
     np.testing.assert_array_equal(q[2], [108 + 9, 108 + 10])
     np.testing.assert_array_equal(s[3], [108 + 8, 108 + 9, 108 + 10])
-    np.testing.assert_array_equal(q[3], [108 + 11, 0]); np.testing.assert_array_equal(qm[3], [1, 0])
+    np.testing.assert_array_equal(q[3], [108 + 11, 0])
+    np.testing.assert_array_equal(qm[3], [1, 0])
     # multi-dimensional columns are gathered row-wise, padding zeroed
     np.testing.assert_array_equal(out["support"]["vec"][0], [[1, 1], [0, 0], [0, 0]])
     # never a query interaction in its own support: support rows < query rows per task

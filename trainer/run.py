@@ -213,6 +213,7 @@ def baseline_run_fn(fn_args) -> None:
     examples, ``predict_dense``); its ``meta_embedding`` input is optional and ignored.
     """
     import tensorflow_transform as tft
+
     from trainer import baselines
 
     custom = _custom(fn_args)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
 from limaml.config import LimamlConfig
@@ -18,6 +17,10 @@ from schema import features as F
 from trainer import evaluate, experiment
 
 Overrides = Mapping[str, Mapping[str, Any]]
+
+
+def _is_section(cfg: LimamlConfig, name: str) -> bool:
+    return dataclasses.is_dataclass(getattr(cfg, name))
 
 
 def apply_overrides(cfg: LimamlConfig, overrides: Overrides) -> LimamlConfig:
@@ -29,7 +32,7 @@ def apply_overrides(cfg: LimamlConfig, overrides: Overrides) -> LimamlConfig:
     for section, fields in overrides.items():
         if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
             raise ValueError(f"unknown config section {section!r}; use one of "
-                             f"{[f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]}")
+                             f"{[f.name for f in dataclasses.fields(cfg) if _is_section(cfg, f.name)]}")
         sub = getattr(cfg, section)
         known = {f.name for f in dataclasses.fields(sub)}
         bad = sorted(set(fields) - known)

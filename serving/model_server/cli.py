@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import socket
 import sys
 import threading
 from typing import Optional, Sequence
 
 from serving.model_server.config import load_model_config_file, single_model_config
-from serving.model_server.server import serve_models
 from serving.model_server.guard import DEFAULT_MAX_MESSAGE_BYTES, read_token
+from serving.model_server.server import serve_models
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

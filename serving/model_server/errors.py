@@ -6,7 +6,6 @@ from typing import Dict
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 
-
 MODEL_SERVER_BINARY = "tensorflow_model_server"
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"

@@ -7,15 +7,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from serving.model_server.errors import MODEL_SERVER_BINARY, _State
 from serving.model_server.config import _abs_path, load_model_config_file, single_model_config
+from serving.model_server.errors import MODEL_SERVER_BINARY, _State
 from serving.model_server.server import ModelServerHandle, serve_models
 
 log = logging.getLogger(__name__)

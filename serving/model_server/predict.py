@@ -10,9 +10,9 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from serving.model_server.errors import DEFAULT_SIGNATURE, ServingError, _PREDICT_METHODS, _TF_TO_GRPC
-from serving.model_server.registry import Servable
+from serving.model_server.errors import _PREDICT_METHODS, _TF_TO_GRPC, DEFAULT_SIGNATURE, ServingError
 from serving.model_server.guard import DEFAULT_MAX_ELEMENTS, TensorCheckError, check_tensor_proto
+from serving.model_server.registry import Servable
 
 
 def _dtype_name(enum_value: int) -> str:

@@ -14,8 +14,8 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.model_server.errors import ServingError, _SERVE_TAG, _State
 from serving.model_server.config import aspired_versions, list_versions
+from serving.model_server.errors import _SERVE_TAG, ServingError, _State
 
 log = logging.getLogger(__name__)
 

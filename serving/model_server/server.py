@@ -1,9 +1,8 @@
 """The in-process stand-in server: ``serve_models``, ``start_model_server``, the handle."""
 from __future__ import annotations
 
-import logging
 import concurrent.futures
-import socket
+import logging
 import threading
 from typing import Callable, Optional, Sequence
 
@@ -12,9 +11,9 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server.config import single_model_config
+from serving.model_server.guard import DEFAULT_MAX_MESSAGE_BYTES, TokenAuthInterceptor
 from serving.model_server.registry import ModelRegistry
 from serving.model_server.services import _ModelService, _PredictionService
-from serving.model_server.guard import DEFAULT_MAX_MESSAGE_BYTES, TokenAuthInterceptor
 
 log = logging.getLogger(__name__)
 

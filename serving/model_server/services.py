@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import field
 from typing import Callable
 
 import grpc
 from tensorflow.core.protobuf import error_codes_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 from serving.model_server.errors import SIGNATURE_DEF_FIELD, ServingError
-from serving.model_server.registry import ModelRegistry
 from serving.model_server.predict import run_predict
+from serving.model_server.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
