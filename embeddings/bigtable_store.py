@@ -75,8 +75,8 @@ from embeddings.parquet_store import WriteSummary
 from embeddings.record import (
     COLD_START_USER,
     EmbeddingBatch,
-    StreamCheck,
     StoreLookup,
+    StreamCheck,
     VersionNotCommittedError,
     as_user_id_array,
     batches_of,

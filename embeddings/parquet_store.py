@@ -62,8 +62,8 @@ import pyarrow.parquet as pq
 from embeddings.record import (
     COLD_START_USER,
     EmbeddingBatch,
-    StreamCheck,
     StoreLookup,
+    StreamCheck,
     VersionNotCommittedError,
     as_user_id_array,
     batches_of,

@@ -10,7 +10,6 @@ path runs on the DirectRunner with kernel calls of other sizes, hence the float 
 """
 from __future__ import annotations
 
-import os
 import types
 import uuid
 
@@ -24,8 +23,7 @@ from components.meta_embedding_gen.meta_block import MetaBlockLoader
 from components.meta_embedding_gen.support_window import support_windows
 from components.meta_embedding_gen.user_batch import UserBatch, user_cuts
 from schema import features as F
-from tests.test_meta_embedding_gen import (K, VERSION, export_model_folder, read_staged, small_config,
-                                           sorted_frame)
+from tests.test_meta_embedding_gen import VERSION, K, export_model_folder, read_staged, small_config, sorted_frame
 from trainer import finetune
 from trainer.layout import build_layout
 from trainer.local_encoder import LocalEncoder

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import types
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -23,7 +23,8 @@ from components.meta_embedding_gen.meta_block import MetaBlockLoader
 from components.meta_embedding_gen.user_batch import UserBatch
 from embeddings.record import COLD_START_USER
 from limaml.config import EmbeddingConfig, LimamlConfig, MamlConfig, ModelConfig
-from limaml.data.synthetic import SyntheticConfig, generate as generate_synthetic
+from limaml.data.synthetic import SyntheticConfig
+from limaml.data.synthetic import generate as generate_synthetic
 from schema import features as F
 from trainer import finetune
 from trainer.layout import build_layout

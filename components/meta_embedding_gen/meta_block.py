@@ -28,6 +28,7 @@ def check_meta_block(serving_model_dir: str) -> str:
             (``assets.extra/meta_block/meta_block.json``).
     """
     import tensorflow as tf
+
     from trainer.export import META_BLOCK_JSON
 
     if not tf.io.gfile.isdir(serving_model_dir):

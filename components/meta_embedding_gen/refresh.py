@@ -549,9 +549,9 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
                              "--store parquet:<dir> or --store bigtable:<project>/<instance>/<table>")
         store = f"bigtable:{e.bigtable_project}/{e.bigtable_instance}/{e.bigtable_table}"
     spec = parse_store(store)
-    from limaml.data import canonical
-
     import tensorflow_transform as tft
+
+    from limaml.data import canonical
 
     frame = canonical.read_prepared(data_dir)
     check_columns(frame, raw_spec_of(tft.TFTransformOutput(tdir)), data_dir)
