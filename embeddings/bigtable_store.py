@@ -555,15 +555,22 @@ class BigtableEmbeddingStore:
                 rf.RowFilterUnion([rf.TimestampRangeFilter(r) for r in ranges]),
                 rf.CellsColumnLimitFilter(1), rf.StripValueTransformerFilter(True)]),
             retry=DEFAULT_RETRY_READ_ROWS.with_deadline(self.write_timeout_s))
+        def delete(row) -> None:
+            for fam in (EMB_FAMILY, META_FAMILY):
+                for tr in ranges:
+                    row.delete_cell(fam, q, time_range=tr)
+        return self._delete_in_chunks(scan, delete)
+
+    def _delete_in_chunks(self, scan: Iterable[Any], delete: Any) -> int:
+        """Applies ``delete(direct_row)`` to every user row of ``scan`` (not the pointer or pins
+        rows, not rows without cells), in chunks of ``mutation_chunk_rows``; returns rows touched."""
         pending: List[Any] = []
         touched = 0
         for r in scan:
             if r.row_key in (POINTER_ROW_KEY, PINS_ROW_KEY) or not r.cells:
                 continue
             row = self.table.direct_row(r.row_key)
-            for fam in (EMB_FAMILY, META_FAMILY):
-                for tr in ranges:
-                    row.delete_cell(fam, q, time_range=tr)
+            delete(row)
             pending.append(row)
             touched += 1
             if len(pending) >= self.mutation_chunk_rows:
@@ -640,21 +647,10 @@ class BigtableEmbeddingStore:
                 rf.ColumnQualifierRegexFilter(re.escape(q.decode("ascii")).encode("ascii")),
                 rf.CellsColumnLimitFilter(1), rf.StripValueTransformerFilter(True)]),
             retry=DEFAULT_RETRY_READ_ROWS.with_deadline(self.write_timeout_s))
-        pending: List[Any] = []
-        touched = 0
-        for r in scan:
-            if r.row_key in (POINTER_ROW_KEY, PINS_ROW_KEY):
-                continue
-            row = self.table.direct_row(r.row_key)
+        def delete(row) -> None:
             row.delete_cell(EMB_FAMILY, q)
             row.delete_cell(META_FAMILY, q)
-            pending.append(row)
-            touched += 1
-            if len(pending) >= self.mutation_chunk_rows:
-                self._mutate(pending)
-                pending = []
-        self._mutate(pending)
-        return touched
+        return self._delete_in_chunks(scan, delete)
 
     # ------------------------------------------------------------------ read
     def _read_cells(self, user_ids: np.ndarray, model_version: str, family: str,
