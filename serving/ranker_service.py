@@ -66,9 +66,7 @@ import hmac
 import importlib
 import json
 import logging
-import signal
 import sys
-import threading
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from embeddings.record import VersionNotCommittedError
@@ -81,6 +79,7 @@ from serving.ranker import (
     ModelServerUnavailable,
     Ranker,
 )
+from serving.signals import wait_for_stop_signal
 
 log = logging.getLogger(__name__)
 
@@ -471,11 +470,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handle = start_ranker_service(ranker, host=args.host, port=args.port, workers=args.workers,
                                   max_pending=args.max_pending,
                                   auth_token=read_token(args.auth_token_file))
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     print(f"ranker service on {handle.url}", flush=True)
-    done.wait()
+    wait_for_stop_signal()
     handle.stop()
     ranker.close()
     return 0

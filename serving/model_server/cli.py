@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from typing import Optional, Sequence
 
 from serving.model_server.config import load_model_config_file, single_model_config
 from serving.model_server.guard import DEFAULT_MAX_MESSAGE_BYTES, read_token
 from serving.model_server.server import serve_models
+from serving.signals import wait_for_stop_signal
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -48,11 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           max_message_bytes=args.max_message_bytes,
                           auth_token=read_token(args.auth_token_file),
                           grpc_socket_path=args.grpc_socket_path or None)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     print(f"serving {[c.name for c in configs]} on port {handle.port}", flush=True)
-    done.wait()
+    wait_for_stop_signal()
     handle.stop()
     return 0
 
