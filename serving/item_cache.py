@@ -156,7 +156,9 @@ class ItemCache:
             for name, sp in batch.items():
                 dense = tf.sparse.to_dense(sp).numpy()
                 counts = np.bincount(sp.indices[:, 0].numpy(), minlength=dense.shape[0])
-                first[name] = (dense[:, 0] if dense.shape[1] else dense.reshape(-1)), counts > 0
+                # a feature no row of the batch carries: [B, 0] -> placeholders, none valid
+                values = dense[:, 0] if dense.shape[1] else np.zeros(dense.shape[0], dense.dtype)
+                first[name] = values, counts > 0
             ok = np.logical_and.reduce([has for _, has in first.values()])
             ids = [b.decode("utf-8") for b in first[F.ITEM_ID][0][ok]]
             cols = {name: first[name][0][ok] for name in ITEM_FEATURE_KINDS}

@@ -174,28 +174,32 @@ def eval_examples_uri(metadata_path: str) -> str:
     return mine[0].uri
 
 
-def item_examples_uri(metadata_path: str) -> Optional[str]:
-    """URI of the newest ``ProtocolExampleGen`` examples of a run (None if there are none)."""
+def item_examples_uris(metadata_path: str) -> List[str]:
+    """URIs of a run's ``ProtocolExampleGen`` examples, newest first (empty if there are none)."""
     try:
         arts = _read_artifacts(metadata_path, "Examples")
     except StackError as exc:
         log.warning("no item cache: %s", exc)
-        return None
+        return []
     mine = [a for a in arts if f"{os.sep}{EXAMPLE_GEN_NODE}{os.sep}" in a.uri]
-    return max(mine, key=lambda a: a.id).uri if mine else None
+    return [a.uri for a in sorted(mine, key=lambda a: a.id, reverse=True)]
 
 
 def run_item_cache(metadata_path: str) -> Any:
-    """The item cache of a run: every item of its ExampleGen output (None if it has none)."""
+    """The item cache of a run: the items of its newest ExampleGen output whose rows carry every
+    item feature (None if there is none). A newer output without them (e.g. a run the anomaly
+    gate stopped because a feature was missing) is skipped, with a log line."""
     from serving.item_cache import ItemCache
 
-    uri = item_examples_uri(metadata_path)
-    if uri is None:
-        return None
-    try:
-        return ItemCache.from_examples(uri)
-    except FileNotFoundError:
-        return None
+    for uri in item_examples_uris(metadata_path):
+        try:
+            cache = ItemCache.from_examples(uri)
+        except FileNotFoundError:
+            continue
+        if len(cache):
+            return cache
+        log.warning("item cache: %s has no row with every item feature; trying an older output", uri)
+    return None
 
 
 # --------------------------------------------------------------------------- embedding stores
