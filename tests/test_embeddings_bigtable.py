@@ -2,14 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +14,8 @@ from embeddings import bigtable_store as bts
 from embeddings.bigtable_store import BigtableEmbeddingStore, BigtableWriteError, row_key
 from embeddings.parquet_store import ParquetEmbeddingStore
 from embeddings.record import COLD_START_USER, EmbeddingBatch, VersionNotCommittedError
+from tests.killed_writer import kill_at_marker
 
-REPO = Path(__file__).resolve().parents[1]
 E = 8
 
 
@@ -232,20 +226,7 @@ def test_killed_writer_process_leaves_version_invisible(store, bigtable_emulator
     store.write(stream(ids, emb, "v1"))
     marker = tmp_path / "marker"
     table_id = store.table.table_id
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", _KILLED_WRITER,
-                             bigtable_emulator.address, table_id, str(marker)], cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "writer exited before the half-way mark"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_at_marker(_KILLED_WRITER, [bigtable_emulator.address, table_id, marker], marker)
     assert len(raw_qualifier_rows(store.table, "v2")) == 200  # 4 chunks landed
     assert store.committed_versions() == ["v1"]
     with pytest.raises(VersionNotCommittedError):

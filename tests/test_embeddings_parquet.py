@@ -4,12 +4,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,8 +13,8 @@ import pytest
 
 from embeddings.parquet_store import ParquetEmbeddingStore, batch_to_table
 from embeddings.record import COLD_START_USER, EmbeddingBatch, VersionNotCommittedError
+from tests.killed_writer import kill_at_marker
 
-REPO = Path(__file__).resolve().parents[1]
 E = 8
 
 
@@ -129,20 +125,7 @@ def test_killed_writer_process_leaves_no_visible_partial_version(tmp_path):
     store = ParquetEmbeddingStore(tmp_path / "store")
     store.write(stream(ids, emb, "v1"))
     marker = tmp_path / "marker"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "store"),
-                             str(marker)], cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "writer exited before the half-way mark"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_at_marker(_KILLED_WRITER, [tmp_path / "store", marker], marker)
     leftovers = [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".tmp-")]
     assert len(leftovers) == 1 and list(leftovers[0].glob("part-*.parquet"))  # it did write
     fresh = ParquetEmbeddingStore(tmp_path / "store")
@@ -250,19 +233,7 @@ def test_crashed_writers_temp_folder_is_cleaned_by_the_next_write_and_only_it(tm
     ids, emb = make_data(50, seed=8)
     ParquetEmbeddingStore(store_root).write(stream(ids, emb, "v1"))
     marker = tmp_path / "marker"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(store_root), str(marker)],
-                            cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_at_marker(_KILLED_WRITER, [store_root, marker], marker)
     crashed = [p for p in store_root.iterdir() if p.name.startswith(".tmp-")]
     assert len(crashed) == 1
     old = time.time() - 2 * 3600
