@@ -22,7 +22,7 @@ import tensorflow as tf
 from limaml.config import MamlConfig
 from trainer.layout import MASK
 from trainer.maml import LABEL, adapt, aggregate
-from trainer.model import LimamlModel, history_width, meta_forward, meta_input
+from trainer.model import LimamlModel, history_width, meta_forward
 
 
 def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Tensor],
@@ -122,11 +122,11 @@ def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tenso
                              tf.concat([tf.shape(sub[MASK]), tf.shape(user_emb)[1:]], 0))
     theta = genre_block.adapt_genre_block(model, sub, prefix, model.maml_cfg.adaptation_steps,
                                           first_order=True)
-    first = {name: v[:, :1] for name, v in sub.items() if name != MASK}         # [U·K, 1, ...]
-    buckets = model.layout.global_multi_hot[0][1]
-    x = tf.concat([meta_input(first, model.layout, model.dtype),
-                   tf.one_hot(tf.reshape(genres, [-1, 1]), buckets, dtype=model.dtype)], -1)
-    emb = meta_forward(theta, x, model.model_cfg.activation)[:, 0]              # [U·K, E]
+    # the entity's row: u's meta features (row 0) with genre g as its only genre
+    name, buckets = model.layout.global_multi_hot[0]
+    first = {k: v[:, :1] for k, v in sub.items() if k != MASK}                 # [U·K, 1, ...]
+    first[name] = tf.one_hot(tf.reshape(genres, [-1, 1]), buckets, dtype=first[name].dtype)
+    emb = meta_forward(theta, model.genre_x(first), model.model_cfg.activation)[:, 0]  # [U·K, E]
     return tf.stop_gradient(tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0)))
 
 

@@ -32,14 +32,15 @@ from schema import features
 from trainer.layout import MASK
 from trainer.maml import adapt
 from trainer.model import LimamlModel, meta_forward
+from trainer.model import primary_genre as model_primary_genre
 
 Features = Mapping[str, tf.Tensor]
 
 
 def primary_genre(feats: Features) -> tf.Tensor:
-    """Primary genre bucket ``[...]`` (int64) of rows with genres ``[..., G]``: the lowest set
-    bucket (the genre one-hot of :meth:`trainer.model.LimamlModel.genre_x`)."""
-    return tf.argmax(tf.cast(feats[features.GENRES], tf.float32), axis=-1)
+    """Primary genre bucket ``[...]`` (int64) of rows with genres ``[..., G]``
+    (:func:`trainer.model.primary_genre`)."""
+    return model_primary_genre(feats[features.GENRES])
 
 
 def subtask_supports(support: Features, genres: tf.Tensor) -> Dict[str, tf.Tensor]:

@@ -83,6 +83,12 @@ def meta_input(feats: Features, layout: FeatureLayout, dtype: tf.DType = tf.floa
     return tf.concat(parts, axis=-1)
 
 
+def primary_genre(multi_hot: tf.Tensor) -> tf.Tensor:
+    """Primary genre bucket ``[...]`` (int64) of genre multi-hots ``[..., G]``: the lowest set
+    bucket (the entity of the user × genre block)."""
+    return tf.argmax(tf.cast(multi_hot, tf.float32), axis=-1)
+
+
 def history_width(layout: FeatureLayout, model_cfg: ModelConfig) -> int:
     """Width of :func:`history_summary`: ``2 (C_h + G)``, 0 without a history encoder."""
     if model_cfg.history_dim == 0:
@@ -397,9 +403,8 @@ class LimamlModel(tf.Module):
         """Input of the user×genre block ``[..., D + G]``: the meta input and the one-hot of the
         row's primary genre (the lowest genre bucket it carries)."""
         name, buckets = self.layout.global_multi_hot[0]
-        genre = tf.argmax(tf.cast(feats[name], tf.float32), axis=-1)
         return tf.concat([meta_input(feats, self.layout, self.dtype),
-                          tf.one_hot(genre, buckets, dtype=self.dtype)], -1)
+                          tf.one_hot(primary_genre(feats[name]), buckets, dtype=self.dtype)], -1)
 
     def genre_embedding(self, feats: Features) -> Optional[tf.Tensor]:
         """Un-adapted user×genre embeddings f_g(x_g; θ_g) ``[..., E]`` (None: single block)."""
