@@ -209,3 +209,27 @@ def test_history_summary_by_hand():
     cold = model.meta_x({k: tf.constant(np.zeros((1,), np.int64)) for k in
                          ("age_bucket", "gender", "occupation", "zip_prefix")})
     assert cold.shape[-1] == x.shape[-1] and np.all(cold.numpy()[0, -expect.size:] == 0)
+
+
+def test_outer_l2_adds_two_lambda_w_to_global_tables_and_user_rows_but_not_biases_or_meta():
+    """``outer_l2`` λ: the meta-gradient gains exactly 2λw on the global weights/tables and on
+    every user row (used or not), and nothing on biases or the meta block (hand-derived)."""
+    lam = 0.03
+    model = personal_model(steps=1)
+    batch = make_batch()
+    plain = [None if g is None else g.numpy() for g in maml.MamlTrainer(model).meta_gradients(batch)[1]]
+    l2_cfg = dataclasses.replace(model.maml_cfg, outer_l2=lam)
+    penal = [None if g is None else g.numpy()
+             for g in maml.MamlTrainer(model, l2_cfg).meta_gradients(batch)[1]]
+    names = {id(v): k for k, v in model.global_params.items()}
+    checked = set()
+    for var, g0, g1 in zip(model.outer_variables(), plain, penal):
+        key = "user_emb" if var is model.user_emb else names.get(id(var), "meta")
+        g0 = np.zeros(var.shape) if g0 is None else g0
+        shrunk = key == "user_emb" or (key != "meta" and not key.startswith("b"))
+        expected = g0 + 2 * lam * var.numpy() if shrunk else g0
+        np.testing.assert_allclose(g1, expected, rtol=1e-10, atol=1e-12, err_msg=key)
+        checked.add("shrunk" if shrunk else "free")
+    assert checked == {"shrunk", "free"}
+    with pytest.raises(ValueError, match="outer_l2"):
+        MamlConfig(outer_l2=-1.0)

@@ -327,10 +327,13 @@ class MamlTrainer(tf.Module):
                                     jit_compile=jit_compile)
 
     def meta_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
-        """Outer loss and its gradient w.r.t. ``model.outer_variables()``."""
+        """Outer loss (plus ``outer_l2 Σ w²``) and its gradient w.r.t. ``model.outer_variables()``."""
         variables = self.model.outer_variables()
+        l2 = self.maml_cfg.outer_l2
         with tf.GradientTape() as outer:
             loss, _ = maml_loss(self.model, batch, self.maml_cfg)
+            if l2 > 0:
+                loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.model.l2_variables()])
         grads = outer.gradient(loss, variables)
         return loss, [None if g is None else tf.convert_to_tensor(g) for g in grads]
 

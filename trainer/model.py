@@ -368,6 +368,14 @@ class LimamlModel(tf.Module):
         out += [self.inner_lrs[k] for k in self.meta_names if k in self.inner_lrs]
         return out
 
+    def l2_variables(self) -> List[tf.Variable]:
+        """Variables under ``MamlConfig.outer_l2``: the outer-trained global weights and tables
+        (keys not starting with ``b``, as the baselines) and the user-id table."""
+        trained = {id(v) for v in self.outer_variables()}
+        out = [self.global_params[k] for k in self.global_names if not k.startswith("b")]
+        out += [] if self.user_emb is None else [self.user_emb]
+        return [v for v in out if id(v) in trained]
+
     def inner_lr_tensors(self) -> Dict[str, tf.Tensor]:
         """α per θ_meta entry: learned (Meta-SGD) or the fixed ``inner_lr`` scalar."""
         out = {k: tf.constant(self.maml_cfg.inner_lr, self.dtype) for k in self.meta_names}
