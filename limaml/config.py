@@ -203,7 +203,15 @@ class TaskConfig:
             once: more outer-loop data, and cold-start-like tasks). Defaults ``min_support`` and
             64 tasks per user: on ML-100K (budget) LiMAML's overall AUC went from 0.706
             (``proportional``, 8 tasks) to 0.724, and from 0.677 to 0.717 in cohort 1-4.
+        entity: what one task is about: ``"user"`` (a user's history) or ``"user_x_<feature>"``,
+            a user's interactions with items of one value of an item feature; today
+            ``"user_x_genre"`` (the item's primary genre, :func:`trainer.model.primary_genre`),
+            task key ``"<user_id>#<genre bucket>"``. Same time order and support/query rules
+            per entity (see :mod:`trainer.tasks`).
     """
+
+    # task entities build_tasks knows (a class attribute, not a field)
+    ENTITIES = ("user", "user_x_genre")
 
     support_size: int = 32
     query_size: int = 16
@@ -211,11 +219,15 @@ class TaskConfig:
     min_query: int = 1
     max_tasks_per_user: int = 64
     first_split: str = "min_support"
+    entity: str = "user"
 
     def __post_init__(self) -> None:
         if self.first_split not in ("proportional", "min_support"):
             raise ValueError(
                 f"first_split {self.first_split!r} must be 'proportional' or 'min_support'")
+        if self.entity not in self.ENTITIES:
+            raise ValueError(f"entity {self.entity!r} is not a task entity; allowed: "
+                             f"{list(self.ENTITIES)} ('user_x_<feature>' exists for genre only)")
 
 
 @dataclasses.dataclass(frozen=True)

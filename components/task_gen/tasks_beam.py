@@ -1,4 +1,11 @@
-"""Beam logic of TaskGen: per-user grouped rows -> serialized task records, by split."""
+"""Beam logic of TaskGen: per-user grouped rows -> serialized task records, by split.
+
+Tasks are cut per ``TaskConfig.entity`` (:func:`trainer.tasks.build_tasks`): per user, or per
+user × primary genre. Rows arrive grouped by user, so every entity of a user is built in the same
+batch. A record's ``user_id`` holds the task key (the entity key, ``"<user_id>#<genre>"`` for
+``user_x_genre``), its ``user_hash`` the owning user's hash; the train/eval split is drawn per
+user, so all entities of a user fall in the same split.
+"""
 from __future__ import annotations
 
 from typing import Iterable, List, Tuple
@@ -26,7 +33,7 @@ def build_records(users: List[Tuple[str, list]], task_cfg: TaskConfig) -> Iterab
 
     Args:
         users: ``[(user_id, rows sorted by time)]``.
-        task_cfg: task shape.
+        task_cfg: task shape and entity.
 
     Yields:
         ``(split, serialized task record)``.
@@ -39,7 +46,7 @@ def build_records(users: List[Tuple[str, list]], task_cfg: TaskConfig) -> Iterab
         return
     uniq, first = np.unique(keys, return_index=True)
     hashes = table[USER_HASH].reshape(len(keys), -1)[first[np.searchsorted(uniq, owners)], 0].astype(np.int64)
-    records = task_record.encode_tasks(built, list(owners), list(hashes))
+    records = task_record.encode_tasks(built, list(built["entity"]), list(hashes))
     is_eval = eval_users(owners)
     for rec, ev in zip(records, is_eval):
         yield ("eval" if ev else "train"), rec
