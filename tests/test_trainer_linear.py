@@ -121,16 +121,40 @@ def test_early_stopping_falls_back_to_the_warm_start_when_training_only_hurts(wa
     from limaml.config import TrainConfig
 
     data, layout, mcfg = _encoded_world()
-    ref = linear.LinearModel(layout, "linear")
-    linear.fit_linear(ref, data, c_grid=(0.3,))
     # a learning rate of 50 wrecks every epoch: the warm start (epoch -1) must be kept
     cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=50.0, baseline_epochs=2,
                       baseline_early_stopping=watch)
+    # the warm start is fitted without the validation rows that judge it
+    train = ~baselines.validation_rows(data, cfg)
+    ref = linear.LinearModel(layout, "linear")
+    linear.fit_linear(ref, {k: v[train] for k, v in data.items()}, c_grid=(0.3,))
     model = baselines.make_baseline("global_dnn", layout, mcfg)
     info = baselines.fit_baseline(model, data, cfg)
     assert info["best_epoch"] == -1
     np.testing.assert_allclose(baselines.predict_logits(model, data),
                                baselines.predict_logits(ref, data), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["global_dnn", "wide_deep"])
+def test_the_warm_start_never_learns_from_the_validation_rows_that_judge_it(kind):
+    """Planted: an item that only validation rows carry, always clicked there. A warm start fitted
+    on those rows would give it a positive wide weight; fitted without them, the L2 optimum of an
+    unseen item's weight is exactly 0."""
+    from limaml.config import TrainConfig
+
+    data, layout, mcfg = _encoded_world()
+    cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=50.0, baseline_epochs=1)
+    val = baselines.validation_rows(data, cfg)
+    assert val.sum() >= 20
+    planted = int(data["item_id"].max())
+    data = dict(data, item_id=np.where(val, planted, np.minimum(data["item_id"], planted - 1)),
+                label=np.where(val, 1.0, data["label"]).astype(np.float32))
+    model = baselines.make_baseline(kind, layout, mcfg)
+    info = baselines.fit_baseline(model, data, cfg)
+    assert info["best_epoch"] == -1  # the wrecked epoch lost: the weights are the warm start
+    wide = model.wide_params if kind == "wide_deep" else model.global_params
+    assert abs(float(wide["wide_item_id"].numpy()[planted])) < 1e-6
+    assert np.abs(wide["wide_item_id"].numpy()[:planted]).max() > 0.05  # the rest was fitted
 
 
 def test_auc_early_stopping_scores_epochs_by_one_minus_validation_auc():

@@ -204,14 +204,16 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
         else:
             mask = validation_rows(data, train_cfg)
         return linear.fit_linear(model, data, mask, c_grid=train_cfg.linear_c_grid)
-    warm = None
-    if train_cfg.linear_warm_start:
-        warm = _warm_start(model, data, train_cfg)
     if val_data is None and train_cfg.baseline_val_fraction > 0 and n >= 20:
         is_val = validation_rows(data, train_cfg)
         val_data = _subset(data, np.flatnonzero(is_val), keys + [LABEL])
         data = _subset(data, np.flatnonzero(~is_val), keys + [LABEL])
         n = len(data[LABEL])
+    warm = None
+    if train_cfg.linear_warm_start:
+        # fitted without the validation rows, so that the warm start (epoch -1) and the trained
+        # epochs are compared on rows none of them has seen
+        warm = _warm_start(model, data, train_cfg, val_data)
     variables = model.trainable()
     opt = Adam(variables, lr=train_cfg.baseline_lr)
     l2 = float(train_cfg.baseline_l2)
@@ -275,8 +277,11 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
             "seconds": time.time() - start, "warm_start": warm}
 
 
-def _warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> Optional[Dict]:
-    """Fits the linear counterpart and copies it into the model's wide part (None: no wide part)."""
+def _warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
+                val_data: Optional[Mapping[str, np.ndarray]] = None) -> Optional[Dict]:
+    """Fits the linear counterpart and copies it into the model's wide part (None: no wide part).
+
+    With ``val_data`` the fit chooses C on those rows and never trains on them."""
     if isinstance(model, WideDeep):
         fitted = linear.LinearModel(model.layout, "linear_user_id")
         target, names = model.wide_params, {"bias": "wide_bias"}
@@ -285,7 +290,7 @@ def _warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -
         target, names = model.global_params, {"bias": "b_out"}
     else:
         return None
-    info = _fit_linear_cached(fitted, data, train_cfg)
+    info = _fit_linear_cached(fitted, data, train_cfg, val_data)
     linear.warm_start_wide(target, fitted, names)
     if "w_out" in model.global_params:  # the deep part starts silent: the model = the linear fit
         model.global_params["w_out"].assign(tf.zeros_like(model.global_params["w_out"]))
@@ -327,12 +332,23 @@ def _fingerprint(data: Mapping[str, np.ndarray], keys) -> str:
     return h.hexdigest()
 
 
-def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> Dict:
+def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
+                       val_data: Optional[Mapping[str, np.ndarray]] = None) -> Dict:
+    """Fits (or reuses the fit of) ``fitted``; with ``val_data``: C chosen there, weights from
+    ``data`` alone."""
     columns = fitted.input_keys() + [LABEL, features.USER_ID, features.TIMESTAMP]
-    key = (_fingerprint(data, columns), fitted.kind, tuple(fitted.layout.global_feature_names),
+    key = (_fingerprint(data, columns), None if val_data is None else _fingerprint(val_data, columns),
+           fitted.kind, tuple(fitted.layout.global_feature_names),
            fitted.user_id_buckets, tuple(train_cfg.linear_c_grid), train_cfg.seed)
     if key not in _LINEAR_FITS:
-        info = fit_baseline(fitted, data, dataclasses.replace(train_cfg, linear_warm_start=False))
+        if val_data is None:
+            info = fit_baseline(fitted, data, dataclasses.replace(train_cfg, linear_warm_start=False))
+        else:
+            cols = fitted.input_keys() + [LABEL]
+            both = {k: np.concatenate([np.asarray(data[k]), np.asarray(val_data[k])]) for k in cols}
+            is_val = np.arange(len(both[LABEL])) >= len(np.asarray(data[LABEL]))
+            info = linear.fit_linear(fitted, both, is_val, c_grid=train_cfg.linear_c_grid,
+                                     refit_on_validation=False)
         _LINEAR_FITS.clear()  # one data set at a time: bounded memory
         _LINEAR_FITS[key] = ({k: v.numpy() for k, v in fitted.params.items()}, info)
     values, info = _LINEAR_FITS[key]

@@ -143,8 +143,11 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
 
 def fit_linear(model: LinearModel, data: Mapping[str, np.ndarray],
                val_mask: Optional[np.ndarray] = None,
-               c_grid: Sequence[float] = DEFAULT_C_GRID, max_iter: int = 2000) -> Dict[str, object]:
-    """Fits the logistic regression; chooses ``C`` on validation rows, refits on all rows.
+               c_grid: Sequence[float] = DEFAULT_C_GRID, max_iter: int = 2000,
+               refit_on_validation: bool = True) -> Dict[str, object]:
+    """Fits the logistic regression; chooses ``C`` on validation rows, refits on all rows
+    (``refit_on_validation=False``: on the non-validation rows only, e.g. a warm start whose
+    validation rows still have to judge the model trained from it).
 
     The objective (scikit-learn, intercept not penalised)::
 
@@ -157,6 +160,7 @@ def fit_linear(model: LinearModel, data: Mapping[str, np.ndarray],
             False: the first entry of ``c_grid`` is used without selection.
         c_grid: candidate inverse L2 strengths.
         max_iter: L-BFGS iteration cap (a fit that hits it is reported as not converged).
+        refit_on_validation: the final fit includes the validation rows.
 
     Returns:
         ``{"C": chosen, "val_logloss": {C: loss}, "converged": bool, "seconds": float}``.
@@ -176,6 +180,9 @@ def fit_linear(model: LinearModel, data: Mapping[str, np.ndarray],
             clf, _ = _solve(xt, yt, float(c), max_iter)
             losses[float(c)] = _log_loss(yv, clf.predict_proba(xv)[:, 1])
         chosen = min(losses, key=losses.get)
+    if not refit_on_validation and val_mask is not None and np.any(val_mask):
+        keep = ~np.asarray(val_mask, bool)
+        x, y = x[keep], y[keep]
     clf, converged = _solve(x, y, chosen, max_iter)
     model.set_weights(clf.coef_[0], float(clf.intercept_[0]))
     info = {"C": chosen, "val_logloss": losses, "converged": converged,
