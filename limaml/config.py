@@ -75,6 +75,11 @@ class ModelConfig:
         user_id_dropout: share of training tasks whose user row is replaced by the zero row, so
             the meta block also learns to serve and adapt users it has no row for.
         user_id_l2: L2 penalty on the user rows used by a meta-batch (mean over tasks).
+        user_id_min_support: a task with fewer support rows than this starts its inner loop
+            from the zero row instead of its user's table row (0: never), in meta-training and
+            in MEG alike. A user with so few rows never trains a row, so the 1-4-row users of
+            serving meet the zero row their adaptation was meta-learned for, not a row fitted to
+            the same few rows the inner loop then adapts on again.
         wide: add a linear ("wide") part over the global features to the global block's logit
             (LiMAML and the global DNN; wide&deep has its own).
         wide_trainable: LiMAML: train the wide part in the outer loop. False keeps it at its
@@ -108,6 +113,7 @@ class ModelConfig:
     user_id_embedding_dim: int = 16
     user_id_dropout: float = 0.2
     user_id_l2: float = 0.0
+    user_id_min_support: int = 0
     wide: bool = False
     wide_trainable: bool = True
     interaction: str = "none"
@@ -125,6 +131,8 @@ class ModelConfig:
                              "('user', 'user_x_genre')")
         if self.history_dim < 0:
             raise ValueError(f"history_dim {self.history_dim} must be >= 0")
+        if self.user_id_min_support < 0:
+            raise ValueError(f"user_id_min_support {self.user_id_min_support} must be >= 0")
         if self.user_id_embedding_dim < 0:
             raise ValueError(f"user_id_embedding_dim {self.user_id_embedding_dim} must be >= 0")
         if self.activation not in ("relu", "tanh"):

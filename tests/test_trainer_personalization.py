@@ -233,3 +233,32 @@ def test_outer_l2_adds_two_lambda_w_to_global_tables_and_user_rows_but_not_biase
     assert checked == {"shrunk", "free"}
     with pytest.raises(ValueError, match="outer_l2"):
         MamlConfig(outer_l2=-1.0)
+
+
+def test_tasks_below_user_id_min_support_adapt_from_the_zero_row():
+    """make_batch's supports hold 4, 2 and 3 rows. With a minimum of 3, task 1 (2 rows) must
+    score exactly as if its user's table row were 0 and send no gradient to that row; tasks 0
+    and 2 keep their rows (planted non-zero by personal_model)."""
+    users = np.array([1, 4, 6])  # each task its own row
+    batch = {p: dict(d, user_hash=tf.constant(np.repeat(users[:, None], d["label"].shape[1], 1)))
+             for p, d in make_batch().items()}
+
+    def per_task(min_support, zero_users=()):
+        model = personal_model(steps=1)
+        model.model_cfg = dataclasses.replace(model.model_cfg, user_id_min_support=min_support)
+        table = model.user_emb.numpy()
+        table[list(zero_users)] = 0.0
+        model.user_emb.assign(table)
+        with tf.GradientTape() as tape:
+            loss, tasks = maml.maml_loss(model, batch, training=False)
+        return tasks.numpy(), tape.gradient(loss, model.user_emb)
+
+    gated, grad = per_task(3)
+    by_hand, _ = per_task(0, zero_users=[users[1]])
+    untouched, _ = per_task(0)
+    np.testing.assert_allclose(gated, by_hand, rtol=1e-12)
+    assert abs(gated[1] - untouched[1]) > 1e-6  # the row mattered before the gate
+    g = tf.convert_to_tensor(grad).numpy()
+    assert np.all(g[users[1]] == 0.0) and np.abs(g[users[0]]).max() > 0
+    with pytest.raises(ValueError, match="user_id_min_support"):
+        ModelConfig(user_id_min_support=-1)

@@ -141,7 +141,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
         inner_lrs: α per θ_meta entry (default: ``model.inner_lr_tensors()``).
         support_meta_x: precomputed dense meta input ``[tasks, S, D]``.
         user_row: with a user-id embedding, the tasks' starting rows ``[tasks, d]`` (default:
-            the table rows of ``support["user_hash"][:, 0]``).
+            the table rows of ``support["user_hash"][:, 0]``); zeroed for tasks with fewer
+            than ``ModelConfig.user_id_min_support`` support rows.
         prefix_emb: ``[tasks, S, E']`` embeddings of other meta blocks, fixed during this
             block's adaptation (the user×genre block adapts after the user block). When the
             model has a user×genre block and no prefix is given, this is the user block: its
@@ -161,8 +162,12 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     theta = tile_params({k: v for k, v in meta_params.items() if k != USER_ROW}, tasks)
     if model.user_emb is not None and with_user_row:
         # Sparse adaptation: each task holds only its own row of the user-id table.
-        theta[USER_ROW] = (model.user_rows(support[USER_HASH][:, 0]) if user_row is None
-                           else user_row)
+        row = model.user_rows(support[USER_HASH][:, 0]) if user_row is None else user_row
+        min_rows = model.model_cfg.user_id_min_support
+        if min_rows > 0:  # too few support rows: start from the zero (cold) row
+            n_rows = tf.reduce_sum(tf.cast(support[MASK] > 0, row.dtype), axis=1)
+            row = row * tf.cast(n_rows >= min_rows, row.dtype)[:, None]
+        theta[USER_ROW] = row
     suffix_emb = model.genre_embedding(support) if prefix_emb is None else None
     names = sorted(theta)
     kappa = model.maml_cfg.support_shrinkage
