@@ -3,8 +3,13 @@
 ``global_block/`` signatures:
 
 * ``serving_default(examples: string[N])`` -> ``{"probabilities": float32[N]}``: parses serialized
-  ``tf.Example``s holding raw features plus ``meta_embedding`` (float list [E]), applies the
+  ``tf.Example``s holding raw features plus ``meta_embedding`` (float list [W]), applies the
   Transform graph (``TFTransformOutput.transform_features_layer()``) and the global block.
+
+``W`` (:func:`meta_embedding_width`) is ``E`` for a single-block model and ``2E`` for a model
+with the user × genre block: the concatenation ``[e_user, e_user×genre]`` where
+``e_user×genre`` is the embedding of the candidate's primary genre (``"<user>#<g>"`` rows of the
+stores, :mod:`embeddings.entity_keys`). Below, ``[N, E]`` in the signatures reads ``[N, W]``.
 * ``predict_dense(<encoded global features>, meta_embedding: float32[N, E])`` -> same output, for
   callers that already hold encoded tensors.
 * ``predict_raw(<raw features>, meta_embedding: float32[N, E])`` -> same output: one dense ``[N]``
@@ -158,8 +163,14 @@ def raw_input_names(spec: Mapping[str, Any]) -> Tuple[str, ...]:
                  and k not in _NOT_SERVED and k != features.META_EMBEDDING)
 
 
+def meta_embedding_width(model_cfg) -> int:
+    """``W``, width of the global block's ``meta_embedding`` input: ``E × len(meta_blocks)``
+    (``E`` single-block, ``2E`` with the user × genre block)."""
+    return int(model_cfg.embedding_dim) * len(tuple(model_cfg.meta_blocks))
+
+
 def export_global_block(path: str, model: LimamlModel, tft_output) -> None:
-    """Writes the LiMAML global block SavedModel to ``path``."""
+    """Writes the LiMAML global block SavedModel to ``path`` (``meta_embedding`` ``[N, W]``)."""
     holder = tf.Module()
     holder.global_params = model.global_params
     layout, cfg = model.layout, model.model_cfg
@@ -167,7 +178,7 @@ def export_global_block(path: str, model: LimamlModel, tft_output) -> None:
     def scorer(feats, emb):
         return global_forward(holder.global_params, emb, feats, layout, cfg)
     GlobalBlockServing(scorer, holder, tft_output, layout.global_feature_names,
-                       cfg.embedding_dim, require_meta_embedding=True,
+                       meta_embedding_width(cfg), require_meta_embedding=True,
                        needs_user_id=False).save(path)
 
 
@@ -223,6 +234,8 @@ def export_meta_block(path: str, model: LimamlModel, cfg: LimamlConfig,
         "layout": model.layout.to_dict(),
         "vocab_sizes": model.layout.vocab_sizes,
         "embedding_dim": model.model_cfg.embedding_dim,
+        "meta_blocks": list(model.model_cfg.meta_blocks),
+        "meta_embedding_width": meta_embedding_width(model.model_cfg),
         "adaptation": {"inner_lr": model.maml_cfg.inner_lr,
                        "learn_inner_lr": model.maml_cfg.learn_inner_lr,
                        "adaptation_steps": model.maml_cfg.adaptation_steps,

@@ -14,7 +14,7 @@ from components.common.examples_io import split_pattern
 from components.common.model_version import model_version
 from components.meta_embedding_gen import generate, inputs, store_io
 from components.meta_embedding_gen.bigtable_sink import BigtableTarget, WriteBigtableRows
-from components.meta_embedding_gen.meta_block import MetaBlockLoader
+from components.meta_embedding_gen.meta_block import MetaBlockLoader, genre_set_arg
 from components.meta_embedding_gen.store_io import write_stores  # noqa: F401 (re-exported)
 from limaml.config import LimamlConfig
 
@@ -35,6 +35,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         cold_file = os.path.join(staging, generate.COLD_FILE)
         store_io.clear_staging(staging)
         loader = MetaBlockLoader(os.path.join(model.uri, "Format-Serving"))
+        genres = genre_set_arg(os.path.join(model.uri, "Format-Serving"))
         e = cfg.embeddings
         generated_at = generate.now()
         pattern = split_pattern(examples.uri, exec_properties.get("split") or "train")
@@ -47,7 +48,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             users = p | "ReadUserBatches" >> inputs.ReadUserBatchesFromExamples(  # pylint: disable=no-value-for-parameter
                 pattern, spec, inputs.buckets_for(pattern))
             result = users | "Generate" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
-                loader, e.max_recent, e.aggregation, e.users_per_batch, exec_properties.get("as_of"))
+                loader, e.max_recent, e.aggregation, e.users_per_batch, exec_properties.get("as_of"),
+                genres)
             generate.stage_embeddings(result, staging, sink)
         users_written = write_stores(cfg, staging, out.uri, version, generated_at,
                                      store_io.load_cold(cold_file), bigtable_attempt=attempt)

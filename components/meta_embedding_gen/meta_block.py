@@ -9,6 +9,7 @@ Inside a trained or pushed model folder (see :mod:`components.common.model_layou
 from __future__ import annotations
 
 import os
+from typing import Optional, Tuple
 
 from components.common.model_layout import meta_block_dir
 
@@ -40,6 +41,33 @@ def check_meta_block(serving_model_dir: str) -> str:
             "missing); pass a LiMAML model folder (trained Format-Serving or pushed "
             "<serving_base>/<version>), not a baseline's")
     return path
+
+
+def meta_blocks_of(serving_model_dir: str) -> Tuple[str, ...]:
+    """The model's meta blocks (``ModelConfig.meta_blocks``, e.g. ``("user", "user_x_genre")``),
+    read from ``meta_block.json`` without loading the model.
+
+    Raises:
+        FileNotFoundError: as :func:`check_meta_block`.
+    """
+    import json
+
+    import tensorflow as tf
+
+    from trainer.export import META_BLOCK_JSON
+
+    path = os.path.join(check_meta_block(serving_model_dir), META_BLOCK_JSON)
+    with tf.io.gfile.GFile(path) as fh:
+        info = json.loads(fh.read())
+    return tuple(info.get("limaml_config", {}).get("model", {}).get("meta_blocks", ("user",)))
+
+
+def genre_set_arg(serving_model_dir: str) -> Optional[str]:
+    """``genres`` for :func:`generate.GenerateEmbeddings` with this model: ``"catalogue"`` for a
+    model with the user × genre block, None for a single-block model."""
+    from components.meta_embedding_gen.generate import CATALOGUE
+
+    return CATALOGUE if "user_x_genre" in meta_blocks_of(serving_model_dir) else None
 
 
 class MetaBlockLoader:
