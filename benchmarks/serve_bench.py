@@ -173,7 +173,8 @@ def _raw_floor_inputs(saved_model_dir: str, user_id: str, cands: Sequence[Mappin
     out: Dict[str, Any] = {}
     for name, ts in spec.items():
         if name == F.META_EMBEDDING:
-            out[name] = np.tile(np.asarray(emb, np.float32), (n, 1))
+            emb = np.asarray(emb, np.float32)
+            out[name] = emb if emb.ndim == 2 else np.tile(emb, (n, 1))
             continue
         vals = [shared[name]] * n if name in shared else [c.get(name) for c in cands]
         if any(v is None for v in vals):
@@ -181,6 +182,17 @@ def _raw_floor_inputs(saved_model_dir: str, user_id: str, cands: Sequence[Mappin
         out[name] = np.asarray(vals, dtype=object if ts.dtype == tf.string
                                else ts.dtype.as_numpy_dtype)
     return out
+
+
+def _floor_embeddings(ranker: Any, lookup: Any, user_id: str, cands: Sequence[Mapping[str, Any]],
+                      version: int) -> np.ndarray:
+    """The embedding the ranker sends for these candidates: ``[E]`` (single block) or ``[n, 2E]``."""
+    if not getattr(ranker, "multi_block", False):
+        return lookup.lookup([user_id], str(version)).embeddings[0]
+    from serving import multi_block
+
+    genres = multi_block.PrimaryGenres()([c.get(F.GENRES) for c in cands])
+    return multi_block.candidate_embeddings(lookup, user_id, genres, str(version)).embeddings
 
 
 def run_serve_bench(
@@ -200,6 +212,7 @@ def run_serve_bench(
     concurrencies: Sequence[int] = (1, 8, 32),
     ids_only: bool = False,
     item_cache: Any = None,
+    meta_blocks: Sequence[str] = ("user",),
 ) -> List[Dict[str, float]]:
     """Measures the HTTP ranker service end to end from a separate client process.
 
@@ -222,6 +235,8 @@ def run_serve_bench(
         concurrencies: clients at once, one row per (candidate count, concurrency).
         ids_only: send item ids only (the ranker fills features from ``item_cache``).
         item_cache: the ranker's item cache (default: one of the candidates, when ids_only).
+        meta_blocks: the served model's meta blocks (``("user", "user_x_genre")``: the ranker
+            sends ``[e_user, e_user×genre]`` per candidate, :mod:`serving.multi_block`).
 
     Returns:
         One row per candidate count: candidates, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms,
@@ -260,12 +275,12 @@ def run_serve_bench(
                                                             DEFAULT_REQUIRED_CANDIDATE_FEATURES)
         item_cache = ItemCache.from_records(pool_for_cache)
     ranker = Ranker(model_target, model_name, embedding_lookup, timeout_s=timeout_s,
-                    max_candidates=max(max(candidate_counts), 1), item_cache=item_cache)
+                    max_candidates=max(max(candidate_counts), 1), item_cache=item_cache,
+                    meta_blocks=meta_blocks)
     service = start_ranker_service(ranker)
     rows: List[Dict[str, float]] = []
     try:
         version = ranker.model_version()
-        emb = embedding_lookup.lookup([user_id], str(version)).embeddings[0]
         saved_model_dir = os.path.join(model_base_dir, str(version))
         import tempfile
 
@@ -285,6 +300,7 @@ def run_serve_bench(
                     body["user_features"] = dict(user_features)
                 with open(body_path, "w", encoding="utf-8") as fh:
                     json.dump(body, fh)
+                emb = _floor_embeddings(ranker, embedding_lookup, user_id, cands, version)
                 examples = serialize_candidates(user_id, cands, emb, user_features)
                 raw = _raw_floor_inputs(saved_model_dir, user_id, cands, emb, user_features)
                 floor = _floor_p50_ms(saved_model_dir, examples, max_requests, max_seconds, raw)
@@ -304,7 +320,8 @@ def run_serve_bench(
                         "candidates": n, "concurrency": conc, **_percentiles(lat),
                         "qps": len(lat) / max(out["elapsed_s"], 1e-9), "floor_p50_ms": floor,
                         "signature": "predict_raw" if raw is not None else "serving_default",
-                        "ids_only": bool(ids_only), "requests": len(lat)}
+                        "ids_only": bool(ids_only), "requests": len(lat),
+                        "meta_blocks": "+".join(meta_blocks)}
                     rows.append(row)
     finally:
         service.stop()
@@ -376,6 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--concurrency: give counts >= 1")
 
     from serving.local_stack import read_eval_requests, start_local_stack
+    from serving.multi_block import MULTI_BLOCKS
 
     requests = read_eval_requests(args.run, max_users=200, max_candidates=max(counts))
     if not requests:
@@ -399,7 +417,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             candidate_counts=counts, max_requests=args.max_requests, max_seconds=args.max_seconds,
             warmup=args.warmup, user_id=request["user_id"], model_target=stack.model_target,
             user_features=request["user_features"], candidates=pool, concurrencies=concs,
-            ids_only=args.ids_only, item_cache=stack.ranker.item_cache)
+            ids_only=args.ids_only, item_cache=stack.ranker.item_cache,
+            meta_blocks=MULTI_BLOCKS if stack.ranker.multi_block else ("user",))
     finally:
         stack.stop()
     for row in rows:

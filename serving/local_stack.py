@@ -14,7 +14,9 @@
    embeddings into it with the Bigtable store's own ``write`` (same row keys, cells and commit
    pointer as production), then serves from Bigtable.
 3. **Embedding lookup** (:class:`serving.embedding_lookup.EmbeddingLookup`: batched, cached,
-   timeout, cold-start fallback) warmed up for the served version.
+   timeout, cold-start fallback) warmed up for the served version. A multi-block version
+   (``meta_blocks`` in its ``meta_block.json``) is ranked with ``[e_user, e_user×genre]`` per
+   candidate (:mod:`serving.multi_block`).
 4. **Ranker** (:class:`serving.ranker.Ranker`, real gRPC to the model server) and its **HTTP
    service** (:mod:`serving.ranker_service`: ``POST /v1/rank``, ``GET /healthz``,
    ``GET /readyz``).
@@ -519,6 +521,7 @@ def start_local_stack(
 
         from serving import model_server
         from serving.embedding_lookup import EmbeddingLookup
+        from serving.multi_block import served_meta_blocks
         from serving.ranker import Ranker
         from serving.ranker_service import start_ranker_service
 
@@ -536,7 +539,7 @@ def start_local_stack(
         items = run_item_cache(folder.metadata_path) if item_cache else None
         ranker = Ranker(server.target, name, lookup, timeout_s=timeout_s,
                         max_candidates=max_candidates, item_cache=items,
-                        auth_token=model_auth_token)
+                        auth_token=model_auth_token, meta_blocks=served_meta_blocks(version_dir))
         started.append(ranker)
         served = str(ranker.model_version(refresh=True))
         try:

@@ -80,7 +80,8 @@ def raw_request(model_name: str, version: int, inputs: Mapping[str, int],
         inputs: input name -> dtype, from :func:`raw_signature_inputs` (without the embedding).
         columns: input name -> ``[N]`` values: a list of UTF-8 bytes for strings, an array for
             numbers; every name of ``inputs`` must be there.
-        meta_embedding: float32 ``[E]`` of the user (repeated for the N rows).
+        meta_embedding: float32 ``[E]`` of the user (repeated for the N rows), or ``[N, W]``
+            one row per candidate (a multi-block model's ``[e_user, e_user×genre]``).
         n: candidates.
 
     Returns:
@@ -95,7 +96,11 @@ def raw_request(model_name: str, version: int, inputs: Mapping[str, int],
             req.inputs[name].CopyFrom(string_tensor(columns[name]))  # type: ignore[arg-type]
         else:
             req.inputs[name].CopyFrom(numeric_tensor(np.asarray(columns[name]), dtype))
-    emb = np.broadcast_to(np.asarray(meta_embedding, np.float32), (n, len(meta_embedding)))
+    emb = np.asarray(meta_embedding, np.float32)
+    if emb.ndim == 1:
+        emb = np.broadcast_to(emb, (n, emb.shape[0]))
+    elif emb.shape[0] != n:
+        raise ValueError(f"meta_embedding has {emb.shape[0]} rows for {n} candidates")
     req.inputs[F.META_EMBEDDING].CopyFrom(numeric_tensor(emb, types_pb2.DT_FLOAT))
     req.output_filter.append(PROBABILITIES_OUTPUT)
     return req

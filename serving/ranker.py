@@ -21,6 +21,12 @@ For a request ``(user_id, candidates)`` the ranker (DESIGN.md sections 1 and 5):
 Item features may come from an :class:`serving.item_cache.ItemCache`: then a candidate needs
 only its ``item_id`` (``rank``), or the client sends ids alone (``rank_items``).
 
+A multi-block model (``meta_blocks=("user", "user_x_genre")``) gets, per candidate, the 2E-wide
+``[e_user, e_user×genre]`` of the candidate's primary genre, read with the user's row in one
+batched lookup, with the fallback chain of :mod:`serving.multi_block` (user × genre → user →
+cold-start rows); each response carries the per-candidate fallback counts (``fallbacks``) and
+``Ranker.fallback_counts`` sums them over requests.
+
 If the model server cannot answer, ``ModelServerUnavailable`` is raised: the ranker never makes
 up a score.
 
@@ -47,7 +53,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from embeddings.entity_keys import SEPARATOR as ENTITY_SEPARATOR
 from schema import features as F
+from serving import multi_block as MB
 from serving import predict_request as PR
 from serving.item_cache import ITEM_FEATURE_KINDS, ItemCache, missing_item_error
 from serving.tf_example import (
@@ -144,11 +152,15 @@ class RankResponse:
     model_version: str
     cold_start: bool
     degraded: Optional[str] = None
+    fallbacks: Optional[Dict[str, int]] = None
 
     def to_json(self) -> Dict[str, Any]:
-        """The response as a JSON-ready dict."""
-        return {"scores": list(self.scores), "model_version": self.model_version,
-                "cold_start": self.cold_start, "degraded": self.degraded}
+        """The response as a JSON-ready dict (``fallbacks`` only for a multi-block model)."""
+        out = {"scores": list(self.scores), "model_version": self.model_version,
+               "cold_start": self.cold_start, "degraded": self.degraded}
+        if self.fallbacks is not None:
+            out["fallbacks"] = dict(self.fallbacks)
+        return out
 
 
 @dataclass
@@ -176,6 +188,9 @@ class Ranker:
         auth_token: shared token sent as ``authorization: Bearer <token>`` gRPC metadata
             (the stand-in's ``--auth_token_file``); None sends none.
         max_message_bytes: largest gRPC message sent or received.
+        meta_blocks: the served model's meta blocks: ``("user",)`` (one embedding per user) or
+            ``("user", "user_x_genre")`` (``[e_user, e_user×genre]`` per candidate,
+            :mod:`serving.multi_block`).
 
     Raises:
         ValueError: for a non-positive timeout or max_candidates, or an empty target/name.
@@ -194,6 +209,7 @@ class Ranker:
         use_raw_signature: bool = True,
         auth_token: Optional[str] = None,
         max_message_bytes: int = 16 << 20,
+        meta_blocks: Sequence[str] = ("user",),
     ) -> None:
         if not model_channel_target:
             raise ValueError("model_channel_target is empty; pass TF Serving's 'host:port'")
@@ -218,6 +234,10 @@ class Ranker:
         self._lookup = embedding_lookup
         self.item_cache = item_cache
         self.use_raw_signature = bool(use_raw_signature)
+        self.multi_block = MB.is_multi_block(meta_blocks)
+        self._genres = MB.PrimaryGenres() if self.multi_block else None
+        self.fallback_counts: Dict[str, int] = dict.fromkeys(MB.FALLBACKS, 0)
+        self._fallback_lock = threading.Lock()
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
         self._channel = grpc.insecure_channel(
             model_channel_target,
@@ -563,9 +583,35 @@ class Ranker:
                 out[name] = np.asarray(col)
         return out
 
+    def _candidate_embeddings(self, version: int, user_id: str, columns: Dict[str, list], n: int):
+        """Multi-block: ``([n, 2E], cold, degraded, fallbacks)`` from one batched lookup."""
+        if ENTITY_SEPARATOR in user_id:
+            raise InvalidRequest("user_id", f"{user_id!r} contains "
+                                 f"{ENTITY_SEPARATOR!r}, the separator of user × genre "
+                                 "keys; such ids are not served by a multi-block model")
+        col = columns.get(F.GENRES)
+        genres = self._genres([None] * n if col is None else col)
+        try:
+            res = MB.candidate_embeddings(self._lookup, user_id, genres, str(version))
+        except Exception as exc:  # noqa: BLE001 - report any lookup failure as one error type
+            raise EmbeddingLookupError(
+                f"embedding lookup for user {user_id!r} at model version {version} failed: "
+                f"{type(exc).__name__}: {exc}", str(version)) from exc
+        if not np.all(np.isfinite(res.embeddings)):
+            raise EmbeddingLookupError(
+                f"embedding lookup returned a non-finite embedding for user {user_id!r}")
+        with self._fallback_lock:
+            for name, count in res.fallbacks.items():
+                self.fallback_counts[name] += count
+        return res.embeddings, res.cold, res.degraded, res.fallbacks
+
     def _rank_at(self, version: int, user_id: str, columns: Dict[str, list], n: int,
                  user_features: Optional[Mapping[str, Any]]) -> RankResponse:
-        emb, cold, degraded = self._embedding(user_id, version)
+        fallbacks = None
+        if self.multi_block:
+            emb, cold, degraded, fallbacks = self._candidate_embeddings(version, user_id, columns, n)
+        else:
+            emb, cold, degraded = self._embedding(user_id, version)
         inputs = self._raw_inputs_of(version)
         raw = self._raw_columns(inputs, user_id, columns, n, user_features) if inputs else None
         if raw is not None:
@@ -592,7 +638,8 @@ class Ranker:
             raise ModelServerError(
                 f"model {self.model_name!r} version {version} signature "
                 f"{req.model_spec.signature_name!r}: {exc}") from None
-        return RankResponse(scores, str(resp.model_spec.version.value or version), cold, degraded)
+        return RankResponse(scores, str(resp.model_spec.version.value or version), cold, degraded,
+                            fallbacks)
 
     def _rpc_failure(self, method: str, exc: grpc.RpcError) -> ModelServerError:
         code = exc.code()

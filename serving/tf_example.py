@@ -209,7 +209,9 @@ def serialize_candidates(
     Args:
         user_id: the user; stored as feature ``USER_ID``.
         candidates: raw candidate feature dicts (values checked with ``check_value``).
-        meta_embedding: float vector ``[E]`` of the user.
+        meta_embedding: float vector ``[E]`` of the user (shared), or ``[N, W]``, one row per
+            candidate (a multi-block model's ``[e_user, e_user×genre]``, then stored in each
+            candidate's own part).
         user_features: optional raw user features shared by all candidates.
 
     Returns:
@@ -219,7 +221,14 @@ def serialize_candidates(
         FeatureError: if a candidate repeats a shared key or holds an unknown feature.
     """
     shared_raw = {**(user_features or {}), F.USER_ID: user_id}
-    shared = make_example(shared_raw, meta_embedding, "user").SerializeToString()
+    per_candidate = np.ndim(meta_embedding) == 2
+    if per_candidate and np.shape(meta_embedding)[0] != len(candidates):
+        raise ValueError(f"meta_embedding has {np.shape(meta_embedding)[0]} rows for "
+                         f"{len(candidates)} candidates")
+    shared_ex = make_example(shared_raw, np.zeros(0) if per_candidate else meta_embedding, "user")
+    if per_candidate:
+        del shared_ex.features.feature[F.META_EMBEDDING]
+    shared = shared_ex.SerializeToString()
     shared_keys = set(shared_raw) | {F.META_EMBEDDING}
     kinds = SERVING_FEATURE_KINDS
     out: List[bytes] = []
@@ -237,5 +246,8 @@ def serialize_candidates(
                     "remove it from the candidate" if kind else "unknown feature",
                 )
             _set_feature(fmap, name, kind, value)
+        if per_candidate:
+            fmap[F.META_EMBEDDING].float_list.value.extend(
+                np.asarray(meta_embedding[i], dtype=np.float32).tolist())
         out.append(ex.SerializeToString() + shared)
     return out

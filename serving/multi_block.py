@@ -1,0 +1,176 @@
+"""Per-candidate meta embeddings of a multi-block model: ``[e_user, e_user×genre]`` for the ranker.
+
+A model with the user × genre block (``meta_blocks = ("user", "user_x_genre")``) scores a
+candidate with the concatenation ``[e_user, e_user×g]`` (width 2E), ``g`` the candidate's primary
+genre bucket (:mod:`embeddings.entity_keys`). Per request, :func:`candidate_embeddings` reads in
+**one** batched lookup the keys::
+
+    user, user#g_1 .. user#g_k, __cold_start__#g_1 .. __cold_start__#g_k
+
+(``g_1..g_k`` the distinct primary genres of the candidates) and applies the fallback chain:
+
+* ``user#g`` missing (a genre outside the store's catalogue, a user written by an older MEG) →
+  the user's ``e_user`` in the genre slot (counted ``genre_to_user``);
+* ``user`` missing (unknown user, or the store down/slow) → the cold-start rows:
+  ``__cold_start__`` in the user slot and ``__cold_start__#g`` in the genre slot (counted
+  ``user_to_cold``); a missing ``__cold_start__#g`` → the ``__cold_start__`` row there too
+  (counted ``cold_genre_to_cold``).
+
+The counts are per candidate. The primary genre of a raw candidate is computed as the Transform
+does (:func:`trainer.preprocessing.multi_hot`: ``'|'``-split, empty tokens dropped,
+``tf.strings.to_hash_bucket_fast``), then the lowest bucket (0 without genres); results are
+cached per distinct genre string.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from embeddings import entity_keys
+from schema import features as F
+
+MULTI_BLOCKS = ("user", "user_x_genre")
+FALLBACKS = ("genre_to_user", "user_to_cold", "cold_genre_to_cold")
+"""Fallback counters (per candidate), see the module doc."""
+
+
+def is_multi_block(meta_blocks: Sequence[str]) -> bool:
+    """Whether ``meta_blocks`` (``ModelConfig.meta_blocks``) include the user × genre block.
+
+    Raises:
+        ValueError: blocks other than ``("user",)`` and ``("user", "user_x_genre")`` (named).
+    """
+    blocks = tuple(meta_blocks)
+    if blocks not in (("user",), MULTI_BLOCKS):
+        raise ValueError(f"meta_blocks {blocks!r}: the ranker serves ('user',) or {MULTI_BLOCKS!r}")
+    return blocks == MULTI_BLOCKS
+
+
+def served_meta_blocks(version_dir: str) -> Tuple[str, ...]:
+    """The meta blocks of a pushed version folder (its ``assets.extra/meta_block/meta_block.json``;
+    ``("user",)`` when it has none, e.g. a baseline)."""
+    path = os.path.join(version_dir, "assets.extra", "meta_block", "meta_block.json")
+    if not os.path.isfile(path):
+        return ("user",)
+    with open(path, encoding="utf-8") as fh:
+        info = json.load(fh)
+    blocks = info.get("meta_blocks") or info.get("limaml_config", {}).get("model", {}).get(
+        "meta_blocks", ["user"])
+    return tuple(blocks)
+
+
+class PrimaryGenres:
+    """Raw ``genres`` strings -> primary genre buckets, as the Transform hashes them, cached.
+
+    Args:
+        buckets: genre hash buckets (the schema's, 64).
+        max_entries: most distinct genre strings cached (the cache is cleared when full).
+    """
+
+    def __init__(self, buckets: Optional[int] = None, max_entries: int = 100_000) -> None:
+        self.buckets = int(buckets or F.encoding(F.GENRES).buckets)
+        self.max_entries = int(max_entries)
+        self._cache: Dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    def _compute(self, values: Sequence[bytes]) -> np.ndarray:
+        import tensorflow as tf
+
+        tokens = tf.strings.split(tf.constant(list(values), tf.string), sep=F.GENRE_SEPARATOR)
+        tokens = tf.ragged.boolean_mask(tokens, tf.strings.length(tokens) > 0)
+        ids = tf.strings.to_hash_bucket_fast(tokens, self.buckets)
+        lowest = tf.reduce_min(ids, axis=1)  # rows without a token: int64 max
+        return np.where(tokens.row_lengths().numpy() > 0, lowest.numpy(), 0).astype(np.int64)
+
+    def __call__(self, genres: Sequence[Any]) -> np.ndarray:
+        """Primary genre buckets ``[n]`` int64 of raw ``'|'``-joined genre strings ``[n]``
+        (str, bytes or None; None and ``""`` give 0, as in training)."""
+        raw = [b"" if g is None else g.encode("utf-8") if isinstance(g, str) else bytes(g)
+               for g in genres]
+        cache = self._cache
+        new = sorted({g for g in raw if g not in cache})
+        if new:
+            found = dict(zip(new, self._compute(new).tolist()))
+            with self._lock:
+                if len(cache) + len(found) > self.max_entries:
+                    cache.clear()
+                cache.update(found)
+            lookup = {**cache, **found}
+        else:
+            lookup = cache
+        return np.fromiter((lookup[g] for g in raw), dtype=np.int64, count=len(raw))
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateEmbeddings:
+    """What :func:`candidate_embeddings` returns.
+
+    Attributes:
+        embeddings: float32 ``[n, 2E]``, ``[e_user, e_user×g(c)]`` per candidate c.
+        cold: the user had no row (cold-start rows used).
+        degraded: the lookup's degradation reason, or None.
+        fallbacks: ``{name: candidates}`` for each of :data:`FALLBACKS`.
+    """
+
+    embeddings: np.ndarray
+    cold: bool
+    degraded: Optional[str]
+    fallbacks: Dict[str, int]
+
+
+def lookup_keys(user_id: str, genres: np.ndarray) -> np.ndarray:
+    """The keys of one request: ``[user, user#g.., __cold_start__#g..]`` for distinct ``genres``."""
+    cold = [entity_keys.cold_genre_key(g) for g in genres]
+    return np.concatenate([np.array([user_id], dtype=object),
+                           entity_keys.genre_keys([user_id], genres),
+                           np.array(cold, dtype=object)])
+
+
+def candidate_embeddings(lookup: Any, user_id: str, genres: np.ndarray, model_version: str
+                         ) -> CandidateEmbeddings:
+    """``[e_user, e_user×genre]`` of every candidate, from one batched lookup.
+
+    Args:
+        lookup: ``lookup(keys, model_version)`` -> ``embeddings [N, E]`` and ``cold [N]`` (True:
+            the key has no row; :class:`serving.embedding_lookup.EmbeddingLookup`).
+        user_id: the user (without :data:`entity_keys.SEPARATOR`).
+        genres: ``[n]`` int primary genre buckets of the candidates.
+        model_version: the served version.
+
+    Returns:
+        :class:`CandidateEmbeddings`.
+
+    Raises:
+        ValueError: a malformed lookup result (named shapes).
+    """
+    genres = np.asarray(genres, np.int64).reshape(-1)
+    uniq, inverse = np.unique(genres, return_inverse=True)
+    k, n = uniq.shape[0], genres.shape[0]
+    res = lookup.lookup(lookup_keys(user_id, uniq), model_version)
+    emb = np.asarray(res.embeddings, np.float32)
+    missing = np.asarray(res.cold, bool)
+    if emb.ndim != 2 or emb.shape[0] != 1 + 2 * k or missing.shape != (1 + 2 * k,):
+        raise ValueError(f"lookup returned embeddings {emb.shape} and cold {missing.shape} for "
+                         f"{1 + 2 * k} keys")
+    e_user = emb[0]
+    counts = dict.fromkeys(FALLBACKS, 0)
+    if not missing[0]:
+        slot, slot_missing = emb[1:1 + k].copy(), missing[1:1 + k]
+        counts["genre_to_user"] = int(slot_missing[inverse].sum())
+    else:  # unknown user (or no store): e_user is the cold-start row
+        slot, slot_missing = emb[1 + k:].copy(), missing[1 + k:]
+        counts["user_to_cold"] = n
+        counts["cold_genre_to_cold"] = int(slot_missing[inverse].sum())
+    slot[slot_missing] = e_user
+    out = np.concatenate([np.broadcast_to(e_user, (n, e_user.shape[0])), slot[inverse]], axis=1)
+    return CandidateEmbeddings(np.ascontiguousarray(out), bool(missing[0]),
+                               getattr(res, "degraded", None), counts)
+
+
+__all__ = ["CandidateEmbeddings", "FALLBACKS", "MULTI_BLOCKS", "PrimaryGenres",
+           "candidate_embeddings", "is_multi_block", "lookup_keys", "served_meta_blocks"]
