@@ -10,13 +10,13 @@ import html
 import os
 from typing import Any, Mapping
 
-from report.html import _figure, _figure_to_img
+from report.plots import figure, figure_to_img
 
 
 def _plot_auc(summary: Mapping[str, Any]) -> str:
     stats = summary["auc_mean_sd"]
     slices = list(next(iter(stats.values())).keys()) if stats else []
-    fig, ax = _figure((8, 4))
+    fig, ax = figure((8, 4))
     x = list(range(len(slices)))
     for i, (model, by_slice) in enumerate(stats.items()):
         means = [by_slice[s][0] if by_slice[s][0] is not None else float("nan") for s in slices]
@@ -29,12 +29,12 @@ def _plot_auc(summary: Mapping[str, Any]) -> str:
     ax.set_xticklabels(slices)
     ax.set_ylabel("query AUC (mean ± sd over seeds)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4)
-    return _figure_to_img(fig, "experiment-auc", "AUC by cohort, mean and sd over seeds")
+    return figure_to_img(fig, "experiment-auc", "AUC by cohort, mean and sd over seeds")
 
 
 def _plot_paired(summary: Mapping[str, Any]) -> str:
     comps = summary.get("comparisons", {})
-    fig, ax = _figure((8, 4))
+    fig, ax = figure((8, 4))
     for i, (name, comp) in enumerate(comps.items()):
         slices = ["overall"] + list(comp["cohorts"])
         entries = [comp["overall"]] + [comp["cohorts"][c] for c in comp["cohorts"]]
@@ -52,7 +52,7 @@ def _plot_paired(summary: Mapping[str, Any]) -> str:
     ax.axhline(0.0, color="k", linewidth=0.8)
     ax.set_ylabel("paired AUC difference (95% bootstrap CI)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
-    return _figure_to_img(fig, "experiment-paired", "paired AUC difference of LiMAML to each model")
+    return figure_to_img(fig, "experiment-paired", "paired AUC difference of LiMAML to each model")
 
 
 def _table(summary: Mapping[str, Any]) -> str:
