@@ -256,6 +256,11 @@ class TrainConfig:
             ``"logloss"``. A lower log loss with a lower AUC is how, on ML-1M, the global DNN
             kept epochs that ranked worse than its own warm start.
         baseline_val_fraction: fraction of the baseline examples held out for early stopping.
+        baseline_validation: the deep baselines' early-stopping rows: ``"held_out_users"``
+            (users held out as the budget protocol holds out evaluated users: a few history
+            rows trained on, the next ones validation; their later rows unused; twice
+            ``baseline_val_fraction`` of the users) or ``"later"`` (training users' later
+            interactions). See :mod:`trainer.validation`.
         baseline_l2: L2 penalty on the baselines' embedding tables and weights.
         linear_warm_start: start the wide part of a deep model (global DNN with ``wide``,
             wide&deep, LiMAML with ``wide``) from its fitted linear counterpart, with the deep
@@ -277,12 +282,18 @@ class TrainConfig:
     baseline_patience: int = 2
     baseline_early_stopping: str = "auc"
     baseline_val_fraction: float = 0.1
+    baseline_validation: str = "held_out_users"
     baseline_l2: float = 0.0
     linear_c_grid: Tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
     linear_warm_start: bool = True
     log_every: int = 50
     checkpoint_every: int = 200
     train_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.baseline_validation not in ("held_out_users", "later"):
+            raise ValueError(f"baseline_validation {self.baseline_validation!r} must be "
+                             "'held_out_users' or 'later'")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,8 +124,8 @@ def test_early_stopping_falls_back_to_the_warm_start_when_training_only_hurts(wa
     # a learning rate of 50 wrecks every epoch: the warm start (epoch -1) must be kept
     cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=50.0, baseline_epochs=2,
                       baseline_early_stopping=watch)
-    # the warm start is fitted without the validation rows that judge it
-    train = ~baselines.validation_rows(data, cfg)
+    # the warm start is fitted on the training rows only (not the validation rows that judge it)
+    train = baselines.early_stopping_roles(data, cfg) == "train"
     ref = linear.LinearModel(layout, "linear")
     linear.fit_linear(ref, {k: v[train] for k, v in data.items()}, c_grid=(0.3,))
     model = baselines.make_baseline("global_dnn", layout, mcfg)
@@ -144,7 +144,7 @@ def test_the_warm_start_never_learns_from_the_validation_rows_that_judge_it(kind
 
     data, layout, mcfg = _encoded_world()
     cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=50.0, baseline_epochs=1)
-    val = baselines.validation_rows(data, cfg)
+    val = baselines.early_stopping_roles(data, cfg) == "val"
     assert val.sum() >= 20
     planted = int(data["item_id"].max())
     data = dict(data, item_id=np.where(val, planted, np.minimum(data["item_id"], planted - 1)),
@@ -165,7 +165,7 @@ def test_auc_early_stopping_scores_epochs_by_one_minus_validation_auc():
                       linear_warm_start=False)
     model = baselines.make_baseline("global_dnn", layout, mcfg)
     info = baselines.fit_baseline(model, data, cfg)
-    val = baselines.validation_rows(data, cfg)
+    val = baselines.early_stopping_roles(data, cfg) == "val"
     y = data["label"][val]
     p = baselines.predict_logits(model, {k: v[val] for k, v in data.items()})
     # independent AUC: the share of (positive, negative) pairs ranked right

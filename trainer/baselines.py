@@ -177,6 +177,20 @@ def validation_rows(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> n
     return rng.uniform(size=n) < train_cfg.baseline_val_fraction
 
 
+def early_stopping_roles(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> np.ndarray:
+    """``[N]`` role of each row for a deep baseline: ``"train"``, ``"val"`` or ``"unused"``.
+
+    ``baseline_validation="held_out_users"`` (with user ids and timestamps):
+    :func:`trainer.validation.held_out_user_roles`; otherwise :func:`validation_rows`.
+    """
+    if (train_cfg.baseline_validation == "held_out_users" and features.USER_ID in data
+            and features.TIMESTAMP in data):
+        return validation.held_out_user_roles(
+            np.asarray(data[features.USER_ID]), np.asarray(data[features.TIMESTAMP]),
+            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), seed=train_cfg.seed)
+    return np.where(validation_rows(data, train_cfg), "val", "train").astype(object)
+
+
 def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
                  val_data: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, object]:
     """Trains a baseline with Adam on flat examples; early stopping on the validation rows
@@ -205,9 +219,9 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
             mask = validation_rows(data, train_cfg)
         return linear.fit_linear(model, data, mask, c_grid=train_cfg.linear_c_grid)
     if val_data is None and train_cfg.baseline_val_fraction > 0 and n >= 20:
-        is_val = validation_rows(data, train_cfg)
-        val_data = _subset(data, np.flatnonzero(is_val), keys + [LABEL])
-        data = _subset(data, np.flatnonzero(~is_val), keys + [LABEL])
+        role = early_stopping_roles(data, train_cfg)
+        val_data = _subset(data, np.flatnonzero(role == "val"), keys + [LABEL])
+        data = _subset(data, np.flatnonzero(role == "train"), keys + [LABEL])
         n = len(data[LABEL])
     warm = None
     if train_cfg.linear_warm_start:

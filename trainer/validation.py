@@ -1,4 +1,12 @@
-"""Validation rows carved from training users' *later* interactions (for tuning and early stopping).
+"""Validation rows carved from training users (for tuning and early stopping), two ways.
+
+- :func:`later_interactions_mask`: training users' *later* interactions (the linear references'
+  choice of C);
+- :func:`held_out_user_roles`: held-out users treated as the budget protocol treats evaluated
+  users (a few history rows trainable, the next ones validation, the rest unused), so that early
+  stopping judges a model the way the query rows will: on users it has barely seen. Validating
+  the deep baselines on training users' later interactions rewarded memorising users through
+  their features (a zip code names a few users), which does not carry to new users.
 
 Every model (LiMAML, the DNN baselines, the linear references) is tuned and early-stopped on the
 same kind of split, never on query rows: a seeded ``fraction`` of users (by a stable hash of the
@@ -7,8 +15,14 @@ order, at most ``horizon`` rows, to the validation set. Users with fewer than 2 
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import numpy as np
 import pandas as pd
+
+from limaml.config import ProtocolConfig
+from limaml.data import protocols
 
 
 def later_interactions_mask(user_ids: np.ndarray, timestamps: np.ndarray, fraction: float = 0.2,
@@ -43,3 +57,38 @@ def later_interactions_mask(user_ids: np.ndarray, timestamps: np.ndarray, fracti
     out = np.zeros(n, bool)
     out[frame["i"].to_numpy()] = val_sorted
     return out & chosen
+
+
+def held_out_user_roles(user_ids: np.ndarray, timestamps: np.ndarray, fraction: float = 0.2,
+                        seed: int = 0, protocol: Optional[ProtocolConfig] = None) -> np.ndarray:
+    """Role ``[N]`` of each row: ``"train"``, ``"val"`` or ``"unused"`` (any row order).
+
+    A salted ``fraction`` of users is held out as the budget protocol holds out evaluation users
+    (:func:`limaml.data.protocols.apply_budget`: cohort-balanced history size k, the first k rows
+    trainable, the next ``protocol.horizon`` validation, later rows unused); every other row is
+    ``"train"``.
+
+    Args:
+        user_ids: ``[N]`` user keys.
+        timestamps: ``[N]`` seconds; orders each user's rows (ties keep input order).
+        fraction: share of users held out.
+        seed: salt of the user hash (added to ``protocol.seed``).
+        protocol: cohort edges and horizon of the held-out users (default: ``ProtocolConfig()``).
+
+    Returns:
+        ``[N]`` object array of roles.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction {fraction} must be in (0, 1)")
+    protocol = ProtocolConfig() if protocol is None else protocol
+    n = len(np.asarray(user_ids))
+    frame = pd.DataFrame({"user_id": pd.Series(np.asarray(user_ids)).astype(str).to_numpy(),
+                          "timestamp": np.asarray(timestamps), "item_id": np.arange(n)})
+    vp = dataclasses.replace(protocol, name="budget", eval_fraction=fraction,
+                             seed=protocol.seed + 7919 * (seed + 1))
+    split = protocols.apply(frame, vp)
+    role = split.interactions[protocols.ROLE].to_numpy()
+    out = np.empty(n, dtype=object)
+    out[split.interactions["item_id"].to_numpy()] = np.where(
+        role == "query", "val", np.where(role == "unused", "unused", "train"))
+    return out
