@@ -5,8 +5,10 @@ nothing from anywhere, so it can be opened from an artifact store or attached to
 
 Elements (ids): summary (``summary``), under-trained baseline warning (``baseline-warning``, only
 when a baseline is flagged), AUC by cohort (``plot-auc``), paired lift chart and table
-(``plot-paired-lift``, ``paired-table``, only with ``comparisons``), relative lift
-(``plot-lift``, ``lift-table``), gap to oracle (``plot-oracle-gap``, only with an oracle),
+(``plot-paired-lift``, ``paired-table``, only with ``comparisons``), multi-block LiMAML vs
+LiMAML (``multi-block``, ``plot-multi-paired``, ``multi-paired-table``, only with
+``limaml_multi``), relative lift (``plot-lift``, ``lift-table``), gap to oracle
+(``plot-oracle-gap``, only with an oracle),
 calibration (``plot-calibration``), TFMA slice metrics (``slice-table``).
 
 This module assembles the page; the numbers are in :mod:`report.views`, the plots in
@@ -17,7 +19,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from report import html_tables as rt
 from report import metrics_schema as ms
@@ -90,7 +92,7 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         interval = "" if ci is None else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
         parts.append(f"ΔAUC {html.escape(rv.label(reference))} − {html.escape(rv.label(other))}: "
                      f"{entry['delta']:+.4f}{interval} ({html.escape(verdict)}, paired).")
-    for b in ([] if comparisons else rv.BASELINES):
+    for b in ([] if rv.comparisons(metrics, rv.LIMAML) else rv.BASELINES):
         lift = rv.relative_lift(metrics, rv.LIMAML, b, ms.OVERALL) if b in metrics["models"] else None
         if lift is not None:
             tag = "significant" if lift["significant"] else "not significant: 95% CIs overlap"
@@ -103,6 +105,30 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     n = overall[rv.LIMAML] if rv.LIMAML in overall else next(iter(overall.values()))
     parts.append(f"{n['examples']:,} evaluation examples from {n['users']:,} users.")
     return " ".join(parts)
+
+
+def _multi_block_section(metrics: Mapping[str, Any]) -> List[str]:
+    """The multi-block section (``multi-block``): ``limaml_multi``'s paired difference to LiMAML
+    per cohort (plot ``plot-multi-paired``, table ``multi-paired-table``); empty without it."""
+    multi = rv.comparisons(metrics, rv.MULTI_BLOCK)
+    if rv.MULTI_BLOCK not in metrics["models"] and not multi:
+        return []
+    out = ['<h2 id="multi-block">Multi-block LiMAML vs LiMAML</h2>',
+           "<p>LiMAML multi-block (<code>limaml_multi</code>) adds a second meta block adapted per user "
+           "× primary genre on the user's history in that genre; the global block reads both "
+           "embeddings. Its AUC by cohort is in the AUC plot and the slice table beside the other "
+           "models.</p>"]
+    if not multi:
+        return out + ['<p class="meta">No paired comparison with LiMAML (no per-row scores of both).</p>']
+    return out + [
+        rplt.plot_paired(metrics, multi, "plot-multi-paired",
+                         "Paired difference: LiMAML multi-block's AUC minus LiMAML's, on the same rows",
+                         "AUC difference between LiMAML multi-block and LiMAML by cohort with 95% paired "
+                         "bootstrap intervals"),
+        rt.paired_table(metrics, multi, "multi-paired-table"),
+        '<p class="meta">ΔAUC = AUC(LiMAML multi-block) − AUC(LiMAML) on the same query rows, with the '
+        "same paired cluster bootstrap over users as above.</p>",
+    ]
 
 
 def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence[Mapping[str, float]]],
@@ -142,24 +168,26 @@ def render_report(metrics: Mapping[str, Any], calibration: Mapping[str, Sequence
         "<h2>AUC by cohort</h2>",
         rplt.plot_auc(metrics),
     ]
-    if rv.comparisons(metrics):
+    lift_comparisons = rv.comparisons(metrics, rv.LIMAML)
+    if lift_comparisons:
         sections += [
             "<h2>Paired lift of LiMAML</h2>",
-            rplt.plot_paired(metrics),
-            rt.paired_table(metrics),
+            rplt.plot_paired(metrics, lift_comparisons),
+            rt.paired_table(metrics, lift_comparisons),
             "<p class=\"meta\">ΔAUC = AUC(LiMAML) − AUC(model) on the same query rows. 95% CI: percentile "
             "interval of a paired cluster bootstrap over users (each resample draws the slice's users with "
             "replacement, every drawn user brings all its rows, both models are scored on the same resample). "
             "p: two-sided bootstrap p-value. Verdict: better / worse when the interval excludes 0, "
             "n.s. when it contains 0.</p>",
         ]
+    sections += _multi_block_section(metrics)
     sections += [
         "<h2>Relative AUC lift of LiMAML</h2>",
         rplt.plot_lift(metrics),
         rt.lift_table(metrics),
         "<p class=\"meta\">Lift = AUC(LiMAML) / AUC(baseline) − 1. n.s. = not significant: the two 95% "
         "confidence intervals overlap (a conservative check on marginal intervals"
-        + ("; the paired intervals above are the test of a difference" if rv.comparisons(metrics) else "")
+        + ("; the paired intervals above are the test of a difference" if lift_comparisons else "")
         + ").</p>",
     ]
     if rv.ORACLE in metrics["models"]:

@@ -4,7 +4,7 @@ and paired comparisons (``paired-table``); the numbers come from :mod:`report.vi
 from __future__ import annotations
 
 import html
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Tuple
 
 from report import views as rv
 
@@ -53,11 +53,14 @@ def lift_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def paired_table(metrics: Mapping[str, Any]) -> str:
+def paired_table(metrics: Mapping[str, Any], comparisons: Sequence[Tuple[str, str, str, Mapping[str, Any]]],
+                 table_id: str = "paired-table") -> str:
+    """One row per comparison (:func:`report.views.comparisons`) and slice: ΔAUC, interval, p,
+    counts and the verdict."""
     head = ["comparison", "slice", "ΔAUC", "95% CI", "p", "users", "examples", "resamples", "verdict"]
-    out = ['<table id="paired-table">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>",
-           "<tbody>"]
-    for key, reference, other, comparison in rv.comparisons(metrics):
+    out = [f'<table id="{html.escape(table_id)}">',
+           "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    for key, reference, other, comparison in comparisons:
         for slice_name in rv.slices(metrics):
             entry = rv.comparison_slice(comparison, slice_name)
             ci = entry["ci95"]

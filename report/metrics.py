@@ -87,21 +87,25 @@ def _users(users_per_cohort: Mapping[str, int], cohorts: Sequence[str]) -> Dict[
 def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
                   users_per_cohort: Mapping[str, int], cohorts: Sequence[str] = DEFAULT_COHORTS,
                   cohort_key: str = F.COHORT,
-                  comparisons: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Builds the ``metrics.json`` dict from TFMA outputs.
+                  comparisons: Optional[Mapping[str, Any]] = None,
+                  extra_models: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Any]:
+    """Builds the ``metrics.json`` dict from TFMA outputs (and models measured elsewhere).
 
     Args:
         dataset: dataset name (e.g. ``movielens-100k``, ``synthetic``).
         protocol: evaluation protocol (``cutoff`` or ``budget``).
         sources: one ModelSource per model; ``limaml``, ``global_dnn`` and ``wide_deep_id`` are
-            required, ``linear``, ``linear_user_id`` and ``oracle`` optional. Several may share an
-            output directory.
+            required, ``limaml_multi``, ``linear``, ``linear_user_id`` and ``oracle`` optional.
+            Several may share an output directory.
         users_per_cohort: distinct evaluated users: ``{"overall": n, "0": n0, "1-4": n1, ...}``;
             a missing cohort counts 0 users, a missing ``overall`` the sum of the cohorts.
         cohorts: the cohort names, in report order.
         cohort_key: the feature TFMA sliced the cohorts by.
         comparisons: :func:`report.paired.paired_bootstrap`'s output (computed with the same
             ``cohorts``), stored as ``comparisons``; None: no such key.
+        extra_models: ``{model name: M}`` entries of models without a TFMA output (e.g.
+            :func:`report.score_metrics.model_metrics_from_scores` of ``limaml_multi``), stored
+            beside the TFMA-read ones, in report order.
 
     Returns:
         The dict described in this module's docstring (passes :func:`validate_metrics`), with
@@ -109,14 +113,19 @@ def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
 
     Raises:
         ValueError: a duplicate, missing or unknown model, bad user counts.
-        MetricsShapeError: ``comparisons`` does not have the shape above.
+        MetricsShapeError: ``comparisons`` or an ``extra_models`` entry does not have the shape
+            above.
         KeyError: a TFMA output lacks the source's model name or a metric.
         FileNotFoundError: a TFMA output directory is missing or empty.
     """
-    names = [s.name for s in sources]
+    extra = dict(extra_models or {})
+    names = [s.name for s in sources] + list(extra)
+    unknown = sorted(set(extra) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"extra_models names unknown models {unknown}; known: {list(MODEL_NAMES)}")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"sources name models {duplicates} more than once")
+        raise ValueError(f"sources and extra_models name models {duplicates} more than once")
     missing = [m for m in REQUIRED_MODELS if m not in names]
     if missing:
         raise ValueError(f"sources lack the required models {missing} (got {names})")
@@ -143,6 +152,8 @@ def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
             else:
                 per_cohort[cohort] = _empty_stats(users[cohort])
         models[source.name] = {"overall": overall, "cohorts": per_cohort}
+    models.update(copy.deepcopy(extra))
+    models = {m: models[m] for m in MODEL_NAMES if m in models}
     result: Dict[str, Any] = {"dataset": str(dataset), "protocol": str(protocol), "models": models,
                               "baseline_checks": rp.baseline_checks(models)}
     if comparisons is not None:

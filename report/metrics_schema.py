@@ -3,10 +3,11 @@
 Shape (checked by :func:`validate_metrics`)::
 
     {"dataset": str, "protocol": str,
-     "models": {"limaml": M, "global_dnn": M, "wide_deep_id": M
+     "models": {"limaml": M[, "limaml_multi": M], "global_dnn": M, "wide_deep_id": M
                 [, "linear": M][, "linear_user_id": M][, "oracle": M]},
      "baseline_checks": {"global_dnn": B, "wide_deep_id": B},      # pairs whose models are present
-     ["comparisons": {"limaml_vs_<other>": P, ...}]}               # when the caller passes them
+     ["comparisons": {"limaml_vs_<other>": P, ...                  # when the caller passes them
+                      [, "limaml_multi_vs_limaml": P]}]}           # when limaml_multi is scored
     M = {"overall": S, "cohorts": {"0": S, "1-4": S, "5-19": S, "20-99": S, "100+": S}}
     S = {"auc": float|null, "auc_ci95": [float, float]|null, "logloss": float|null,
          "examples": int, "users": int}
@@ -22,8 +23,10 @@ plus the hashed user id) are the linear reference models; ``baseline_checks`` (c
 ``wide_deep_id`` as ``under_trained`` when it does not beat its linear counterpart.
 ``comparisons`` holds :func:`report.paired.paired_bootstrap`'s output: AUC(limaml) - AUC(other)
 on the same rows with a paired cluster-bootstrap interval over users (``delta``, ``ci95`` and
-``p_value`` null where the slice has one class only). Older ``metrics.json`` files without the
-two keys still validate.
+``p_value`` null where the slice has one class only). ``limaml_multi`` is LiMAML with a second
+meta block per user × primary genre (:mod:`trainer.genre_block`); its comparison is the other
+way round, ``limaml_multi_vs_limaml`` = AUC(limaml_multi) - AUC(limaml). Older ``metrics.json``
+files without the two keys still validate.
 """
 from __future__ import annotations
 
@@ -35,9 +38,13 @@ from limaml.data.protocols import cohort_names
 from report import paired as rp
 
 DEFAULT_COHORTS: Tuple[str, ...] = tuple(cohort_names(DEFAULT_COHORT_EDGES))
+# LiMAML with the user × genre meta block beside the user block (trainer.genre_block)
+MULTI_BLOCK = "limaml_multi"
 REQUIRED_MODELS: Tuple[str, ...] = ("limaml", "global_dnn", "wide_deep_id")
-OPTIONAL_MODELS: Tuple[str, ...] = ("linear", "linear_user_id", "oracle")
-MODEL_NAMES: Tuple[str, ...] = REQUIRED_MODELS + OPTIONAL_MODELS
+# report order
+MODEL_NAMES: Tuple[str, ...] = ("limaml", MULTI_BLOCK, "global_dnn", "wide_deep_id", "linear",
+                                "linear_user_id", "oracle")
+OPTIONAL_MODELS: Tuple[str, ...] = tuple(m for m in MODEL_NAMES if m not in REQUIRED_MODELS)
 OVERALL = "overall"
 SLICE_STATS_KEYS: Tuple[str, ...] = ("auc", "auc_ci95", "logloss", "examples", "users")
 

@@ -107,7 +107,8 @@ class _SortedScores:
         return out
 
 
-def _as_labels(labels: Any, n: Optional[int] = None) -> np.ndarray:
+def as_labels(labels: Any, n: Optional[int] = None) -> np.ndarray:
+    """``labels`` as a 1-D bool array (0/1 or bool in; ``n`` rows when given); ValueError else."""
     y = np.asarray(labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {y.shape}")
@@ -120,7 +121,8 @@ def _as_labels(labels: Any, n: Optional[int] = None) -> np.ndarray:
     return y.astype(bool)
 
 
-def _as_scores(scores: Any, n: int, name: str = "scores") -> np.ndarray:
+def as_scores(scores: Any, n: int, name: str = "scores") -> np.ndarray:
+    """``scores`` as finite float64 ``[n]``; ValueError (naming ``name``) else."""
     s = np.asarray(scores, dtype=np.float64)
     if s.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {s.shape}")
@@ -150,8 +152,8 @@ def weighted_auc(labels: Any, scores: Any, weights: Any) -> np.ndarray:
         ValueError: mismatched shapes, labels other than 0/1, non-finite scores, negative or
             non-finite weights.
     """
-    y = _as_labels(labels)
-    s = _as_scores(scores, len(y))
+    y = as_labels(labels)
+    s = as_scores(scores, len(y))
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim not in (1, 2) or w.shape[-1] != len(y):
         raise ValueError(f"weights must have shape ({len(y)},) or (R, {len(y)}), got {w.shape}")
@@ -317,11 +319,11 @@ def paired_bootstrap(user_ids: np.ndarray, labels: np.ndarray, scores: Mapping[s
     if users.ndim != 1:
         raise ValueError(f"user_ids must be 1-D, got shape {users.shape}")
     n = len(users)
-    y = _as_labels(labels, n)
+    y = as_labels(labels, n)
     cohort_of_row = np.asarray(cohorts).astype(str)
     if cohort_of_row.shape != (n,):
         raise ValueError(f"cohorts must have shape ({n},), got {cohort_of_row.shape}")
-    model_scores = {m: _as_scores(s, n, f"scores[{m!r}]") for m, s in scores.items()}
+    model_scores = {m: as_scores(s, n, f"scores[{m!r}]") for m, s in scores.items()}
     others = [m for m in model_scores if m not in (reference, ORACLE)]
     slices: List[Tuple[str, np.ndarray]] = [(OVERALL, np.ones(n, dtype=bool))]
     slices += [(c, cohort_of_row == str(c)) for c in cohort_names]

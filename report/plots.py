@@ -108,13 +108,19 @@ def plot_lift(metrics: Mapping[str, Any]) -> str:
     return figure_to_img(fig, "plot-lift", "Relative AUC lift of LiMAML over each baseline by cohort")
 
 
-def plot_paired(metrics: Mapping[str, Any]) -> str:
+def plot_paired(metrics: Mapping[str, Any], comparisons: Sequence[Tuple[str, str, str, Mapping[str, Any]]],
+                element_id: str = "plot-paired-lift",
+                title: str = "Paired lift: LiMAML's AUC minus each model's, on the same rows",
+                alt: str = "AUC difference between LiMAML and each model by cohort with 95% paired "
+                           "bootstrap intervals") -> str:
+    """ΔAUC per slice of each comparison (:func:`report.views.comparisons`) with its paired
+    interval; a point is hollow where the interval contains 0. Coloured by the model that is not
+    LiMAML."""
     slices = rv.slices(metrics)
-    comparisons = rv.comparisons(metrics)
     fig, ax = figure((11, 4.2))
     width = 0.8 / max(len(comparisons), 1)
     for i, (_, reference, other, comparison) in enumerate(comparisons):
-        colour = rv.colour(other)
+        colour = rv.colour(reference if other == rv.LIMAML else other)
         for j, slice_name in enumerate(slices):
             entry = rv.comparison_slice(comparison, slice_name)
             x = j - 0.4 + width * (i + 0.5)
@@ -131,13 +137,10 @@ def plot_paired(metrics: Mapping[str, Any]) -> str:
                     label=f"{rv.label(reference)} − {rv.label(other)}")
     ax.errorbar([math.nan], [math.nan], fmt="o", color="#555555", markerfacecolor="white",
                 label="hollow: interval contains 0 (n.s.)")
-    cohort_axis(ax, slices, "ΔAUC (95% paired bootstrap CI)",
-                 "Paired lift: LiMAML's AUC minus each model's, on the same rows", margin=0.15,
-                 zero_width=0.9)
+    cohort_axis(ax, slices, "ΔAUC (95% paired bootstrap CI)", title, margin=0.15, zero_width=0.9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(comparisons) + 1, 4), fontsize=9,
               frameon=False)
-    return figure_to_img(fig, "plot-paired-lift",
-                          "AUC difference between LiMAML and each model by cohort with 95% paired bootstrap intervals")
+    return figure_to_img(fig, element_id, alt)
 
 
 def plot_calibration(calibration: Mapping[str, Sequence[Mapping[str, float]]], models: Sequence[str]) -> str:

@@ -39,8 +39,8 @@ class ModelSource:
     """Where one model's TFMA results are.
 
     Attributes:
-        name: the model's name in the report: ``limaml``, ``global_dnn``, ``wide_deep_id``,
-            ``linear``, ``linear_user_id`` or ``oracle``.
+        name: the model's name in the report: ``limaml``, ``limaml_multi``, ``global_dnn``,
+            ``wide_deep_id``, ``linear``, ``linear_user_id`` or ``oracle``.
         eval_output_dir: TFMA's output directory (a TFX Evaluator's ``evaluation`` artifact URI).
         tfma_model_name: the model's name in that output's metric keys: ``candidate`` or
             ``baseline`` for an Evaluator with a baseline, ``""`` for a single unnamed model.

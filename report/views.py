@@ -13,12 +13,15 @@ from report import metrics_schema as ms
 from report import paired as rp
 
 LIMAML = "limaml"
+MULTI_BLOCK = ms.MULTI_BLOCK
 BASELINES: Tuple[str, ...] = ("global_dnn", "wide_deep_id", "linear", "linear_user_id")
 ORACLE = "oracle"
-MODEL_COLOURS = {"limaml": "#d62728", "global_dnn": "#1f77b4", "wide_deep_id": "#2ca02c",
-                 "linear": "#9467bd", "linear_user_id": "#ff7f0e", "oracle": "#444444"}
-MODEL_LABELS = {"limaml": "LiMAML", "global_dnn": "global DNN", "wide_deep_id": "wide&deep + user ID",
-                "linear": "linear", "linear_user_id": "linear + user ID", "oracle": "oracle"}
+MODEL_COLOURS = {"limaml": "#d62728", "limaml_multi": "#e377c2", "global_dnn": "#1f77b4",
+                 "wide_deep_id": "#2ca02c", "linear": "#9467bd", "linear_user_id": "#ff7f0e",
+                 "oracle": "#444444"}
+MODEL_LABELS = {"limaml": "LiMAML", "limaml_multi": "LiMAML multi-block", "global_dnn": "global DNN",
+                "wide_deep_id": "wide&deep + user ID", "linear": "linear",
+                "linear_user_id": "linear + user ID", "oracle": "oracle"}
 VERDICT_BETTER, VERDICT_WORSE, VERDICT_NS = "better", "worse", "n.s."
 TABLE_COLUMNS: Tuple[str, ...] = ("model", "slice", "auc", "auc_ci95", "logloss", "examples", "users")
 
@@ -88,12 +91,20 @@ def relative_lift(metrics: Mapping[str, Any], model: str, baseline: str,
     return {"lift_pct": 100.0 * (a["auc"] / b["auc"] - 1.0), "significant": bool(significant)}
 
 
-def comparisons(metrics: Mapping[str, Any]) -> List[Tuple[str, str, str, Mapping[str, Any]]]:
-    """``[(key, reference, other, comparison)]`` of ``metrics["comparisons"]``, in stored order."""
+def comparisons(metrics: Mapping[str, Any], reference: Optional[str] = None
+                ) -> List[Tuple[str, str, str, Mapping[str, Any]]]:
+    """``[(key, reference, other, comparison)]`` of ``metrics["comparisons"]``, in stored order.
+
+    Args:
+        metrics: a ``metrics.json`` dict.
+        reference: only the comparisons of this reference model (``limaml``: LiMAML vs the
+            baselines; ``limaml_multi``: the multi-block model vs LiMAML); None: all.
+    """
     out = []
     for key, comparison in (metrics.get("comparisons") or {}).items():
-        reference, _, other = key.partition("_vs_")
-        out.append((key, reference, other, comparison))
+        ref, _, other = key.partition("_vs_")
+        if reference is None or ref == reference:
+            out.append((key, ref, other, comparison))
     return out
 
 

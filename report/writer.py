@@ -1,8 +1,9 @@
 """The Report component's logic: TFMA outputs and served models -> ``metrics.json`` + ``index.html``.
 
 Plain functions, no TFX. :func:`write_run_report` is what the pipeline's Report component runs
-(the oracle's TFMA run on synthetic data, per-row scores of every served model, paired bootstrap
-comparisons, then :func:`write_report`); :func:`write_report` alone turns any TFMA output
+(the oracle's TFMA run on synthetic data, per-row scores of every served model, then
+:func:`write_scored_report`: paired bootstrap comparisons, ``limaml_multi`` when served, and
+:func:`write_report`); :func:`write_report` alone turns any TFMA output
 directories (and, optionally, paired comparisons of :func:`report.paired.paired_bootstrap`) into
 the report files.
 """
@@ -11,9 +12,13 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
+
 from report import eval_config as ec
 from report import html as rh
 from report import metrics as rm
+from report import paired
+from report.metrics_schema import MULTI_BLOCK
 from schema import features as F
 
 REFERENCE_MODEL = "limaml"
@@ -78,7 +83,8 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
                  cohorts: Sequence[str] = rm.DEFAULT_COHORTS, cohort_key: str = F.COHORT,
                  user_key: str = F.USER_ID, title: str = "LiMAML evaluation report",
                  comparisons: Optional[Mapping[str, Any]] = None,
-                 notes_extra: Sequence[str] = ()) -> Dict[str, str]:
+                 notes_extra: Sequence[str] = (),
+                 extra_models: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, str]:
     """Reads the TFMA outputs and writes ``metrics.json`` and ``index.html`` into ``out_dir``.
 
     Args:
@@ -101,6 +107,8 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
             ``cohorts``), stored as ``metrics.json``'s ``comparisons`` and drawn as the paired
             lift chart and table; None: neither.
         notes_extra: extra sentences for the report's notes list (after the CI-method notes).
+        extra_models: ``{model name: M}`` of models without a TFMA output (e.g. ``limaml_multi``
+            from :func:`report.score_metrics.model_metrics_from_scores`), stored in ``models``.
 
     Returns:
         ``{"html": <out_dir>/index.html, "metrics_json": <out_dir>/metrics.json}``.
@@ -118,11 +126,46 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
     if isinstance(notes_extra, str):
         raise TypeError("notes_extra must be a sequence of sentences, not one string")
     metrics = rm.build_metrics(dataset, protocol, sources, users_per_cohort, cohorts=cohorts,
-                               cohort_key=cohort_key, comparisons=comparisons)
+                               cohort_key=cohort_key, comparisons=comparisons,
+                               extra_models=extra_models)
     calibration = rm.read_calibration(sources, cohort_key=cohort_key)
     notes = [*ci_notes(sources), *(str(n) for n in notes_extra)]
     html_path = rh.render_report(metrics, calibration, None, out_dir, notes=notes, title=title)
     return {"html": html_path, "metrics_json": os.path.join(out_dir, "metrics.json")}
+
+
+def compare_scored_models(user_ids: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.ndarray],
+                          cohorts: np.ndarray, cohort_names: Sequence[str], n_resamples: int, seed: int,
+                          reference: str = REFERENCE_MODEL) -> Dict[str, Any]:
+    """The paired comparisons of the report, from every scored model's per-row predictions.
+
+    ``reference`` (LiMAML) vs every other scored model but the multi-block one
+    (``limaml_vs_<model>``), and, when ``limaml_multi`` and ``limaml`` are both scored,
+    ``limaml_multi_vs_limaml`` = AUC(limaml_multi) - AUC(limaml): the multi-block model is judged
+    against the model it extends. Same resamples of users in every comparison of a slice (one
+    stream per slice from ``seed``, :func:`report.paired.paired_bootstrap`).
+
+    Args:
+        user_ids, labels, cohorts: ``[N]`` user, 0/1 label and cohort of each evaluation row.
+        scores: model name -> ``[N]`` predictions on those rows.
+        cohort_names: cohorts in report order.
+        n_resamples: bootstrap resamples of users.
+        seed: bootstrap seed.
+        reference: the model every other single-block model is compared with.
+
+    Returns:
+        ``{"<reference>_vs_<other>": P, ...[, "limaml_multi_vs_limaml": P]}`` (see
+        :mod:`report.metrics_schema`).
+    """
+    single = {m: s for m, s in scores.items() if m != MULTI_BLOCK}
+    out = paired.paired_bootstrap(user_ids, labels, single, cohorts, reference=reference,
+                                  cohort_names=list(cohort_names), n_resamples=n_resamples, seed=seed)
+    if MULTI_BLOCK in scores and REFERENCE_MODEL in scores:
+        out.update(paired.paired_bootstrap(
+            user_ids, labels, {MULTI_BLOCK: scores[MULTI_BLOCK], REFERENCE_MODEL: scores[REFERENCE_MODEL]},
+            cohorts, reference=MULTI_BLOCK, cohort_names=list(cohort_names), n_resamples=n_resamples,
+            seed=seed))
+    return out
 
 
 def has_oracle(examples_pattern: str) -> bool:
@@ -147,8 +190,8 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
 
     Adds the oracle (TFMA on ``oracle_prob``, into ``out_dir/oracle_tfma``) when the examples
     carry it, scores the evaluation examples with every served model (``per_row_scores.parquet``),
-    compares ``reference`` with every other model by a paired bootstrap over users, and writes
-    ``metrics.json`` and ``index.html`` with :func:`write_report`.
+    and writes ``metrics.json`` and ``index.html`` with :func:`write_scored_report` (paired
+    bootstrap comparisons over users; ``limaml_multi`` vs ``limaml`` when both are served).
 
     Args:
         dataset: dataset name for the report.
@@ -156,7 +199,7 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
         examples_pattern: glob of the evaluation tf.Example TFRecords (GZIP) that TFMA evaluated.
         sources: where each trained model's TFMA results are.
         model_dirs: ``{model name: served SavedModel folder}`` (``serving_default`` on
-            serialized tf.Examples), ``reference`` among them.
+            serialized tf.Examples), ``reference`` among them; ``limaml_multi`` optional.
         out_dir: the report folder (created).
         cohorts: cohort names in report order.
         seed: bootstrap seed (the run's ``train.seed``).
@@ -169,7 +212,6 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
         ``{"html": ..., "metrics_json": ..., "per_row_scores": ...}`` paths.
     """
     from components.report import scoring
-    from report import paired
 
     os.makedirs(out_dir, exist_ok=True)
     sources = list(sources)
@@ -181,15 +223,55 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
     rows.to_frame().to_parquet(per_row, index=False)
     if progress:
         progress(f"[report] scored {len(rows)} evaluation rows with {len(model_dirs)} models")
-    comparisons = paired.paired_bootstrap(
-        rows.user_ids, rows.labels, rows.scores, rows.cohorts, reference=reference,
-        cohort_names=list(cohorts), n_resamples=n_resamples, seed=seed)
     note = (f"Paired comparisons: each model's served SavedModel (serving_default) scored the same "
             f"{len(rows)} evaluation rows; {n_resamples} bootstrap resamples of users, seed "
             f"{seed}; per-row predictions in {PER_ROW_SCORES}.")
-    paths = write_report(dataset, protocol, sources, out_dir,
-                         users_per_cohort=rows.users_per_cohort(list(cohorts)), cohorts=cohorts,
-                         comparisons=comparisons, notes_extra=[note])
+    paths = write_scored_report(dataset, protocol, sources, rows, out_dir, cohorts, seed,
+                                n_resamples=n_resamples, reference=reference, notes_extra=[note])
     if progress:
         progress(f"[report] written {paths['html']}")
     return {**paths, "per_row_scores": per_row}
+
+
+def write_scored_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource], rows: Any,
+                        out_dir: str, cohorts: Sequence[str], seed: int,
+                        n_resamples: int = BOOTSTRAP_RESAMPLES, reference: str = REFERENCE_MODEL,
+                        notes_extra: Sequence[str] = ()) -> Dict[str, str]:
+    """``metrics.json`` and ``index.html`` from TFMA outputs and every model's per-row scores.
+
+    The paired comparisons come from :func:`compare_scored_models`; a scored model without a
+    TFMA source (``limaml_multi`` until the pipeline evaluates it with TFMA) gets its ``models``
+    entry from its scores (:func:`report.score_metrics.model_metrics_from_scores`, same
+    bootstrap seed), and a note says so.
+
+    Args:
+        dataset: dataset name for the report.
+        protocol: evaluation protocol.
+        sources: where each TFMA-evaluated model's results are (the required models among them).
+        rows: :class:`components.report.scoring.ScoredRows` of the evaluation rows.
+        out_dir: the report folder (created).
+        cohorts: cohort names in report order.
+        seed: bootstrap seed.
+        n_resamples: bootstrap resamples of users.
+        reference: the model every other single-block model is compared with.
+        notes_extra: sentences for the notes list.
+
+    Returns:
+        ``{"html": ..., "metrics_json": ...}`` paths.
+    """
+    from report import score_metrics
+
+    comparisons = compare_scored_models(rows.user_ids, rows.labels, rows.scores, rows.cohorts, cohorts,
+                                        n_resamples, seed, reference=reference)
+    evaluated = {s.name for s in sources}
+    extra = {name: score_metrics.model_metrics_from_scores(
+                 rows.user_ids, rows.labels, values, rows.cohorts, list(cohorts), n_resamples, seed)
+             for name, values in rows.scores.items() if name not in evaluated}
+    notes = list(notes_extra)
+    if extra:
+        notes.append(f"{', '.join(extra)}: no TFMA run; AUC (exact rank AUC), its 95% interval "
+                     f"(percentile interval of {n_resamples} bootstrap resamples of users) and log "
+                     "loss computed from the per-row predictions.")
+    return write_report(dataset, protocol, sources, out_dir,
+                        users_per_cohort=rows.users_per_cohort(list(cohorts)), cohorts=cohorts,
+                        comparisons=comparisons, notes_extra=notes, extra_models=extra)

@@ -413,3 +413,97 @@ def test_html_paired_section_and_linear_models(tmp_path):
     plain = _render(fake_metrics(GOOD), tmp_path / "plain")
     assert 'id="plot-paired-lift"' not in plain and 'id="paired-table"' not in plain
     assert 'id="plot-auc"' in plain and 'id="plot-lift"' in plain
+
+
+# ---------------------------------------------------------------------------------------------
+# limaml_multi: the multi-block model beside limaml
+
+
+def planted_multi_rows(seed: int = 5) -> Dict[str, np.ndarray]:
+    """limaml = true probability + heavy noise; limaml_multi = the same scores except in cohort
+    20-99, where it is the true probability + small noise (better there by construction)."""
+    d = make_rows(240, 6, seed=seed)
+    rng, n = d["rng"], len(d["labels"])
+    limaml = _sigmoid(np.log(d["p"] / (1 - d["p"])) + rng.normal(0.0, 2.0, n))
+    multi = limaml.copy()
+    better = d["cohorts"] == "20-99"
+    multi[better] = d["p"][better] + rng.normal(0.0, 0.01, int(better.sum()))
+    multi = np.clip(multi, 1e-4, 1 - 1e-4)
+    dnn = rng.random(n)
+    return {**d, "scores": {"limaml": limaml, "global_dnn": dnn, "limaml_multi": multi}}
+
+
+def test_limaml_multi_vs_limaml_interval_excludes_zero_where_planted():
+    from report.writer import compare_scored_models
+
+    d = planted_multi_rows()
+    out = compare_scored_models(d["users"], d["labels"], d["scores"], d["cohorts"], COHORTS,
+                                n_resamples=500, seed=0)
+    # limaml vs the single-block models only; the multi-block model against limaml
+    assert list(out) == ["limaml_vs_global_dnn", "limaml_multi_vs_limaml"]
+    multi = out["limaml_multi_vs_limaml"]
+    y, s = d["labels"], d["scores"]
+    for cohort in ("0", "1-4", "5-19", "20-99"):
+        mask = d["cohorts"] == cohort
+        want = roc_auc_score(y[mask], s["limaml_multi"][mask]) - roc_auc_score(y[mask], s["limaml"][mask])
+        c = multi["cohorts"][cohort]
+        assert c["delta"] == pytest.approx(want, abs=1e-12), cohort
+        if cohort == "20-99":
+            assert want > 0.1 and c["ci95"][0] > 0 and c["p_value"] < 0.01
+        else:  # identical scores outside the planted cohort
+            assert c["delta"] == 0.0 and c["ci95"] == [0.0, 0.0]
+    assert multi["cohorts"]["100+"]["delta"] is None  # no rows
+    rm.validate_metrics(fake_metrics(FLAGGED, out))
+
+
+def test_model_metrics_from_scores_match_sklearn():
+    from sklearn.metrics import log_loss
+
+    from report.score_metrics import model_metrics_from_scores
+
+    d = planted_multi_rows()
+    p = d["scores"]["limaml_multi"]
+    m = model_metrics_from_scores(d["users"], d["labels"], p, d["cohorts"], COHORTS, n_resamples=400, seed=1)
+    assert set(m) == {"overall", "cohorts"} and list(m["cohorts"]) == list(COHORTS)
+    slices = [("overall", np.ones(len(p), bool))] + [(c, d["cohorts"] == c) for c in COHORTS if c != "100+"]
+    for name, mask in slices:
+        s = m["overall"] if name == "overall" else m["cohorts"][name]
+        assert s["auc"] == pytest.approx(roc_auc_score(d["labels"][mask], p[mask]), abs=1e-12), name
+        assert s["logloss"] == pytest.approx(log_loss(d["labels"][mask], p[mask]), abs=1e-9), name
+        assert s["examples"] == int(mask.sum()) and s["users"] == len(set(d["users"][mask]))
+        lo, hi = s["auc_ci95"]
+        assert lo < s["auc"] < hi and hi - lo < 0.2
+    # make_rows fills cohorts 0 .. 20-99 only
+    assert m["cohorts"]["100+"] == {"auc": None, "auc_ci95": None, "logloss": None, "examples": 0, "users": 0}
+    metrics = fake_metrics(FLAGGED)
+    metrics["models"]["limaml_multi"] = m
+    rm.validate_metrics(metrics)
+
+
+def test_html_shows_limaml_multi_beside_limaml(tmp_path):
+    import json
+
+    from report.score_metrics import model_metrics_from_scores
+    from report.writer import compare_scored_models
+
+    d = planted_multi_rows()
+    comparisons = compare_scored_models(d["users"], d["labels"], d["scores"], d["cohorts"], COHORTS,
+                                        n_resamples=200, seed=0)
+    metrics = fake_metrics(FLAGGED, comparisons)
+    metrics["models"]["limaml_multi"] = model_metrics_from_scores(
+        d["users"], d["labels"], d["scores"]["limaml_multi"], d["cohorts"], COHORTS, n_resamples=200)
+    page = _render(metrics, tmp_path)
+    with open(tmp_path / "metrics.json") as f:
+        saved = json.load(f)
+    assert "limaml_multi" in saved["models"] and "limaml_multi_vs_limaml" in saved["comparisons"]
+    slice_table = page.split('<table id="slice-table"', 1)[1].split("</table>", 1)[0]
+    assert slice_table.count("<code>limaml_multi</code>") == 6
+    assert 'id="multi-block"' in page and 'id="plot-multi-paired"' in page
+    table = page.split('<table id="multi-paired-table"', 1)[1].split("</table>", 1)[0]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 6 and all("<code>limaml_multi_vs_limaml</code>" in r for r in rows)
+    planted = [r for r in rows if "cohort 20-99" in r]
+    assert len(planted) == 1 and "LiMAML multi-block better" in planted[0]
+    # the multi-block comparison is not among LiMAML's paired lifts over the baselines
+    lift = page.split('<table id="paired-table"', 1)[1].split("</table>", 1)[0]
+    assert "limaml_multi" not in lift

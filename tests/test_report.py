@@ -516,3 +516,47 @@ def test_blessing_thresholds_with_baseline(thresholds, candidate, baseline, bles
     assert metrics_validator.validate_metrics(((), values), config).validation_ok is blessed
     # cohort slices are reported, never gated
     assert metrics_validator.validate_metrics(((("cohort", "1-4"),), values), config).validation_ok
+
+
+def test_scored_report_with_limaml_multi(evaluation, metrics, tmp_path):
+    """A run whose scored models include limaml_multi (no TFMA run for it): its entry comes from
+    its per-row scores, limaml_multi_vs_limaml is in metrics.json and the page shows both."""
+    from sklearn.metrics import roc_auc_score
+
+    from components.report.scoring import ScoredRows
+    from report.writer import write_scored_report
+
+    df = evaluation.df
+    scores = {m: df[c].to_numpy() for m, c in PRED_COLUMNS.items() if m != "oracle"}
+    planted = (df["cohort"] == "20-99").to_numpy()
+    multi = scores["limaml"].copy()
+    multi[planted] = df["oracle_prob"].to_numpy()[planted]  # better there by construction
+    scores["limaml_multi"] = multi
+    rows = ScoredRows(user_ids=df["user_id"].to_numpy(object), labels=df["label"].to_numpy(),
+                      cohorts=df["cohort"].to_numpy(object), scores=scores)
+    paths = write_scored_report("synthetic", "cutoff", evaluation.sources, rows, str(tmp_path), COHORTS,
+                                seed=0, n_resamples=300)
+    with open(paths["metrics_json"]) as f:
+        saved = json.load(f)
+    rm.validate_metrics(saved)
+    assert list(saved["models"])[:2] == ["limaml", "limaml_multi"]
+    for model in ("limaml", "global_dnn", "oracle"):  # the TFMA-read entries are unchanged
+        assert saved["models"][model] == metrics["models"][model]
+    y = df["label"].to_numpy()
+    for cohort in PRESENT_COHORTS:
+        mask = (df["cohort"] == cohort).to_numpy()
+        entry = saved["models"]["limaml_multi"]["cohorts"][cohort]
+        assert entry["auc"] == pytest.approx(roc_auc_score(y[mask], multi[mask]), abs=1e-12)
+        assert entry["examples"] == int(mask.sum())
+    assert saved["models"]["limaml_multi"]["cohorts"][ONE_CLASS_COHORT]["auc"] is None
+    assert "limaml_vs_limaml_multi" not in saved["comparisons"]
+    assert set(saved["comparisons"]) >= {"limaml_vs_global_dnn", "limaml_multi_vs_limaml"}
+    diff = saved["comparisons"]["limaml_multi_vs_limaml"]["cohorts"]
+    assert diff["20-99"]["ci95"][0] > 0
+    assert all(diff[c]["delta"] == 0.0 for c in ("0", "1-4", "5-19"))
+    with open(paths["html"]) as f:
+        page = f.read()
+    assert 'id="plot-multi-paired"' in page and 'id="multi-paired-table"' in page
+    assert "limaml_multi: no TFMA run" in page
+    slice_table = page.split('<table id="slice-table"', 1)[1].split("</table>", 1)[0]
+    assert slice_table.count("<code>limaml_multi</code>") == 6

@@ -15,7 +15,8 @@ give no task. No Python loop over users: everything is numpy index arithmetic.
 Task entities (``TaskConfig.entity``). ``"user"``: the rows of one user form one history.
 ``"user_x_genre"``: the rows of one user *and* one primary genre ``g`` (the item's genre
 multi-hot through :func:`trainer.model.primary_genre`, the rule the genre block uses) form one
-history, keyed ``"<user_id>#<g>"``; the rows keep the user's time order, and the split rule above
+history, keyed ``"<user_id>#<g>"`` (the key of that entity's row in the embedding stores,
+:mod:`embeddings.entity_keys`); the rows keep the user's time order, and the split rule above
 runs on that sub-history (positions count the entity's rows, not the user's). Only the rows of
 ``table`` enter, so a protocol's query rows, which are not in the trainable table, never do.
 
@@ -37,11 +38,10 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from embeddings.entity_keys import SEPARATOR
 from limaml.config import TaskConfig
 from schema import features
 from trainer.layout import MASK, QUERY, SUPPORT
-
-ENTITY_SEPARATOR = "#"
 
 
 def _groups(keys: np.ndarray):
@@ -109,7 +109,7 @@ def entity_keys(table: Mapping[str, np.ndarray], user_key: str, entity: str = "u
     if features.GENRES not in table:
         raise KeyError(f"entity {entity!r} needs column {features.GENRES!r}; table has {sorted(table)}")
     values = primary_genres(table[features.GENRES])
-    keys = np.char.add(np.char.add(users.astype(str), ENTITY_SEPARATOR), values.astype(str))
+    keys = np.char.add(np.char.add(users.astype(str), SEPARATOR), values.astype(str))
     return keys.astype(object), values
 
 

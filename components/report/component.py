@@ -1,6 +1,8 @@
 """Report component spec."""
 from __future__ import annotations
 
+from typing import Optional
+
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
@@ -8,7 +10,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.artifacts.types import Report as ReportArtifact
 from components.report import executor
-from components.report.executor import MODEL_INPUTS
+from components.report.executor import MODEL_INPUTS, OPTIONAL_MODEL_INPUTS
 
 
 class ReportSpec(types.ComponentSpec):
@@ -19,6 +21,8 @@ class ReportSpec(types.ComponentSpec):
         "baseline_evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
         "linear_evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
         **{key: ChannelParameter(type=standard_artifacts.Model) for key in MODEL_INPUTS},
+        **{key: ChannelParameter(type=standard_artifacts.Model, optional=True)
+           for key in OPTIONAL_MODEL_INPUTS},
     }
     OUTPUTS = {"report": ChannelParameter(type=ReportArtifact)}
 
@@ -35,6 +39,10 @@ class Report(base_component.BaseComponent):
     The paired comparisons (LiMAML vs every other model, per-user bootstrap) need per-row
     predictions: each model's served SavedModel (``Format-Serving``) scores the evaluation
     examples (``components/report/scoring.py``); the rows are kept in ``per_row_scores.parquet``.
+
+    ``limaml_multi_model`` (optional): the multi-block LiMAML. When given, it is scored on the
+    same rows, ``metrics.json`` gains ``models.limaml_multi`` (from its per-row scores, no TFMA
+    run) and ``comparisons.limaml_multi_vs_limaml``, and the report shows both.
     """
 
     SPEC_CLASS = ReportSpec
@@ -44,10 +52,12 @@ class Report(base_component.BaseComponent):
                  baseline_evaluation: types.BaseChannel, linear_evaluation: types.BaseChannel,
                  limaml_model: types.BaseChannel, global_dnn_model: types.BaseChannel,
                  wide_deep_model: types.BaseChannel, linear_model: types.BaseChannel,
-                 linear_user_id_model: types.BaseChannel, limaml_config: str) -> None:
+                 linear_user_id_model: types.BaseChannel, limaml_config: str,
+                 limaml_multi_model: Optional[types.BaseChannel] = None) -> None:
         super().__init__(spec=ReportSpec(
             examples=examples, evaluation=evaluation, baseline_evaluation=baseline_evaluation,
             linear_evaluation=linear_evaluation, limaml_model=limaml_model,
             global_dnn_model=global_dnn_model, wide_deep_model=wide_deep_model,
             linear_model=linear_model, linear_user_id_model=linear_user_id_model,
+            limaml_multi_model=limaml_multi_model,
             limaml_config=limaml_config, report=types.Channel(type=ReportArtifact)))

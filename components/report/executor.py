@@ -13,6 +13,7 @@ from limaml.config import LimamlConfig
 from limaml.data.protocols import cohort_names
 from report import eval_config as ec
 from report import metrics, writer
+from report.metrics_schema import MULTI_BLOCK
 from report.writer import PER_ROW_SCORES  # noqa: F401 - where the tests and readers find per-row scores
 
 # Report input key of each model's Trainer output -> the model's name in metrics.json.
@@ -23,6 +24,9 @@ MODEL_INPUTS = {
     "linear_model": "linear",
     "linear_user_id_model": "linear_user_id",
 }
+# Optional inputs: the multi-block model (``ModelConfig.meta_blocks = ("user", "user_x_genre")``);
+# when wired, it is scored and compared with limaml (``comparisons.limaml_multi_vs_limaml``).
+OPTIONAL_MODEL_INPUTS = {"limaml_multi_model": MULTI_BLOCK}
 
 
 def tfma_sources(evaluation: str, global_dnn_evaluation: str,
@@ -45,10 +49,14 @@ class Executor(base_executor.BaseExecutor):
         def uri(key: str) -> str:
             return artifact_utils.get_single_instance(input_dict[key]).uri
 
+        model_dirs = {name: path_utils.serving_model_dir(uri(key)) for key, name in MODEL_INPUTS.items()}
+        for key, name in OPTIONAL_MODEL_INPUTS.items():
+            if input_dict.get(key):
+                model_dirs[name] = path_utils.serving_model_dir(uri(key))
         writer.write_run_report(
             cfg.dataset, cfg.protocol.name, os.path.join(uri("examples"), "Split-eval", "*"),
             tfma_sources(uri("evaluation"), uri("baseline_evaluation"), uri("linear_evaluation")),
-            {name: path_utils.serving_model_dir(uri(key)) for key, name in MODEL_INPUTS.items()},
+            model_dirs,
             artifact_utils.get_single_instance(output_dict["report"]).uri,
             cohorts=cohort_names(cfg.protocol.cohort_edges), seed=cfg.train.seed,
             beam_pipeline_args=getattr(self, "_beam_pipeline_args", None))
