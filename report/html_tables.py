@@ -10,6 +10,8 @@ from report import views as rv
 
 
 def slice_table(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]) -> str:
+    """The TFMA slice metrics table (``slice-table``): one row per model and slice, plus the gap
+    to the oracle when there is one."""
     with_oracle = rv.ORACLE in metrics["models"]
     head = ["model", "slice", "AUC [95% CI]", "log loss", "examples", "users"]
     if with_oracle:
@@ -35,6 +37,7 @@ def slice_table(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]) -
 
 
 def lift_table(metrics: Mapping[str, Any]) -> str:
+    """LiMAML's relative AUC lift over each baseline per slice (``lift-table``)."""
     baselines = [b for b in rv.BASELINES if b in metrics["models"]]
     head = "".join(f"<th>vs {html.escape(rv.MODEL_LABELS[b])}</th>" for b in baselines)
     out = ['<table id="lift-table">', f"<thead><tr><th>slice</th>{head}</tr></thead>", "<tbody>"]

@@ -25,6 +25,7 @@ def figure(figsize: Tuple[float, float], ncols: int = 0) -> Tuple[Any, Any]:
 
 
 def figure_to_img(fig: Any, element_id: str, alt: str) -> str:
+    """The figure as an ``<img>`` tag with ``element_id`` and ``alt``, PNG inlined as base64."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -33,6 +34,7 @@ def figure_to_img(fig: Any, element_id: str, alt: str) -> str:
 
 
 def plot_auc(metrics: Mapping[str, Any]) -> str:
+    """AUC by slice per model with its 95% interval (``plot-auc``); a note where no model has an AUC."""
     models, slices = rv.models(metrics), rv.slices(metrics)
     fig, ax = figure((11, 4.2))
     width = 0.8 / max(len(models), 1)
@@ -80,6 +82,8 @@ def cohort_axis(ax: Any, slices: Sequence[str], ylabel: str, title: str, margin:
 
 
 def plot_lift(metrics: Mapping[str, Any]) -> str:
+    """LiMAML's relative AUC lift over each baseline per slice (``plot-lift``); hatched when the
+    marginal intervals overlap."""
     slices = rv.slices(metrics)
     baselines = [b for b in rv.BASELINES if b in metrics["models"]]
     fig, ax = figure((11, 4.2))
@@ -144,6 +148,8 @@ def plot_paired(metrics: Mapping[str, Any], comparisons: Sequence[Tuple[str, str
 
 
 def plot_calibration(calibration: Mapping[str, Sequence[Mapping[str, float]]], models: Sequence[str]) -> str:
+    """Observed rate vs mean prediction per calibration bucket, one panel per model that has a
+    TFMA calibration plot (``plot-calibration``)."""
     shown = [m for m in models if m in calibration]
     fig, axes = figure((2.9 * max(len(shown), 1), 3.3), ncols=max(len(shown), 1))
     for ax, model in zip(axes[0], shown):
@@ -171,6 +177,7 @@ def plot_calibration(calibration: Mapping[str, Sequence[Mapping[str, float]]], m
 
 
 def plot_oracle_gap(metrics: Mapping[str, Any]) -> str:
+    """Oracle AUC minus each model's AUC per slice (``plot-oracle-gap``)."""
     slices = rv.slices(metrics)
     models = [m for m in rv.models(metrics) if m != rv.ORACLE]
     fig, ax = figure((11, 3.8))

@@ -61,6 +61,8 @@ class ModelSource:
 
 @dataclasses.dataclass
 class MetricValue:
+    """A metric's point value and TFMA's interval bounds (None where absent or not finite)."""
+
     value: Optional[float]
     lower: Optional[float] = None
     upper: Optional[float] = None
@@ -153,6 +155,7 @@ def load_slice_metrics(eval_output_dir: str, cohort_key: str = F.COHORT) -> Slic
 
 
 def model_names(table: SliceTable) -> List[str]:
+    """The TFMA model names present in a slice table, sorted."""
     return sorted({model for entries in table.values() for model, _ in entries})
 
 

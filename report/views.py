@@ -27,32 +27,39 @@ TABLE_COLUMNS: Tuple[str, ...] = ("model", "slice", "auc", "auc_ci95", "logloss"
 
 
 def slices(metrics: Mapping[str, Any]) -> List[str]:
+    """``overall`` then the cohorts of ``metrics``, in report order."""
     first = next(iter(metrics["models"].values()))
     return [ms.OVERALL, *first["cohorts"]]
 
 
 def stats(metrics: Mapping[str, Any], model: str, slice_name: str) -> Mapping[str, Any]:
+    """The ``S`` entry of ``model`` on one slice (``overall`` or a cohort)."""
     m = metrics["models"][model]
     return m["overall"] if slice_name == ms.OVERALL else m["cohorts"][slice_name]
 
 
 def models(metrics: Mapping[str, Any]) -> List[str]:
+    """The models of ``metrics``, in report order (:data:`report.metrics_schema.MODEL_NAMES`)."""
     return [m for m in ms.MODEL_NAMES if m in metrics["models"]]
 
 
 def slice_label(slice_name: str) -> str:
+    """``overall`` or ``cohort <name>``."""
     return slice_name if slice_name == ms.OVERALL else f"cohort {slice_name}"
 
 
 def fmt(value: Optional[float], digits: int = 4) -> str:
+    """``value`` with ``digits`` decimals, ``—`` for null."""
     return "—" if value is None else f"{value:.{digits}f}"
 
 
 def label(model: str) -> str:
+    """The model's display name (its key when unknown)."""
     return MODEL_LABELS.get(model, model)
 
 
 def colour(model: str) -> str:
+    """The model's plot colour (grey when unknown)."""
     return MODEL_COLOURS.get(model, "#7f7f7f")
 
 
@@ -109,6 +116,7 @@ def comparisons(metrics: Mapping[str, Any], reference: Optional[str] = None
 
 
 def comparison_slice(comparison: Mapping[str, Any], slice_name: str) -> Mapping[str, Any]:
+    """The ``C`` entry of a comparison ``P`` on one slice."""
     return comparison["overall"] if slice_name == ms.OVERALL else comparison["cohorts"][slice_name]
 
 
@@ -133,6 +141,7 @@ def paired_verdict(entry: Mapping[str, Any], reference_label: str = "LiMAML") ->
 
 
 def baseline_checks(metrics: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+    """``metrics``' ``baseline_checks`` (computed from ``models`` when absent: older files)."""
     checks = metrics.get("baseline_checks")
     return rp.baseline_checks(metrics["models"]) if checks is None else checks
 

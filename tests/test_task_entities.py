@@ -176,3 +176,9 @@ def test_taskgen_records_carry_entity_keys_and_split_by_user():
     split_of = {}
     for (split, _), key in zip(out, keys):
         assert split_of.setdefault(key.split("#")[0], split) == split
+
+
+def test_user_x_genre_on_an_empty_table():
+    out = build_tasks({k: v[:0] for k, v in _table().items()}, "user", CFG)
+    assert out["support"]["row"].shape == (0, 2) and out["query"]["row"].shape == (0, 1)
+    assert len(out["entity"]) == 0 and len(out["user"]) == 0

@@ -114,15 +114,16 @@ def entity_keys(table: Mapping[str, np.ndarray], user_key: str, entity: str = "u
 
 
 def _by_entity(table: Mapping[str, np.ndarray], user_key: str, entity: str
-               ) -> Tuple[np.ndarray, np.ndarray]:
+               ) -> Tuple[Optional[np.ndarray], np.ndarray]:
     """``(row order grouping each entity's rows, entity key per row in that order)``.
 
     Entities follow their user's position in ``table`` and then the feature value; within an
-    entity the rows keep their order in ``table`` (the user's time order): a stable sort.
+    entity the rows keep their order in ``table`` (the user's time order): a stable sort. The
+    order is None for ``user`` (the table's own order).
     """
     keys, values = entity_keys(table, user_key, entity)
     if values is None:
-        return np.arange(keys.shape[0]), keys
+        return None, keys
     starts, counts = _groups(np.asarray(table[user_key]))
     user_run = np.repeat(np.arange(starts.size), counts)
     order = np.lexsort((values, user_run))  # stable: equal (user, value) keep their order
@@ -149,10 +150,11 @@ def build_tasks(table: Mapping[str, np.ndarray], user_key: str, task_cfg: TaskCo
     """
     S, Q = task_cfg.support_size, task_cfg.query_size
     order, keys = _by_entity(table, user_key, getattr(task_cfg, "entity", "user"))
-    users = np.asarray(table[user_key])[order]
+    users = np.asarray(table[user_key])
+    users = users if order is None else users[order]
     if feature_keys is None:
         feature_keys = [k for k in table if k != user_key]
-    arrays = {k: np.asarray(table[k])[order] for k in feature_keys}
+    arrays = {k: np.asarray(table[k]) for k in feature_keys}
     starts, counts = _groups(keys)
     min_s, min_q = max(task_cfg.min_support, 0), max(task_cfg.min_query, 1)
     if getattr(task_cfg, "first_split", "proportional") == "min_support":
@@ -177,6 +179,8 @@ def build_tasks(table: Mapping[str, np.ndarray], user_key: str, task_cfg: TaskCo
     q_len = np.minimum(n - p, Q)
     q_mask = np.arange(Q)[None, :] < q_len[:, None]
     q_idx = np.where(q_mask, start[:, None] + p[:, None] + np.arange(Q)[None, :], 0)
+    if order is not None:  # positions in entity order -> rows of ``table`` (no column copied)
+        s_idx, q_idx = order[s_idx], order[q_idx]
     return {
         SUPPORT: _gather(arrays, s_idx, s_mask),
         QUERY: _gather(arrays, q_idx, q_mask),
