@@ -113,3 +113,35 @@ def test_errors_name_the_problem(setup, tmp_path):
         scoring.score_examples(files, models, prediction_key="logits")
     with pytest.raises(ValueError, match="batch_size"):
         scoring.score_examples(files, models, batch_size=0)
+
+
+@pytest.mark.parametrize("with_multi", [False, True])
+def test_report_executor_scores_limaml_multi_only_when_wired(tmp_path, monkeypatch, with_multi):
+    """The Report executor hands the optional limaml_multi model to the writer when it is wired."""
+    from tfx.types import standard_artifacts
+
+    from components.artifacts.types import Report
+    from components.report import executor
+    from limaml.config import LimamlConfig
+
+    def artifact(kind, name):
+        a = kind()
+        a.uri = str(tmp_path / name)
+        return [a]
+
+    inputs = {"examples": artifact(standard_artifacts.Examples, "examples"),
+              **{k: artifact(standard_artifacts.ModelEvaluation, k)
+                 for k in ("evaluation", "baseline_evaluation", "linear_evaluation")},
+              **{k: artifact(standard_artifacts.Model, k) for k in executor.MODEL_INPUTS}}
+    if with_multi:
+        inputs["limaml_multi_model"] = artifact(standard_artifacts.Model, "multi")
+    seen = {}
+    monkeypatch.setattr(executor.writer, "write_run_report",
+                        lambda *args, **kwargs: seen.update(model_dirs=args[4]))
+    executor.Executor().Do(inputs, {"report": artifact(Report, "report")},
+                           {"limaml_config": LimamlConfig().to_json()})
+    want = {"limaml", "global_dnn", "wide_deep_id", "linear", "linear_user_id"} | (
+        {"limaml_multi"} if with_multi else set())
+    assert set(seen["model_dirs"]) == want
+    if with_multi:
+        assert seen["model_dirs"]["limaml_multi"] == str(tmp_path / "multi" / "Format-Serving")
