@@ -117,17 +117,16 @@ def test_warm_started_limaml_global_block_is_the_linear_model_on_global_features
 
 
 @pytest.mark.parametrize("watch", ["auc", "logloss"])
-def test_early_stopping_falls_back_to_the_warm_start_when_training_only_hurts(watch):
+def test_early_stopping_falls_back_to_the_linear_counterpart_when_training_only_hurts(watch):
     from limaml.config import TrainConfig
 
     data, layout, mcfg = _encoded_world()
-    # a learning rate of 50 wrecks every epoch: the warm start (epoch -1) must be kept
+    # a learning rate of 50 wrecks every epoch: the warm start (epoch -1) must win, and the
+    # model is then the linear reference itself (refitted on every row)
     cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=50.0, baseline_epochs=2,
                       baseline_early_stopping=watch)
-    # the warm start is fitted on the training rows only (not the validation rows that judge it)
-    train = baselines.early_stopping_roles(data, cfg) == "train"
     ref = linear.LinearModel(layout, "linear")
-    linear.fit_linear(ref, {k: v[train] for k, v in data.items()}, c_grid=(0.3,))
+    linear.fit_linear(ref, data, c_grid=(0.3,))
     model = baselines.make_baseline("global_dnn", layout, mcfg)
     info = baselines.fit_baseline(model, data, cfg)
     assert info["best_epoch"] == -1
@@ -135,26 +134,32 @@ def test_early_stopping_falls_back_to_the_warm_start_when_training_only_hurts(wa
                                baselines.predict_logits(ref, data), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["global_dnn", "wide_deep"])
-def test_the_warm_start_never_learns_from_the_validation_rows_that_judge_it(kind):
-    """Planted: an item that only validation rows carry, always clicked there. A warm start fitted
-    on those rows would give it a positive wide weight; fitted without them, the L2 optimum of an
-    unseen item's weight is exactly 0."""
+@pytest.mark.parametrize("kind,linear_kind", [("global_dnn", "linear"),
+                                              ("wide_deep", "linear_user_id")])
+def test_the_warm_start_is_judged_on_validation_rows_it_never_learned_from(kind, linear_kind):
+    """Planted: an item that only validation rows carry, always clicked there. The warm start's
+    recorded validation AUC must be that of a linear fit on the training rows alone (worked out
+    here with fit_linear), and such a fit gives the unseen item weight exactly 0."""
     from limaml.config import TrainConfig
 
     data, layout, mcfg = _encoded_world()
     cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=50.0, baseline_epochs=1)
-    val = baselines.early_stopping_roles(data, cfg) == "val"
+    role = baselines.early_stopping_roles(data, cfg)
+    val, train = role == "val", role == "train"
     assert val.sum() >= 20
     planted = int(data["item_id"].max())
-    data = dict(data, item_id=np.where(val, planted, np.minimum(data["item_id"], planted - 1)),
-                label=np.where(val, 1.0, data["label"]).astype(np.float32))
-    model = baselines.make_baseline(kind, layout, mcfg)
-    info = baselines.fit_baseline(model, data, cfg)
-    assert info["best_epoch"] == -1  # the wrecked epoch lost: the weights are the warm start
-    wide = model.wide_params if kind == "wide_deep" else model.global_params
-    assert abs(float(wide["wide_item_id"].numpy()[planted])) < 1e-6
-    assert np.abs(wide["wide_item_id"].numpy()[:planted]).max() > 0.05  # the rest was fitted
+    marked = val & (np.cumsum(val) % 2 == 0)  # every other validation row carries the item
+    data = dict(data, item_id=np.where(marked, planted, np.minimum(data["item_id"], planted - 1)),
+                label=np.where(marked, 1.0, data["label"]).astype(np.float32))
+    ref = linear.LinearModel(layout, linear_kind)
+    linear.fit_linear(ref, {k: v[train] for k, v in data.items()}, c_grid=(0.3,))
+    assert abs(float(ref.params["w_item_id"].numpy()[planted])) < 1e-6
+    p = baselines.predict_logits(ref, {k: v[val] for k, v in data.items()})
+    y = data["label"][val]
+    pos, neg = p[y == 1], p[y == 0]
+    auc = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    info = baselines.fit_baseline(baselines.make_baseline(kind, layout, mcfg), data, cfg)
+    assert info["warm_start_val_loss"] == pytest.approx(1.0 - auc, abs=1e-6)
 
 
 def test_auc_early_stopping_scores_epochs_by_one_minus_validation_auc():

@@ -204,8 +204,10 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
         val_data: optional validation examples.
 
     Returns:
-        ``{"epochs": run, "best_epoch": int, "val_loss": [per epoch], "seconds": float}``; the
-        model holds the weights of the best validation epoch.
+        ``{"epochs": run, "best_epoch": int, "val_loss": [per epoch], "seconds": float,
+        "warm_start": fit info, "warm_start_val_loss": epoch -1's score}``; the model holds the
+        weights of the best validation epoch, or, when the warm start won, its linear
+        counterpart refitted on every row.
     """
     keys = _input_keys(model)
     rng = np.random.RandomState(train_cfg.seed)
@@ -218,6 +220,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
         else:
             mask = validation_rows(data, train_cfg)
         return linear.fit_linear(model, data, mask, c_grid=train_cfg.linear_c_grid)
+    all_rows = data if val_data is None else None  # the fallback's refit (internal split only)
     if val_data is None and train_cfg.baseline_val_fraction > 0 and n >= 20:
         role = early_stopping_roles(data, train_cfg)
         val_data = _subset(data, np.flatnonzero(role == "val"), keys + [LABEL])
@@ -263,6 +266,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
     best, best_epoch, history, waited = np.inf, -1, [], 0
     if warm is not None and val_data is not None:
         best = val_loss()  # the warm-started model itself is a candidate (epoch -1)
+    warm_score = best if np.isfinite(best) else None
     best_vals = [v.numpy() for v in variables]
     start = time.time()
     epoch = 0
@@ -287,8 +291,12 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
                 break
     for v, val in zip(variables, best_vals):
         v.assign(val)
+    if best_epoch == -1 and warm is not None and all_rows is not None:
+        # no trained epoch beat the warm start: the model is its linear counterpart, refitted
+        # on every row as the linear reference is (the deep part's output weights stay 0)
+        warm = _warm_start(model, all_rows, train_cfg)
     return {"epochs": epoch + 1, "best_epoch": best_epoch, "val_loss": history,
-            "seconds": time.time() - start, "warm_start": warm}
+            "seconds": time.time() - start, "warm_start": warm, "warm_start_val_loss": warm_score}
 
 
 def _warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
