@@ -358,7 +358,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="limaml bench serve", description=main.__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="run folder (--output of `limaml run`)")
+    parser.add_argument("--run", help="run folder (--output of `limaml run`)")
+    parser.add_argument("--blocks", action="store_true",
+                        help="no run: build a single-block and a multi-block (user x genre) model on "
+                             "synthetic data and report their latency side by side "
+                             "(benchmarks/serve_blocks.py)")
+    parser.add_argument("--synthetic-users", type=int, default=300, help="--blocks: synthetic users")
     parser.add_argument("--max-requests", type=int, default=500, help="most timed requests per row")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="most seconds per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed requests before each row")
@@ -391,6 +396,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--concurrency {args.concurrency!r}: expected integers like 1,8,32")
     if not concs or min(concs) < 1:
         parser.error("--concurrency: give counts >= 1")
+    if args.blocks:
+        return _main_blocks(args, counts, concs)
+    if not args.run:
+        parser.error("give --run DIR (a pipeline run) or --blocks")
 
     from serving.local_stack import read_eval_requests, start_local_stack
     from serving.multi_block import MULTI_BLOCKS
@@ -427,6 +436,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               flush=True)
     if args.table:
         print(format_rows(rows), file=sys.stderr)
+    return 0
+
+
+def _main_blocks(args: Any, counts: Sequence[int], concs: Sequence[int]) -> int:
+    """``--blocks``: single-block vs multi-block serving latency on synthetic data."""
+    import tempfile
+
+    from benchmarks.serve_blocks import format_side_by_side, run_block_bench
+
+    with tempfile.TemporaryDirectory(prefix="serve_blocks_") as root:
+        rows = run_block_bench(root, users=args.synthetic_users, candidate_counts=counts,
+                               concurrencies=concs, max_requests=args.max_requests,
+                               max_seconds=args.max_seconds, cache_size=args.cache_size)
+    for row in rows:
+        print(json.dumps({**row, "cache_size": args.cache_size}), flush=True)
+    print(format_side_by_side(rows), file=sys.stderr if not args.table else sys.stdout, flush=True)
     return 0
 
 

@@ -22,11 +22,11 @@ row of user ``u``): :func:`check_user_ids` rejects them, naming the id.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from embeddings.record import COLD_START_USER
+from embeddings.record import COLD_START_USER, EmbeddingBatch
 
 SEPARATOR = "#"
 
@@ -92,5 +92,19 @@ def is_genre_key(keys: ArrayLike) -> np.ndarray:
     return np.char.find(arr, SEPARATOR) >= 0
 
 
-__all__ = ["SEPARATOR", "check_user_ids", "cold_genre_key", "genre_key", "genre_keys",
+class UserRowCount:
+    """Counts the user rows (not ``user#g`` nor cold-start rows) of a stream of batches."""
+
+    def __init__(self) -> None:
+        self.users = 0
+
+    def through(self, batches: Iterable[EmbeddingBatch]) -> Iterator[EmbeddingBatch]:
+        """Yields ``batches`` unchanged, counting their user rows."""
+        for batch in batches:
+            ids = batch.user_ids
+            self.users += int(np.sum(~is_genre_key(ids) & (ids != COLD_START_USER)))
+            yield batch
+
+
+__all__ = ["UserRowCount", "SEPARATOR", "check_user_ids", "cold_genre_key", "genre_key", "genre_keys",
            "is_genre_key", "owner_users"]

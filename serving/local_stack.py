@@ -366,7 +366,9 @@ class LocalStack:
                          f"BIGTABLE_EMULATOR_HOST={self.bigtable_emulator_host}")
         else:
             lines.append(f"embeddings: parquet {self.store_location} (E={self.embedding_dim})")
-        lines.append(f"ranker: {self.ranker_url}  (POST /v1/rank, GET /healthz, GET /readyz)")
+        blocks = "user + user x genre" if getattr(self.ranker, "multi_block", False) else "user"
+        lines.append(f"ranker: {self.ranker_url}  (POST /v1/rank, GET /healthz, GET /readyz; "
+                     f"meta blocks: {blocks})")
         return lines
 
     def stop(self) -> None:

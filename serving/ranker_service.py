@@ -24,6 +24,10 @@ Responses (always a JSON object, ``Content-Type: application/json``):
           "model_version": "2",         # served version; the embedding came from the same one
           "cold_start": false,          # true: no embedding for the user, cold-start default used
           "degraded": null}             # or a short reason (e.g. "embedding store unavailable")
+
+    multi-block model (user × genre) only, also:
+          "fallbacks": {"genre_to_user": 1, "user_to_cold": 0, "cold_genre_to_cold": 0}
+                                        # candidates per fallback (serving.multi_block)
     4xx/5xx {"error": "<message>", "code": "<short code>", "field": ...}
 
     400  bad_request         malformed JSON (also: invalid Unicode, nesting too deep) or request;

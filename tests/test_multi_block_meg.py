@@ -239,3 +239,18 @@ def test_user_id_with_the_separator_is_refused_by_name(world):
 def test_genre_layout_assumption(world):
     """The genre multi-hot is the model's first global multi-hot, 64 buckets (keys' contract)."""
     assert world.model.layout.global_multi_hot[0] == (F.GENRES, 64)
+
+
+def test_write_stores_commits_both_kinds_and_counts_users(world, staged, tmp_path):
+    from embeddings.parquet_store import ParquetEmbeddingStore
+
+    staging = os.path.join(world.root, "staging")  # written by the ``staged`` fixture
+    root = str(tmp_path / "store")
+    n = store_io.write_stores(world.cfg, staging, root, "7", 5,
+                              store_io.load_cold(os.path.join(staging, generate.COLD_FILE)))
+    users = [k for k in staged if "#" not in k and k != COLD_START_USER]
+    assert n == len(users)
+    keys = sorted(staged)
+    got = ParquetEmbeddingStore(root).lookup(keys, "7")
+    assert got.found.all()
+    np.testing.assert_array_equal(got.embeddings, np.stack([staged[k][0] for k in keys]))

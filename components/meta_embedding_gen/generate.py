@@ -177,7 +177,7 @@ class GenerateDoFn(beam.DoFn):
 
 def _check_genres(genres: GenreSet) -> GenreSet:
     """``genres`` of :func:`GenerateEmbeddings`, checked (a clear error names a bad value)."""
-    if genres is None or genres == CATALOGUE:
+    if genres is None or (isinstance(genres, str) and genres == CATALOGUE):
         return genres
     if isinstance(genres, str):
         raise ValueError(f"genres={genres!r}: pass None, {CATALOGUE!r} or a list of genre buckets")

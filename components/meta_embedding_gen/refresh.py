@@ -35,8 +35,14 @@ import numpy as np
 import pandas as pd
 
 from components.common.model_layout import meta_block_dir
-from components.meta_embedding_gen import generate, store_io
-from components.meta_embedding_gen.meta_block import MetaBlockLoader, check_meta_block, transform_graph_dir
+from components.meta_embedding_gen import generate, refresh_entities, store_io
+from components.meta_embedding_gen.meta_block import (
+    MetaBlockLoader,
+    check_meta_block,
+    genre_set_arg,
+    transform_graph_dir,
+)
+from embeddings.entity_keys import UserRowCount
 from embeddings.record import COLD_START_USER, EmbeddingBatch, VersionNotCommittedError
 from limaml.config import LimamlConfig
 from schema import features as F
@@ -467,7 +473,8 @@ def _carried_batches(stored: StoredVersion, keep: np.ndarray, version: str) -> I
 
 
 def generate_embeddings(encoded: Dict[str, np.ndarray], model_dir: str, cfg: LimamlConfig,
-                        as_of: int, staging: str, beam_args: Sequence[str] = ()) -> None:
+                        as_of: int, staging: str, beam_args: Sequence[str] = (),
+                        genres: Any = None) -> None:
     """Runs MEG (Beam) on an encoded table with the model of ``model_dir``; stages its output.
 
     The table goes to ``staging/input/users.parquet`` in row groups of whole users (about
@@ -482,6 +489,7 @@ def generate_embeddings(encoded: Dict[str, np.ndarray], model_dir: str, cfg: Lim
         as_of: unix seconds.
         staging: private folder (cleared first).
         beam_args: Beam pipeline flags.
+        genres: multi-block models: the genre set (:func:`refresh_entities.genres_for_refresh`).
     """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -499,7 +507,8 @@ def generate_embeddings(encoded: Dict[str, np.ndarray], model_dir: str, cfg: Lim
             result = (p
                       | "Users" >> inputs.ReadUserBatches(path)  # pylint: disable=no-value-for-parameter
                       | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
-                          MetaBlockLoader(model_dir), e.max_recent, e.aggregation, e.users_per_batch, as_of))
+                          MetaBlockLoader(model_dir), e.max_recent, e.aggregation, e.users_per_batch, as_of,
+                          genres))
             generate.stage_embeddings(result, staging)
     finally:
         shutil.rmtree(input_dir, ignore_errors=True)
@@ -569,14 +578,16 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
     encoded = encode_with_transform(support, tdir)
     staging = tempfile.mkdtemp(prefix="limaml-refresh-")
     try:
-        generate_embeddings(encoded, model_dir, cfg, as_of, staging, beam_args)
+        stored_keys = None if stored is None else stored.user_ids
+        genres = refresh_entities.genres_for_refresh(genre_set_arg(model_dir) is not None, stored_keys)
+        generate_embeddings(encoded, model_dir, cfg, as_of, staging, beam_args, genres)
         new_cold = store_io.load_cold(os.path.join(staging, generate.COLD_FILE))
         generated_at = generate.now()
         keep = None
         cold_batches: List[EmbeddingBatch] = []
         if stored is not None:
             is_cold = stored.user_ids == COLD_START_USER
-            keep = ~pd.Index(stored.user_ids).isin(changed)
+            keep = refresh_entities.carried(stored.user_ids, changed)
             if not is_cold.any():
                 cold_batches = [EmbeddingBatch.cold_start(new_cold, version, generated_at)]
         else:
@@ -586,17 +597,20 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
             yield from cold_batches
             if stored is not None:
                 yield from _carried_batches(stored, keep, version)
-            yield from store_io.staged_batches(staging, version, generated_at, None)
+            yield from refresh_entities.without_cold_genre_rows(
+                store_io.staged_batches(staging, version, generated_at, None),
+                refresh_entities.stored_genres(stored_keys) is not None)
 
+        counted = UserRowCount()
         try:
-            summary = target.write(stream())
+            target.write(counted.through(stream()))
         except Exception as err:  # noqa: BLE001 - store failures are named, nothing committed
             if spec.kind == "bigtable" and not isinstance(err, ValueError):
                 raise _store_error(spec, err) from err
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    users = int(summary.rows) - 1
+    users = counted.users  # user rows (not the user x genre or cold-start rows)
     carried = users - len(changed)
     say(f"[refresh] committed version {version} to {spec}: {len(changed)} users refreshed, "
         f"{carried} carried over")

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embeddings.entity_keys import UserRowCount
 from embeddings.record import COLD_START_USER, EmbeddingBatch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,13 +139,15 @@ def write_stores(cfg: "LimamlConfig", staging_dir: str, store_root: str, version
             pointer are written here. None: every staged row is written here (parallel chunks).
 
     Returns:
-        Users written (the cold-start row not counted).
+        Users written (user rows: the cold-start rows and a multi-block model's
+        ``"<user>#<g>"`` rows not counted).
     """
     from embeddings.parquet_store import ParquetEmbeddingStore
 
     bigtable = open_bigtable(cfg)
+    counted = UserRowCount()
     summary = ParquetEmbeddingStore(store_root, keep_versions=cfg.embeddings.keep_versions).write(
-        staged_batches(staging_dir, version, generated_at, cold))
+        counted.through(staged_batches(staging_dir, version, generated_at, cold)))
     if bigtable is not None and bigtable_attempt is None:
         bigtable.write(staged_batches(staging_dir, version, generated_at, cold))
     elif bigtable is not None:
@@ -153,4 +156,4 @@ def write_stores(cfg: "LimamlConfig", staging_dir: str, store_root: str, version
             bigtable.write_rows(bigtable_attempt, EmbeddingBatch.cold_start(cold, version, generated_at))
         bigtable.commit(bigtable_attempt, rows, int(summary.embedding_dim), generated_at,
                         cold is not None)
-    return int(summary.rows) - (1 if cold is not None else 0)
+    return counted.users
