@@ -6,7 +6,8 @@ Both models are built the same way, differing only in ``ModelConfig.meta_blocks`
 1. a real Transform (``trainer.preprocessing.preprocessing_fn`` through ``tft_beam``) of
    synthetic interactions (``limaml.data.synthetic``, with genres);
 2. an untrained :class:`trainer.model.LimamlModel` on its layout (latency does not depend on
-   the weights), exported with :func:`trainer.export.export_global_block` to ``<base>/1``;
+   the weights), exported as a pushed version ``<base>/1`` (global block at the root, meta
+   block under ``assets.extra/meta_block/``);
 3. its meta embeddings by MEG's own kernel (:func:`components.meta_embedding_gen.generate.embed_users`:
    user rows, and for the multi-block model the ``"<user>#<g>"`` rows of the catalogue's
    primary genres and the cold-start rows), committed to a Parquet store;
@@ -60,13 +61,14 @@ def build_model(root: str, frame, transform_dir: str, cfg, blocks: Sequence[str]
     """
     import tensorflow_transform as tft
 
+    from components.common.model_layout import meta_block_dir
     from components.meta_embedding_gen import generate, store_io
     from components.meta_embedding_gen.genre_rows import cold_genre_table, primary_genres
     from components.meta_embedding_gen.refresh import encode_with_transform
     from components.meta_embedding_gen.user_batch import UserBatch
     from embeddings.parquet_store import ParquetEmbeddingStore
     from embeddings.record import EmbeddingBatch
-    from trainer.export import export_global_block
+    from trainer.export import export_global_block, export_meta_block
     from trainer.layout import build_layout
     from trainer.model import LimamlModel
     from trainer.run import vocab_sizes_from_transform
@@ -78,6 +80,7 @@ def build_model(root: str, frame, transform_dir: str, cfg, blocks: Sequence[str]
     folder = os.path.join(root, "+".join(blocks))
     base = os.path.join(folder, "serving")
     export_global_block(os.path.join(base, "1"), model, tft_output)
+    export_meta_block(meta_block_dir(os.path.join(base, "1")), model, cfg, "1")  # a pushed version
     ordered = frame.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable").reset_index(drop=True)
     users = UserBatch.from_grouped(encode_with_transform(ordered, transform_dir))
     e = cfg.embeddings
