@@ -15,7 +15,7 @@ def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre")):
     mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=3, meta_blocks=blocks)
-    mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none")
+    mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none", outer_l2=0.0)
     return LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
 
 

@@ -70,13 +70,13 @@ def test_one_class_labels_are_refused_with_a_clear_error():
         linear.fit_linear(model, {"item_id": np.array([0, 1]), "label": np.array([1.0, 1.0])})
 
 
-def _encoded_world():
+def _encoded_world(num_users: int = 120):
     from limaml.config import ModelConfig
     from limaml.data.synthetic import SyntheticConfig, generate
     from trainer.layout import build_layout
     from trainer.local_encoder import LocalEncoder
 
-    frame = generate(SyntheticConfig(num_users=120, num_items=40, mean_interactions=15, seed=2))
+    frame = generate(SyntheticConfig(num_users=num_users, num_items=40, mean_interactions=15, seed=2))
     mcfg = ModelConfig(meta_hidden=(8,), embedding_dim=4, global_hidden=(8,),
                        categorical_embedding_dim=4, user_id_buckets=512, wide=True)
     enc = LocalEncoder(mcfg.user_id_buckets).fit(frame)
@@ -177,3 +177,31 @@ def test_auc_early_stopping_scores_epochs_by_one_minus_validation_auc():
     pos, neg = p[y == 1], p[y == 0]
     pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
     assert info["val_loss"][0] == pytest.approx(1.0 - pairs, abs=1e-9)
+
+
+def test_a_deep_baseline_keeps_trained_weights_only_for_a_significant_validation_gain():
+    """Planted: labels = (item parity) XOR (gender), which no linear model over one-hots can
+    fit but an MLP can: the trained deep part must be kept, with a gain interval above 0.
+    Labels from the item alone (a linear truth): the deep part cannot gain significantly, and
+    the model falls back to its linear counterpart."""
+    from limaml.config import TrainConfig
+
+    data, layout, mcfg = _encoded_world(num_users=1500)
+    rng = np.random.RandomState(0)
+    xor = (data["item_id"] % 2) ^ (data["gender"] == 1)
+    noisy = np.where(rng.rand(len(xor)) < 0.9, xor, 1 - xor).astype(np.float32)
+    cfg = TrainConfig(linear_c_grid=(0.3,), baseline_lr=0.01, baseline_epochs=15,
+                      baseline_patience=3)
+    info = baselines.fit_baseline(baselines.make_baseline("global_dnn", layout, mcfg),
+                                  dict(data, label=noisy), cfg)
+    assert info["best_epoch"] >= 0
+    assert info["gain_over_warm_start"]["ci95"][0] > 0
+
+    item_truth = (rng.rand(len(xor)) < np.where(data["item_id"] % 3 == 0, 0.8, 0.3)).astype(np.float32)
+    model = baselines.make_baseline("global_dnn", layout, mcfg)
+    info = baselines.fit_baseline(model, dict(data, label=item_truth), cfg)
+    assert info["best_epoch"] == -1
+    ref = linear.LinearModel(layout, "linear")
+    linear.fit_linear(ref, dict(data, label=item_truth), c_grid=(0.3,))
+    np.testing.assert_allclose(baselines.predict_logits(model, data),
+                               baselines.predict_logits(ref, data), rtol=1e-4, atol=1e-4)

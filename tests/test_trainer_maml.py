@@ -25,7 +25,8 @@ def tiny_model(steps=2, first_order=False, learn_inner_lr=False, aggregation=Non
     # plain MAML (no id rows, full inner step); tests/test_trainer_personalization.py covers those
     mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
                     learn_inner_lr=learn_inner_lr, train_aggregation=aggregation,
-                    support_shrinkage=0.0, user_row_lr=None, support_sampling="none")
+                    support_shrinkage=0.0, user_row_lr=None, support_sampling="none",
+                    outer_l2=0.0)
     layout = build_layout(mcfg, VOCABS)
     return LimamlModel(layout, mcfg, mm, seed=seed, dtype=tf.float64)
 

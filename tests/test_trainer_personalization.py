@@ -24,7 +24,8 @@ def personal_model(steps=2, first_order=False, dropout=0.0, l2=0.0, interaction=
                        user_id_embedding_dim=D_ROW, user_id_dropout=dropout, user_id_l2=l2,
                        interaction=interaction, wide=wide, history_dim=history_dim)
     mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
-                    user_row_lr=user_row_lr, support_shrinkage=shrinkage, support_sampling="none")
+                    user_row_lr=user_row_lr, support_shrinkage=shrinkage, support_sampling="none",
+                    outer_l2=0.0)
     model = LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
     rng = np.random.RandomState(seed + 7)
     # non-zero rows and wide weights so that every term takes part in the checks

@@ -221,8 +221,11 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
             mask = validation_rows(data, train_cfg)
         return linear.fit_linear(model, data, mask, c_grid=train_cfg.linear_c_grid)
     all_rows = data if val_data is None else None  # the fallback's refit (internal split only)
+    val_users = None
     if val_data is None and train_cfg.baseline_val_fraction > 0 and n >= 20:
         role = early_stopping_roles(data, train_cfg)
+        if features.USER_ID in data:
+            val_users = np.asarray(data[features.USER_ID])[role == "val"]
         val_data = _subset(data, np.flatnonzero(role == "val"), keys + [LABEL])
         data = _subset(data, np.flatnonzero(role == "train"), keys + [LABEL])
         n = len(data[LABEL])
@@ -268,6 +271,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
         best = val_loss()  # the warm-started model itself is a candidate (epoch -1)
     warm_score = best if np.isfinite(best) else None
     best_vals = [v.numpy() for v in variables]
+    warm_vals = best_vals if warm is not None else None
     start = time.time()
     epoch = 0
     for epoch in range(train_cfg.baseline_epochs):
@@ -291,12 +295,39 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
                 break
     for v, val in zip(variables, best_vals):
         v.assign(val)
+    gain = None
+    if (best_epoch >= 0 and warm_vals is not None and watch == "auc" and val_users is not None
+            and train_cfg.baseline_significant_gain):
+        gain = _gain_over(model, variables, warm_vals, val_data, val_users, train_cfg.seed)
+        if gain["ci95"] is None or gain["ci95"][0] <= 0.0:
+            best_epoch = -1  # not significantly better than its linear counterpart: keep that
     if best_epoch == -1 and warm is not None and all_rows is not None:
         # no trained epoch beat the warm start: the model is its linear counterpart, refitted
         # on every row as the linear reference is (the deep part's output weights stay 0)
         warm = _warm_start(model, all_rows, train_cfg)
     return {"epochs": epoch + 1, "best_epoch": best_epoch, "val_loss": history,
-            "seconds": time.time() - start, "warm_start": warm, "warm_start_val_loss": warm_score}
+            "seconds": time.time() - start, "warm_start": warm, "warm_start_val_loss": warm_score,
+            "gain_over_warm_start": gain}
+
+
+def _gain_over(model, variables: List[tf.Variable], warm_vals: List[np.ndarray],
+               val_data: Mapping[str, np.ndarray], val_users: np.ndarray, seed: int) -> Dict:
+    """Validation AUC(trained) − AUC(warm start) with its paired user-bootstrap 95% interval
+    (:func:`report.paired.paired_bootstrap`, 1,000 resamples); leaves the trained weights in."""
+    from report import paired  # noqa: PLC0415  (stats only; keeps trainer importable without it)
+
+    trained_vals = [v.numpy() for v in variables]
+    for v, val in zip(variables, warm_vals):
+        v.assign(val)
+    p_warm = predict_logits(model, val_data)
+    for v, val in zip(variables, trained_vals):
+        v.assign(val)
+    p_trained = predict_logits(model, val_data)
+    out = paired.paired_bootstrap(
+        val_users, np.asarray(val_data[LABEL]) > 0.5, {"trained": p_trained, "warm": p_warm},
+        np.full(len(val_users), "all"), reference="trained", cohort_names=(), seed=seed)
+    entry = out["trained_vs_warm"]["overall"]
+    return {"delta": entry["delta"], "ci95": entry["ci95"]}
 
 
 def _warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
