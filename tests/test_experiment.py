@@ -101,3 +101,17 @@ def test_paired_delta_over_seeds_is_the_mean_of_per_seed_auc_differences():
     m = cohort == "a"
     want_a = np.mean([roc_auc_score(y[m], ref[s][m]) - roc_auc_score(y[m], other[s][m]) for s in ref])
     assert out["cohorts"]["a"]["delta"] == pytest.approx(want_a, abs=6e-5)
+
+
+def test_deep_baselines_inherit_their_linear_counterparts_tuned_c_unless_they_set_one():
+    tuned = {"linear": {"train": {"linear_c_grid": [3.0]}},
+             "linear_user_id": {"train": {"linear_c_grid": [0.3]}},
+             "global_dnn": {"model": {"categorical_embedding_dim": 32}},
+             "wide_deep": {"train": {"linear_c_grid": [1.0], "baseline_lr": 0.003}}}
+    assert tuning.tuned_overrides(tuned, "global_dnn") == {
+        "model": {"categorical_embedding_dim": 32}, "train": {"linear_c_grid": [3.0]}}
+    assert tuning.tuned_overrides(tuned, "wide_deep") == {
+        "train": {"linear_c_grid": [1.0], "baseline_lr": 0.003}}  # its own choice wins
+    assert tuning.tuned_overrides(tuned, "limaml") == {}
+    assert tuning.tuned_overrides(None, "global_dnn") == {}
+    assert "linear_c_grid" not in tuned["global_dnn"].get("train", {})  # input not mutated

@@ -273,10 +273,10 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
         base, _, variant = name.partition("@")
         mcfg = (configs or {}).get(variant, cfg) if variant else cfg
         tuned_key = "limaml" if base == "limaml_multi" and "limaml_multi" not in (tuned or {}) else base
-        if tuned and tuned_key in tuned:
-            from trainer.tuning import apply_overrides
+        if tuned:
+            from trainer.tuning import apply_overrides, tuned_overrides
 
-            mcfg = apply_overrides(mcfg, tuned[tuned_key])
+            mcfg = apply_overrides(mcfg, tuned_overrides(tuned, tuned_key))
         for seed in seeds:
             t0 = time.time()
             if base in linear.KINDS and name in out["scores"]:

@@ -43,6 +43,23 @@ def apply_overrides(cfg: LimamlConfig, overrides: Overrides) -> LimamlConfig:
     return cfg
 
 
+# A deep baseline's warm start is its linear counterpart (trainer.baselines._warm_start).
+WARM_START_COUNTERPART = {"global_dnn": "linear", "wide_deep": "linear_user_id"}
+
+
+def tuned_overrides(tuned: Optional[Mapping[str, Overrides]], model: str) -> Dict[str, Dict[str, Any]]:
+    """The overrides ``limaml tune`` chose for ``model``; a deep baseline also inherits its
+    linear counterpart's tuned ``linear_c_grid`` (its warm start, and its fallback, is that
+    model) unless its own overrides set one."""
+    tuned = tuned or {}
+    out = {section: dict(fields) for section, fields in tuned.get(model, {}).items()}
+    counterpart = tuned.get(WARM_START_COUNTERPART.get(model, ""), {})
+    grid = counterpart.get("train", {}).get("linear_c_grid")
+    if grid is not None and "linear_c_grid" not in out.get("train", {}):
+        out.setdefault("train", {})["linear_c_grid"] = grid
+    return out
+
+
 def tune(frame: pd.DataFrame, cfg: LimamlConfig, grid: Mapping[str, Sequence[Overrides]],
          models: Optional[Sequence[str]] = None, seed: int = 0,
          progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
