@@ -31,7 +31,7 @@ MODELS = {"single_block": ("user",), "multi_block": ("user", "user_x_genre")}
 _DTYPES = {"str": tf.string, "int64": tf.int64, "float64": tf.float32}
 
 
-def _transform(frame, root: str, cfg) -> str:
+def transform_frame(frame, root: str, cfg) -> str:
     """A real Transform of ``frame`` to ``root/transform`` (raw metadata included)."""
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
@@ -115,7 +115,7 @@ def run_block_bench(root: str, users: int = 300, items: int = 200, candidate_cou
     cfg = LimamlConfig(model=ModelConfig(user_id_buckets=1024))
     frame = generate(SyntheticConfig(num_users=users, num_items=items, mean_interactions=20,
                                      seed=seed))
-    transform_dir = _transform(frame, root, cfg)
+    transform_dir = transform_frame(frame, root, cfg)
     pool = (frame[[F.ITEM_ID] + list(F.ITEM_FEATURES)].drop_duplicates(F.ITEM_ID)
             .to_dict("records"))
     pool = [{k: (int(v) if isinstance(v, np.integer) else v) for k, v in c.items()} for c in pool]

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import os
 import threading
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -131,13 +131,58 @@ def lookup_keys(user_id: str, genres: np.ndarray) -> np.ndarray:
                            np.array(cold, dtype=object)])
 
 
+def assemble(rows: Mapping[str, np.ndarray], user_id: str, genres: np.ndarray,
+             cold_fallback: np.ndarray) -> Tuple[np.ndarray, bool, Dict[str, int]]:
+    """The fallback chain on the rows found: ``[e_user, e_user×g]`` per candidate.
+
+    One definition for the ranker (:func:`candidate_embeddings`) and for any offline join of
+    evaluation rows with a multi-block store (key the store's rows by
+    :func:`embeddings.entity_keys.owner_users`, add the cold-start rows, call this per user).
+
+    Args:
+        rows: ``{key: [E]}`` the found rows among ``user``, ``user#g``, ``__cold_start__#g``
+            (others ignored; a key absent means no row).
+        user_id: the user.
+        genres: ``[n]`` int primary genres of the candidates.
+        cold_fallback: ``[E]`` the cold-start row ``__cold_start__`` (or the configured
+            fallback), used when the user has no row.
+
+    Returns:
+        ``(embeddings float32 [n, 2E], user missing, fallbacks {name: candidates})``.
+    """
+    genres = np.asarray(genres, np.int64).reshape(-1)
+    uniq, inverse = np.unique(genres, return_inverse=True)
+    n = genres.shape[0]
+    counts = dict.fromkeys(FALLBACKS, 0)
+    user = rows.get(user_id)
+    cold = user is None
+    if cold:
+        e_user = np.asarray(cold_fallback, np.float32)
+        keys = [entity_keys.cold_genre_key(g) for g in uniq]
+    else:
+        e_user = np.asarray(user, np.float32)
+        keys = list(entity_keys.genre_keys([user_id], uniq))
+    slot_missing = np.array([k not in rows for k in keys], bool)
+    slot = np.stack([e_user if m else np.asarray(rows[k], np.float32)
+                     for k, m in zip(keys, slot_missing)]) if keys else np.zeros((0, e_user.shape[0]),
+                                                                                  np.float32)
+    fell = int(slot_missing[inverse].sum())  # candidates whose genre slot has no row
+    if cold:
+        counts["user_to_cold"], counts["cold_genre_to_cold"] = n, fell
+    else:
+        counts["genre_to_user"] = fell
+    out = np.concatenate([np.broadcast_to(e_user, (n, e_user.shape[0])), slot[inverse]], axis=1)
+    return np.ascontiguousarray(out, np.float32), cold, counts
+
+
 def candidate_embeddings(lookup: Any, user_id: str, genres: np.ndarray, model_version: str
                          ) -> CandidateEmbeddings:
     """``[e_user, e_user×genre]`` of every candidate, from one batched lookup.
 
     Args:
         lookup: ``lookup(keys, model_version)`` -> ``embeddings [N, E]`` and ``cold [N]`` (True:
-            the key has no row; :class:`serving.embedding_lookup.EmbeddingLookup`).
+            the key has no row, and ``embeddings`` holds the cold-start row there;
+            :class:`serving.embedding_lookup.EmbeddingLookup`).
         user_id: the user (without :data:`entity_keys.SEPARATOR`).
         genres: ``[n]`` int primary genre buckets of the candidates.
         model_version: the served version.
@@ -149,28 +194,17 @@ def candidate_embeddings(lookup: Any, user_id: str, genres: np.ndarray, model_ve
         ValueError: a malformed lookup result (named shapes).
     """
     genres = np.asarray(genres, np.int64).reshape(-1)
-    uniq, inverse = np.unique(genres, return_inverse=True)
-    k, n = uniq.shape[0], genres.shape[0]
-    res = lookup.lookup(lookup_keys(user_id, uniq), model_version)
+    keys = lookup_keys(user_id, np.unique(genres))
+    res = lookup.lookup(keys, model_version)
     emb = np.asarray(res.embeddings, np.float32)
     missing = np.asarray(res.cold, bool)
-    if emb.ndim != 2 or emb.shape[0] != 1 + 2 * k or missing.shape != (1 + 2 * k,):
+    if emb.ndim != 2 or emb.shape[0] != len(keys) or missing.shape != (len(keys),):
         raise ValueError(f"lookup returned embeddings {emb.shape} and cold {missing.shape} for "
-                         f"{1 + 2 * k} keys")
-    e_user = emb[0]
-    counts = dict.fromkeys(FALLBACKS, 0)
-    if not missing[0]:
-        slot, slot_missing = emb[1:1 + k].copy(), missing[1:1 + k]
-        counts["genre_to_user"] = int(slot_missing[inverse].sum())
-    else:  # unknown user (or no store): e_user is the cold-start row
-        slot, slot_missing = emb[1 + k:].copy(), missing[1 + k:]
-        counts["user_to_cold"] = n
-        counts["cold_genre_to_cold"] = int(slot_missing[inverse].sum())
-    slot[slot_missing] = e_user
-    out = np.concatenate([np.broadcast_to(e_user, (n, e_user.shape[0])), slot[inverse]], axis=1)
-    return CandidateEmbeddings(np.ascontiguousarray(out), bool(missing[0]),
-                               getattr(res, "degraded", None), counts)
+                         f"{len(keys)} keys")
+    found = {k: emb[i] for i, k in enumerate(keys) if not missing[i]}
+    out, cold, counts = assemble(found, user_id, genres, emb[0])
+    return CandidateEmbeddings(out, cold, getattr(res, "degraded", None), counts)
 
 
-__all__ = ["CandidateEmbeddings", "FALLBACKS", "MULTI_BLOCKS", "PrimaryGenres",
+__all__ = ["CandidateEmbeddings", "FALLBACKS", "MULTI_BLOCKS", "PrimaryGenres", "assemble",
            "candidate_embeddings", "is_multi_block", "lookup_keys", "served_meta_blocks"]

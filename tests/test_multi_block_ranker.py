@@ -206,3 +206,17 @@ def test_primary_genres_match_the_transform():
         want[i] = int(np.argmax(hot))   # training's rule: argmax (0 when empty)
     np.testing.assert_array_equal(pg(values), [want[i] for i in range(len(values))])
     np.testing.assert_array_equal(pg(values), [want[i] for i in range(len(values))])  # cached
+
+
+def test_assemble_applies_the_chain_on_found_rows():
+    from serving.multi_block import assemble
+
+    u, u3, c3 = np.ones(2, np.float32), np.full(2, 3.0, np.float32), np.full(2, -3.0, np.float32)
+    cold = np.full(2, -1.0, np.float32)
+    rows = {"u": u, "u#3": u3, "__cold_start__#3": c3, "v#5": np.full(2, 9.0, np.float32)}
+    emb, missing, counts = assemble(rows, "u", np.array([5, 3, 5]), cold)
+    np.testing.assert_array_equal(emb, [[1, 1, 1, 1], [1, 1, 3, 3], [1, 1, 1, 1]])
+    assert not missing and counts == {"genre_to_user": 2, "user_to_cold": 0, "cold_genre_to_cold": 0}
+    emb, missing, counts = assemble(rows, "v", np.array([3, 5]), cold)  # v#5 exists, v does not
+    np.testing.assert_array_equal(emb, [[-1, -1, -3, -3], [-1, -1, -1, -1]])
+    assert missing and counts == {"genre_to_user": 0, "user_to_cold": 2, "cold_genre_to_cold": 1}

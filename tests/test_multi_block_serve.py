@@ -45,7 +45,7 @@ def _record_embeddings(metadata_path: str, store_root: str, version: str) -> Non
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from benchmarks.serve_blocks import _transform, build_model
+    from benchmarks.serve_blocks import build_model, transform_frame
     from limaml.config import LimamlConfig, ModelConfig
     from limaml.data.synthetic import SyntheticConfig, generate
 
@@ -53,7 +53,7 @@ def run(tmp_path_factory):
     cfg = LimamlConfig(model=ModelConfig(meta_hidden=(8,), embedding_dim=4, global_hidden=(16,),
                                          categorical_embedding_dim=4, user_id_buckets=64))
     frame = generate(SyntheticConfig(num_users=30, num_items=40, mean_interactions=10, seed=5))
-    built = build_model(root, frame, _transform(frame, root, cfg), cfg, MULTI)
+    built = build_model(root, frame, transform_frame(frame, root, cfg), cfg, MULTI)
     run_dir = os.path.join(root, "run")
     shutil.copytree(os.path.join(built["base"], "1"), os.path.join(run_dir, SERVING_SUBDIR, "1"))
     store_root = str(built["store"].root)
