@@ -91,7 +91,7 @@ def test_warm_started_deep_baseline_starts_as_its_linear_counterpart(kind, linea
     data, layout, mcfg = _encoded_world()
     cfg = TrainConfig(linear_c_grid=(0.3,))
     model = baselines.make_baseline(kind, layout, mcfg)
-    info = baselines._warm_start(model, data, cfg)
+    info = baselines.warm_start(model, data, cfg)
     assert info["kind"] == linear_kind
     ref = linear.LinearModel(layout, linear_kind)
     linear.fit_linear(ref, data, c_grid=(0.3,))

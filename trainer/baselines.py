@@ -21,10 +21,12 @@ import tensorflow as tf
 
 from limaml.config import ModelConfig, TrainConfig
 from schema import features
-from trainer import evaluate, linear, validation
+from trainer import evaluate, linear
 from trainer.layout import USER_HASH, FeatureLayout
 from trainer.maml import Adam
 from trainer.model import _dot, global_forward, init_global_params
+from trainer.validation import early_stopping_roles, validation_rows  # noqa: F401 (re-exported)
+from trainer.warm_start import warm_start, warm_start_limaml  # noqa: F401 (re-exported)
 
 LABEL = features.LABEL
 KINDS = ("global_dnn", "wide_deep", "linear", "linear_user_id")
@@ -162,35 +164,6 @@ def _logit_fn(model):
     return fn
 
 
-def validation_rows(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> np.ndarray:
-    """``[N]`` validation mask: training users' later interactions (:mod:`trainer.validation`)
-    when ``data`` has user ids and timestamps, else a seeded random ``baseline_val_fraction``."""
-    n = len(np.asarray(data[LABEL]))
-    if features.USER_ID in data and features.TIMESTAMP in data:
-        # users lend the later half of their rows, so twice the row share in users gives about
-        # baseline_val_fraction of the rows
-        return validation.later_interactions_mask(
-            np.asarray(data[features.USER_ID]), np.asarray(data[features.TIMESTAMP]),
-            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), later_share=0.5,
-            seed=train_cfg.seed)
-    rng = np.random.RandomState(train_cfg.seed + 1)
-    return rng.uniform(size=n) < train_cfg.baseline_val_fraction
-
-
-def early_stopping_roles(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> np.ndarray:
-    """``[N]`` role of each row for a deep baseline: ``"train"``, ``"val"`` or ``"unused"``.
-
-    ``baseline_validation="held_out_users"`` (with user ids and timestamps):
-    :func:`trainer.validation.held_out_user_roles`; otherwise :func:`validation_rows`.
-    """
-    if (train_cfg.baseline_validation == "held_out_users" and features.USER_ID in data
-            and features.TIMESTAMP in data):
-        return validation.held_out_user_roles(
-            np.asarray(data[features.USER_ID]), np.asarray(data[features.TIMESTAMP]),
-            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), seed=train_cfg.seed)
-    return np.where(validation_rows(data, train_cfg), "val", "train").astype(object)
-
-
 def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
                  val_data: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, object]:
     """Trains a baseline with Adam on flat examples; early stopping on the validation rows
@@ -233,7 +206,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
     if train_cfg.linear_warm_start:
         # fitted without the validation rows, so that the warm start (epoch -1) and the trained
         # epochs are compared on rows none of them has seen
-        warm = _warm_start(model, data, train_cfg, val_data)
+        warm = warm_start(model, data, train_cfg, val_data)
     variables = model.trainable()
     opt = Adam(variables, lr=train_cfg.baseline_lr)
     l2 = float(train_cfg.baseline_l2)
@@ -304,7 +277,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
     if best_epoch == -1 and warm is not None and all_rows is not None:
         # no trained epoch beat the warm start: the model is its linear counterpart, refitted
         # on every row as the linear reference is (the deep part's output weights stay 0)
-        warm = _warm_start(model, all_rows, train_cfg)
+        warm = warm_start(model, all_rows, train_cfg)
     return {"epochs": epoch + 1, "best_epoch": best_epoch, "val_loss": history,
             "seconds": time.time() - start, "warm_start": warm, "warm_start_val_loss": warm_score,
             "gain_over_warm_start": gain}
@@ -328,83 +301,3 @@ def _gain_over(model, variables: List[tf.Variable], warm_vals: List[np.ndarray],
         np.full(len(val_users), "all"), reference="trained", cohort_names=(), seed=seed)
     entry = out["trained_vs_warm"]["overall"]
     return {"delta": entry["delta"], "ci95": entry["ci95"]}
-
-
-def _warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
-                val_data: Optional[Mapping[str, np.ndarray]] = None) -> Optional[Dict]:
-    """Fits the linear counterpart and copies it into the model's wide part (None: no wide part).
-
-    With ``val_data`` the fit chooses C on those rows and never trains on them."""
-    if isinstance(model, WideDeep):
-        fitted = linear.LinearModel(model.layout, "linear_user_id")
-        target, names = model.wide_params, {"bias": "wide_bias"}
-    elif isinstance(model, GlobalDNN) and model.model_cfg.wide:
-        fitted = linear.LinearModel(model.layout, "linear")
-        target, names = model.global_params, {"bias": "b_out"}
-    else:
-        return None
-    info = _fit_linear_cached(fitted, data, train_cfg, val_data)
-    linear.warm_start_wide(target, fitted, names)
-    if "w_out" in model.global_params:  # the deep part starts silent: the model = the linear fit
-        model.global_params["w_out"].assign(tf.zeros_like(model.global_params["w_out"]))
-    return {"kind": fitted.kind, "C": info["C"]}
-
-
-def warm_start_limaml(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> Optional[Dict]:
-    """Starts LiMAML's global block as the linear model over its global features (item, genres,
-    year): the wide part gets the fitted weights, the MLP's output weights 0 (None: no wide part).
-
-    Args:
-        model: a :class:`trainer.model.LimamlModel` with ``model_cfg.wide``.
-        data: flat encoded training rows (with user ids and timestamps for the validation rows).
-        train_cfg: ``linear_c_grid`` and the seed of the validation rows.
-    """
-    if not model.model_cfg.wide:
-        return None
-    fitted = linear.LinearModel(model.layout, "linear", global_only=True)
-    info = _fit_linear_cached(fitted, data, train_cfg)
-    linear.warm_start_wide(model.global_params, fitted, {"bias": "b_out"})
-    model.global_params["w_out"].assign(tf.zeros_like(model.global_params["w_out"]))
-    return {"kind": "linear (global features)", "C": info["C"]}
-
-
-# Warm starts of several models on the same rows (tuning, seeds) share one convex fit.
-_LINEAR_FITS: Dict[tuple, tuple] = {}
-
-
-def _fingerprint(data: Mapping[str, np.ndarray], keys) -> str:
-    """Content hash of the columns a fit reads (object columns by their string values)."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for k in keys:
-        if k in data:
-            v = np.asarray(data[k])
-            h.update(k.encode())
-            h.update(v.astype(str).tobytes() if v.dtype == object else np.ascontiguousarray(v).tobytes())
-    return h.hexdigest()
-
-
-def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
-                       val_data: Optional[Mapping[str, np.ndarray]] = None) -> Dict:
-    """Fits (or reuses the fit of) ``fitted``; with ``val_data``: C chosen there, weights from
-    ``data`` alone."""
-    columns = fitted.input_keys() + [LABEL, features.USER_ID, features.TIMESTAMP]
-    key = (_fingerprint(data, columns), None if val_data is None else _fingerprint(val_data, columns),
-           fitted.kind, tuple(fitted.layout.global_feature_names),
-           fitted.user_id_buckets, tuple(train_cfg.linear_c_grid), train_cfg.seed)
-    if key not in _LINEAR_FITS:
-        if val_data is None:
-            info = fit_baseline(fitted, data, dataclasses.replace(train_cfg, linear_warm_start=False))
-        else:
-            cols = fitted.input_keys() + [LABEL]
-            both = {k: np.concatenate([np.asarray(data[k]), np.asarray(val_data[k])]) for k in cols}
-            is_val = np.arange(len(both[LABEL])) >= len(np.asarray(data[LABEL]))
-            info = linear.fit_linear(fitted, both, is_val, c_grid=train_cfg.linear_c_grid,
-                                     refit_on_validation=False)
-        _LINEAR_FITS.clear()  # one data set at a time: bounded memory
-        _LINEAR_FITS[key] = ({k: v.numpy() for k, v in fitted.params.items()}, info)
-    values, info = _LINEAR_FITS[key]
-    for k, v in values.items():
-        fitted.params[k].assign(v)
-    return info

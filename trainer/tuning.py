@@ -43,7 +43,7 @@ def apply_overrides(cfg: LimamlConfig, overrides: Overrides) -> LimamlConfig:
     return cfg
 
 
-# A deep baseline's warm start is its linear counterpart (trainer.baselines._warm_start).
+# A deep baseline's warm start is its linear counterpart (trainer.warm_start.warm_start).
 WARM_START_COUNTERPART = {"global_dnn": "linear", "wide_deep": "linear_user_id"}
 
 

@@ -16,13 +16,14 @@ order, at most ``horizon`` rows, to the validation set. Users with fewer than 2 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
 
-from limaml.config import ProtocolConfig
+from limaml.config import ProtocolConfig, TrainConfig
 from limaml.data import protocols
+from schema import features
 
 
 def later_interactions_mask(user_ids: np.ndarray, timestamps: np.ndarray, fraction: float = 0.2,
@@ -92,3 +93,32 @@ def held_out_user_roles(user_ids: np.ndarray, timestamps: np.ndarray, fraction: 
     out[split.interactions["item_id"].to_numpy()] = np.where(
         role == "query", "val", np.where(role == "unused", "unused", "train"))
     return out
+
+
+def validation_rows(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> np.ndarray:
+    """``[N]`` validation mask: training users' later interactions (:func:`later_interactions_mask`)
+    when ``data`` has user ids and timestamps, else a seeded random ``baseline_val_fraction``."""
+    n = len(np.asarray(data[features.LABEL]))
+    if features.USER_ID in data and features.TIMESTAMP in data:
+        # users lend the later half of their rows, so twice the row share in users gives about
+        # baseline_val_fraction of the rows
+        return later_interactions_mask(
+            np.asarray(data[features.USER_ID]), np.asarray(data[features.TIMESTAMP]),
+            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), later_share=0.5,
+            seed=train_cfg.seed)
+    rng = np.random.RandomState(train_cfg.seed + 1)
+    return rng.uniform(size=n) < train_cfg.baseline_val_fraction
+
+
+def early_stopping_roles(data: Mapping[str, np.ndarray], train_cfg: TrainConfig) -> np.ndarray:
+    """``[N]`` role of each row for a deep baseline: ``"train"``, ``"val"`` or ``"unused"``.
+
+    ``baseline_validation="held_out_users"`` (with user ids and timestamps):
+    :func:`held_out_user_roles`; otherwise :func:`validation_rows`.
+    """
+    if (train_cfg.baseline_validation == "held_out_users" and features.USER_ID in data
+            and features.TIMESTAMP in data):
+        return held_out_user_roles(
+            np.asarray(data[features.USER_ID]), np.asarray(data[features.TIMESTAMP]),
+            fraction=max(min(2 * train_cfg.baseline_val_fraction, 0.9), 0.05), seed=train_cfg.seed)
+    return np.where(validation_rows(data, train_cfg), "val", "train").astype(object)
