@@ -15,22 +15,19 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from limaml.config import LimamlConfig, MamlConfig, ModelConfig
 from schema import features as F
 
-_DTYPES = {"str": tf.string, "int64": tf.int64, "float64": tf.float32}
 _CACHE: Dict[str, Any] = {}
 
 
 def _build(root: str) -> types.SimpleNamespace:
     import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
+    from benchmarks.serve_blocks import transform_frame
     from limaml.data.synthetic import SyntheticConfig, generate
-    from trainer import export, preprocessing
+    from trainer import export
     from trainer.layout import build_layout
     from trainer.model import LimamlModel
     from trainer.run import vocab_sizes_from_transform
@@ -40,18 +37,7 @@ def _build(root: str) -> types.SimpleNamespace:
                        maml=MamlConfig(inner_lr=0.3, adaptation_steps=1))
     frame = generate(SyntheticConfig(num_users=40, num_items=30, mean_interactions=10,
                                      sigma_interactions=0.3, seed=7))
-    cols = list(F.CANONICAL_COLUMNS)
-    spec = {k: tf.io.VarLenFeature(_DTYPES[F.CANONICAL_COLUMNS[k]]) for k in cols}
-    raw = [{k: [r[k].encode() if isinstance(r[k], str) else r[k]] for k in cols}
-           for r in frame[cols].to_dict("records")]
-    meta = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
-    transform_dir = os.path.join(root, "transform")
-    with tft_beam.Context(temp_dir=os.path.join(root, "tmp")):
-        _, transform_fn = ((raw, meta) | tft_beam.AnalyzeAndTransformDataset(
-            lambda x: preprocessing.preprocessing_fn(x, {"limaml_config": cfg.to_json()})))
-        _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
-    metadata_io.write_metadata(meta, os.path.join(transform_dir,
-                                                  tft.TFTransformOutput.RAW_METADATA_DIR))
+    transform_dir = transform_frame(frame, root, cfg)
     tft_output = tft.TFTransformOutput(transform_dir)
     layout = build_layout(cfg.model, vocab_sizes_from_transform(tft_output))
     model = LimamlModel(layout, cfg.model, cfg.maml, seed=3)
