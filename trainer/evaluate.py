@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.layout import MASK, QUERY, SUPPORT
-from trainer.maml import LABEL, adapt, query_embeddings
-from trainer.model import LimamlModel, global_forward
+from trainer.maml import LABEL, adapt, aggregate, query_embeddings
+from trainer.model import LimamlModel, global_forward, meta_forward
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -37,6 +37,34 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def _query_genre_embeddings(model: LimamlModel, adapted: Mapping[str, tf.Tensor], s_x: tf.Tensor,
+                            batch: Mapping[str, Mapping[str, tf.Tensor]], aggregation: Optional[str],
+                            steps: int) -> tf.Tensor:
+    """The user × genre block's embeddings of the query rows, ``[T, Q, E]``.
+
+    As :func:`trainer.maml.maml_loss` builds them: the genre block adapts on each query row's
+    genre subtask with the adapted user block's support embeddings ``[T, S, E]`` held fixed in
+    front. With an ``aggregation`` (serving-time behaviour) that prefix is the user's aggregate
+    embedding broadcast over the support rows, as MEG fixes it (``finetune.generate_genre_embeddings``).
+
+    Args:
+        model: a model with the user × genre block.
+        adapted: the user block's adapted per-task parameters ``{name: [T, ...]}``.
+        s_x: dense meta input of the support rows ``[T, S, D]``.
+        batch: the task batch (``support`` ``[T, S, ...]``, ``query`` ``[T, Q, ...]``).
+        aggregation: None (per-sample user embeddings) or ``latest``/``mean``/``max``.
+        steps: adaptation steps of the genre block's inner loop.
+    """
+    from trainer import genre_block  # noqa: PLC0415  (genre_block imports trainer.maml)
+
+    support_emb = meta_forward(adapted, s_x, model.model_cfg.activation)          # [T, S, E]
+    if aggregation is not None:
+        agg = aggregate(support_emb, batch[SUPPORT][MASK], aggregation)           # [T, E]
+        support_emb = tf.broadcast_to(agg[:, None, :], tf.shape(support_emb))
+    return genre_block.query_genre_embeddings(model, batch[SUPPORT], support_emb, batch[QUERY],
+                                              steps, first_order=True)
+
+
 def _query_logits_fn(model: LimamlModel, steps: int, aggregation: Optional[str]
                      ) -> Callable[[Mapping[str, Mapping[str, tf.Tensor]]], tf.Tensor]:
     """Post-adaptation query logits of a batch of tasks, compiled once per batch layout.
@@ -49,8 +77,12 @@ def _query_logits_fn(model: LimamlModel, steps: int, aggregation: Optional[str]
     cache = model.__dict__.setdefault("_eval_cache", {})
 
     def logits(batch):
-        adapted = adapt(model, batch[SUPPORT], steps, first_order=True)
-        emb = query_embeddings(model, adapted, batch, aggregation)
+        s_x = model.meta_x(batch[SUPPORT], model.history_vector(batch[SUPPORT]))
+        adapted = adapt(model, batch[SUPPORT], steps, first_order=True, support_meta_x=s_x)
+        emb = query_embeddings(model, adapted, batch, aggregation, support_meta_x=s_x)
+        if model.genre_params:
+            emb = tf.concat([emb, _query_genre_embeddings(model, adapted, s_x, batch, aggregation,
+                                                          steps)], axis=-1)
         return global_forward(model.global_params, emb, batch[QUERY], model.layout, model.model_cfg)
 
     def call(batch: Mapping[str, Mapping[str, tf.Tensor]]) -> tf.Tensor:
@@ -70,6 +102,10 @@ def query_predictions(model: LimamlModel, tasks: Mapping[str, Mapping[str, np.nd
                       aggregation: Optional[str] = None, steps: Optional[int] = None,
                       batch_size: int = 512) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Post-adaptation query probabilities of every valid query position.
+
+    A model with the user × genre block (``ModelConfig.meta_blocks``) scores each query row with
+    ``[e_user, e_user×genre]`` (width 2E), the genre part adapted on the row's genre subtask as
+    in :func:`trainer.maml.maml_loss`.
 
     Args:
         model: the model.
