@@ -56,7 +56,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             prepare.prepare("movielens-100k", data_dir, source=source)
     dataset = canonical.read_manifest(data_dir)["dataset"]
     config = _load_config(args.config, dataset)
-    print(f"[run] dataset {dataset}, protocol {config.protocol.name}, output {os.path.abspath(args.output)}")
+    if args.multi_block:
+        import dataclasses
+
+        config = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, multi_block=True))
+    print(f"[run] dataset {dataset}, protocol {config.protocol.name}, output {os.path.abspath(args.output)}"
+          + (", with the multi-block LiMAML (user + user x genre)" if config.evaluation.multi_block else ""))
     from pipeline import main_job
 
     main_job.run_main_job(config, args.output, data_dir, workers=args.workers, beam_args=args.beam_arg)
@@ -102,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1,
                      help="Beam DirectRunner workers; >1 uses multi-processing mode")
     run.add_argument("--beam-arg", action="append", default=[], help="extra Beam flag (repeatable)")
+    run.add_argument("--multi-block", action="store_true",
+                     help="also train and evaluate the multi-block LiMAML (user + user x genre meta "
+                          "blocks; EvaluationConfig.multi_block): the report gains limaml_multi and "
+                          "limaml_multi_vs_limaml; trains several times slower")
     run.set_defaults(func=_cmd_run, log_folder="output")
 
     kfp = sub.add_parser("kubeflow", help="Kubeflow Pipelines").add_subparsers(dest="kfp_command", required=True)

@@ -1,6 +1,7 @@
 """``create_pipeline``: the LiMAML TFX DAG (DESIGN.md section 2)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional, Union
 
 from tfx import v1 as tfx
@@ -20,6 +21,7 @@ from pipeline import settings as S
 from pipeline.settings import PIPELINE_NAME
 from report.eval_config import BlessingThresholds, make_eval_config
 from schema import features as F
+from serving.multi_block import MULTI_BLOCKS
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 LIMAML_RUN_FN = "pipeline.run_fns.run_fn"
@@ -99,12 +101,15 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
         baseline_model=linear.outputs["model"], example_splits=["eval"],
         eval_config=make_eval_config(with_baseline=True, thresholds=None, prediction_key=PREDICTION_KEY)
     ).with_id(S.EVALUATOR_LINEAR)
+    multi = (_multi_block_components(config, example_gen, transform, task_gen)
+             if config.evaluation.multi_block else [])
     report = Report(examples=join.outputs["joined_examples"], evaluation=eval_limaml.outputs["evaluation"],
                     baseline_evaluation=eval_dnn.outputs["evaluation"],
                     linear_evaluation=eval_linear.outputs["evaluation"],
                     limaml_model=limaml.outputs["model"], global_dnn_model=global_dnn.outputs["model"],
                     wide_deep_model=wide_deep.outputs["model"], linear_model=linear.outputs["model"],
-                    linear_user_id_model=linear_user_id.outputs["model"], limaml_config=cfg_json)
+                    linear_user_id_model=linear_user_id.outputs["model"], limaml_config=cfg_json,
+                    **_report_multi_inputs(multi))
     emb = config.embeddings
     pusher = BlockPusher(model=limaml.outputs["model"], model_blessing=eval_limaml.outputs["blessing"],
                          serving_base=serving_base,
@@ -112,12 +117,56 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
                                           if emb.bigtable_table else ""))
     nodes = [example_gen, statistics_gen, schema_gen, validator, gate, transform, task_gen, limaml,
              global_dnn, wide_deep, linear, linear_user_id, meg, join, eval_limaml, eval_dnn, eval_linear,
-             report, pusher]
+             report, pusher, *multi]
     ids = tuple(node.id for node in nodes)
-    if ids != S.COMPONENT_IDS:
-        raise RuntimeError(f"pipeline node ids {ids} differ from pipeline.settings.COMPONENT_IDS "
-                             f"{S.COMPONENT_IDS}; update COMPONENT_IDS with the pipeline")
+    want = S.component_ids(config.evaluation.multi_block)
+    if ids != want:
+        raise RuntimeError(f"pipeline node ids {ids} differ from pipeline.settings.component_ids() "
+                           f"{want}; update pipeline/settings.py with the pipeline")
     return nodes
+
+
+def multi_block_config(config: LimamlConfig) -> LimamlConfig:
+    """The multi-block LiMAML's settings: the run's, with ``meta_blocks = ("user", "user_x_genre")``."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, meta_blocks=MULTI_BLOCKS))
+
+
+def _multi_block_components(config: LimamlConfig, example_gen, transform, task_gen
+                            ) -> List[base_node.BaseNode]:
+    """Trainer, MetaEmbeddingGen, EmbeddingJoin and Evaluator of the multi-block LiMAML.
+
+    It trains on the same user tasks as LiMAML (the genre block cuts its per-genre subtasks from
+    them), its MEG writes user and ``user#g`` rows (multi-block mode follows the model's
+    ``meta_blocks``), and its join gives each evaluation example ``[e_user, e_user×g]``. The
+    Evaluator has no thresholds: this model is compared in the report, never pushed.
+    """
+    multi_cfg = multi_block_config(config)
+    # its store stays in Parquet: a Bigtable table's GC keeps the last few versions, and this
+    # model is never served from it
+    meg_json = dataclasses.replace(multi_cfg, embeddings=dataclasses.replace(
+        multi_cfg.embeddings, bigtable_project=None, bigtable_instance=None, bigtable_table=None)).to_json()
+    trainer = _trainer(LIMAML_RUN_FN, task_gen.outputs["tasks"], transform.outputs["transform_graph"],
+                       multi_cfg, "limaml", "eval").with_id(S.LIMAML_MULTI_TRAINER)
+    meg = MetaEmbeddingGen(transformed_examples=transform.outputs["transformed_examples"],
+                           transform_graph=transform.outputs["transform_graph"],
+                           model=trainer.outputs["model"], limaml_config=meg_json
+                           ).with_id(S.META_EMBEDDING_GEN_MULTI)
+    join = EmbeddingJoin(examples=example_gen.outputs["examples"],
+                         meta_embeddings=meg.outputs["meta_embeddings"], model=trainer.outputs["model"]
+                         ).with_id(S.EMBEDDING_JOIN_MULTI)
+    evaluator = tfx.components.Evaluator(
+        examples=join.outputs["joined_examples"], model=trainer.outputs["model"], example_splits=["eval"],
+        eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY)
+    ).with_id(S.EVALUATOR_LIMAML_MULTI)
+    return [trainer, meg, join, evaluator]
+
+
+def _report_multi_inputs(multi: List[base_node.BaseNode]) -> dict:
+    """The Report's inputs of the multi-block LiMAML (none when it is off)."""
+    if not multi:
+        return {}
+    trainer = multi[0]
+    return {"limaml_multi_model": trainer.outputs["model"]}
 
 
 def create_pipeline(config: LimamlConfig, pipeline_root: str,

@@ -62,8 +62,22 @@ EVALUATOR_LIMAML = "EvaluatorLimaml"
 EVALUATOR_GLOBAL_DNN = "EvaluatorGlobalDnn"
 EVALUATOR_LINEAR = "EvaluatorLinear"
 
+# The multi-block LiMAML's nodes (``EvaluationConfig.multi_block``).
+LIMAML_MULTI_TRAINER = "LimamlMultiTrainer"
+META_EMBEDDING_GEN_MULTI = "MetaEmbeddingGenMulti"
+EMBEDDING_JOIN_MULTI = "EmbeddingJoinMulti"
+EVALUATOR_LIMAML_MULTI = "EvaluatorLimamlMulti"
+
 COMPONENT_IDS: Tuple[str, ...] = (
     "ProtocolExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
     "Transform", "TaskGen", LIMAML_TRAINER, GLOBAL_DNN_TRAINER, WIDE_DEEP_TRAINER, LINEAR_TRAINER,
     LINEAR_USER_ID_TRAINER, "MetaEmbeddingGen", EMBEDDING_JOIN, EVALUATOR_LIMAML, EVALUATOR_GLOBAL_DNN,
     EVALUATOR_LINEAR, "Report", "BlockPusher")
+MULTI_BLOCK_COMPONENT_IDS: Tuple[str, ...] = (
+    LIMAML_MULTI_TRAINER, META_EMBEDDING_GEN_MULTI, EMBEDDING_JOIN_MULTI, EVALUATOR_LIMAML_MULTI)
+"""Nodes added after :data:`COMPONENT_IDS` when ``EvaluationConfig.multi_block`` is on."""
+
+
+def component_ids(multi_block: bool = False) -> Tuple[str, ...]:
+    """The pipeline's node ids, with the multi-block LiMAML's when ``multi_block``."""
+    return COMPONENT_IDS + (MULTI_BLOCK_COMPONENT_IDS if multi_block else ())
