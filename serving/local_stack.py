@@ -39,246 +39,48 @@ Example::
     print(stack.model_target, stack.ranker_url)   # 127.0.0.1:<port>, http://127.0.0.1:<port>
     ...
     stack.stop()
+
+Modules: :mod:`serving.run_folder` (the run folder and its ML Metadata),
+:mod:`serving.run_embeddings` (the run's embeddings as one store), :mod:`serving.eval_requests`
+(sample requests from the run), :mod:`serving.rank_client` (HTTP client of the ranker service);
+this one starts and stops the stack.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence
 
-from components.artifacts.names import META_EMBEDDINGS_TYPE as MEG_ARTIFACT_TYPE
-from components.artifacts.names import MODEL_VERSION_PROPERTY
-from embeddings.record import StoreLookup, VersionNotCommittedError
-from pipeline import run_metadata
-from pipeline.run_metadata import METADATA_FILE
-from pipeline.settings import EMBEDDING_JOIN
+from embeddings.record import VersionNotCommittedError
+from serving.eval_requests import read_eval_requests
+from serving.rank_client import post_json, rank_url
+from serving.run_embeddings import RunEmbeddingStore, load_version_into
+from serving.run_folder import EVAL_EXAMPLES_NODE as EVAL_EXAMPLES_NODE
+from serving.run_folder import EXAMPLE_GEN_NODE as EXAMPLE_GEN_NODE
+from serving.run_folder import MEG_ARTIFACT_TYPE as MEG_ARTIFACT_TYPE
+from serving.run_folder import SERVING_SUBDIR as SERVING_SUBDIR
+from serving.run_folder import (
+    EmbeddingArtifact,
+    RunFolder,
+    StackError,
+    _no_model_message,
+    embedding_artifacts,
+    eval_examples_uri,
+    pushed_versions,
+    resolve_run,
+    run_item_cache,
+)
+from serving.run_folder import item_examples_uris as item_examples_uris
 
 log = logging.getLogger(__name__)
 
-SERVING_SUBDIR = os.path.join("serving", "limaml")
-EVAL_EXAMPLES_NODE = EMBEDDING_JOIN  # examples of a run that got past validation and training
-EXAMPLE_GEN_NODE = "ProtocolExampleGen"  # every item of the run (train and eval splits)
 STORES = ("parquet", "bigtable")
 
 BIGTABLE_PROJECT = "limaml-local"
 BIGTABLE_INSTANCE = "limaml"
 BIGTABLE_TABLE = "meta_embeddings"
-
-_RUN_HINT = "run the pipeline first: `limaml run --output DIR`, then pass that DIR"
-
-
-class StackError(RuntimeError):
-    """The local stack cannot start; the message says what is missing and what to run."""
-
-
-# --------------------------------------------------------------------------- the run folder
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """Where a local pipeline run keeps what serving needs.
-
-    Attributes:
-        run_dir: the ``--output`` folder of ``limaml run`` (absolute).
-        metadata_path: its SQLite ML Metadata file.
-        serving_base: TF Serving model base the pipeline pushes blessed models to.
-    """
-
-    run_dir: str
-    metadata_path: str
-    serving_base: str
-
-
-def resolve_run(run_dir: str, model_base_dir: Optional[str] = None) -> RunFolder:
-    """Checks that ``run_dir`` holds a pipeline run and returns its paths.
-
-    Args:
-        run_dir: the ``--output`` folder of ``limaml run``.
-        model_base_dir: serve this TF Serving base instead of ``<run>/serving/limaml``.
-
-    Raises:
-        StackError: no such folder, or no ML Metadata in it (no run).
-    """
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise StackError(f"run folder {run_dir} does not exist; {_RUN_HINT}")
-    metadata_path = os.path.join(run_dir, METADATA_FILE)
-    if not os.path.isfile(metadata_path):
-        raise StackError(f"no pipeline run in {run_dir} ({METADATA_FILE} is missing); {_RUN_HINT}")
-    base = os.path.abspath(model_base_dir) if model_base_dir else os.path.join(run_dir, SERVING_SUBDIR)
-    return RunFolder(run_dir, metadata_path, base)
-
-
-def pushed_versions(serving_base: str) -> List[int]:
-    """Integer version folders under ``serving_base`` holding a complete SavedModel, ascending."""
-    if not os.path.isdir(serving_base):
-        return []
-    out = []
-    for name in os.listdir(serving_base):
-        if name.isdigit() and os.path.isfile(os.path.join(serving_base, name, "saved_model.pb")):
-            out.append(int(name))
-    return sorted(out)
-
-
-def _no_model_message(folder: RunFolder) -> str:
-    return (f"no pushed model under {folder.serving_base} (expected <version>/saved_model.pb). "
-            "The pipeline's BlockPusher pushes only a blessed LiMAML model: check the run "
-            f"finished and the model was blessed ({os.path.join(folder.run_dir, 'report', 'index.html')}),"
-            " or rerun `limaml run --output DIR`")
-
-
-@dataclass(frozen=True)
-class EmbeddingArtifact:
-    """One ``limaml.MetaEmbeddings`` artifact of a run (a Parquet store root)."""
-
-    id: int
-    uri: str
-    model_version: Optional[str]
-
-
-def _read_artifacts(metadata_path: str, type_name: str) -> list:
-    """Artifacts of a type, newest first; a store that cannot be read is a named StackError."""
-    try:
-        return run_metadata.artifacts_by_type(metadata_path, type_name)
-    except run_metadata.MetadataReadError as exc:
-        raise StackError(str(exc)) from exc
-
-
-def embedding_artifacts(metadata_path: str) -> List[EmbeddingArtifact]:
-    """The run's meta-embedding artifacts, newest first (empty if MEG never ran).
-
-    Raises:
-        StackError: the run's ML Metadata cannot be read (locked by a writer through every
-            retry, damaged, ...); the message names the file, the cause and what to do.
-    """
-    out = []
-    for a in _read_artifacts(metadata_path, MEG_ARTIFACT_TYPE):
-        prop = a.custom_properties.get(MODEL_VERSION_PROPERTY)
-        version = prop.string_value if prop is not None and prop.string_value else None
-        out.append(EmbeddingArtifact(a.id, a.uri, version))
-    return out
-
-
-def eval_examples_uri(metadata_path: str) -> str:
-    """URI of the newest evaluation examples of a complete run (``EmbeddingJoin``'s output).
-
-    Raises:
-        StackError: the run has none, or its ML Metadata cannot be read (named).
-    """
-    arts = _read_artifacts(metadata_path, "Examples")
-    mine = [a for a in arts if f"{os.sep}{EVAL_EXAMPLES_NODE}{os.sep}" in a.uri]
-    if not mine:
-        raise StackError(f"no {EVAL_EXAMPLES_NODE} examples recorded in {metadata_path}; {_RUN_HINT}")
-    return mine[0].uri
-
-
-def item_examples_uris(metadata_path: str) -> List[str]:
-    """URIs of a run's ``ProtocolExampleGen`` examples, newest first (empty if there are none)."""
-    try:
-        arts = _read_artifacts(metadata_path, "Examples")
-    except StackError as exc:
-        log.warning("no item cache: %s", exc)
-        return []
-    mine = [a for a in arts if f"{os.sep}{EXAMPLE_GEN_NODE}{os.sep}" in a.uri]
-    return [a.uri for a in sorted(mine, key=lambda a: a.id, reverse=True)]
-
-
-def run_item_cache(metadata_path: str) -> Any:
-    """The item cache of a run: the items of its newest ExampleGen output whose rows carry every
-    item feature (None if there is none). A newer output without them (e.g. a run the anomaly
-    gate stopped because a feature was missing) is skipped, with a log line."""
-    from serving.item_cache import ItemCache
-
-    for uri in item_examples_uris(metadata_path):
-        try:
-            cache = ItemCache.from_examples(uri)
-        except FileNotFoundError:
-            continue
-        if len(cache):
-            return cache
-        log.warning("item cache: %s has no row with every item feature; trying an older output", uri)
-    return None
-
-
-# --------------------------------------------------------------------------- embedding stores
-
-
-class RunEmbeddingStore:
-    """The Parquet meta embeddings of a run, each version read from the artifact that has it.
-
-    A model version is resolved to the newest ``limaml.MetaEmbeddings`` artifact whose store
-    has committed it; unknown versions are looked up again in ML Metadata (at most every
-    ``recheck_s``), so versions pushed while serving are found once MEG committed them.
-
-    Args:
-        metadata_path: the run's SQLite ML Metadata file.
-        recheck_s: least seconds between two ML Metadata scans for an unknown version.
-    """
-
-    def __init__(self, metadata_path: str, recheck_s: float = 2.0) -> None:
-        self.metadata_path = metadata_path
-        self.recheck_s = float(recheck_s)
-        self._stores: Dict[str, Any] = {}
-        self._last_scan = -1e18
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"RunEmbeddingStore({self.metadata_path!r})"
-
-    def _scan(self) -> None:
-        from embeddings.parquet_store import ParquetEmbeddingStore
-
-        found: Dict[str, Any] = {}
-        for art in reversed(embedding_artifacts(self.metadata_path)):  # oldest first
-            store = ParquetEmbeddingStore(art.uri)
-            for v in store.committed_versions():
-                found[v] = store  # newer artifacts override older ones
-        with self._lock:
-            for v, store in found.items():
-                old = self._stores.get(v)
-                if old is None or str(old.root) != str(store.root):
-                    self._stores[v] = store
-            self._last_scan = time.monotonic()
-
-    def store_for(self, model_version: str):
-        """The Parquet store holding ``model_version``.
-
-        Raises:
-            VersionNotCommittedError: no MEG artifact of the run committed it (says what to run).
-        """
-        version = str(model_version)
-        with self._lock:
-            store = self._stores.get(version)
-            stale = time.monotonic() - self._last_scan >= self.recheck_s
-        if store is None and stale:
-            self._scan()
-            with self._lock:
-                store = self._stores.get(version)
-        if store is None:
-            raise VersionNotCommittedError(
-                f"model version {version!r} is not committed in the meta embeddings of run "
-                f"{os.path.dirname(self.metadata_path)} (committed: {self.committed_versions()}); "
-                "run meta-embedding generation for it (`limaml run`, or a refresh with the pushed "
-                "model) or serve a version that has embeddings")
-        return store
-
-    def committed_versions(self) -> List[str]:
-        """Versions with committed embeddings known so far."""
-        with self._lock:
-            return sorted(self._stores, key=lambda v: (len(v), v))
-
-    def lookup(self, user_ids: Sequence[str], model_version: str,
-               timeout_s: Optional[float] = None) -> StoreLookup:
-        """Batched lookup in the store of ``model_version`` (see ``ParquetEmbeddingStore``)."""
-        return self.store_for(model_version).lookup(user_ids, model_version, timeout_s=timeout_s)
-
-    def embedding_dim(self, model_version: str) -> int:
-        """E of a committed version."""
-        return self.store_for(model_version).embedding_dim(model_version)
 
 
 def _bigtable_client(address: str, project: str):
@@ -287,28 +89,6 @@ def _bigtable_client(address: str, project: str):
 
     return emulator_client(address, project, admin=True)
 
-
-def load_version_into(target: Any, source: Any, model_version: str, rows_per_batch: int = 5000) -> int:
-    """Copies one committed version from a store to another (e.g. Parquet -> Bigtable).
-
-    Uses the target's own ``write`` (commit semantics of that store); the cold-start row goes
-    with the users.
-
-    Returns:
-        Rows written (users plus the cold-start row).
-    """
-    batch = source.read_version(model_version)
-    n = batch.num_users
-
-    def chunks():
-        for start in range(0, n, rows_per_batch):
-            yield batch.slice(start, min(n, start + rows_per_batch))
-
-    target.write(chunks())
-    return n
-
-
-# --------------------------------------------------------------------------- the stack
 
 
 @dataclass
@@ -566,104 +346,6 @@ def start_local_stack(
                       lookup=lookup, ranker=ranker, service=service, emulator=emulator,
                       bigtable_emulator_host=emu_host)
 
-
-# --------------------------------------------------------------------------- sample requests
-
-
-def read_eval_requests(run_dir: str, max_users: int = 5, max_candidates: int = 100,
-                       min_candidates: int = 1, max_records: int = 200_000
-                       ) -> List[Dict[str, Any]]:
-    """Real ranking requests from a run's evaluation examples (one per user, file order).
-
-    Each request is ``{"user_id", "user_features", "candidates"}`` with the raw features of the
-    user's evaluation interactions (candidates: item id and item features).
-
-    Args:
-        run_dir: the run folder.
-        max_users: most requests.
-        max_candidates: most candidates per request.
-        min_candidates: skip users with fewer evaluation interactions.
-        max_records: most evaluation examples read.
-
-    Raises:
-        StackError: no run or no evaluation examples.
-    """
-    import glob
-
-    import tensorflow as tf
-
-    from schema import features as F
-
-    folder = resolve_run(run_dir)
-    uri = eval_examples_uri(folder.metadata_path)
-    files = sorted(glob.glob(os.path.join(uri, "Split-eval", "*")))
-    if not files:
-        raise StackError(f"no evaluation examples under {uri}/Split-eval; {_RUN_HINT}")
-    by_user: Dict[str, Dict[str, Any]] = {}
-    order: List[str] = []
-    item_keys = (F.ITEM_ID,) + tuple(F.ITEM_FEATURES)
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(max_records)
-    for serialized in records.as_numpy_iterator():
-        feats = tf.train.Example.FromString(serialized).features.feature
-        raw = {k: _feature_value(feats[k], F.CANONICAL_COLUMNS[k])
-               for k in (F.USER_ID,) + tuple(F.USER_FEATURES) + item_keys if k in feats}
-        user = raw.get(F.USER_ID)
-        if user is None:
-            continue
-        req = by_user.get(user)
-        if req is None:
-            req = {"user_id": user,
-                   "user_features": {k: raw[k] for k in F.USER_FEATURES if k in raw},
-                   "candidates": []}
-            by_user[user] = req
-            order.append(user)
-        if len(req["candidates"]) < max_candidates:
-            req["candidates"].append({k: raw[k] for k in item_keys if k in raw})
-    out = [by_user[u] for u in order if len(by_user[u]["candidates"]) >= min_candidates]
-    return out[:max_users]
-
-
-def _feature_value(feature: Any, kind: str) -> Any:
-    if kind == "str":
-        return feature.bytes_list.value[0].decode("utf-8") if feature.bytes_list.value else None
-    if kind == "int64":
-        return int(feature.int64_list.value[0]) if feature.int64_list.value else None
-    return float(feature.float_list.value[0]) if feature.float_list.value else None
-
-
-def post_json(url: str, payload: Mapping[str, Any], timeout_s: float = 30.0) -> Tuple[int, Dict[str, Any]]:
-    """POSTs JSON to ``url``; returns ``(HTTP status, decoded JSON body)`` for any status.
-
-    Raises:
-        RuntimeError: nothing answers at ``url``.
-    """
-    import urllib.error
-    import urllib.request
-
-    data = json.dumps(payload).encode("utf-8")
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return resp.status, json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as err:
-        body = err.read().decode("utf-8", errors="replace")
-        try:
-            return err.code, json.loads(body)
-        except json.JSONDecodeError:
-            return err.code, {"error": body}
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise RuntimeError(f"cannot reach the ranker service at {url}: {reason}; is `limaml "
-                           "serve` running there?") from None
-
-
-def rank_url(base_url: str) -> str:
-    """``<base>/v1/rank`` for a ranker base URL (a full ``/v1/rank`` URL is kept)."""
-    from serving.ranker_service import RANK_PATH
-
-    base = base_url.rstrip("/")
-    return base if base.endswith(RANK_PATH) else base + RANK_PATH
 
 
 __all__ = [

@@ -144,7 +144,7 @@ def _user_features(text: Optional[str]) -> Optional[Dict[str, Any]]:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from serving.local_stack import post_json, rank_url
+    from serving.rank_client import post_json, rank_url
 
     payload: Dict[str, Any] = {"user_id": args.user, "candidates": read_candidates(args.candidates)}
     user_features = _user_features(args.user_features)
