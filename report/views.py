@@ -151,10 +151,19 @@ def under_trained_warnings(metrics: Mapping[str, Any]) -> List[str]:
 
     E.g. ``"global_dnn does not beat its linear counterpart linear: 0.701 vs 0.704 AUC; treat it
     as under-trained"``. Computed from ``models`` when the key is absent (older metrics.json).
+    A baseline that scores exactly its counterpart's AUC is said to be that model: its training
+    keeps the deep part only for a significant validation gain over its linear warm start
+    (``TrainConfig.baseline_significant_gain``) and otherwise falls back to it.
     """
     out = []
     for model, check in baseline_checks(metrics).items():
-        if check["under_trained"]:
+        if not check["under_trained"]:
+            continue
+        if abs(check["delta"]) < 1e-9:
+            out.append(f"{model} is its linear counterpart {check['counterpart']} "
+                       f"({check['auc']:.3f} AUC): its deep part did not beat the linear model "
+                       "significantly on held-out users, so training fell back to it")
+        else:
             out.append(f"{model} does not beat its linear counterpart {check['counterpart']}: "
                        f"{check['auc']:.3f} vs {check['counterpart_auc']:.3f} AUC; treat it as under-trained")
     return out

@@ -387,6 +387,14 @@ def test_html_warns_about_flagged_baseline_only(tmp_path):
     assert 'id="baseline-warning"' not in good and "under-trained" not in good
 
 
+def test_html_says_a_baseline_that_equals_its_linear_counterpart_fell_back_to_it(tmp_path):
+    same = _render(fake_metrics({**FLAGGED, "wide_deep_id": 0.72}, planted_comparisons()), tmp_path)
+    assert ("wide_deep_id is its linear counterpart linear_user_id (0.720 AUC): its deep part did "
+            "not beat the linear model significantly on held-out users") in same
+    assert WARNING in same  # the strictly worse global_dnn keeps the under-trained warning
+    assert "wide_deep_id does not beat" not in same
+
+
 def test_html_paired_section_and_linear_models(tmp_path):
     from report.html import paired_verdict
 
