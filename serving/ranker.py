@@ -34,142 +34,59 @@ The embedding lookup is anything with
 ``lookup(user_ids: Sequence[str], model_version: str) -> LookupResult`` where the result has
 ``embeddings`` (float32 [N, E]), ``cold`` (bool [N]) and ``degraded`` (Optional[str]); see
 ``serving.embedding_lookup``.
+
+Modules (one concept each; this one holds the scoring path and composes the rest):
+:mod:`serving.ranker_errors` (errors), :mod:`serving.ranker_types` (the lookup protocol and
+:class:`RankResponse`), :mod:`serving.ranker_validation` (request validation),
+:mod:`serving.ranker_items` (candidate columns and the item cache),
+:mod:`serving.ranker_model_client` (served version and signatures), and
+:mod:`serving.ranker_embeddings` (the user's embeddings for a request).
 """
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import grpc
 import numpy as np
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from embeddings.entity_keys import SEPARATOR as ENTITY_SEPARATOR
 from schema import features as F
 from serving import multi_block as MB
 from serving import predict_request as PR
-from serving.item_cache import ITEM_FEATURE_KINDS, ItemCache, missing_item_error
+from serving.item_cache import ItemCache
+from serving.ranker_embeddings import EmbeddingsMixin
+from serving.ranker_errors import (
+    EmbeddingLookupError,
+    InvalidRequest,
+    ModelServerError,
+    ModelServerUnavailable,
+    _VersionGone,
+)
+from serving.ranker_errors import RankerError as RankerError
+from serving.ranker_items import CandidateColumnsMixin
+from serving.ranker_model_client import _AVAILABLE as _AVAILABLE
+from serving.ranker_model_client import _UNAVAILABLE_CODES as _UNAVAILABLE_CODES
+from serving.ranker_model_client import ModelServerClientMixin, _VersionCache
+from serving.ranker_types import EmbeddingLookup, RankResponse
+from serving.ranker_types import LookupResultLike as LookupResultLike
+from serving.ranker_validation import RequestValidationMixin
 from serving.tf_example import (
     DEFAULT_REQUIRED_CANDIDATE_FEATURES,
     SERVING_FEATURE_KINDS,
     FeatureError,
     check_value,
     serialize_candidates,
-    validate_features,
 )
-
-log = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = PR.SERVING_SIGNATURE
 RAW_SIGNATURE = PR.RAW_SIGNATURE
 EXAMPLES_INPUT = PR.EXAMPLES_INPUT
 PROBABILITIES_OUTPUT = PR.PROBABILITIES_OUTPUT
 
-_AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
-# gRPC codes meaning "the model server cannot serve this now" (vs. a contract bug).
-_UNAVAILABLE_CODES = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.ABORTED,
-})
 
-
-class RankerError(Exception):
-    """Base of the ranker's errors."""
-
-
-class InvalidRequest(RankerError):
-    """The ranking request is malformed.
-
-    Attributes:
-        field: the offending field, e.g. ``"candidates[3].release_year"``.
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message if message.startswith(field) else f"{field}: {message}")
-        self.field = field
-
-
-class ModelServerError(RankerError):
-    """The model server answered with an error that is not an outage (contract mismatch)."""
-
-
-class ModelServerUnavailable(ModelServerError):
-    """The model server is down, too slow, or does not serve the model now."""
-
-
-class EmbeddingLookupError(RankerError):
-    """The embedding lookup failed instead of falling back to the cold-start default.
-
-    Attributes:
-        model_version: the version whose embeddings were asked for, when known.
-    """
-
-    def __init__(self, message: str, model_version: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.model_version = model_version
-
-
-class LookupResultLike(Protocol):
-    """What ``EmbeddingLookup.lookup`` returns (``serving.embedding_lookup.LookupResult``)."""
-
-    embeddings: np.ndarray
-    cold: np.ndarray
-    degraded: Optional[str]
-
-
-class EmbeddingLookup(Protocol):
-    """The embedding lookup interface the ranker uses."""
-
-    def lookup(self, user_ids: Sequence[str], model_version: str) -> LookupResultLike:
-        """Embeddings of ``user_ids`` made by ``model_version``, cold-start default if none."""
-
-
-@dataclass(frozen=True)
-class RankResponse:
-    """The result of ``Ranker.rank``.
-
-    Attributes:
-        scores: click probability per candidate, in candidate order.
-        model_version: the served model version that scored them (and made the embedding).
-        cold_start: the user had no embedding for that version; the cold-start default was used.
-        degraded: why the embedding may be worse than usual (store down/slow), else None.
-    """
-
-    scores: List[float]
-    model_version: str
-    cold_start: bool
-    degraded: Optional[str] = None
-    fallbacks: Optional[Dict[str, int]] = None
-
-    def to_json(self) -> Dict[str, Any]:
-        """The response as a JSON-ready dict (``fallbacks`` only for a multi-block model)."""
-        out = {"scores": list(self.scores), "model_version": self.model_version,
-               "cold_start": self.cold_start, "degraded": self.degraded}
-        if self.fallbacks is not None:
-            out["fallbacks"] = dict(self.fallbacks)
-        return out
-
-
-@dataclass
-class _VersionCache:
-    version: Optional[int] = None
-    fetched_at: float = field(default=-1e18)
-
-
-class Ranker:
+class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMixin, EmbeddingsMixin):
     """Scores candidates for a user with the served global block.
 
     Args:
@@ -377,126 +294,6 @@ class Ranker:
             except _VersionGone as exc:
                 raise ModelServerUnavailable(str(exc)) from None
 
-    def _candidate_columns(self, candidates: Sequence[Mapping[str, Any]]) -> Dict[str, list]:
-        names = set()
-        for cand in candidates:
-            names.update(cand)
-        return {name: [c.get(name) for c in candidates] for name in names}
-
-    def _fill_items(self, columns: Dict[str, Any], n: int) -> None:
-        """Item features the candidates lack, from the item cache (in place)."""
-        cache = self.item_cache
-        if cache is None:
-            return
-        present = [name for name in ITEM_FEATURE_KINDS if name in columns]
-        if not present:  # ids only: whole columns from the cache, no per-candidate work
-            need = list(range(n))
-        else:
-            need = [i for i in range(n)
-                    if any(columns.get(name) is None or columns[name][i] is None
-                           for name in ITEM_FEATURE_KINDS)]
-            if not need:
-                return
-        ids = columns[F.ITEM_ID]
-        rows, missing = cache.rows([ids[i] for i in need] if len(need) < n else ids)
-        if missing:
-            raise InvalidRequest(f"candidates[{need[missing[0]]}]",
-                                 missing_item_error(ids, [need[m] for m in missing]))
-        found = cache.columns(rows)
-        for name in ITEM_FEATURE_KINDS:
-            if len(need) == n and name not in columns:
-                columns[name] = found[name]
-                continue
-            col = columns.setdefault(name, [None] * n)
-            if isinstance(col, np.ndarray):
-                col = columns[name] = list(col)
-            for j, i in enumerate(need):
-                if col[i] is None:
-                    col[i] = found[name][j]
-
-    def validate(
-        self,
-        user_id: Any,
-        candidates: Any,
-        user_features: Optional[Mapping[str, Any]] = None,
-    ) -> None:
-        """Checks a request without calling anything.
-
-        Raises:
-            InvalidRequest: naming the first bad field.
-        """
-        self._validate_common(user_id, candidates, "candidates", user_features)
-        try:
-            shared = {k for k, v in (user_features or {}).items() if v is not None}
-            for i, cand in enumerate(candidates):
-                validate_features(cand, f"candidates[{i}]", required=self._candidate_required,
-                                  allowed=self._candidate_allowed)
-                for name in shared.intersection(cand):
-                    if cand[name] is not None:
-                        raise FeatureError(
-                            f"candidates[{i}].{name}",
-                            "is also given in user_features; send it in one place only",
-                        )
-        except FeatureError as exc:
-            raise InvalidRequest(exc.field, str(exc)) from None
-
-    def _validate_common(self, user_id: Any, candidates: Any, field: str,
-                         user_features: Optional[Mapping[str, Any]]) -> None:
-        if not isinstance(user_id, str) or not user_id:
-            raise InvalidRequest(
-                "user_id", f"expected a non-empty string, got {type(user_id).__name__} {user_id!r}"
-            )
-        if not isinstance(candidates, (list, tuple)):
-            what = "feature objects" if field == "candidates" else "item id strings"
-            raise InvalidRequest(
-                field, f"expected a list of {what}, got {type(candidates).__name__}"
-            )
-        if not candidates:
-            raise InvalidRequest(field, f"is empty; send 1 to {self.max_candidates} candidates")
-        if len(candidates) > self.max_candidates:
-            raise InvalidRequest(
-                field,
-                f"{len(candidates)} candidates is more than max_candidates={self.max_candidates};"
-                " split the request",
-            )
-        try:
-            check_value("user_id", "str", user_id)
-            if user_features is not None:
-                validate_features(user_features, "user_features", allowed=self._user_allowed)
-        except FeatureError as exc:
-            raise InvalidRequest(exc.field, str(exc)) from None
-
-    def model_version(self, refresh: bool = False) -> int:
-        """The highest AVAILABLE version of the model, cached for ``version_refresh_s``.
-
-        Raises:
-            ModelServerUnavailable: if the server cannot be asked or serves no version.
-        """
-        now = time.monotonic()
-        with self._version_lock:
-            cached = self._version
-            if (not refresh and cached.version is not None
-                    and now - cached.fetched_at < self.version_refresh_s):
-                return cached.version
-        req = get_model_status_pb2.GetModelStatusRequest()
-        req.model_spec.name = self.model_name
-        try:
-            resp = self._status.GetModelStatus(req, timeout=self.timeout_s,
-                                               metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise self._rpc_failure("GetModelStatus", exc) from None
-        available = [s.version for s in resp.model_version_status if s.state == _AVAILABLE]
-        if not available:
-            raise ModelServerUnavailable(
-                f"model server {self.target} has no AVAILABLE version of model "
-                f"{self.model_name!r} (states: "
-                f"{[(s.version, s.state) for s in resp.model_version_status]})"
-            )
-        version = max(available)
-        with self._version_lock:
-            self._version = _VersionCache(version, time.monotonic())
-        return version
-
     def close(self) -> None:
         """Closes the gRPC channel."""
         self._channel.close()
@@ -508,53 +305,6 @@ class Ranker:
         self.close()
 
     # ----------------------------------------------------------------- internals
-
-    def _embedding(self, user_id: str, version: int):
-        try:
-            res = self._lookup.lookup([user_id], str(version))
-        except Exception as exc:  # noqa: BLE001 - report any lookup failure as one error type
-            raise EmbeddingLookupError(
-                f"embedding lookup for user {user_id!r} at model version {version} failed: "
-                f"{type(exc).__name__}: {exc}", str(version)
-            ) from exc
-        emb = np.asarray(getattr(res, "embeddings", None), dtype=np.float32)
-        cold = np.asarray(getattr(res, "cold", None))
-        if emb.ndim != 2 or emb.shape[0] != 1 or emb.shape[1] < 1 or cold.shape != (1,):
-            raise EmbeddingLookupError(
-                f"embedding lookup returned embeddings of shape {emb.shape} and cold of shape "
-                f"{cold.shape} for 1 user; expected [1, E] and [1]"
-            )
-        if not np.all(np.isfinite(emb)):
-            raise EmbeddingLookupError(
-                f"embedding lookup returned a non-finite embedding for user {user_id!r}"
-            )
-        return emb[0], bool(cold[0]), getattr(res, "degraded", None)
-
-    def _raw_inputs_of(self, version: int) -> Optional[Dict[str, int]]:
-        """``predict_raw`` inputs of a served version (None: use ``serving_default``)."""
-        if not self.use_raw_signature:
-            return None
-        if version in self._raw_inputs:
-            return self._raw_inputs[version]
-        req = get_model_metadata_pb2.GetModelMetadataRequest()
-        req.model_spec.name = self.model_name
-        req.model_spec.version.value = version
-        req.metadata_field.append("signature_def")
-        try:
-            resp = self._predict.GetModelMetadata(req, timeout=self.timeout_s,
-                                                  metadata=self._metadata)
-        except grpc.RpcError as exc:
-            if exc.code() in _UNAVAILABLE_CODES:
-                raise self._rpc_failure("GetModelMetadata", exc) from None
-            log.warning("GetModelMetadata of %s version %d failed (%s): using %s",
-                        self.model_name, version, exc.code(), SERVING_SIGNATURE)
-            inputs = None
-        else:
-            inputs = PR.raw_signature_inputs(resp)
-        if len(self._raw_inputs) > 16:
-            self._raw_inputs.clear()
-        self._raw_inputs[version] = inputs
-        return inputs
 
     def _raw_columns(self, inputs: Mapping[str, int], user_id: str, columns: Dict[str, list],
                      n: int, user_features: Optional[Mapping[str, Any]]) -> Optional[dict]:
@@ -582,28 +332,6 @@ class Ranker:
             else:
                 out[name] = np.asarray(col)
         return out
-
-    def _candidate_embeddings(self, version: int, user_id: str, columns: Dict[str, list], n: int):
-        """Multi-block: ``([n, 2E], cold, degraded, fallbacks)`` from one batched lookup."""
-        if ENTITY_SEPARATOR in user_id:
-            raise InvalidRequest("user_id", f"{user_id!r} contains "
-                                 f"{ENTITY_SEPARATOR!r}, the separator of user × genre "
-                                 "keys; such ids are not served by a multi-block model")
-        col = columns.get(F.GENRES)
-        genres = self._genres([None] * n if col is None else col)
-        try:
-            res = MB.candidate_embeddings(self._lookup, user_id, genres, str(version))
-        except Exception as exc:  # noqa: BLE001 - report any lookup failure as one error type
-            raise EmbeddingLookupError(
-                f"embedding lookup for user {user_id!r} at model version {version} failed: "
-                f"{type(exc).__name__}: {exc}", str(version)) from exc
-        if not np.all(np.isfinite(res.embeddings)):
-            raise EmbeddingLookupError(
-                f"embedding lookup returned a non-finite embedding for user {user_id!r}")
-        with self._fallback_lock:
-            for name, count in res.fallbacks.items():
-                self.fallback_counts[name] += count
-        return res.embeddings, res.cold, res.degraded, res.fallbacks
 
     def _rank_at(self, version: int, user_id: str, columns: Dict[str, list], n: int,
                  user_features: Optional[Mapping[str, Any]]) -> RankResponse:
@@ -640,15 +368,3 @@ class Ranker:
                 f"{req.model_spec.signature_name!r}: {exc}") from None
         return RankResponse(scores, str(resp.model_spec.version.value or version), cold, degraded,
                             fallbacks)
-
-    def _rpc_failure(self, method: str, exc: grpc.RpcError) -> ModelServerError:
-        code = exc.code()
-        msg = (f"{method} to model server {self.target} for model {self.model_name!r} failed: "
-               f"{code.name if code else 'UNKNOWN'}: {exc.details()}")
-        if code in _UNAVAILABLE_CODES:
-            return ModelServerUnavailable(msg)
-        return ModelServerError(msg)
-
-
-class _VersionGone(Exception):
-    pass

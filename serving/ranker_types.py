@@ -1,0 +1,53 @@
+"""The ranker's interface types: the embedding lookup it calls and the response it returns.
+
+:class:`EmbeddingLookup` is what :class:`serving.ranker.Ranker` needs of an embedding lookup
+(:class:`serving.embedding_lookup.EmbeddingLookup` implements it); :class:`RankResponse` is the
+result of a ranking request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Protocol, Sequence
+
+import numpy as np
+
+
+class LookupResultLike(Protocol):
+    """What ``EmbeddingLookup.lookup`` returns (``serving.embedding_lookup.LookupResult``)."""
+
+    embeddings: np.ndarray
+    cold: np.ndarray
+    degraded: Optional[str]
+
+
+class EmbeddingLookup(Protocol):
+    """The embedding lookup interface the ranker uses."""
+
+    def lookup(self, user_ids: Sequence[str], model_version: str) -> LookupResultLike:
+        """Embeddings of ``user_ids`` made by ``model_version``, cold-start default if none."""
+
+
+@dataclass(frozen=True)
+class RankResponse:
+    """The result of ``Ranker.rank``.
+
+    Attributes:
+        scores: click probability per candidate, in candidate order.
+        model_version: the served model version that scored them (and made the embedding).
+        cold_start: the user had no embedding for that version; the cold-start default was used.
+        degraded: why the embedding may be worse than usual (store down/slow), else None.
+    """
+
+    scores: List[float]
+    model_version: str
+    cold_start: bool
+    degraded: Optional[str] = None
+    fallbacks: Optional[Dict[str, int]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """The response as a JSON-ready dict (``fallbacks`` only for a multi-block model)."""
+        out = {"scores": list(self.scores), "model_version": self.model_version,
+               "cold_start": self.cold_start, "degraded": self.degraded}
+        if self.fallbacks is not None:
+            out["fallbacks"] = dict(self.fallbacks)
+        return out
