@@ -90,8 +90,8 @@ from embeddings.bigtable_layout import (
 from embeddings.bigtable_pointer import VersionPointerMixin
 from embeddings.bigtable_read import LookupMixin
 from embeddings.bigtable_write import WriteProtocolMixin
-from embeddings.parquet_store import WriteSummary
 from embeddings.record import VersionNotCommittedError
+from embeddings.write_summary import WriteSummary
 
 __all__ = [
     "ATTEMPT_CELLS_KEPT", "COLD_START_ROW_KEY", "EMB_FAMILY", "META_FAMILY", "PINS_QUALIFIER",

@@ -32,8 +32,8 @@ from embeddings.bigtable_layout import (
     _ts_datetime,
     row_keys,
 )
-from embeddings.parquet_store import WriteSummary
 from embeddings.record import EmbeddingBatch, StreamCheck, batches_of, validate_model_version
+from embeddings.write_summary import WriteSummary
 
 
 class WriteProtocolMixin:
