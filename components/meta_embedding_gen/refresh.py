@@ -18,23 +18,24 @@ interaction, generated_at), changed users replaced. Parquet: the store's atomic 
 (temp folder + rename). Bigtable: all rows under a new attempt timestamp, then the version pointer
 (readers keep the previous copy until the pointer lands). When no user has new interactions
 nothing is written, so a rerun with the same ``T`` changes nothing.
+
+Modules: :mod:`~components.meta_embedding_gen.refresh_args` (store spec, as-of, the pushed model),
+:mod:`~components.meta_embedding_gen.refresh_store` (open the store, read the stored version),
+:mod:`~components.meta_embedding_gen.refresh_selection` (changed users, their last K
+interactions), :mod:`~components.meta_embedding_gen.refresh_encoding` (the pushed Transform);
+this one runs generation and the commit.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
 import os
-import re
 import shutil
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
-from components.common.model_layout import meta_block_dir
 from components.meta_embedding_gen import generate, refresh_entities, store_io
 from components.meta_embedding_gen.meta_block import (
     MetaBlockLoader,
@@ -42,398 +43,43 @@ from components.meta_embedding_gen.meta_block import (
     genre_set_arg,
     transform_graph_dir,
 )
+from components.meta_embedding_gen.refresh_args import (
+    StoreSpec,
+    model_config,
+    model_version_of,
+    parse_as_of,
+    parse_store,
+)
+from components.meta_embedding_gen.refresh_encoding import (
+    ENCODE_CHUNK_ROWS,
+    NEEDED_RAW_COLUMNS,
+    check_columns,
+    encode_with_transform,
+    needed_raw_features,
+    raw_spec_of,
+)
+from components.meta_embedding_gen.refresh_selection import changed_users, last_k
+from components.meta_embedding_gen.refresh_store import (
+    StoredVersion,
+    _store_error,
+    open_store,
+    read_stored_version,
+)
 from embeddings.entity_keys import UserRowCount
-from embeddings.record import COLD_START_USER, EmbeddingBatch, VersionNotCommittedError
+from embeddings.record import COLD_START_USER, EmbeddingBatch
 from limaml.config import LimamlConfig
 from schema import features as F
 
-ENCODE_CHUNK_ROWS = 65_536
+__all__ = [
+    "BATCH_ROWS", "ENCODE_CHUNK_ROWS", "NEEDED_RAW_COLUMNS", "RefreshSummary", "StoreSpec",
+    "StoredVersion", "changed_users", "check_columns", "encode_with_transform",
+    "generate_embeddings", "last_k", "model_config", "model_version_of", "needed_raw_features",
+    "open_store", "parse_as_of", "parse_store", "raw_spec_of", "read_stored_version", "refresh",
+]
+
 BATCH_ROWS = 65_536
-_BIGTABLE_RE = re.compile(r"^([^/\s]+)/([^/\s]+)/([^/\s]+)$")
 
 
-# --------------------------------------------------------------------------------- arguments
-@dataclasses.dataclass(frozen=True)
-class StoreSpec:
-    """Where embeddings live: ``parquet:<root>`` or ``bigtable:<project>/<instance>/<table>``.
-
-    Attributes:
-        kind: ``"parquet"`` or ``"bigtable"``.
-        root: Parquet store root (kind parquet).
-        project, instance, table: Bigtable ids (kind bigtable).
-    """
-
-    kind: str
-    root: Optional[str] = None
-    project: Optional[str] = None
-    instance: Optional[str] = None
-    table: Optional[str] = None
-
-    def __str__(self) -> str:
-        if self.kind == "parquet":
-            return f"parquet:{self.root}"
-        return f"bigtable:{self.project}/{self.instance}/{self.table}"
-
-
-def parse_store(spec: str) -> StoreSpec:
-    """Parses ``parquet:<dir>`` or ``bigtable:<project>/<instance>/<table>``.
-
-    Raises:
-        ValueError: any other form (the message shows both accepted forms).
-    """
-    kind, _, rest = (spec or "").partition(":")
-    if kind == "parquet" and rest:
-        return StoreSpec("parquet", root=rest)
-    if kind == "bigtable":
-        m = _BIGTABLE_RE.match(rest)
-        if m:
-            return StoreSpec("bigtable", project=m.group(1), instance=m.group(2), table=m.group(3))
-    raise ValueError(f"store {spec!r} is not understood; use parquet:<dir> or "
-                     "bigtable:<project>/<instance>/<table>")
-
-
-def parse_as_of(text: Any) -> int:
-    """Unix seconds from ``"1700000000"`` or an ISO date / date-time.
-
-    A date alone means 00:00:00 UTC of that day; a date-time without a zone is UTC; ``Z`` and
-    ``+HH:MM`` offsets are honoured.
-
-    Raises:
-        ValueError: neither form (the message names the value and gives examples).
-    """
-    if isinstance(text, (int, np.integer)):
-        return int(text)
-    s = str(text).strip()
-    if re.fullmatch(r"\d+", s):
-        return int(s)
-    try:
-        when = _dt.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
-    except ValueError:
-        raise ValueError(f"--as-of {text!r} is neither unix seconds nor an ISO date; use e.g. "
-                         "1700000000, 2024-01-31 or 2024-01-31T12:00:00Z") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return int(when.timestamp())
-
-
-def model_version_of(model_dir: str) -> str:
-    """The version of a pushed model: its folder name, an integer string.
-
-    Raises:
-        ValueError: the folder name is not an integer (not a pushed version folder).
-    """
-    name = os.path.basename(os.path.normpath(model_dir))
-    if not name.isdigit():
-        raise ValueError(f"{model_dir}: a pushed model folder is <serving_base>/<version> with an "
-                         f"integer version, got folder name {name!r}")
-    return name
-
-
-def model_config(model_dir: str) -> LimamlConfig:
-    """The LimamlConfig the model was trained with (from ``meta_block.json``)."""
-    from trainer.export import META_BLOCK_JSON
-
-    with open(os.path.join(meta_block_dir(model_dir), META_BLOCK_JSON)) as f:
-        info = json.load(f)
-    return LimamlConfig.from_json(json.dumps(info["limaml_config"]))
-
-
-# --------------------------------------------------------------------------------- stores
-def _store_error(spec: StoreSpec, err: BaseException) -> RuntimeError:
-    return RuntimeError(f"embedding store {spec} is unreachable or failed ({type(err).__name__}: "
-                        f"{str(err)[:300]}); nothing was written")
-
-
-def _check_parquet_store(spec: StoreSpec, store: Any, create: bool) -> None:
-    """A Parquet root must be an existing store (a folder with a committed version) unless ``create``.
-
-    With ``create`` a missing or empty folder is accepted too; a folder with other content never is.
-
-    Raises:
-        ValueError: names the root and the fix (a typo in the path, or ``--create``).
-    """
-    root = spec.root
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise ValueError(f"Parquet store root {root} exists and is not a folder")
-    if os.path.isdir(root) and store.committed_versions():
-        return
-    if not os.path.exists(root) or not os.listdir(root):
-        if create:
-            return
-        state = "does not exist" if not os.path.exists(root) else "is an empty folder"
-        raise ValueError(f"Parquet store {root} {state}, so it holds no embeddings; check the path "
-                         "(a typo would regenerate every user into a new store), or pass --create "
-                         "to start a new store there")
-    raise ValueError(f"{root} is not a Parquet embedding store (no committed model_version=* folder "
-                     "in it); check the path, or pass a new or empty folder with --create")
-
-
-def open_store(spec: StoreSpec, timeout_s: float = 30.0, client: Any = None, create: bool = False):
-    """Opens the store and checks it answers and exists (Bigtable: reads the version pointer).
-
-    Args:
-        spec: the store.
-        timeout_s: Bigtable deadline of each read (retries included).
-        client: optional ``google.cloud.bigtable.Client`` (default: one from the environment,
-            which honours ``BIGTABLE_EMULATOR_HOST``).
-        create: accept a store that does not exist yet (a missing or empty Parquet folder, a
-            missing Bigtable table); it is created by the first write.
-
-    Raises:
-        RuntimeError: Bigtable does not answer within ``timeout_s`` (named).
-        ValueError: the store does not exist and ``create`` is False, or the Parquet root is
-            not a folder or holds something else than a store.
-    """
-    if spec.kind == "parquet":
-        from embeddings.parquet_store import ParquetEmbeddingStore
-
-        if os.path.exists(spec.root) and not os.path.isdir(spec.root):
-            raise ValueError(f"Parquet store root {spec.root} exists and is not a folder")
-        store = ParquetEmbeddingStore(spec.root)
-        _check_parquet_store(spec, store, create)
-        return store
-    from google.api_core import exceptions as gexc
-
-    from embeddings.bigtable_store import BigtableEmbeddingStore
-
-    try:
-        store = BigtableEmbeddingStore.open(spec.project, spec.instance, spec.table, client=client,
-                                            read_timeout_s=timeout_s, write_timeout_s=max(timeout_s, 120.0),
-                                            create_if_missing=create)
-        store.committed_versions()
-        exists = store.table.exists()
-    except (gexc.GoogleAPICallError, gexc.RetryError) as err:
-        raise _store_error(spec, err) from err
-    if not exists and not create:
-        raise ValueError(f"Bigtable table {spec} does not exist, so it holds no embeddings; check "
-                         "the project/instance/table (a typo would regenerate every user into a new "
-                         "table), or pass --create to create it")
-    return store
-
-
-@dataclasses.dataclass
-class StoredVersion:
-    """Every row of one committed version, columnar (the cold-start row included).
-
-    Attributes:
-        user_ids: [N] object str.
-        embeddings: float32 [N, E].
-        support_size, last_interaction_ts, generated_at: int64 [N].
-    """
-
-    user_ids: np.ndarray
-    embeddings: np.ndarray
-    support_size: np.ndarray
-    last_interaction_ts: np.ndarray
-    generated_at: np.ndarray
-
-
-def _read_parquet_version(store, version: str) -> Optional[StoredVersion]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from embeddings.parquet_store import embedding_column_to_numpy
-
-    try:
-        meta = store.version_metadata(version)
-    except VersionNotCommittedError:
-        return None
-    dim = int(meta["embedding_dim"])
-    vdir = store.version_dir(version)
-    cols = ["user_id", "embedding", "support_size", "last_interaction_ts", "generated_at"]
-    tables = [pq.read_table(str(vdir / f), columns=cols) for f in meta["files"]]
-    if not tables:
-        return None
-    tbl = pa.concat_tables(tables)
-    return StoredVersion(
-        user_ids=np.array(tbl.column("user_id").to_pylist(), dtype=object),
-        embeddings=embedding_column_to_numpy(tbl.column("embedding"), dim),
-        support_size=tbl.column("support_size").to_numpy().astype(np.int64),
-        last_interaction_ts=tbl.column("last_interaction_ts").to_numpy().astype(np.int64),
-        generated_at=tbl.column("generated_at").to_numpy().astype(np.int64))
-
-
-def _read_bigtable_version(store, version: str, timeout_s: float) -> Optional[StoredVersion]:
-    """Scans the committed attempt of ``version`` (both families, one read_rows)."""
-    from google.cloud.bigtable.row_data import DEFAULT_RETRY_READ_ROWS
-
-    from embeddings import bigtable_store as bts
-
-    try:
-        info = store.version_info(version)
-    except VersionNotCommittedError:
-        return None
-    ts_us, dim = int(info["attempt_ts_us"]), int(info["embedding_dim"])
-    q = bts._qualifier(version)  # pylint: disable=protected-access
-    rows = store.table.read_rows(
-        filter_=bts._version_filter(q, ts_us, f"[{bts.EMB_FAMILY}{bts.META_FAMILY}]"),  # pylint: disable=protected-access
-        retry=DEFAULT_RETRY_READ_ROWS.with_deadline(max(timeout_s, 600.0)))
-    ids: List[str] = []
-    embs: List[bytes] = []
-    metas: List[bytes] = []
-    for r in rows:
-        if r.row_key == bts.POINTER_ROW_KEY:
-            continue
-        e = [c for c in r.cells.get(bts.EMB_FAMILY, {}).get(q, ()) if c.timestamp_micros == ts_us]
-        m = [c for c in r.cells.get(bts.META_FAMILY, {}).get(q, ()) if c.timestamp_micros == ts_us]
-        if not e or not m:
-            continue
-        key = r.row_key.decode("utf-8")
-        ids.append(COLD_START_USER if r.row_key == bts.COLD_START_ROW_KEY else key.split("#", 1)[1])
-        embs.append(e[0].value)
-        metas.append(m[0].value)
-    if not ids:
-        return None
-    blob = b"".join(embs)
-    if len(blob) != 4 * dim * len(embs):
-        raise ValueError(f"Bigtable {store.table.name}: a stored embedding of version {version!r} "
-                         f"is not {dim} float32 values; the table holds foreign data")
-    meta = np.frombuffer(b"".join(metas), dtype="<i8").reshape(len(metas), 3)
-    return StoredVersion(
-        user_ids=np.array(ids, dtype=object),
-        embeddings=np.frombuffer(blob, dtype="<f4").reshape(len(embs), dim).astype(np.float32),
-        support_size=meta[:, 0].astype(np.int64), last_interaction_ts=meta[:, 1].astype(np.int64),
-        generated_at=meta[:, 2].astype(np.int64))
-
-
-def read_stored_version(store, spec: StoreSpec, version: str, timeout_s: float = 30.0
-                        ) -> Optional[StoredVersion]:
-    """All rows of the committed ``version`` in ``store``, or None when it is not committed.
-
-    Raises:
-        RuntimeError: Bigtable failed or timed out (named).
-    """
-    if spec.kind == "parquet":
-        return _read_parquet_version(store, version)
-    from google.api_core import exceptions as gexc
-
-    try:
-        return _read_bigtable_version(store, version, timeout_s)
-    except (gexc.GoogleAPICallError, gexc.RetryError) as err:
-        raise _store_error(spec, err) from err
-
-
-# --------------------------------------------------------------------------------- selection
-def changed_users(frame: pd.DataFrame, stored: Optional[StoredVersion]) -> np.ndarray:
-    """Users of ``frame`` (already cut at as_of) with interactions newer than their stored row.
-
-    Args:
-        frame: canonical interactions with ``timestamp <= as_of``.
-        stored: the stored version (None: nothing stored, every user is changed).
-
-    Returns:
-        Sorted user ids [C] (object).
-    """
-    newest = frame.groupby(F.USER_ID, sort=True)[F.TIMESTAMP].max()
-    users = newest.index.to_numpy().astype(object)
-    if stored is None:
-        return users
-    pos = pd.Index(stored.user_ids).get_indexer(users)
-    last = np.where(pos >= 0, stored.last_interaction_ts[np.maximum(pos, 0)], np.iinfo(np.int64).min)
-    return users[(pos < 0) | (newest.to_numpy() > last)]
-
-
-def last_k(frame: pd.DataFrame, users: np.ndarray, k: int) -> pd.DataFrame:
-    """The last ``k`` interactions of each of ``users``, sorted by (user, time, item)."""
-    sel = frame[frame[F.USER_ID].isin(set(users.tolist()))]
-    sel = sel.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable")
-    return sel.groupby(F.USER_ID, sort=False).tail(k).reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------- encoding
-# Raw columns meta-embedding generation reads: the model's features, the user id (task key and
-# hashed user-id input), the label (fine-tuning loss) and the timestamp (order, recency). Other
-# raw features of the transform's input (rating, oracle_prob, the protocol's cohort and
-# history_size) feed nothing the meta block uses; TFT fills them with defaults.
-NEEDED_RAW_COLUMNS: Tuple[str, ...] = (F.USER_ID, F.TIMESTAMP, F.LABEL) + F.MODEL_FEATURES
-
-
-def needed_raw_features(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """The entries of a transform's raw feature ``spec`` that refresh feeds (:data:`NEEDED_RAW_COLUMNS`)."""
-    return {name: feat for name, feat in spec.items() if name in NEEDED_RAW_COLUMNS}
-
-
-def check_columns(frame: pd.DataFrame, spec: Dict[str, Any], data_dir: str) -> None:
-    """Raises ValueError naming the needed raw columns the prepared data lacks (before any work)."""
-    missing = [name for name in needed_raw_features(spec) if name not in frame.columns]
-    if missing:
-        raise ValueError(f"{data_dir}: the prepared data lacks column(s) {missing} that the model reads "
-                         f"(has {list(frame.columns)}); prepare it with limaml data prepare")
-
-
-def _raw_tensors(frame: pd.DataFrame, spec: Dict[str, Any]) -> Dict[str, Any]:
-    import tensorflow as tf
-
-    out: Dict[str, Any] = {}
-    n = len(frame)
-    for name, feat in needed_raw_features(spec).items():
-        if name not in frame.columns:
-            raise ValueError(f"the model reads raw column {name!r}, which the prepared "
-                             f"data lacks (columns: {list(frame.columns)})")
-        col = frame[name].to_numpy()
-        if feat.dtype == tf.string:
-            values = tf.constant(col.astype(str).astype(object).astype(bytes))
-        else:
-            values = tf.constant(col.astype(feat.dtype.as_numpy_dtype))
-        if isinstance(feat, tf.io.FixedLenFeature):
-            shape = list(feat.shape)
-            if shape not in ([], [1]):
-                raise ValueError(f"raw feature {name!r} has shape {shape}; refresh expects scalars")
-            out[name] = values if not shape else tf.reshape(values, [n, 1])
-        elif isinstance(feat, tf.io.VarLenFeature):
-            out[name] = tf.SparseTensor(
-                indices=tf.stack([tf.range(n, dtype=tf.int64), tf.zeros([n], tf.int64)], axis=1),
-                values=values, dense_shape=[n, 1])
-        else:
-            raise ValueError(f"raw feature {name!r} has an unsupported spec {type(feat).__name__}")
-    return out
-
-
-def raw_spec_of(output: Any) -> Dict[str, Any]:
-    """The raw feature spec of a ``TFTransformOutput`` (the canonical contract when not copied)."""
-    from trainer import preprocessing
-
-    try:
-        return output.raw_feature_spec()
-    except Exception:  # noqa: BLE001 - raw metadata not copied: the canonical contract
-        return preprocessing.raw_feature_spec()
-
-
-def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
-                          chunk_rows: int = ENCODE_CHUNK_ROWS) -> Dict[str, np.ndarray]:
-    """Raw canonical rows -> encoded model features with the pushed Transform graph.
-
-    Args:
-        frame: canonical interactions ``[N]``.
-        transform_dir: a TFT output folder (``TFTransformOutput``).
-        chunk_rows: rows transformed per call.
-
-    Returns:
-        ``{feature: [N, ...]}`` in the frame's row order; ``user_id`` (object str) and
-        ``timestamp`` (int64) are taken from ``frame``.
-    """
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    output = tft.TFTransformOutput(transform_dir)
-    spec = raw_spec_of(output)
-    parts: Dict[str, List[np.ndarray]] = {}
-    for lo in range(0, len(frame), chunk_rows):
-        chunk = frame.iloc[lo:lo + chunk_rows]
-        got = output.transform_raw_features(_raw_tensors(chunk, spec), drop_unused_features=True)
-        for name, value in got.items():
-            if isinstance(value, tf.SparseTensor):
-                value = tf.sparse.to_dense(value)
-            elif isinstance(value, tf.RaggedTensor):
-                value = value.to_tensor()
-            parts.setdefault(name, []).append(value.numpy())
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    out[F.USER_ID] = frame[F.USER_ID].astype(str).to_numpy().astype(object)
-    out[F.TIMESTAMP] = frame[F.TIMESTAMP].to_numpy().astype(np.int64)
-    return out
-
-
-# --------------------------------------------------------------------------------- refresh
 @dataclasses.dataclass(frozen=True)
 class RefreshSummary:
     """What a refresh did.
