@@ -37,7 +37,7 @@ def post_json(url: str, payload: Mapping[str, Any], timeout_s: float = 30.0) -> 
 
 def rank_url(base_url: str) -> str:
     """``<base>/v1/rank`` for a ranker base URL (a full ``/v1/rank`` URL is kept)."""
-    from serving.ranker_service import RANK_PATH
+    from serving.ranker_app import RANK_PATH
 
     base = base_url.rstrip("/")
     return base if base.endswith(RANK_PATH) else base + RANK_PATH

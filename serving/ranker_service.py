@@ -60,286 +60,46 @@ bounded head size, at most ``max_pending`` requests in the ranker at once (queue
 Run: ``start_ranker_service(ranker, port=0)`` in process, or ``python -m serving.ranker_service
 --model-target host:8500 --model-name global_block --embedding-lookup pkg.module:factory``
 (binds 127.0.0.1 unless ``--host`` says otherwise).
+
+Modules: :mod:`serving.rank_handlers` (a body -> status and JSON; the error table above),
+:mod:`serving.ranker_app` (the ASGI app: routes, token, bodies, backpressure); this one starts
+and stops the service and is its command line.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
-import concurrent.futures
-import hmac
 import importlib
 import json
 import logging
 import sys
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-from embeddings.record import VersionNotCommittedError
 from serving.http_server import AsgiServerHandle, serve_asgi
 from serving.model_server import guard
-from serving.ranker import (
-    EmbeddingLookupError,
-    InvalidRequest,
-    ModelServerError,
-    ModelServerUnavailable,
-    Ranker,
+from serving.rank_handlers import handle_rank_body, handle_ready, parse_rank_body
+from serving.ranker import Ranker
+from serving.ranker_app import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_WORKERS,
+    HEALTH_PATH,
+    RANK_PATH,
+    READY_PATH,
+    RankerApp,
 )
 from serving.signals import wait_for_stop_signal
 
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PENDING", "DEFAULT_WORKERS",
+    "HEALTH_PATH", "RANK_PATH", "READY_PATH", "TOKEN_ENV", "RankerApp", "RankerServiceHandle",
+    "build_arg_parser", "handle_rank_body", "handle_ready", "main", "parse_rank_body",
+    "read_token", "start_ranker_service",
+]
+
 log = logging.getLogger(__name__)
 
-RANK_PATH = "/v1/rank"
-HEALTH_PATH = "/healthz"
-READY_PATH = "/readyz"
-DEFAULT_MAX_BODY_BYTES = 4 << 20
-DEFAULT_BODY_TIMEOUT_S = 10.0
-DEFAULT_WORKERS = 8
-DEFAULT_MAX_PENDING = 1024
 TOKEN_ENV = "LIMAML_RANKER_TOKEN"
-_REQUEST_KEYS = ("user_id", "candidates", "item_ids", "user_features")
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str, field: Optional[str] = None,
-                 code: str = "bad_request") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-        self.code = code
-
-
-def _error(status: int, code: str, message: str, field: Optional[str] = None
-           ) -> Tuple[int, Dict[str, Any]]:
-    body: Dict[str, Any] = {"error": message, "code": code}
-    if field is not None or status == 400:
-        body["field"] = field
-    return status, body
-
-
-def _embedding_failure(exc: EmbeddingLookupError) -> Tuple[int, Dict[str, Any]]:
-    cause = exc.__cause__
-    version = getattr(exc, "model_version", None)
-    if isinstance(cause, VersionNotCommittedError):
-        return _error(503, "embeddings_not_committed",
-                      f"model version {version!r} is not committed in the meta embeddings; run "
-                      "meta-embedding generation for it or serve a version that has embeddings")
-    return _error(503, "embeddings_unavailable",
-                  f"the meta embeddings of model version {version!r} cannot be read now")
-
-
-def _public_degraded(degraded: Optional[str]) -> Optional[str]:
-    """A response's ``degraded`` without store names (the full reason is logged)."""
-    if degraded is None:
-        return None
-    log.info("degraded answer: %s", degraded)
-    if "timed out" in degraded or "saturated" in degraded:
-        return "embedding store too slow; cold-start default served"
-    if "cold-start" in degraded and "fallback" in degraded:
-        return "cold-start default unknown; fallback vector served"
-    return "embedding store unavailable; cold-start default served"
-
-
-def parse_rank_body(body: bytes) -> Dict[str, Any]:
-    """Decodes a ``/v1/rank`` body into its JSON object.
-
-    Raises:
-        _HttpError: 400 for anything that is not a UTF-8 JSON object of the allowed keys
-            (invalid Unicode, nesting deeper than Python's recursion limit included).
-    """
-    try:
-        payload = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _HttpError(400, f"body is not valid UTF-8 JSON: {exc}", "body") from None
-    except RecursionError:
-        raise _HttpError(400, "body is nested too deeply", "body") from None
-    if not isinstance(payload, dict):
-        raise _HttpError(400, f"body must be a JSON object, got {type(payload).__name__}",
-                         "body")
-    extra = sorted(set(payload) - set(_REQUEST_KEYS))
-    if extra:
-        raise _HttpError(400, f"unknown request field(s) {extra}; allowed: "
-                              f"{list(_REQUEST_KEYS)}", extra[0])
-    if "user_id" not in payload:
-        raise _HttpError(400, "user_id: missing", "user_id")
-    has_c, has_i = "candidates" in payload, "item_ids" in payload
-    if has_c == has_i:
-        raise _HttpError(400, "candidates: missing (send candidates or item_ids, one of them)"
-                         if not has_c else "send candidates or item_ids, not both", "candidates")
-    return payload
-
-
-def handle_rank_body(ranker: Ranker, body: bytes) -> Tuple[int, Dict[str, Any]]:
-    """Answers one ``/v1/rank`` body: ``(HTTP status, JSON object)``; never raises."""
-    try:
-        payload = parse_rank_body(body)
-        if "item_ids" in payload:
-            resp = ranker.rank_items(payload["user_id"], payload["item_ids"],
-                                     payload.get("user_features"))
-        else:
-            resp = ranker.rank(payload["user_id"], payload["candidates"],
-                               payload.get("user_features"))
-        out = resp.to_json()
-        out["degraded"] = _public_degraded(out["degraded"])
-        return 200, out
-    except _HttpError as exc:
-        return _error(exc.status, exc.code, exc.message, exc.field)
-    except InvalidRequest as exc:
-        return _error(400, "bad_request", _printable(str(exc)), exc.field)
-    except EmbeddingLookupError as exc:
-        log.warning("ranker service: %s", exc)
-        return _embedding_failure(exc)
-    except ModelServerUnavailable as exc:
-        log.warning("ranker service: %s", exc)
-        return _error(503, "model_unavailable", "the model server is unavailable")
-    except ModelServerError as exc:
-        log.error("ranker service: %s", exc)
-        return _error(502, "model_error", "the model server rejected the request")
-    except RecursionError:
-        return _error(400, "bad_request", "request is nested too deeply", "body")
-    except Exception:  # noqa: BLE001 - answer 500, keep serving
-        log.exception("ranker service: unexpected error")
-        return _error(500, "internal", "internal error")
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def handle_ready(ranker: Ranker) -> Tuple[int, Dict[str, Any]]:
-    """``/readyz``: 200 when the served version and its embeddings are reachable, else 503."""
-    try:
-        version = ranker.readiness()
-    except EmbeddingLookupError as exc:
-        log.warning("readiness: %s", exc)
-        status, body = _embedding_failure(exc)
-        return status, {"status": "unavailable", **body}
-    except ModelServerError as exc:
-        log.warning("readiness: %s", exc)
-        return 503, {"status": "unavailable", "code": "model_unavailable",
-                     "error": "the model server is unavailable"}
-    except Exception:  # noqa: BLE001
-        log.exception("readiness check failed")
-        return 503, {"status": "unavailable", "code": "internal", "error": "internal error"}
-    return 200, {"status": "ready", "model_version": str(version)}
-
-
-_Send = Callable[[Dict[str, Any]], Awaitable[None]]
-_Receive = Callable[[], Awaitable[Dict[str, Any]]]
-
-
-class RankerApp:
-    """The ranker's ASGI application (see the module doc for the API).
-
-    Args:
-        ranker: the ranker.
-        max_body_bytes: largest request body.
-        body_timeout_s: most seconds to receive a body once its head arrived.
-        workers: threads running the ranker (gRPC and embedding calls block).
-        max_pending: most requests in the ranker (running or queued); more get 503 at once.
-        auth_token: required ``Authorization: Bearer`` token of ``/v1/rank``; None: open.
-    """
-
-    def __init__(self, ranker: Ranker, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, workers: int = DEFAULT_WORKERS,
-                 max_pending: int = DEFAULT_MAX_PENDING, auth_token: Optional[str] = None
-                 ) -> None:
-        if workers < 1 or max_pending < 1 or max_body_bytes < 1 or body_timeout_s <= 0:
-            raise ValueError(f"workers={workers}, max_pending={max_pending}, "
-                             f"max_body_bytes={max_body_bytes}, body_timeout_s={body_timeout_s}:"
-                             " all must be positive")
-        self.ranker = ranker
-        self.max_body_bytes = int(max_body_bytes)
-        self.body_timeout_s = float(body_timeout_s)
-        self.max_pending = int(max_pending)
-        self._expected = f"Bearer {auth_token}".encode("utf-8") if auth_token else None
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ranker")
-        self._pending = 0  # touched only on the event loop
-
-    def close(self) -> None:
-        """Stops the worker threads (after running requests)."""
-        self._pool.shutdown(wait=False)
-
-    async def __call__(self, scope: Dict[str, Any], receive: _Receive, send: _Send) -> None:
-        if scope["type"] != "http":
-            return
-        path, method = scope["path"], scope["method"]
-        headers = dict(scope["headers"])
-        status, body, extra = await self._route(path, method, headers, receive)
-        data = json.dumps(body).encode("utf-8")
-        out_headers: List[Tuple[bytes, bytes]] = [
-            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        out_headers.extend(extra)
-        await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        await send({"type": "http.response.body", "body": data})
-
-    async def _route(self, path: str, method: str, headers: Dict[bytes, bytes],
-                     receive: _Receive) -> Tuple[int, Dict[str, Any], List[Tuple[bytes, bytes]]]:
-        close = [(b"connection", b"close")]
-        if path == HEALTH_PATH and method in ("GET", "HEAD"):
-            return 200, {"status": "ok"}, []
-        if path == READY_PATH and method in ("GET", "HEAD"):
-            status, body = await self._run(handle_ready, self.ranker)
-            return status, body, []
-        if path == RANK_PATH and method != "POST":
-            return (*_error(405, "method_not_allowed", f"use POST for {RANK_PATH}"), [])
-        if path != RANK_PATH:
-            if path in (HEALTH_PATH, READY_PATH):
-                return (*_error(405, "method_not_allowed", f"use GET for {path}"), [])
-            return (*_error(404, "not_found", f"unknown path; use POST {RANK_PATH}, "
-                                              f"GET {HEALTH_PATH} or GET {READY_PATH}"), [])
-        if self._expected is not None and not hmac.compare_digest(
-                headers.get(b"authorization", b""), self._expected):
-            return (*_error(401, "unauthorized", "missing or wrong bearer token"),
-                    [(b"www-authenticate", b"Bearer")])
-        length_header = headers.get(b"content-length")
-        if length_header is None:
-            return (*_error(411, "length_required", "Content-Length header required"), close)
-        try:
-            length = int(length_header)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            return (*_error(400, "bad_request", "bad Content-Length", "Content-Length"), close)
-        if length > self.max_body_bytes:
-            return (*_error(413, "too_large", f"body of {length} bytes is larger than "
-                                              f"{self.max_body_bytes}; send fewer candidates"),
-                    close)
-        try:
-            body = await asyncio.wait_for(self._read_body(receive, length), self.body_timeout_s)
-        except asyncio.TimeoutError:
-            return (*_error(408, "body_timeout",
-                            f"body not received within {self.body_timeout_s:g} s"), close)
-        if body is None:
-            return (*_error(400, "bad_request", "body shorter than Content-Length", "body"), close)
-        if self._pending >= self.max_pending:
-            return (*_error(503, "overloaded", "too many requests waiting; retry"),
-                    [(b"retry-after", b"1")])
-        status, obj = await self._run(handle_rank_body, self.ranker, body)
-        return status, obj, []
-
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        self._pending += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        finally:
-            self._pending -= 1
-
-    @staticmethod
-    async def _read_body(receive: _Receive, length: int) -> Optional[bytes]:
-        chunks: List[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > length:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks) if size == length else None
 
 
 class RankerServiceHandle:

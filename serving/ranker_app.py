@@ -1,0 +1,146 @@
+"""The ranker service's ASGI application: routing, authentication, bodies and backpressure.
+
+:class:`RankerApp` routes ``POST /v1/rank``, ``GET /healthz`` and ``GET /readyz``; checks the
+optional bearer token of ``/v1/rank`` (the probes stay open); reads a body of at most
+``max_body_bytes`` within ``body_timeout_s`` (Content-Length required); and runs the blocking
+ranker on ``workers`` threads, answering 503 at once when ``max_pending`` requests are already in
+the ranker. The answers themselves come from :mod:`serving.rank_handlers`; the API is described
+in :mod:`serving.ranker_service`.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import json
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+from serving.rank_handlers import _error, handle_rank_body, handle_ready
+from serving.ranker import Ranker
+
+RANK_PATH = "/v1/rank"
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+DEFAULT_MAX_BODY_BYTES = 4 << 20
+DEFAULT_BODY_TIMEOUT_S = 10.0
+DEFAULT_WORKERS = 8
+DEFAULT_MAX_PENDING = 1024
+
+
+_Send = Callable[[Dict[str, Any]], Awaitable[None]]
+_Receive = Callable[[], Awaitable[Dict[str, Any]]]
+
+
+class RankerApp:
+    """The ranker's ASGI application (see the module doc for the API).
+
+    Args:
+        ranker: the ranker.
+        max_body_bytes: largest request body.
+        body_timeout_s: most seconds to receive a body once its head arrived.
+        workers: threads running the ranker (gRPC and embedding calls block).
+        max_pending: most requests in the ranker (running or queued); more get 503 at once.
+        auth_token: required ``Authorization: Bearer`` token of ``/v1/rank``; None: open.
+    """
+
+    def __init__(self, ranker: Ranker, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, workers: int = DEFAULT_WORKERS,
+                 max_pending: int = DEFAULT_MAX_PENDING, auth_token: Optional[str] = None
+                 ) -> None:
+        if workers < 1 or max_pending < 1 or max_body_bytes < 1 or body_timeout_s <= 0:
+            raise ValueError(f"workers={workers}, max_pending={max_pending}, "
+                             f"max_body_bytes={max_body_bytes}, body_timeout_s={body_timeout_s}:"
+                             " all must be positive")
+        self.ranker = ranker
+        self.max_body_bytes = int(max_body_bytes)
+        self.body_timeout_s = float(body_timeout_s)
+        self.max_pending = int(max_pending)
+        self._expected = f"Bearer {auth_token}".encode("utf-8") if auth_token else None
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ranker")
+        self._pending = 0  # touched only on the event loop
+
+    def close(self) -> None:
+        """Stops the worker threads (after running requests)."""
+        self._pool.shutdown(wait=False)
+
+    async def __call__(self, scope: Dict[str, Any], receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        headers = dict(scope["headers"])
+        status, body, extra = await self._route(path, method, headers, receive)
+        data = json.dumps(body).encode("utf-8")
+        out_headers: List[Tuple[bytes, bytes]] = [
+            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        out_headers.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _route(self, path: str, method: str, headers: Dict[bytes, bytes],
+                     receive: _Receive) -> Tuple[int, Dict[str, Any], List[Tuple[bytes, bytes]]]:
+        close = [(b"connection", b"close")]
+        if path == HEALTH_PATH and method in ("GET", "HEAD"):
+            return 200, {"status": "ok"}, []
+        if path == READY_PATH and method in ("GET", "HEAD"):
+            status, body = await self._run(handle_ready, self.ranker)
+            return status, body, []
+        if path == RANK_PATH and method != "POST":
+            return (*_error(405, "method_not_allowed", f"use POST for {RANK_PATH}"), [])
+        if path != RANK_PATH:
+            if path in (HEALTH_PATH, READY_PATH):
+                return (*_error(405, "method_not_allowed", f"use GET for {path}"), [])
+            return (*_error(404, "not_found", f"unknown path; use POST {RANK_PATH}, "
+                                              f"GET {HEALTH_PATH} or GET {READY_PATH}"), [])
+        if self._expected is not None and not hmac.compare_digest(
+                headers.get(b"authorization", b""), self._expected):
+            return (*_error(401, "unauthorized", "missing or wrong bearer token"),
+                    [(b"www-authenticate", b"Bearer")])
+        length_header = headers.get(b"content-length")
+        if length_header is None:
+            return (*_error(411, "length_required", "Content-Length header required"), close)
+        try:
+            length = int(length_header)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            return (*_error(400, "bad_request", "bad Content-Length", "Content-Length"), close)
+        if length > self.max_body_bytes:
+            return (*_error(413, "too_large", f"body of {length} bytes is larger than "
+                                              f"{self.max_body_bytes}; send fewer candidates"),
+                    close)
+        try:
+            body = await asyncio.wait_for(self._read_body(receive, length), self.body_timeout_s)
+        except asyncio.TimeoutError:
+            return (*_error(408, "body_timeout",
+                            f"body not received within {self.body_timeout_s:g} s"), close)
+        if body is None:
+            return (*_error(400, "bad_request", "body shorter than Content-Length", "body"), close)
+        if self._pending >= self.max_pending:
+            return (*_error(503, "overloaded", "too many requests waiting; retry"),
+                    [(b"retry-after", b"1")])
+        status, obj = await self._run(handle_rank_body, self.ranker, body)
+        return status, obj, []
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._pending -= 1
+
+    @staticmethod
+    async def _read_body(receive: _Receive, length: int) -> Optional[bytes]:
+        chunks: List[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > length:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks) if size == length else None
