@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import List, Optional, Union
 
 from tfx import v1 as tfx
@@ -14,7 +15,7 @@ from components.block_pusher.component import BlockPusher
 from components.embedding_join.component import EmbeddingJoin
 from components.meta_embedding_gen.component import MetaEmbeddingGen
 from components.protocol_example_gen.component import ProtocolExampleGen
-from components.report.component import Report
+from components.report.component import Report, ReportSpec
 from components.task_gen.component import TaskGen
 from limaml.config import LimamlConfig
 from pipeline import settings as S
@@ -27,6 +28,8 @@ PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 LIMAML_RUN_FN = "pipeline.run_fns.run_fn"
 BASELINE_RUN_FN = "pipeline.run_fns.baseline_run_fn"
 PREDICTION_KEY = "probabilities"  # output of the global block's serving_default
+MULTI_EXAMPLES_INPUT = "limaml_multi_examples"  # Report input: the multi-block join's examples
+log = logging.getLogger(__name__)
 
 
 def _trainer(run_fn: str, examples, transform_graph, config: LimamlConfig, kind: str,
@@ -161,12 +164,25 @@ def _multi_block_components(config: LimamlConfig, example_gen, transform, task_g
     return [trainer, meg, join, evaluator]
 
 
+def report_scores_multi_block() -> bool:
+    """Whether the Report can score the multi-block model: it needs the multi-block join's
+    examples (``limaml_multi_examples``) besides the model, because the other models read an
+    E-wide ``meta_embedding`` and this one a 2E-wide one, so no one example set serves both."""
+    return MULTI_EXAMPLES_INPUT in ReportSpec.INPUTS
+
+
 def _report_multi_inputs(multi: List[base_node.BaseNode]) -> dict:
-    """The Report's inputs of the multi-block LiMAML (none when it is off)."""
+    """The Report's inputs of the multi-block LiMAML (none when it is off, or when the Report
+    cannot score it yet: then its Evaluator's TFMA output is its evaluation, and a warning says so)."""
     if not multi:
         return {}
-    trainer = multi[0]
-    return {"limaml_multi_model": trainer.outputs["model"]}
+    trainer, _, join, _ = multi
+    if not report_scores_multi_block():
+        log.warning("the Report takes no %r input: limaml_multi is trained and evaluated (%s) but "
+                    "not in metrics.json", MULTI_EXAMPLES_INPUT, S.EVALUATOR_LIMAML_MULTI)
+        return {}
+    return {"limaml_multi_model": trainer.outputs["model"],
+            MULTI_EXAMPLES_INPUT: join.outputs["joined_examples"]}
 
 
 def create_pipeline(config: LimamlConfig, pipeline_root: str,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from limaml.config import EvaluationConfig, LimamlConfig
+from pipeline.pipeline import report_scores_multi_block
 from pipeline.settings import COMPONENT_IDS, MULTI_BLOCK_COMPONENT_IDS, component_ids
 
 MULTI = ("user", "user_x_genre")
@@ -53,7 +54,11 @@ def test_pipeline_nodes_and_the_multi_trainers_config(multi_block):
         nodes["MetaEmbeddingGenMulti"].outputs["meta_embeddings"]
     assert nodes["EvaluatorLimamlMulti"].inputs["examples"] is \
         nodes["EmbeddingJoinMulti"].outputs["joined_examples"]
-    assert report_inputs["limaml_multi_model"] is trainer_model
+    if report_scores_multi_block():
+        assert report_inputs["limaml_multi_model"] is trainer_model
+        assert report_inputs["limaml_multi_examples"] is nodes["EmbeddingJoinMulti"].outputs["joined_examples"]
+    else:  # the Report cannot score it on the single-block join's examples
+        assert "limaml_multi_model" not in report_inputs
     # the pushed model stays the single-block one
     assert nodes["BlockPusher"].inputs["model"] is nodes["LimamlTrainer"].outputs["model"]
 
@@ -93,15 +98,22 @@ def test_cli_flag_turns_it_on(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # One pipeline run with the multi-block model on the e2e test data, shared by the tests below.
 
+def multi_run_config() -> LimamlConfig:
+    """The e2e test config with the multi-block model on and one training epoch."""
+    from tests.pipeline_fixtures import E2E_CONFIG
+
+    return _multi_on(dataclasses.replace(
+        E2E_CONFIG, train=dataclasses.replace(E2E_CONFIG.train, epochs=1, baseline_epochs=1)))
+
+
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
     """Runs the main job with the multi-block model on (short training) once for this module."""
     from limaml.data import prepare
     from pipeline.main_job import run_main_job
-    from tests.pipeline_fixtures import E2E_CONFIG, E2E_SYNTHETIC
+    from tests.pipeline_fixtures import E2E_SYNTHETIC
 
-    config = _multi_on(dataclasses.replace(
-        E2E_CONFIG, train=dataclasses.replace(E2E_CONFIG.train, epochs=1, baseline_epochs=1)))
+    config = multi_run_config()
     root = tmp_path_factory.mktemp("e2e_multi")
     data_dir = os.path.join(str(root), "data")
     prepare.prepare("synthetic", data_dir, synthetic_cfg=E2E_SYNTHETIC, protocol=config.protocol)
@@ -122,6 +134,9 @@ def _artifacts(metadata_path, type_name, node):
 
 
 @pytest.mark.e2e
+@pytest.mark.xfail(not report_scores_multi_block(), strict=True,
+                   reason="the Report scores every model on one example set; limaml_multi needs the "
+                          "multi-block join's (a limaml_multi_examples input)")
 def test_metrics_hold_limaml_multi_and_its_comparison(multi_run):
     from report.metrics import validate_metrics
 
@@ -179,3 +194,58 @@ def test_multi_join_gives_each_eval_example_twice_the_embedding_width(multi_run)
     e = LimamlConfig().model.embedding_dim
     assert len(w_multi) == len(w_single) > 0
     assert set(w_single) == {e} and set(w_multi) == {2 * e}
+
+
+@pytest.mark.e2e
+def test_users_without_history_get_their_own_unadapted_rows_of_both_blocks(multi_run):
+    """A cohort-0 user's multi-block vector is [f(x_meta,u; θ_meta), f_g([x_meta,u, one-hot(g)]; θ_g)],
+    x_meta built by hand from the Transform vocabularies (id = position, OOV = length) and g the
+    lowest hash bucket of the item's genres."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from components.common.model_layout import meta_block_dir
+    from components.meta_embedding_gen.meta_block import transform_graph_dir
+    from limaml.data import canonical, protocols
+    from schema import features as F
+    from trainer.export import load_meta_block
+    from trainer.model import meta_forward
+
+    paths, _ = multi_run
+    (model_art,) = _artifacts(paths.metadata_path, "Model", "LimamlMultiTrainer")
+    folder = os.path.join(model_art.uri, "Format-Serving")
+    model, _, _ = load_meta_block(meta_block_dir(folder))
+    layout = model.layout
+    assert model.genre_params and not layout.meta_multi_hot and not layout.meta_numeric
+    assert not layout.use_user_id_in_meta
+    vocab = tft.TFTransformOutput(transform_graph_dir(folder))
+    words = {name: [w.decode() if isinstance(w, bytes) else w for w in vocab.vocabulary_by_name(name)]
+             for name, _ in layout.meta_categorical}
+    split = protocols.apply(canonical.read_prepared(paths.data_dir), multi_run_config().protocol)
+    cold_users = set(split.users.loc[split.users["history_size"] == 0, F.USER_ID])
+    assert cold_users
+    (joined,) = _artifacts(paths.metadata_path, "Examples", "EmbeddingJoinMulti")
+    files = tf.io.gfile.glob(os.path.join(joined.uri, "Split-eval", "*"))
+    checked = 0
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        feats = tf.train.Example.FromString(record).features.feature
+        if feats[F.USER_ID].bytes_list.value[0].decode() not in cold_users:
+            continue
+        x = np.concatenate([np.eye(size)[words[name].index(v) if v in words[name] else len(words[name])]
+                            for name, size in layout.meta_categorical
+                            for v in [feats[name].bytes_list.value[0].decode()]])
+        user_x = x
+        if model.user_emb is not None:  # the user's own id row (zero for a user never trained)
+            uid = feats[F.USER_ID].bytes_list.value[0]
+            bucket = int(tf.strings.to_hash_bucket_fast(uid, layout.user_id_buckets).numpy())
+            user_x = np.concatenate([x, model.user_emb.numpy()[bucket]])
+        tokens = [t for t in feats[F.GENRES].bytes_list.value[0].decode().split("|") if t]
+        g = min(int(tf.strings.to_hash_bucket_fast(t, 64).numpy()) for t in tokens) if tokens else 0
+        act = model.model_cfg.activation
+        want_user = meta_forward(model.meta_params, tf.constant(user_x[None, :], tf.float32), act).numpy()[0]
+        want_genre = meta_forward(model.genre_params, tf.constant(
+            np.concatenate([x, np.eye(64)[g]])[None, :], tf.float32), act).numpy()[0]
+        got = np.asarray(feats[F.META_EMBEDDING].float_list.value)
+        np.testing.assert_allclose(got, np.concatenate([want_user, want_genre]), rtol=1e-5, atol=1e-6)
+        checked += 1
+    assert checked >= len(cold_users)

@@ -56,7 +56,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                        | "NotCold" >> beam.Filter(lambda r: not is_cold_row(r["user_id"]))
                        | "Pair" >> beam.Map(read_pairs))
             if multi:
-                joined = raw | "JoinMultiBlock" >> JoinMultiBlockEmbeddings(vectors, cold)  # pylint: disable=no-value-for-parameter
+                joined = raw | "JoinMultiBlock" >> JoinMultiBlockEmbeddings(vectors, cold, model_dir)  # pylint: disable=no-value-for-parameter
             else:
                 joined = raw | "Join" >> JoinEmbeddings(vectors, cold, model_dir)  # pylint: disable=no-value-for-parameter
             _ = joined | "Write" >> beam.io.WriteToTFRecord(

@@ -74,11 +74,20 @@ class ColdStartDoFn(beam.DoFn):
         self._model = MetaBlockLoader(self._model_dir)()
         self._tft = tft.TFTransformOutput(transform_graph_dir(self._model_dir))
 
+    def _encoded(self, serialized: List[bytes]) -> Dict[str, tf.Tensor]:
+        """Transformed features ``{name: [n, ...]}`` of serialized raw examples."""
+        raw = tf.io.parse_example(tf.constant(serialized), self._tft.raw_feature_spec())
+        return self._tft.transform_raw_features(raw)
+
+    def _has_meta(self, serialized: bytes) -> bool:
+        """Whether a raw example carries every meta feature (the user id for the hashed id)."""
+        feats = tf.train.Example.FromString(serialized).features.feature
+        return all((F.USER_ID if k == USER_HASH else k) in feats
+                   for k in self._model.layout.meta_feature_names)
+
     def _vectors(self, firsts: List[bytes]) -> np.ndarray:
         names = self._model.layout.meta_feature_names
-        spec = self._tft.raw_feature_spec()
-        raw = tf.io.parse_example(tf.constant(firsts), spec)
-        encoded = self._tft.transform_raw_features(raw)
+        encoded = self._encoded(firsts)
         from trainer.finetune import cold_start_embedding
 
         return cold_start_embedding(self._model, {n: encoded[n] for n in names}).numpy()
@@ -88,10 +97,7 @@ class ColdStartDoFn(beam.DoFn):
             vectors = np.repeat(self._default[None, :], len(batch), axis=0)
         else:
             # raw features the meta block needs (the hashed user id is computed from user_id)
-            names = self._model.layout.meta_feature_names
-            required = [F.USER_ID if k == USER_HASH else k for k in names]
-            has_meta = [all(k in tf.train.Example.FromString(ex[0]).features.feature
-                            for k in required) for _, ex in batch]
+            has_meta = [self._has_meta(ex[0]) for _, ex in batch]
             vectors = np.repeat(self._default[None, :], len(batch), axis=0)
             rows = [i for i, ok in enumerate(has_meta) if ok]
             if rows:
