@@ -17,6 +17,10 @@ HTTP ranker service on loopback, then, for each candidate count, runs a load-gen
     signature     that signature
     ids_only      the request carried item ids only (features from the ranker's item cache)
     requests      how many timed requests the row is based on
+
+Modules: :mod:`benchmarks.load_client` (the load generator), :mod:`benchmarks.serve_floor` (the
+in-process floor), :mod:`benchmarks.serve_inputs` (constant lookup, synthetic candidates); this
+one runs the benchmark and is ``limaml bench serve``.
 """
 from __future__ import annotations
 
@@ -24,175 +28,14 @@ import json
 import os
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
-
+from benchmarks.load_client import _CLIENT, _percentiles
+from benchmarks.serve_floor import _floor_embeddings, _floor_p50_ms, _raw_floor_inputs
+from benchmarks.serve_inputs import ConstantEmbeddingLookup, synthetic_candidates
 from schema import features as F
 
-# The load generator: runs in its own interpreter, imports only the stdlib. `concurrency` threads,
-# each with its own keep-alive connection, share the request budget.
-_CLIENT = r"""
-import http.client, json, sys, threading, time
-host, port, body_path, max_requests, max_seconds, warmup, concurrency = sys.argv[1:8]
-body = open(body_path, "rb").read()
-headers = {"Content-Type": "application/json"}
-def once(conn):
-    conn.request("POST", "/v1/rank", body=body, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    if resp.status != 200:
-        raise SystemExit("ranker service answered %d: %s" % (resp.status, data[:500]))
-lat, errors, lock = [], [], threading.Lock()
-budget = [int(max_requests)]
-def worker():
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        for _ in range(int(warmup)):
-            once(conn)
-        start_evt.wait()
-        mine = []
-        while time.perf_counter() < deadline[0]:
-            with lock:
-                if budget[0] <= 0:
-                    break
-                budget[0] -= 1
-            t0 = time.perf_counter()
-            once(conn)
-            mine.append((time.perf_counter() - t0) * 1000.0)
-        with lock:
-            lat.extend(mine)
-    except BaseException as exc:
-        errors.append(str(exc))
-    finally:
-        conn.close()
-start_evt = threading.Event()
-deadline = [0.0]
-threads = [threading.Thread(target=worker) for _ in range(int(concurrency))]
-for t in threads:
-    t.start()
-time.sleep(0.05 * int(warmup))
-start = time.perf_counter()
-deadline[0] = start + float(max_seconds)
-start_evt.set()
-for t in threads:
-    t.join()
-elapsed = time.perf_counter() - start
-if errors:
-    raise SystemExit(errors[0])
-print(json.dumps({"latencies_ms": lat, "elapsed_s": elapsed}))
-"""
-
-
-@dataclass
-class _Result:
-    embeddings: np.ndarray
-    cold: np.ndarray
-    degraded: Optional[str] = None
-
-
-class ConstantEmbeddingLookup:
-    """A lookup that gives every user the same embedding (benchmark default).
-
-    Args:
-        embedding_dim: E.
-        seed: seed of the embedding values.
-    """
-
-    def __init__(self, embedding_dim: int, seed: int = 0) -> None:
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim={embedding_dim}; must be >= 1")
-        self.vector = np.random.default_rng(seed).normal(size=embedding_dim).astype(np.float32)
-
-    def lookup(self, user_ids: Sequence[str], model_version: str) -> _Result:
-        """Returns the constant embedding for every user; never cold."""
-        n = len(user_ids)
-        return _Result(np.tile(self.vector, (n, 1)), np.zeros(n, bool), None)
-
-
-def synthetic_candidates(n: int, required: Sequence[str]) -> List[Dict[str, Any]]:
-    """``n`` candidates with plausible values for every required feature, by canonical kind."""
-    out = []
-    for i in range(n):
-        cand: Dict[str, Any] = {}
-        for name in required:
-            kind = F.CANONICAL_COLUMNS[name]
-            if name == F.GENRES:
-                cand[name] = F.GENRE_SEPARATOR.join(("Drama", "Comedy")[: 1 + i % 2])
-            elif kind == "str":
-                cand[name] = f"{name}-{i}"
-            elif kind == "int64":
-                cand[name] = 1950 + (i * 7) % 70
-            else:
-                cand[name] = float(i % 5) / 5.0
-        out.append(cand)
-    return out
-
-
-def _percentiles(lat_ms: Sequence[float]) -> Dict[str, float]:
-    arr = np.asarray(lat_ms, dtype=np.float64)
-    return {f"p{q}_ms": float(np.percentile(arr, q)) for q in (50, 95, 99)}
-
-
-def _floor_p50_ms(saved_model_dir: str, examples: List[bytes], max_calls: int,
-                  max_seconds: float, raw_inputs: Optional[Dict[str, Any]] = None) -> float:
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(saved_model_dir)
-    if raw_inputs is not None:
-        fn = loaded.signatures["predict_raw"]
-        kwargs = {k: tf.constant(v) for k, v in raw_inputs.items()}
-    else:
-        fn = loaded.signatures["serving_default"]
-        kwargs = {"examples": tf.constant(examples)}
-    for _ in range(3):
-        fn(**kwargs)
-    lat = []
-    deadline = time.perf_counter() + max_seconds
-    while len(lat) < max_calls and time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        fn(**kwargs)["probabilities"].numpy()
-        lat.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.percentile(lat, 50))
-
-
-def _raw_floor_inputs(saved_model_dir: str, user_id: str, cands: Sequence[Mapping[str, Any]],
-                      emb: np.ndarray, user_features: Optional[Mapping[str, Any]]
-                      ) -> Optional[Dict[str, Any]]:
-    """Numpy columns for ``predict_raw`` (None when the model lacks it or a value is missing)."""
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(saved_model_dir)
-    if "predict_raw" not in loaded.signatures:
-        return None
-    spec = loaded.signatures["predict_raw"].structured_input_signature[1]
-    n = len(cands)
-    shared = {**(user_features or {}), F.USER_ID: user_id}
-    out: Dict[str, Any] = {}
-    for name, ts in spec.items():
-        if name == F.META_EMBEDDING:
-            emb = np.asarray(emb, np.float32)
-            out[name] = emb if emb.ndim == 2 else np.tile(emb, (n, 1))
-            continue
-        vals = [shared[name]] * n if name in shared else [c.get(name) for c in cands]
-        if any(v is None for v in vals):
-            return None
-        out[name] = np.asarray(vals, dtype=object if ts.dtype == tf.string
-                               else ts.dtype.as_numpy_dtype)
-    return out
-
-
-def _floor_embeddings(ranker: Any, lookup: Any, user_id: str, cands: Sequence[Mapping[str, Any]],
-                      version: int) -> np.ndarray:
-    """The embedding the ranker sends for these candidates: ``[E]`` (single block) or ``[n, 2E]``."""
-    if not getattr(ranker, "multi_block", False):
-        return lookup.lookup([user_id], str(version)).embeddings[0]
-    from serving import multi_block
-
-    genres = multi_block.PrimaryGenres()([c.get(F.GENRES) for c in cands])
-    return multi_block.candidate_embeddings(lookup, user_id, genres, str(version)).embeddings
+__all__ = ["ConstantEmbeddingLookup", "format_rows", "main", "run_serve_bench", "synthetic_candidates"]
 
 
 def run_serve_bench(
@@ -401,7 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.run:
         parser.error("give --run DIR (a pipeline run) or --blocks")
 
-    from serving.local_stack import read_eval_requests, start_local_stack
+    from serving.eval_requests import read_eval_requests
+    from serving.local_stack import start_local_stack
     from serving.multi_block import MULTI_BLOCKS
 
     requests = read_eval_requests(args.run, max_users=200, max_candidates=max(counts))
