@@ -20,69 +20,40 @@ store is down or slow: those users get the cold-start default and ``degraded`` s
 
 ``from_env()`` builds one from environment variables for ``serving.ranker_service
 --embedding-lookup serving.embedding_lookup:from_env``.
+
+The store protocol and :class:`LookupResult` live in :mod:`serving.lookup_types`.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Protocol, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from embeddings.record import (
     COLD_START_USER,
-    StoreLookup,
     VersionNotCommittedError,
     as_user_id_array,
     validate_model_version,
 )
+from serving.lookup_types import (
+    SOURCE_CACHE,
+    SOURCE_FALLBACK,
+    SOURCE_STORE,
+    EmbeddingStore,
+    LookupResult,
+)
 
-SOURCE_CACHE = "cache"
-SOURCE_STORE = "store"
-SOURCE_FALLBACK = "fallback"
+__all__ = [
+    "SOURCE_CACHE", "SOURCE_FALLBACK", "SOURCE_STORE", "EmbeddingLookup", "EmbeddingStore",
+    "LookupResult", "from_env",
+]
 
 _MISS = object()
-
-
-class EmbeddingStore(Protocol):
-    """What :class:`EmbeddingLookup` needs from a store (Parquet and Bigtable stores have it)."""
-
-    def lookup(self, user_ids: Sequence[str], model_version: str,
-               timeout_s: Optional[float] = None) -> StoreLookup:
-        """Embeddings [N, E] and found [N] of ``user_ids`` in ``model_version``."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LookupResult:
-    """Embeddings of N users for one model version.
-
-    Attributes:
-        embeddings: float32 [N, E].
-        cold: bool [N]; True where the cold-start default was used (unknown user or store
-            failure).
-        source: object [N] of ``"cache"``, ``"store"`` or ``"fallback"`` (store failed/slow).
-        degraded: None, or why some users got the default although the store may know them
-            (store down, timed out, saturated) or why the default itself is a stand-in.
-        model_version: the version asked for.
-    """
-
-    embeddings: np.ndarray
-    cold: np.ndarray
-    source: np.ndarray
-    degraded: Optional[str]
-    model_version: str
-
-    @property
-    def summary(self) -> Dict[str, int]:
-        """Counts per source plus ``cold``."""
-        out = {s: int((self.source == s).sum()) for s in (SOURCE_CACHE, SOURCE_STORE,
-                                                          SOURCE_FALLBACK)}
-        out["cold"] = int(self.cold.sum())
-        return out
 
 
 class EmbeddingLookup:
