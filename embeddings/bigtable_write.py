@@ -33,6 +33,7 @@ from embeddings.bigtable_layout import (
     row_keys,
 )
 from embeddings.record import EmbeddingBatch, StreamCheck, batches_of, validate_model_version
+from embeddings.write_stream import first_batch
 from embeddings.write_summary import WriteSummary
 
 
@@ -191,10 +192,7 @@ class WriteProtocolMixin:
                 cold-start row. The version stays uncommitted (readers keep any earlier commit).
         """
         t0 = time.perf_counter()
-        it = iter(batches_of(batches))
-        first = next(it, None)
-        if first is None:
-            raise ValueError("no batches to write: pass at least one EmbeddingBatch")
+        it, first = first_batch(batches)
         version, dim = first.model_version, first.embedding_dim
         attempt = self.begin_write(version)
         stream = StreamCheck(first)

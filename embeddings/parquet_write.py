@@ -37,7 +37,8 @@ from embeddings.parquet_layout import (
     _TMP_PREFIX,
     _WRITER_LOCK,
 )
-from embeddings.record import EmbeddingBatch, StreamCheck, batches_of
+from embeddings.record import EmbeddingBatch, StreamCheck
+from embeddings.write_stream import first_batch
 from embeddings.write_summary import WriteSummary
 
 
@@ -75,10 +76,7 @@ class WriteMixin:
             Any exception raised by the input iterator propagates, leaving nothing visible.
         """
         t0 = time.perf_counter()
-        it = iter(batches_of(batches))
-        first = next(it, None)
-        if first is None:
-            raise ValueError("no batches to write: pass at least one EmbeddingBatch")
+        it, first = first_batch(batches)
         version, dim = first.model_version, first.embedding_dim
         self.root.mkdir(parents=True, exist_ok=True)
         self.remove_stale_temp(self.stale_temp_s)
