@@ -185,7 +185,8 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
                      cohorts: Sequence[str], seed: int, n_resamples: int = BOOTSTRAP_RESAMPLES,
                      reference: str = REFERENCE_MODEL,
                      beam_pipeline_args: Optional[Sequence[str]] = None,
-                     progress: Optional[Callable[[str], None]] = print) -> Dict[str, str]:
+                     progress: Optional[Callable[[str], None]] = print,
+                     model_examples: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """The pipeline's report of one run, written into ``out_dir``.
 
     Adds the oracle (TFMA on ``oracle_prob``, into ``out_dir/oracle_tfma``) when the examples
@@ -207,6 +208,9 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
         reference: the model every other one is compared with.
         beam_pipeline_args: Beam flags of the oracle's TFMA run.
         progress: called with one line per finished step (None: silent).
+        model_examples: ``{model name: glob}`` of models scored on their own example set (the
+            multi-block model reads a 2E-wide ``meta_embedding``): the same rows, matched to the
+            report's by user, label, cohort, item and timestamp.
 
     Returns:
         ``{"html": ..., "metrics_json": ..., "per_row_scores": ...}`` paths.
@@ -218,7 +222,15 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
     if has_oracle(examples_pattern):
         sources.append(run_oracle_evaluation(examples_pattern, os.path.join(out_dir, ORACLE_TFMA),
                                              beam_pipeline_args=beam_pipeline_args))
-    rows = scoring.score_examples(scoring.example_files(examples_pattern), dict(model_dirs))
+    own_sets = dict(model_examples or {})
+    keys = scoring.ROW_KEY_FEATURES if own_sets else ()
+    rows = scoring.score_examples(scoring.example_files(examples_pattern),
+                                  {n: d for n, d in model_dirs.items() if n not in own_sets},
+                                  key_features=keys)
+    for name, pattern in own_sets.items():
+        own = scoring.score_examples(scoring.example_files(pattern), {name: model_dirs[name]},
+                                     key_features=keys)
+        rows.scores[name] = scoring.aligned_scores(rows, own, name)
     per_row = os.path.join(out_dir, PER_ROW_SCORES)
     rows.to_frame().to_parquet(per_row, index=False)
     if progress:

@@ -10,7 +10,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.artifacts.types import Report as ReportArtifact
 from components.report import executor
-from components.report.executor import MODEL_INPUTS, OPTIONAL_MODEL_INPUTS
+from components.report.executor import MODEL_INPUTS, MULTI_EXAMPLES_INPUT, OPTIONAL_MODEL_INPUTS
 
 
 class ReportSpec(types.ComponentSpec):
@@ -23,6 +23,7 @@ class ReportSpec(types.ComponentSpec):
         **{key: ChannelParameter(type=standard_artifacts.Model) for key in MODEL_INPUTS},
         **{key: ChannelParameter(type=standard_artifacts.Model, optional=True)
            for key in OPTIONAL_MODEL_INPUTS},
+        MULTI_EXAMPLES_INPUT: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {"report": ChannelParameter(type=ReportArtifact)}
 
@@ -43,6 +44,9 @@ class Report(base_component.BaseComponent):
     ``limaml_multi_model`` (optional): the multi-block LiMAML. When given, it is scored on the
     same rows, ``metrics.json`` gains ``models.limaml_multi`` (from its per-row scores, no TFMA
     run) and ``comparisons.limaml_multi_vs_limaml``, and the report shows both.
+    ``limaml_multi_examples`` (optional): the multi-block EmbeddingJoin's examples (its
+    ``meta_embedding`` is 2E wide, the other models' E): the multi-block model is scored on them,
+    row for row the same evaluation rows (matched by user, label, cohort, item, timestamp).
     """
 
     SPEC_CLASS = ReportSpec
@@ -53,11 +57,12 @@ class Report(base_component.BaseComponent):
                  limaml_model: types.BaseChannel, global_dnn_model: types.BaseChannel,
                  wide_deep_model: types.BaseChannel, linear_model: types.BaseChannel,
                  linear_user_id_model: types.BaseChannel, limaml_config: str,
-                 limaml_multi_model: Optional[types.BaseChannel] = None) -> None:
+                 limaml_multi_model: Optional[types.BaseChannel] = None,
+                 limaml_multi_examples: Optional[types.BaseChannel] = None) -> None:
         super().__init__(spec=ReportSpec(
             examples=examples, evaluation=evaluation, baseline_evaluation=baseline_evaluation,
             linear_evaluation=linear_evaluation, limaml_model=limaml_model,
             global_dnn_model=global_dnn_model, wide_deep_model=wide_deep_model,
             linear_model=linear_model, linear_user_id_model=linear_user_id_model,
-            limaml_multi_model=limaml_multi_model,
+            limaml_multi_model=limaml_multi_model, limaml_multi_examples=limaml_multi_examples,
             limaml_config=limaml_config, report=types.Channel(type=ReportArtifact)))

@@ -27,6 +27,9 @@ MODEL_INPUTS = {
 # Optional inputs: the multi-block model (``ModelConfig.meta_blocks = ("user", "user_x_genre")``);
 # when wired, it is scored and compared with limaml (``comparisons.limaml_multi_vs_limaml``).
 OPTIONAL_MODEL_INPUTS = {"limaml_multi_model": MULTI_BLOCK}
+# Its evaluation examples (the multi-block EmbeddingJoin's: 2E-wide ``meta_embedding``); without
+# them it is scored on ``examples``.
+MULTI_EXAMPLES_INPUT = "limaml_multi_examples"
 
 
 def tfma_sources(evaluation: str, global_dnn_evaluation: str,
@@ -53,10 +56,14 @@ class Executor(base_executor.BaseExecutor):
         for key, name in OPTIONAL_MODEL_INPUTS.items():
             if input_dict.get(key):
                 model_dirs[name] = path_utils.serving_model_dir(uri(key))
+        model_examples = {}
+        if input_dict.get(MULTI_EXAMPLES_INPUT) and MULTI_BLOCK in model_dirs:
+            model_examples[MULTI_BLOCK] = os.path.join(uri(MULTI_EXAMPLES_INPUT), "Split-eval", "*")
         writer.write_run_report(
             cfg.dataset, cfg.protocol.name, os.path.join(uri("examples"), "Split-eval", "*"),
             tfma_sources(uri("evaluation"), uri("baseline_evaluation"), uri("linear_evaluation")),
             model_dirs,
             artifact_utils.get_single_instance(output_dict["report"]).uri,
             cohorts=cohort_names(cfg.protocol.cohort_edges), seed=cfg.train.seed,
-            beam_pipeline_args=getattr(self, "_beam_pipeline_args", None))
+            beam_pipeline_args=getattr(self, "_beam_pipeline_args", None),
+            model_examples=model_examples)

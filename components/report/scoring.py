@@ -21,6 +21,8 @@ from schema import features as F
 SERVING_SIGNATURE = "serving_default"
 PREDICTION_KEY = "probabilities"
 DEFAULT_BATCH_SIZE = 4096
+ROW_KEY_FEATURES = (F.ITEM_ID, F.TIMESTAMP)
+"""With user, label and cohort: what identifies an evaluation row across two example sets."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +34,15 @@ class ScoredRows:
         labels: int64 0/1.
         cohorts: str, the activity cohort of each row.
         scores: model name -> float64 predicted probabilities.
+        keys: str row keys (user, label, cohort and the ``key_features`` of
+            :func:`score_examples`), None when no key features were asked for.
     """
 
     user_ids: np.ndarray
     labels: np.ndarray
     cohorts: np.ndarray
     scores: Dict[str, np.ndarray]
+    keys: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -114,7 +119,7 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
                    batch_size: int = DEFAULT_BATCH_SIZE, signature: str = SERVING_SIGNATURE,
                    prediction_key: str = PREDICTION_KEY, user_key: str = F.USER_ID,
                    label_key: str = F.LABEL, cohort_key: str = F.COHORT,
-                   compression: Optional[str] = None) -> ScoredRows:
+                   compression: Optional[str] = None, key_features: Sequence[str] = ()) -> ScoredRows:
     """Scores every example of ``files`` with every model, batched.
 
     Args:
@@ -128,6 +133,9 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
         label_key: the 0/1 label feature.
         cohort_key: the cohort feature.
         compression: ``"GZIP"``, ``""`` or None (from the file names).
+        key_features: features that, with user, label and cohort, identify a row
+            (:data:`ROW_KEY_FEATURES`); when given, the rows carry ``keys`` for
+            :func:`aligned_scores`.
 
     Returns:
         The rows, with one score array per model.
@@ -151,13 +159,15 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
     first = next(iter(dataset.take(1)), None)
     if first is None:
         raise ValueError(f"no evaluation example in {files}")
-    spec = _column_spec(first.numpy(), (user_key, label_key, cohort_key))
+    key_features = tuple(key_features)
+    spec = _column_spec(first.numpy(), (user_key, label_key, cohort_key, *key_features))
     loaded = {name: load_serving_fn(path, signature) for name, path in models.items()}
     fns = {name: fn for name, (_, fn) in loaded.items()}
 
     users: List[np.ndarray] = []
     labels: List[np.ndarray] = []
     cohorts: List[np.ndarray] = []
+    extra: Dict[str, List[np.ndarray]] = {k: [] for k in key_features}
     scores: Dict[str, List[np.ndarray]] = {name: [] for name in fns}
     for batch in dataset.batch(batch_size):
         n = int(batch.shape[0])
@@ -165,6 +175,8 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
         users.append(cols[user_key].numpy())
         labels.append(cols[label_key].numpy())
         cohorts.append(cols[cohort_key].numpy())
+        for k in key_features:
+            extra[k].append(cols[k].numpy())
         for name, fn in fns.items():
             out = fn(examples=batch)
             if prediction_key not in out:
@@ -187,5 +199,30 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
     for name, values in out_scores.items():
         if not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:
             raise ValueError(f"model {name!r} returned predictions outside [0, 1]")
-    return ScoredRows(user_ids=_as_str(np.concatenate(users)), labels=label_array,
-                      cohorts=_as_str(np.concatenate(cohorts)), scores=out_scores)
+    user_ids, cohort_array = _as_str(np.concatenate(users)), _as_str(np.concatenate(cohorts))
+    keys = None
+    if key_features:
+        columns = [user_ids, label_array.astype(str).astype(object), cohort_array,
+                   *(_as_str(np.concatenate(extra[k])) for k in key_features)]
+        keys = np.array(["\x1f".join(parts) for parts in zip(*columns)], dtype=object)
+    return ScoredRows(user_ids=user_ids, labels=label_array, cohorts=cohort_array, scores=out_scores,
+                      keys=keys)
+
+
+def aligned_scores(rows: ScoredRows, other: ScoredRows, name: str) -> np.ndarray:
+    """``other.scores[name]`` in the order of ``rows``: the same evaluation rows read from another
+    example set (e.g. the multi-block join's), matched by their ``keys``.
+
+    Raises:
+        ValueError: a side without keys, or the two sets do not hold the same rows.
+    """
+    if rows.keys is None or other.keys is None:
+        raise ValueError("aligned_scores needs rows scored with key_features")
+    if len(rows) != len(other):
+        raise ValueError(f"{name}: {len(other)} rows in its example set, {len(rows)} in the report's")
+    mine, theirs = np.argsort(rows.keys, kind="stable"), np.argsort(other.keys, kind="stable")
+    if not np.array_equal(rows.keys[mine], other.keys[theirs]):
+        raise ValueError(f"{name}: its example set does not hold the report's evaluation rows")
+    out = np.empty(len(rows), np.float64)
+    out[mine] = other.scores[name][theirs]
+    return out
