@@ -32,26 +32,19 @@ import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
 from schema import features
+from trainer.global_block import (  # noqa: F401 (re-exported: the global block's public names)
+    DOT_PROJ,
+    dot_interaction,
+    global_forward,
+    init_global_params,
+    wide_logit,
+)
 from trainer.layout import MASK, USER_HASH, FeatureLayout
+from trainer.nn_ops import _act, _dot, _glorot  # noqa: F401 (_dot re-exported)
 
-DOT_PROJ = "dot_proj"
 Params = Dict[str, tf.Tensor]
 USER_ROW = "user_row"  # θ_meta entry of a task's own user-id embedding row
 Features = Mapping[str, tf.Tensor]
-
-
-def _act(name: str):
-    return {"relu": tf.nn.relu, "tanh": tf.math.tanh}[name]
-
-
-def _dot(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-    """``x [..., f] @ w [f, ...]`` by tensordot.
-
-    Note: ``tf.einsum("...f,fh->...h")`` with a rank-2 ``x`` returns wrong values on CPU with
-    oneDNN enabled in TF 2.16 (checked here: errors of order 50 for a [50, 105] x [105, 64]
-    product), so contractions with shared weights use tensordot.
-    """
-    return tf.tensordot(x, w, axes=1)
 
 
 def meta_param_names(num_hidden: int) -> List[str]:
@@ -162,126 +155,6 @@ def meta_forward(meta_params: Mapping[str, tf.Tensor], meta_x: tf.Tensor,
         if i < num_layers - 1:
             h = act(h)
     return h
-
-
-def global_forward(global_params: Mapping[str, tf.Tensor], meta_emb: Optional[tf.Tensor],
-                   feats: Features, layout: FeatureLayout, model_cfg: ModelConfig,
-                   extra: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """Global block forward pass.
-
-    Args:
-        global_params: θ_global (``emb_<f>``, optional ``cross_w{k}``/``cross_b{k}``, ``w{l}``/``b{l}``,
-            ``w_out``/``b_out``).
-        meta_emb: meta embeddings ``[..., E]`` or None (global DNN baseline).
-        feats: encoded features with leading dims ``[...]``.
-        layout: the feature layout.
-        model_cfg: the model config.
-        extra: optional extra dense input ``[..., X]`` (wide&deep: user-id embedding).
-
-    Returns:
-        Logits ``[...]``.
-    """
-    dtype = global_params["w_out"].dtype
-    parts = [] if meta_emb is None else [tf.cast(meta_emb, dtype)]
-    if extra is not None:
-        parts.append(extra)
-    for name, _ in layout.global_categorical:
-        parts.append(tf.gather(global_params[f"emb_{name}"], tf.cast(feats[name], tf.int64)))
-    for name, _ in layout.global_multi_hot:
-        parts.append(tf.cast(feats[name], dtype))
-    for name in layout.global_numeric:
-        parts.append(tf.cast(feats[name], dtype)[..., None])
-    z = tf.concat(parts, axis=-1)
-    if model_cfg.use_cross:
-        z0 = z
-        for k in range(model_cfg.cross_layers):
-            z = z0 * (_dot(z, global_params[f"cross_w{k}"])
-                      + global_params[f"cross_b{k}"]) + z
-    act = _act(model_cfg.activation)
-    for i in range(len(model_cfg.global_hidden)):
-        z = act(_dot(z, global_params[f"w{i}"]) + global_params[f"b{i}"])
-    logit = (_dot(z, global_params["w_out"]) + global_params["b_out"])[..., 0]
-    if model_cfg.wide:
-        logit += wide_logit(global_params, feats, layout)
-    if meta_emb is not None and DOT_PROJ in global_params:
-        logit += dot_interaction(global_params, meta_emb, feats, layout)
-    return logit
-
-
-def wide_logit(global_params: Mapping[str, tf.Tensor], feats: Features,
-               layout: FeatureLayout) -> tf.Tensor:
-    """Linear ("wide") part of the global block: ``Σ_f wide_f[x_f] + wide_m · multi_hot +
-    wide_numeric · numeric`` over the global features, ``[...]``.
-
-    It gives the deep model the linear reference's terms directly (per-item bias, genre and
-    year weights), so the MLP only has to learn what a linear model cannot.
-    """
-    dtype = global_params["w_out"].dtype
-    out = None
-    for name, _ in layout.global_categorical:
-        t = tf.gather(global_params[f"wide_{name}"], tf.cast(feats[name], tf.int64))
-        out = t if out is None else out + t
-    for name, _ in layout.global_multi_hot:
-        out += _dot(tf.cast(feats[name], dtype), global_params[f"wide_{name}"])
-    for i, name in enumerate(layout.global_numeric):
-        out += tf.cast(feats[name], dtype) * global_params["wide_numeric"][i]
-    return out
-
-
-def dot_interaction(global_params: Mapping[str, tf.Tensor], meta_emb: tf.Tensor, feats: Features,
-                    layout: FeatureLayout) -> tf.Tensor:
-    """``<P e, v_item>``: the projected meta embedding against the item's representation.
-
-    ``v_item = emb_item_id[item] + G · genres`` ``[..., C]``, ``P [E, C]``, ``G [genre buckets, C]``.
-
-    Returns:
-        ``[...]`` logit contributions.
-    """
-    dtype = global_params[DOT_PROJ].dtype
-    v = tf.gather(global_params[f"emb_{features.ITEM_ID}"], tf.cast(feats[features.ITEM_ID], tf.int64))
-    for name, _ in layout.global_multi_hot:
-        v += _dot(tf.cast(feats[name], dtype), global_params[f"dot_{name}"])
-    q = _dot(tf.cast(meta_emb, dtype), global_params[DOT_PROJ])
-    return tf.reduce_sum(q * v, axis=-1)
-
-
-def _glorot(rng: np.random.RandomState, fan_in: int, fan_out: int) -> np.ndarray:
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, size=(fan_in, fan_out))
-
-
-def init_global_params(rng: np.random.RandomState, layout: FeatureLayout, model_cfg: ModelConfig,
-                       meta_dim: int, extra_dim: int = 0) -> Dict[str, np.ndarray]:
-    """Initial values of θ_global (numpy), for a meta embedding of width ``meta_dim``."""
-    out: Dict[str, np.ndarray] = {}
-    c = model_cfg.categorical_embedding_dim
-    for name, vocab in layout.global_categorical:
-        out[f"emb_{name}"] = rng.normal(0.0, 0.05, size=(vocab, c))
-    width = (meta_dim + extra_dim + c * len(layout.global_categorical)
-             + sum(b for _, b in layout.global_multi_hot) + len(layout.global_numeric))
-    if model_cfg.use_cross:
-        for k in range(model_cfg.cross_layers):
-            out[f"cross_w{k}"] = rng.normal(0.0, 0.01, size=(width, width))
-            out[f"cross_b{k}"] = np.zeros(width)
-    for i, h in enumerate(model_cfg.global_hidden):
-        out[f"w{i}"] = _glorot(rng, width, h)
-        out[f"b{i}"] = np.zeros(h)
-        width = h
-    out["w_out"] = _glorot(rng, width, 1)
-    out["b_out"] = np.zeros(1)
-    if model_cfg.wide:
-        for name, vocab in layout.global_categorical:
-            out[f"wide_{name}"] = np.zeros(vocab)
-        for name, buckets in layout.global_multi_hot:
-            out[f"wide_{name}"] = np.zeros(buckets)
-        out["wide_numeric"] = np.zeros(len(layout.global_numeric))
-    if meta_dim > 0 and model_cfg.interaction == "dot":
-        if features.ITEM_ID not in dict(layout.global_categorical):
-            raise ValueError("interaction 'dot' needs item_id among the global features")
-        out[DOT_PROJ] = rng.normal(0.0, 1.0 / np.sqrt(meta_dim), size=(meta_dim, c))
-        for name, buckets in layout.global_multi_hot:
-            out[f"dot_{name}"] = rng.normal(0.0, 0.05, size=(buckets, c))
-    return out
 
 
 def init_meta_params(rng: np.random.RandomState, layout: FeatureLayout,
