@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from components.report import scoring
 from schema import features as F
-from tests.test_report_scoring import _Logistic, _save
+from tests.test_report_scoring import _Logistic, _save, run_report_executor
 
 ROWS = [  # user, label, cohort, item, timestamp, x
     ("u1", 1, "0", "i1", 10, 0.0),
@@ -60,26 +60,7 @@ def test_other_rows_are_refused(tmp_path):
 
 
 def test_report_executor_passes_the_multi_examples(tmp_path, monkeypatch):
-    from tfx.types import standard_artifacts
-
-    from components.artifacts.types import Report
-    from components.report import executor
-    from limaml.config import LimamlConfig
-
-    def artifact(kind, name):
-        a = kind()
-        a.uri = str(tmp_path / name)
-        return [a]
-
-    inputs = {"examples": artifact(standard_artifacts.Examples, "examples"),
-              **{k: artifact(standard_artifacts.ModelEvaluation, k)
-                 for k in ("evaluation", "baseline_evaluation", "linear_evaluation")},
-              **{k: artifact(standard_artifacts.Model, k) for k in executor.MODEL_INPUTS},
-              "limaml_multi_model": artifact(standard_artifacts.Model, "multi"),
-              "limaml_multi_examples": artifact(standard_artifacts.Examples, "multi_examples")}
-    seen = {}
-    monkeypatch.setattr(executor.writer, "write_run_report",
-                        lambda *args, **kwargs: seen.update(kwargs))
-    executor.Executor().Do(inputs, {"report": artifact(Report, "report")},
-                           {"limaml_config": LimamlConfig().to_json()})
+    seen = run_report_executor(tmp_path, monkeypatch, {
+        "limaml_multi_model": ("Model", "multi"),
+        "limaml_multi_examples": ("Examples", "multi_examples")})
     assert seen["model_examples"] == {"limaml_multi": str(tmp_path / "multi_examples" / "Split-eval" / "*")}

@@ -115,9 +115,10 @@ def test_errors_name_the_problem(setup, tmp_path):
         scoring.score_examples(files, models, batch_size=0)
 
 
-@pytest.mark.parametrize("with_multi", [False, True])
-def test_report_executor_scores_limaml_multi_only_when_wired(tmp_path, monkeypatch, with_multi):
-    """The Report executor hands the optional limaml_multi model to the writer when it is wired."""
+def run_report_executor(tmp_path, monkeypatch, extra=()) -> dict:
+    """Runs the Report executor on empty artifacts (plus ``extra``: input name -> (artifact
+    type, folder)) with the writer replaced by a recorder; returns what the writer was given:
+    ``{"args": positional, **keywords}``."""
     from tfx.types import standard_artifacts
 
     from components.artifacts.types import Report
@@ -132,16 +133,24 @@ def test_report_executor_scores_limaml_multi_only_when_wired(tmp_path, monkeypat
     inputs = {"examples": artifact(standard_artifacts.Examples, "examples"),
               **{k: artifact(standard_artifacts.ModelEvaluation, k)
                  for k in ("evaluation", "baseline_evaluation", "linear_evaluation")},
-              **{k: artifact(standard_artifacts.Model, k) for k in executor.MODEL_INPUTS}}
-    if with_multi:
-        inputs["limaml_multi_model"] = artifact(standard_artifacts.Model, "multi")
-    seen = {}
+              **{k: artifact(standard_artifacts.Model, k) for k in executor.MODEL_INPUTS},
+              **{k: artifact(getattr(standard_artifacts, kind), folder)
+                 for k, (kind, folder) in dict(extra).items()}}
+    seen: dict = {}
     monkeypatch.setattr(executor.writer, "write_run_report",
-                        lambda *args, **kwargs: seen.update(model_dirs=args[4]))
+                        lambda *args, **kwargs: seen.update(args=args, **kwargs))
     executor.Executor().Do(inputs, {"report": artifact(Report, "report")},
                            {"limaml_config": LimamlConfig().to_json()})
+    return seen
+
+
+@pytest.mark.parametrize("with_multi", [False, True])
+def test_report_executor_scores_limaml_multi_only_when_wired(tmp_path, monkeypatch, with_multi):
+    """The Report executor hands the optional limaml_multi model to the writer when it is wired."""
+    extra = {"limaml_multi_model": ("Model", "multi")} if with_multi else {}
+    model_dirs = run_report_executor(tmp_path, monkeypatch, extra)["args"][4]
     want = {"limaml", "global_dnn", "wide_deep_id", "linear", "linear_user_id"} | (
         {"limaml_multi"} if with_multi else set())
-    assert set(seen["model_dirs"]) == want
+    assert set(model_dirs) == want
     if with_multi:
-        assert seen["model_dirs"]["limaml_multi"] == str(tmp_path / "multi" / "Format-Serving")
+        assert model_dirs["limaml_multi"] == str(tmp_path / "multi" / "Format-Serving")
