@@ -169,6 +169,19 @@ class MamlConfig:
             whole user-id table: the same penalty as the baselines' ``baseline_l2``. Summed
             over whole tables every step, it is a fixed-strength prior per row, so the rows of
             rare items and users shrink toward 0 more than frequent ones.
+        inner_solver: how the inner loop moves the task's user-id row (the other θ_meta
+            entries always take gradient steps). ``"sgd"``: the gradient step above.
+            ``"gauss_newton"``: each step is a damped Gauss-Newton step on the MAP objective
+            ``Σ_s bce_s(r) + ½ (r − r_0)ᵀ Λ (r − r_0)`` (sum, not mean, over the support rows:
+            the prior's weight against n rows makes the step support-size aware by itself),
+            ``r ← r − (Σ_s w_s J_s J_sᵀ + Λ)⁻¹ (Σ_s (p_s − y_s) J_s + Λ (r − r_0))`` with
+            ``J_s = ∂logit_s/∂r`` and ``w_s = p_s (1 − p_s)``; Λ = diag(exp(ℓ)) is learned in
+            the outer loop. Needs ``ModelConfig.user_id_embedding_dim > 0``.
+        row_prior_precision: initial value of every entry of Λ (``gauss_newton``).
+        cold_task_share: share of meta-training tasks that lose their whole support set and
+            their user row (the query is scored with the un-adapted embedding of the user's
+            features and the zero row): the cold-start path users without history meet at
+            serving time, otherwise never trained since every task has a support row.
     """
 
     inner_lr: float = 0.3
@@ -181,8 +194,17 @@ class MamlConfig:
     train_aggregation: Optional[str] = None
     support_sampling: str = "log_uniform"
     outer_l2: float = 3e-5
+    inner_solver: str = "sgd"
+    row_prior_precision: float = 1.0
+    cold_task_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.inner_solver not in ("sgd", "gauss_newton"):
+            raise ValueError(f"inner_solver {self.inner_solver!r} must be 'sgd' or 'gauss_newton'")
+        if not 0.0 <= self.cold_task_share < 1.0:
+            raise ValueError(f"cold_task_share {self.cold_task_share} must be in [0, 1)")
+        if not self.row_prior_precision > 0:
+            raise ValueError(f"row_prior_precision {self.row_prior_precision} must be > 0")
         if self.outer_l2 < 0:
             raise ValueError(f"outer_l2 {self.outer_l2} must be >= 0")
         if self.support_sampling not in ("none", "log_uniform"):
@@ -277,6 +299,9 @@ class TrainConfig:
         log_every: steps between progress log lines.
         checkpoint_every: steps between checkpoints.
         train_steps: outer steps (0: derive from ``epochs``).
+        pretrain_epochs: LiMAML: epochs of supervised training (every query row scored with
+            its user's table row, no adaptation; :func:`trainer.maml.pretrain_loss`) before
+            meta-training, so item and user representations are first fitted on every row.
     """
 
     tasks_per_batch: int = 64
@@ -296,8 +321,12 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 200
     train_steps: int = 0
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 1e-2
 
     def __post_init__(self) -> None:
+        if self.pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs {self.pretrain_epochs} must be >= 0")
         if self.baseline_validation not in ("held_out_users", "later"):
             raise ValueError(f"baseline_validation {self.baseline_validation!r} must be "
                              "'held_out_users' or 'later'")

@@ -159,6 +159,12 @@ def train_limaml(data: Prepared, cfg: LimamlConfig, seed: int,
     rng = np.random.RandomState(seed)
     start = time.time()
     order = np.concatenate([rng.permutation(n_tasks) for _ in range(math.ceil(steps * batch / n_tasks) + 1)])
+    pre_order = np.concatenate([rng.permutation(n_tasks) for _ in range(cfg.train.pretrain_epochs)]
+                               or [np.zeros(0, np.int64)])
+    for step in range(math.ceil(len(pre_order) / batch)):
+        idx = pre_order[step * batch:(step + 1) * batch]
+        trainer.pretrain_step({p: {k: tf.constant(v[idx]) for k, v in d.items()}
+                               for p, d in numeric.items()}, lr=cfg.train.pretrain_lr)
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]
         loss = trainer.train_step({p: {k: tf.constant(v[idx]) for k, v in d.items()}

@@ -101,11 +101,11 @@ def aggregate(emb: tf.Tensor, mask: tf.Tensor, aggregation: str) -> tf.Tensor:
     return tf.where(has_any[:, None], out, emb[:, 0])
 
 
-def set_loss(model: LimamlModel, meta_params: Params, global_params: Mapping[str, tf.Tensor],
-             meta_x: tf.Tensor, part: Mapping[str, tf.Tensor],
-             prefix_emb: Optional[tf.Tensor] = None,
-             suffix_emb: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """Per-task loss of one set with per-sample meta embeddings; ``[tasks]``.
+def set_logits(model: LimamlModel, meta_params: Params, global_params: Mapping[str, tf.Tensor],
+               meta_x: tf.Tensor, part: Mapping[str, tf.Tensor],
+               prefix_emb: Optional[tf.Tensor] = None,
+               suffix_emb: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Logits ``[tasks, n]`` of one set with per-sample meta embeddings.
 
     ``prefix_emb`` / ``suffix_emb`` ``[tasks, n, E']``: fixed embeddings of other meta blocks,
     put before / after this block's output (the global block reads ``[e_user, e_user×genre]``).
@@ -115,8 +115,49 @@ def set_loss(model: LimamlModel, meta_params: Params, global_params: Mapping[str
         emb = tf.concat([tf.cast(prefix_emb, emb.dtype), emb], axis=-1)
     if suffix_emb is not None:
         emb = tf.concat([emb, tf.cast(suffix_emb, emb.dtype)], axis=-1)
-    logits = global_forward(global_params, emb, part, model.layout, model.model_cfg)
+    return global_forward(global_params, emb, part, model.layout, model.model_cfg)
+
+
+def set_loss(model: LimamlModel, meta_params: Params, global_params: Mapping[str, tf.Tensor],
+             meta_x: tf.Tensor, part: Mapping[str, tf.Tensor],
+             prefix_emb: Optional[tf.Tensor] = None,
+             suffix_emb: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Per-task loss ``[tasks]`` of one set (:func:`set_logits`, masked mean BCE)."""
+    logits = set_logits(model, meta_params, global_params, meta_x, part, prefix_emb, suffix_emb)
     return masked_task_loss(logits, part[LABEL], part[MASK])
+
+
+def gauss_newton_row_step(row: tf.Tensor, row0: tf.Tensor, logits: tf.Tensor,
+                          jacobian: tf.Tensor, part: Mapping[str, tf.Tensor],
+                          precision: tf.Tensor) -> tf.Tensor:
+    """One damped Gauss-Newton step of the user rows on the MAP objective.
+
+    Objective per task: ``Σ_s m_s bce(y_s, logit_s(r)) + ½ (r − r_0)ᵀ Λ (r − r_0)``::
+
+        g = Σ_s m_s (p_s − y_s) J_s + Λ (r − r_0)          [tasks, d]
+        H = Σ_s m_s p_s (1 − p_s) J_s J_sᵀ + Λ              [tasks, d, d]
+        r ← r − H⁻¹ g
+
+    Args:
+        row: current rows ``r`` ``[tasks, d]``.
+        row0: prior means ``r_0`` ``[tasks, d]`` (the rows the inner loop started from).
+        logits: ``[tasks, S]`` support logits at ``r``.
+        jacobian: ``J [tasks, S, d]``, ``∂logit_s/∂r`` per support row.
+        part: the support set (``label``, ``mask`` ``[tasks, S]``).
+        precision: Λ's diagonal ``[d]`` (> 0).
+
+    Returns:
+        The new rows ``[tasks, d]``. A task without support rows keeps ``r`` when ``r = r_0``.
+    """
+    dtype = logits.dtype
+    m = tf.cast(part[MASK], dtype)
+    y = tf.cast(part[LABEL], dtype)
+    p = tf.sigmoid(logits)
+    lam = tf.cast(precision, dtype)
+    grad = tf.einsum("ts,tsd->td", m * (p - y), jacobian) + lam * (row - row0)
+    hess = tf.einsum("ts,tsd,tse->tde", m * p * (1.0 - p), jacobian, jacobian) + tf.linalg.diag(
+        tf.broadcast_to(lam, tf.shape(row)))
+    return row - tf.linalg.solve(hess, grad[..., None])[..., 0]
 
 
 def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
@@ -175,15 +216,36 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
         # support-size-aware step: a task with n support rows moves n / (n + κ) of the way
         n = tf.reduce_sum(tf.cast(support[MASK], meta_x.dtype), axis=1)
         shrink = n / (n + tf.cast(kappa, meta_x.dtype))
+    newton = model.row_log_precision is not None and USER_ROW in theta
+    if newton:  # the row takes Gauss-Newton steps (MamlConfig.inner_solver), the rest SGD
+        names = [k for k in names if k != USER_ROW]
+        row0 = theta[USER_ROW]
+        precision = tf.exp(model.row_log_precision)
     for _ in range(steps):
-        with tf.GradientTape() as inner:
+        with tf.GradientTape(persistent=newton) as inner:
             inner.watch([theta[k] for k in names])
+            params = theta
+            if newton:
+                # one copy of the row per support row: ∂logit_s/∂copy_s is the per-row Jacobian
+                row = theta[USER_ROW]
+                copies = tf.broadcast_to(row[:, None, :], tf.concat(
+                    [tf.shape(meta_x)[:2], tf.shape(row)[-1:]], 0))
+                inner.watch(copies)
+                params = dict(theta, **{USER_ROW: copies})
+            logits = set_logits(model, params, global_params, meta_x, support, prefix_emb,
+                                suffix_emb)
             # Sum over tasks: task u's loss depends only on its own copy θ_u, so the gradient
             # w.r.t. θ_u is exactly ∇ L_support,u.
-            loss = tf.reduce_sum(set_loss(model, theta, global_params, meta_x, support,
-                                          prefix_emb, suffix_emb))
+            loss = tf.reduce_sum(masked_task_loss(logits, support[LABEL], support[MASK]))
+            logit_sum = tf.reduce_sum(logits) if newton else None
         grads = inner.gradient(loss, [theta[k] for k in names])
         new = {}
+        if newton:
+            jac = inner.gradient(logit_sum, copies)
+            del inner
+            if first_order:
+                jac = tf.stop_gradient(jac)
+            new[USER_ROW] = gauss_newton_row_step(row, row0, logits, jac, support, precision)
         for k, g in zip(names, grads):
             g = tf.zeros_like(theta[k]) if g is None else tf.convert_to_tensor(g)
             if first_order:
@@ -252,6 +314,12 @@ def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
     cfg = model.maml_cfg if maml_cfg is None else maml_cfg
     if training and cfg.support_sampling == "log_uniform":
         batch = dict(batch, **{SUPPORT: sample_support_sizes(batch[SUPPORT])})
+    warm = None
+    if training and cfg.cold_task_share > 0:  # cold-start tasks: no support, zero row
+        mask = batch[SUPPORT][MASK]
+        warm = tf.random.uniform(tf.shape(mask)[:1]) >= cfg.cold_task_share
+        batch = dict(batch, **{SUPPORT: dict(batch[SUPPORT], **{
+            MASK: mask * tf.cast(warm, mask.dtype)[:, None]})})
     s_x = model.meta_x(batch[SUPPORT], model.history_vector(batch[SUPPORT]))
     row, penalty = None, 0.0
     if model.user_emb is not None:
@@ -260,6 +328,8 @@ def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
         if training and mcfg.user_id_dropout > 0:
             keep = tf.random.uniform(tf.shape(row)[:1]) >= mcfg.user_id_dropout
             row = row * tf.cast(keep, row.dtype)[:, None]
+        if warm is not None:
+            row = row * tf.cast(warm, row.dtype)[:, None]
         if mcfg.user_id_l2 > 0:
             penalty = mcfg.user_id_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(row), axis=-1))
     adapted = adapt(model, batch[SUPPORT], cfg.adaptation_steps, cfg.first_order,
@@ -276,6 +346,33 @@ def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
     has_q = tf.cast(tf.reduce_sum(tf.cast(q[MASK], per_task.dtype), axis=1) > 0, per_task.dtype)
     loss = tf.reduce_sum(per_task * has_q) / tf.maximum(tf.reduce_sum(has_q), 1.0)
     return loss + penalty, per_task
+
+
+def pretrain_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
+                  training: bool = True) -> tf.Tensor:
+    """Supervised (non-meta) loss of the query rows: each row scored with its user's table row
+    and no adaptation, as a DNN with a user-id embedding is trained.
+
+    Every interaction is a query row of about one task (``TaskConfig.first_split``), so an epoch
+    of task batches is about one pass over the rows. With ``training``, the user rows of
+    ``ModelConfig.user_id_dropout`` of the tasks are zeroed (the cold-start row).
+
+    Returns:
+        Scalar masked mean BCE over the valid query positions ``[tasks, Q]``.
+    """
+    q = batch[QUERY]
+    params = model.meta_params_for(q)
+    rate = model.model_cfg.user_id_dropout
+    if USER_ROW in params and training and rate > 0:
+        row = params[USER_ROW]  # [tasks, Q, d]
+        keep = tf.random.uniform(tf.shape(row)[:1]) >= rate
+        params[USER_ROW] = row * tf.cast(keep, row.dtype)[:, None, None]
+    emb = meta_forward(params, model.meta_x(q), model.model_cfg.activation)
+    logits = global_forward(model.global_params, emb, q, model.layout, model.model_cfg)
+    mask = tf.cast(q[MASK], logits.dtype)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(q[LABEL], logits.dtype),
+                                                  logits=logits)
+    return tf.reduce_sum(bce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
 class Adam(tf.Module):
@@ -330,6 +427,31 @@ class MamlTrainer(tf.Module):
         self.optimizer = Adam(model.outer_variables(), lr=self.maml_cfg.meta_lr)
         self._step_fn = tf.function(self._train_step, reduce_retracing=True,
                                     jit_compile=jit_compile)
+        self._pretrain_fn = None
+
+    def pretrain_step(self, batch, lr: float = 1e-3) -> float:
+        """One supervised step (:func:`pretrain_loss` + ``outer_l2``) with its own Adam over the
+        meta block's weights and user table and the global block (the warm-up before MAML:
+        item and user representations fitted on every row, then meta-learned adaptation)."""
+        if self._pretrain_fn is None:
+            names = {id(v) for v in [self.model.row_log_precision] + list(self.model.inner_lrs.values())
+                     if v is not None}
+            variables = [v for v in self.model.outer_variables() if id(v) not in names]
+            opt = Adam(variables, lr=lr, name="pretrain_adam")
+            l2 = self.maml_cfg.outer_l2
+
+            def step(b):
+                with tf.GradientTape() as tape:
+                    loss = pretrain_loss(self.model, b)
+                    if l2 > 0:
+                        loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v))
+                                               for v in self.model.l2_variables()])
+                opt.apply(tape.gradient(loss, variables))
+                return loss
+
+            self._pretrain_opt = opt
+            self._pretrain_fn = tf.function(step, reduce_retracing=True)
+        return float(self._pretrain_fn(batch))
 
     def meta_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
         """Outer loss (plus ``outer_l2 Σ w²``) and its gradient w.r.t. ``model.outer_variables()``."""

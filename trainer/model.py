@@ -202,6 +202,15 @@ class LimamlModel(tf.Module):
             self.user_emb = tf.Variable(
                 tf.zeros([layout.user_id_buckets, model_cfg.user_id_embedding_dim], dtype),
                 name="meta_user_emb")
+        self.row_log_precision = None  # log Λ of the Gauss-Newton inner solver
+        if maml_cfg.inner_solver == "gauss_newton":
+            if self.user_emb is None:
+                raise ValueError("inner_solver 'gauss_newton' adapts the user-id row; set "
+                                 "ModelConfig.user_id_embedding_dim > 0 or inner_solver='sgd'")
+            self.row_log_precision = tf.Variable(
+                tf.fill([model_cfg.user_id_embedding_dim],
+                        tf.constant(np.log(maml_cfg.row_prior_precision), dtype)),
+                name="meta_row_log_precision")
         self.history_emb = None
         if model_cfg.history_dim > 0:
             items = dict(layout.global_categorical).get(features.ITEM_ID)
@@ -239,6 +248,7 @@ class LimamlModel(tf.Module):
                    if self.model_cfg.wide_trainable or not k.startswith("wide_")]
         out += [self.global_params[k] for k in trained]
         out += [self.inner_lrs[k] for k in self.meta_names if k in self.inner_lrs]
+        out += [] if self.row_log_precision is None else [self.row_log_precision]
         return out
 
     def l2_variables(self) -> List[tf.Variable]:
