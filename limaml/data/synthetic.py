@@ -88,6 +88,9 @@ class World:
         primary_genre: [items] index of the item's primary genre (``latent_dim`` = "none").
         genre_vectors: [users, latent_dim + 1, latent_dim] user × primary-genre taste δ, already
             scaled by ``genre_taste`` (None when it is 0).
+        demographic_vectors: [users, latent_dim] the part of ``user_vectors`` the demographics
+            explain (``A[age] + B[gender] + C[occupation] + D[zip]``); the rest is
+            ``user_noise · N(0, I)``.
     """
 
     frame: pd.DataFrame
@@ -96,6 +99,7 @@ class World:
     item_bias: np.ndarray
     primary_genre: Optional[np.ndarray] = None
     genre_vectors: Optional[np.ndarray] = None
+    demographic_vectors: Optional[np.ndarray] = None
 
 
 def generate(cfg: SyntheticConfig = SyntheticConfig()) -> pd.DataFrame:
@@ -114,8 +118,8 @@ def generate_world(cfg: SyntheticConfig = SyntheticConfig()) -> World:
     tables = {name: rng.normal(0.0, 0.6, (len(vals), d))
               for name, vals in ((F.AGE_BUCKET, _AGES), (F.GENDER, _GENDERS),
                                  (F.OCCUPATION, _OCCUPATIONS), (F.ZIP_PREFIX, _ZIPS))}
-    user_vec = sum(tables[name][demo[name]] for name in tables)
-    user_vec = user_vec + cfg.user_noise * rng.normal(0.0, 1.0, (cfg.num_users, d))
+    demo_vec = sum(tables[name][demo[name]] for name in tables)
+    user_vec = demo_vec + cfg.user_noise * rng.normal(0.0, 1.0, (cfg.num_users, d))
     # Items.
     item_vec = rng.normal(0.0, 1.0, (cfg.num_items, d))
     item_bias = rng.normal(0.0, 0.5, cfg.num_items)
@@ -164,7 +168,7 @@ def generate_world(cfg: SyntheticConfig = SyntheticConfig()) -> World:
     })
     # A user can meet the same item twice at the same second only by chance; keep the first.
     frame = frame.drop_duplicates([F.USER_ID, F.ITEM_ID, F.TIMESTAMP]).reset_index(drop=True)
-    return World(frame, user_vec, item_vec, item_bias, primary, delta)
+    return World(frame, user_vec, item_vec, item_bias, primary, delta, demo_vec)
 
 
 def config_dict(cfg: SyntheticConfig) -> Dict[str, float]:
