@@ -15,8 +15,9 @@ References:
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig
@@ -60,13 +61,135 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
     return tf.where(has_any[:, None], emb, cold)
 
 
-_FN_CACHE: Dict[Tuple[int, str, int, float], object] = {}
+_FN_CACHE: Dict[Tuple, object] = {}
+_XLA_FAILED: set = set()
+
+# Fast path of :func:`generate_meta_embeddings` (same embeddings, less work). Every user's grid
+# is cut after its last valid position: users are grouped by the smallest width of the ladder
+# (``WIDTH_LADDER``, then S) that holds their valid positions, and each group runs in chunks of
+# ``CHUNK_USERS`` users (the last chunk padded with copies of a real user, output discarded), so
+# the kernel only ever sees ``len(ladder) + 1`` fixed shapes: it is XLA-compiled once per shape,
+# never retraced. Masked positions after a user's last valid one contribute nothing to any
+# masked reduction of the kernel (losses, history summary, aggregation) and each user's
+# computation is independent of the other users', so the result is the padded grid's up to
+# float rounding (~1e-7). Calls with fewer than ``FAST_PATH_MIN_USERS`` users, or not eager,
+# run the whole grid in one graph (compiling would cost more than it saves).
+WIDTH_LADDER: Tuple[int, ...] = (4, 8, 16)
+CHUNK_ROWS = 4096
+"""Rows per fast-path kernel call: a group of width w runs ``CHUNK_ROWS // w`` users per call."""
+FAST_PATH_MIN_USERS = 512
+USE_XLA = True
+"""XLA-compile the fast path's fixed-shape kernel (falls back to the graph if XLA fails)."""
+
+
+def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, signature=None):
+    """The cached tf.function of :func:`generate_meta_embeddings_fn` for one model and setting.
+
+    ``signature``: ``((feature, dtype, rank), ...)`` of the support dict; the graph variant is
+    traced once for any batch and window size (no retracing on ragged batches).
+    """
+    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, xla, signature)
+    fn = _FN_CACHE.get(key)
+    if fn is None:
+        inner_lr = None if model.inner_lrs else cfg.inner_lr
+
+        def body(support, mask_):
+            return generate_meta_embeddings_fn(model, support, mask_, aggregation,
+                                               cfg.adaptation_steps, inner_lr)
+
+        if xla:
+            fn = tf.function(body, jit_compile=True)
+        else:
+            spec = None if signature is None else (
+                {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
+                tf.TensorSpec([None, None], tf.float32))
+            fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None)
+        _FN_CACHE[key] = fn
+    return fn
+
+
+def _widths(mask: np.ndarray, ladder: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per user, the index into ``widths`` of the narrowest width holding its valid positions.
+
+    Returns:
+        ``(widths [W] increasing, last S, bucket [U])``; a user without a valid position
+        needs width 1 (the cold-start output reads position 0).
+    """
+    s = mask.shape[1]
+    valid = mask > 0
+    need = np.where(valid.any(axis=1), s - np.argmax(valid[:, ::-1], axis=1), 1)
+    widths = np.array(sorted({int(w) for w in ladder if 0 < w < s}) + [s], np.int64)
+    return widths, np.searchsorted(widths, need)
+
+
+def _chunk_plan(mask: np.ndarray, ladder: Sequence[int], chunk_rows: int
+                ) -> List[Tuple[int, np.ndarray, int]]:
+    """Fixed-shape kernel calls covering every user once (no loop over users).
+
+    Widths are visited narrowest first; a width runs its users in full chunks of
+    ``max(1, chunk_rows // width)`` users. What is left (less than a chunk) either moves up to
+    the next width (when under half a chunk: cheaper than padding) or runs as one chunk padded
+    with copies of its last user; the widest width always pads.
+
+    Returns:
+        ``[(width, user indices [chunk] (padding repeats the last), real users n)]``: the first
+        ``n`` indices are distinct users, each user in exactly one call.
+    """
+    widths, bucket = _widths(mask, ladder)
+    order = np.argsort(bucket, kind="stable")
+    ends = np.cumsum(np.bincount(bucket, minlength=widths.shape[0]))
+    plan: List[Tuple[int, np.ndarray, int]] = []
+    carry = np.zeros(0, order.dtype)
+    for b, width in enumerate(widths.tolist()):
+        users = np.concatenate([carry, order[(ends[b - 1] if b else 0):ends[b]]])
+        chunk = max(1, chunk_rows // width)
+        full = users.shape[0] // chunk * chunk
+        plan.extend((width, users[lo:lo + chunk], chunk) for lo in range(0, full, chunk))
+        carry = users[full:]
+        last = b == widths.shape[0] - 1
+        if carry.shape[0] and (last or 2 * carry.shape[0] >= chunk):
+            pad = np.full(chunk - carry.shape[0], carry[-1], carry.dtype)
+            plan.append((width, np.concatenate([carry, pad]), carry.shape[0]))
+            carry = carry[:0]
+    return plan
+
+
+def _fast_embeddings(model: LimamlModel, support: Dict[str, np.ndarray], mask: np.ndarray,
+                     aggregation: str, cfg: MamlConfig) -> np.ndarray:
+    """Width-grouped, fixed-shape chunks through the kernel (see ``WIDTH_LADDER``)."""
+    out: Optional[np.ndarray] = None
+    xla = USE_XLA and (id(model), aggregation) not in _XLA_FAILED
+    for width, idx, n in _chunk_plan(mask, WIDTH_LADDER, CHUNK_ROWS):
+        part = {k: tf.convert_to_tensor(v[idx, :width]) for k, v in support.items()}
+        part_mask = tf.convert_to_tensor(mask[idx, :width])
+        if xla:
+            try:
+                emb = _kernel(model, aggregation, cfg, True)(part, part_mask)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                    tf.errors.InternalError):  # an op XLA cannot compile: the graph
+                xla = False
+                _XLA_FAILED.add((id(model), aggregation))
+        if not xla:
+            emb = _kernel(model, aggregation, cfg, False, _signature(support))(part, part_mask)
+        emb = emb.numpy()
+        if out is None:
+            out = np.empty((mask.shape[0],) + emb.shape[1:], emb.dtype)
+        out[idx[:n]] = emb[:n]
+    return out
+
+
+def _signature(support: Mapping[str, object]) -> Tuple[Tuple[str, tf.DType, int], ...]:
+    return tuple((k, tf.as_dtype(v.dtype), len(v.shape)) for k, v in sorted(support.items()))
 
 
 def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.Tensor],
                              mask: tf.Tensor, aggregation: str = "mean",
                              maml_cfg: Optional[MamlConfig] = None) -> tf.Tensor:
-    """Fine-tunes the meta block on each user's support set and aggregates (one tf.function).
+    """Fine-tunes the meta block on each user's support set and aggregates (batched kernel).
+
+    Large eager calls take the fast path (grids cut to each user's last valid position, grouped
+    by width, fixed-shape XLA chunks; see ``WIDTH_LADDER``), small ones one graph call; both give
+    :func:`generate_meta_embeddings_fn` on the whole padded grid, up to float rounding.
 
     Args:
         model: the trained model.
@@ -80,17 +203,15 @@ def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.
         ``[users, E]``; users without valid support get the un-adapted (cold-start) output.
     """
     cfg = model.maml_cfg if maml_cfg is None else maml_cfg
-    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr)
-    fn = _FN_CACHE.get(key)
-    if fn is None:
-        inner_lr = None if model.inner_lrs else cfg.inner_lr
-        fn = tf.function(
-            lambda support, mask_: generate_meta_embeddings_fn(
-                model, support, mask_, aggregation, cfg.adaptation_steps, inner_lr),
-            reduce_retracing=True)
-        _FN_CACHE[key] = fn
-    return fn({k: tf.convert_to_tensor(v) for k, v in support_batch.items() if k != MASK},
-              tf.convert_to_tensor(mask))
+    support = {k: v for k, v in support_batch.items() if k != MASK}
+    if tf.executing_eagerly() and int(mask.shape[0]) >= FAST_PATH_MIN_USERS and len(mask.shape) == 2:
+        arrays = {k: np.asarray(v) for k, v in support.items()}
+        return tf.convert_to_tensor(_fast_embeddings(
+            model, arrays, np.asarray(mask, np.float32), aggregation, cfg))
+    tensors = {k: tf.convert_to_tensor(v) for k, v in support.items()}
+    mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
+    sig = _signature(tensors) if tf.executing_eagerly() else None
+    return _kernel(model, aggregation, cfg, False, sig)(tensors, mask)
 
 
 def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tensor],

@@ -1,0 +1,111 @@
+"""MEG kernel fast path (trainer/finetune.py): width-grouped, fixed-shape (XLA) chunks.
+
+``generate_meta_embeddings`` cuts each user's padded grid after its last valid position, groups
+users by width and runs fixed-shape chunks (the last one padded with copies of a real user).
+The expected values are computed independently: the traceable body
+(``generate_meta_embeddings_fn``) run eagerly on one user at a time, on the user's whole padded
+grid. Users of every support size (none, 1, ..., K, a hole in the mask), an odd number of users
+so that chunks are ragged, small chunk sizes so that one call makes many chunks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_meta_embedding_gen import K, small_config, sorted_frame
+from trainer import finetune
+from trainer.layout import build_layout
+from trainer.local_encoder import LocalEncoder
+from trainer.model import LimamlModel
+
+USERS = 37
+
+
+@pytest.fixture(scope="module")
+def world():
+    cfg = small_config()
+    frame = sorted_frame(num_users=40)
+    enc = LocalEncoder(cfg.model.user_id_buckets).fit(frame)
+    encoded = enc.encode(frame, sort=False)
+    model = LimamlModel(build_layout(cfg.model, enc.vocab_sizes), cfg.model, cfg.maml, seed=3)
+    rng = np.random.default_rng(0)
+    cols = [c for c in encoded if encoded[c].dtype != object and c not in ("oracle_prob", "timestamp")]
+    rows = rng.integers(0, len(frame), size=(USERS, K))
+    support = {c: encoded[c][rows] for c in cols}
+    sizes = np.arange(USERS) % (K + 1)  # 0..K valid positions, every size several times
+    mask = (np.arange(K)[None, :] < sizes[:, None]).astype(np.float32)
+    mask[5, :] = [1, 0, 1, 0, 0]  # a hole: the grid is cut after the last valid position
+    for c in cols:  # padding positions hold zeros (what the support windows build)
+        m = mask.reshape(mask.shape + (1,) * (support[c].ndim - 2))
+        support[c] = np.where(m > 0, support[c], np.zeros((), support[c].dtype))
+    # users without a valid position still carry their meta features in row 0
+    for c in cols:
+        support[c][sizes == 0, 0] = encoded[c][rows[sizes == 0, 0]]
+    return cfg, model, support, mask
+
+
+def per_user_reference(model, support, mask, aggregation):
+    """One user at a time, the whole padded grid, eager (no tf.function, no width groups)."""
+    steps, lr = model.maml_cfg.adaptation_steps, model.maml_cfg.inner_lr
+    out = [finetune.generate_meta_embeddings_fn(
+        model, {k: v[u:u + 1] for k, v in support.items()}, mask[u:u + 1], aggregation, steps,
+        None if model.inner_lrs else lr).numpy()[0] for u in range(mask.shape[0])]
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("xla", [True, False])
+@pytest.mark.parametrize("aggregation", ["mean", "latest", "max"])
+def test_fast_path_equals_per_user_kernel(world, monkeypatch, xla, aggregation):
+    _, model, support, mask = world
+    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 1)
+    monkeypatch.setattr(finetune, "CHUNK_ROWS", 12)   # width 2: 6 users a chunk, width 5: 2
+    monkeypatch.setattr(finetune, "WIDTH_LADDER", (1, 2, 4))
+    monkeypatch.setattr(finetune, "USE_XLA", xla)
+    got = finetune.generate_meta_embeddings(model, support, mask, aggregation).numpy()
+    want = per_user_reference(model, support, mask, aggregation)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # the small-call path (one graph on the whole grid) agrees too
+    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 10_000)
+    whole = finetune.generate_meta_embeddings(model, support, mask, aggregation).numpy()
+    np.testing.assert_allclose(whole, want, rtol=1e-5, atol=1e-5)
+
+
+def test_ragged_batches_reuse_one_trace(world, monkeypatch):
+    """Batches of any size run on fixed shapes: no new trace after the first batch."""
+    _, model, support, mask = world
+    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 1)
+    monkeypatch.setattr(finetune, "CHUNK_ROWS", 12)
+    monkeypatch.setattr(finetune, "WIDTH_LADDER", (2,))
+    monkeypatch.setattr(finetune, "USE_XLA", True)
+    finetune.generate_meta_embeddings(model, support, mask, "mean")
+    fn = finetune._kernel(model, "mean", model.maml_cfg, True)
+    traces = fn.experimental_get_tracing_count()
+    for n in (31, 17, 3):
+        finetune.generate_meta_embeddings(model, {k: v[:n] for k, v in support.items()},
+                                          mask[:n], "mean")
+    assert fn.experimental_get_tracing_count() == traces
+    # the small-call graph: one trace for every batch and window size
+    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 10_000)
+    for n, s in ((USERS, K), (9, K), (4, 3)):
+        finetune.generate_meta_embeddings(model, {k: v[:n, :s] for k, v in support.items()},
+                                          mask[:n, :s], "mean")
+    sig = finetune._signature(support)
+    assert finetune._kernel(model, "mean", model.maml_cfg, False, sig).experimental_get_tracing_count() == 1
+
+
+def test_chunk_plan_covers_every_user_once_at_a_wide_enough_width():
+    rng = np.random.default_rng(1)
+    s = 32
+    sizes = np.minimum(rng.geometric(0.12, size=1001), s)
+    sizes[::50] = 0
+    mask = (np.arange(s)[None, :] < sizes[:, None]).astype(np.float32)
+    plan = finetune._chunk_plan(mask, (4, 8, 16), 256)
+    seen = np.concatenate([idx[:n] for _, idx, n in plan])
+    assert np.array_equal(np.sort(seen), np.arange(1001))
+    need = np.maximum(sizes, 1)
+    for width, idx, n in plan:
+        assert idx.shape == (256 // width,)          # one fixed shape per width
+        assert np.all(need[idx] <= width)            # padding repeats real users of the chunk
+        assert n >= 1
+    assert {w for w, _, _ in plan} <= {4, 8, 16, 32}
