@@ -79,7 +79,7 @@ def test_ragged_batches_reuse_one_trace(world, monkeypatch):
     monkeypatch.setattr(finetune, "WIDTH_LADDER", (2,))
     monkeypatch.setattr(finetune, "USE_XLA", True)
     finetune.generate_meta_embeddings(model, support, mask, "mean")
-    fn = finetune._kernel(model, "mean", model.maml_cfg, True)
+    fn = finetune._kernel(model, "mean", model.maml_cfg, True, finetune._signature(support))
     traces = fn.experimental_get_tracing_count()
     for n in (31, 17, 3):
         finetune.generate_meta_embeddings(model, {k: v[:n] for k, v in support.items()},

@@ -97,13 +97,11 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
             return generate_meta_embeddings_fn(model, support, mask_, aggregation,
                                                cfg.adaptation_steps, inner_lr)
 
-        if xla:
-            fn = tf.function(body, jit_compile=True)
-        else:
-            spec = None if signature is None else (
-                {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
-                tf.TensorSpec([None, None], tf.float32))
-            fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None)
+        spec = None if signature is None else (
+            {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
+            tf.TensorSpec([None, None], tf.float32))
+        # XLA compiles once per concrete shape of the one trace (the fast path's fixed shapes)
+        fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None, jit_compile=xla)
         _FN_CACHE[key] = fn
     return fn
 
@@ -164,7 +162,7 @@ def _fast_embeddings(model: LimamlModel, support: Dict[str, np.ndarray], mask: n
         part_mask = tf.convert_to_tensor(mask[idx, :width])
         if xla:
             try:
-                emb = _kernel(model, aggregation, cfg, True)(part, part_mask)
+                emb = _kernel(model, aggregation, cfg, True, _signature(support))(part, part_mask)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                     tf.errors.InternalError):  # an op XLA cannot compile: the graph
                 xla = False
