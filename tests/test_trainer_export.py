@@ -188,3 +188,26 @@ def test_baseline_run_fn_exports_same_contract(pipeline, tmp_path, kind, source)
     p = loaded.signatures["serving_default"](examples=serialized)["probabilities"].numpy()
     assert p.shape == (7,) and np.all((p > 0) & (p < 1))
     assert "predict_dense" in loaded.signatures
+
+
+def test_run_fn_pretrains_once_then_meta_trains_and_a_resume_skips_pretraining(pipeline, tmp_path,
+                                                                                monkeypatch):
+    import dataclasses
+
+    out = str(tmp_path)
+    cfg = pipeline.cfg
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, pretrain_epochs=1,
+                                                             pretrain_lr=0.01))
+    calls = []
+    real = run._pretrain
+    monkeypatch.setattr(run, "_pretrain", lambda *a: (calls.append(a[2]), real(*a)))
+    run.run_fn(_fn_args(pipeline, out, custom_config={"limaml_config": cfg.to_json()}))
+    n_tasks = sum(1 for _ in tf.data.TFRecordDataset(os.path.join(pipeline.root, "train.tfrecord.gz"),
+                                                     compression_type="GZIP"))
+    assert calls == [-(-n_tasks // cfg.train.tasks_per_batch)]  # one epoch of task batches
+    ckdir = os.path.join(out, "run", "checkpoints")
+    latest = tf.train.latest_checkpoint(ckdir)
+    assert latest.endswith("-12")
+    assert tf.train.load_variable(latest, "pretrained/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    run.run_fn(_fn_args(pipeline, out, train_steps=15, custom_config={"limaml_config": cfg.to_json()}))
+    assert len(calls) == 1 and tf.train.latest_checkpoint(ckdir).endswith("-15")

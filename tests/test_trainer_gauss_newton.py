@@ -145,9 +145,11 @@ def test_pretrain_loss_is_the_row_mean_bce_with_table_rows_and_a_step_lowers_it(
     y, m = q["label"].numpy(), q["mask"].numpy()
     expected = ((np.logaddexp(0.0, z) - y * z) * m).sum() / m.sum()
     assert float(maml.pretrain_loss(model, batch)) == pytest.approx(expected, rel=1e-10)
-    trainer = maml.MamlTrainer(model)
+    with pytest.raises(ValueError, match="pretrain_lr"):
+        maml.MamlTrainer(model).pretrain_step(batch)
+    trainer = maml.MamlTrainer(model, pretrain_lr=0.01)
     for _ in range(5):
-        trainer.pretrain_step(batch, lr=0.01)
+        trainer.pretrain_step(batch)
     assert float(maml.pretrain_loss(model, batch)) < expected
     # the solver's own parameters are not pre-trained
     assert float(tf.reduce_max(tf.abs(model.row_log_precision - np.log(2.0)))) == 0.0

@@ -155,7 +155,7 @@ def train_limaml(data: Prepared, cfg: LimamlConfig, seed: int,
     model = LimamlModel(data.layout, cfg.model, cfg.maml, seed=seed)
     if cfg.train.linear_warm_start:
         baselines.warm_start_limaml(model, data.train, cfg.train)
-    trainer = MamlTrainer(model, cfg.maml)
+    trainer = MamlTrainer(model, cfg.maml, pretrain_lr=cfg.train.pretrain_lr)
     rng = np.random.RandomState(seed)
     start = time.time()
     order = np.concatenate([rng.permutation(n_tasks) for _ in range(math.ceil(steps * batch / n_tasks) + 1)])
@@ -164,7 +164,7 @@ def train_limaml(data: Prepared, cfg: LimamlConfig, seed: int,
     for step in range(math.ceil(len(pre_order) / batch)):
         idx = pre_order[step * batch:(step + 1) * batch]
         trainer.pretrain_step({p: {k: tf.constant(v[idx]) for k, v in d.items()}
-                               for p, d in numeric.items()}, lr=cfg.train.pretrain_lr)
+                               for p, d in numeric.items()})
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]
         loss = trainer.train_step({p: {k: tf.constant(v[idx]) for k, v in d.items()}

@@ -415,11 +415,12 @@ class MamlTrainer(tf.Module):
 
     Create it (and the model) inside ``strategy.scope()`` when using a distribution strategy.
     ``jit_compile`` compiles the whole step (inner loop, outer gradient, Adam) with XLA.
+    ``pretrain_lr`` enables :meth:`pretrain_step` (its own Adam, ``TrainConfig.pretrain_epochs``).
     """
 
     def __init__(self, model: LimamlModel, maml_cfg: Optional[MamlConfig] = None,
                  strategy: Optional[tf.distribute.Strategy] = None, name: str = "maml_trainer",
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, pretrain_lr: Optional[float] = None):
         super().__init__(name=name)
         self.model = model
         self.maml_cfg = model.maml_cfg if maml_cfg is None else maml_cfg
@@ -427,31 +428,62 @@ class MamlTrainer(tf.Module):
         self.optimizer = Adam(model.outer_variables(), lr=self.maml_cfg.meta_lr)
         self._step_fn = tf.function(self._train_step, reduce_retracing=True,
                                     jit_compile=jit_compile)
-        self._pretrain_fn = None
+        self.pretrain_optimizer = None
+        if pretrain_lr is not None:  # variables created here, inside the caller's strategy scope
+            self.pretrain_optimizer = Adam(self.pretrain_variables(), lr=pretrain_lr,
+                                           name="pretrain_adam")
+        self._pretrain_fn = tf.function(self._pretrain_step, reduce_retracing=True)
 
-    def pretrain_step(self, batch, lr: float = 1e-3) -> float:
-        """One supervised step (:func:`pretrain_loss` + ``outer_l2``) with its own Adam over the
-        meta block's weights and user table and the global block (the warm-up before MAML:
-        item and user representations fitted on every row, then meta-learned adaptation)."""
-        if self._pretrain_fn is None:
-            names = {id(v) for v in [self.model.row_log_precision] + list(self.model.inner_lrs.values())
-                     if v is not None}
-            variables = [v for v in self.model.outer_variables() if id(v) not in names]
-            opt = Adam(variables, lr=lr, name="pretrain_adam")
-            l2 = self.maml_cfg.outer_l2
+    def pretrain_variables(self) -> List[tf.Variable]:
+        """What pre-training fits: the outer variables but the inner solver's own (Meta-SGD
+        rates, the Gauss-Newton prior), which only meta-training can learn."""
+        own = {id(v) for v in list(self.model.inner_lrs.values()) + [self.model.row_log_precision]
+               if v is not None}
+        return [v for v in self.model.outer_variables() if id(v) not in own]
 
-            def step(b):
-                with tf.GradientTape() as tape:
-                    loss = pretrain_loss(self.model, b)
-                    if l2 > 0:
-                        loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v))
-                                               for v in self.model.l2_variables()])
-                opt.apply(tape.gradient(loss, variables))
-                return loss
+    def pretrain_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
+        """:func:`pretrain_loss` (plus ``outer_l2 Σ w²``) and its gradient w.r.t.
+        :meth:`pretrain_variables`."""
+        variables = self.pretrain_variables()
+        l2 = self.maml_cfg.outer_l2
+        with tf.GradientTape() as tape:
+            loss = pretrain_loss(self.model, batch)
+            if l2 > 0:
+                loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.model.l2_variables()])
+        grads = tape.gradient(loss, variables)
+        return loss, [None if g is None else tf.convert_to_tensor(g) for g in grads]
 
-            self._pretrain_opt = opt
-            self._pretrain_fn = tf.function(step, reduce_retracing=True)
-        return float(self._pretrain_fn(batch))
+    def _pretrain_step(self, batch):
+        strategy = self.strategy
+        loss, grads = strategy.run(self.pretrain_gradients, args=(batch,))
+        loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+        grads = [None if g is None else strategy.reduce(tf.distribute.ReduceOp.MEAN, g, axis=None)
+                 for g in grads]
+        finite = tf.math.is_finite(tf.cast(loss, tf.float64))
+        for g in grads:
+            if g is not None:
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+        if finite:
+            self.pretrain_optimizer.apply(grads)
+        return loss, finite
+
+    def pretrain_step(self, batch) -> float:
+        """One supervised step before meta-training (needs ``pretrain_lr`` at construction):
+        every query row scored with its user's table row, no adaptation, so the item and user
+        representations are fitted on every row first (:func:`pretrain_loss`).
+
+        Raises:
+            NonFiniteLossError: the loss or a gradient is NaN/Inf (no update is applied).
+        """
+        if self.pretrain_optimizer is None:
+            raise ValueError("this MamlTrainer was built without pretrain_lr; pass "
+                             "MamlTrainer(..., pretrain_lr=TrainConfig.pretrain_lr)")
+        loss, finite = self._pretrain_fn(batch)
+        if not bool(finite):
+            step = int(self.pretrain_optimizer.iterations.numpy()) + 1
+            raise NonFiniteLossError(f"non-finite pre-training loss at step {step}: loss="
+                                     f"{float(loss)} (lower TrainConfig.pretrain_lr or check the inputs)")
+        return float(loss)
 
     def meta_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
         """Outer loss (plus ``outer_l2 Σ w²``) and its gradient w.r.t. ``model.outer_variables()``."""

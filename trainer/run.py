@@ -112,7 +112,9 @@ def run_fn(fn_args) -> None:
 
             info = baselines.warm_start_limaml(model, _flat_query_rows(train_files, cfg), cfg.train)
             log.info("LiMAML global block warm-started from %s", info)
-        trainer = MamlTrainer(model, cfg.maml, strategy=strategy)
+        trainer = MamlTrainer(model, cfg.maml, strategy=strategy, pretrain_lr=(
+            cfg.train.pretrain_lr if cfg.train.pretrain_epochs else None))
+        pretrained = tf.Variable(0, dtype=tf.int64, trainable=False, name="pretrained")
     n_tasks = _count_records(train_files)
     global_batch = max(1, min(cfg.train.tasks_per_batch, n_tasks))
     steps = int(getattr(fn_args, "train_steps", 0) or 0) or cfg.train.train_steps or (
@@ -123,7 +125,7 @@ def run_fn(fn_args) -> None:
     dist_ds = strategy.experimental_distribute_dataset(ds)
 
     run_dir = fn_args.model_run_dir or os.path.join(fn_args.serving_model_dir, "..", "run")
-    ckpt = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer, pretrained=pretrained)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"),
                                          max_to_keep=3)
     if manager.latest_checkpoint:
@@ -136,6 +138,12 @@ def run_fn(fn_args) -> None:
              n_tasks, global_batch, steps, done, strategy.num_replicas_in_sync,
              cfg.maml.adaptation_steps, cfg.maml.first_order, cfg.maml.inner_lr,
              cfg.maml.learn_inner_lr)
+
+    pretrain_steps = cfg.train.pretrain_epochs * max(1, math.ceil(n_tasks / global_batch))
+    if pretrain_steps and not int(pretrained.numpy()) and done == 0:
+        _pretrain(trainer, dist_ds, pretrain_steps, cfg.train.log_every)
+        pretrained.assign(1)
+        manager.save(checkpoint_number=0)
 
     def on_step(step: int, loss: float) -> None:
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
@@ -161,6 +169,17 @@ def run_fn(fn_args) -> None:
 
     export_model(fn_args.serving_model_dir, model, cfg, tft_output,
                  model_version=custom.get("model_version"))
+
+
+def _pretrain(trainer: MamlTrainer, batches, steps: int, log_every: int) -> None:
+    """Supervised pre-training (``TrainConfig.pretrain_epochs``) before meta-training."""
+    it = iter(batches)
+    losses = []
+    for i in range(steps):
+        losses.append(trainer.pretrain_step(next(it)))
+        if log_every and ((i + 1) % log_every == 0 or i == steps - 1):
+            log.info("pre-training step %d/%d: loss %.4f (mean of last %d %.4f)", i + 1, steps,
+                     losses[-1], len(losses[-log_every:]), float(np.mean(losses[-log_every:])))
 
 
 def export_model(serving_model_dir: str, model: LimamlModel, cfg: LimamlConfig, tft_output,
