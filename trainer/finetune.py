@@ -75,7 +75,7 @@ _XLA_FAILED: set = set()
 # float rounding (~1e-7). Calls with fewer than ``FAST_PATH_MIN_USERS`` users, or not eager,
 # run the whole grid in one graph (compiling would cost more than it saves).
 WIDTH_LADDER: Tuple[int, ...] = (4, 8, 16)
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 8192
 """Rows per fast-path kernel call: a group of width w runs ``CHUNK_ROWS // w`` users per call."""
 FAST_PATH_MIN_USERS = 512
 USE_XLA = True

@@ -59,11 +59,13 @@ def support_windows(batch: UserBatch, max_recent: int, feature_keys: Sequence[st
     mask = pos < size[:, None]
     idx = np.where(mask, lo[:, None] + pos, 0)
     support: Dict[str, np.ndarray] = {}
+    pad = ~mask
+    any_pad = bool(pad.any())
     for name in feature_keys:
-        col = batch.columns[name]
-        vals = col[idx]
-        m = mask.reshape(mask.shape + (1,) * (vals.ndim - 2))
-        support[name] = np.where(m, vals, np.zeros((), vals.dtype))
+        vals = batch.columns[name][idx]  # a fresh array: padding zeroed in place (no 2nd copy)
+        if any_pad:
+            vals[pad] = 0
+        support[name] = vals
     ts = batch.columns[F.TIMESTAMP].astype(np.int64)
     last_ts = ts[ends - 1] if ends.size else np.zeros(0, np.int64)
     return SupportWindows(support=support, mask=mask.astype(np.float32), user_ids=batch.user_ids,
