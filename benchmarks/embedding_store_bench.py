@@ -91,7 +91,8 @@ def bench_stores(embeddings: np.ndarray, user_ids: Sequence[str], model_version:
         mutation_chunk_rows: rows per ``mutate_rows`` RPC (Bigtable stage with its own emulator).
 
     Returns:
-        One dict per stage: ``{"stage", "users", "users_per_s", "peak_rss_mb", "seconds"}``;
+        One dict per stage: ``{"stage", "users", "users_per_s", "peak_rss_mb", "seconds",
+        "cpu_s"}`` (``cpu_s``: this process's CPU seconds, the emulator's not counted);
         ``users`` counts the user rows (the cold-start row is written but not counted).
 
     Raises:
@@ -119,9 +120,9 @@ def bench_stores(embeddings: np.ndarray, user_ids: Sequence[str], model_version:
             try:
                 store = ParquetEmbeddingStore(root)
                 with _PeakRss() as rss:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     store.write(_batches(emb, ids, model_version, batch_size, gen_at, True))
-                    secs = time.perf_counter() - t0
+                    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
             finally:
                 if tmp is not None:
                     tmp.cleanup()
@@ -139,14 +140,15 @@ def bench_stores(embeddings: np.ndarray, user_ids: Sequence[str], model_version:
             try:
                 store.ensure_table()
                 with _PeakRss() as rss:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     store.write(_batches(emb, ids, model_version, batch_size, gen_at, True))
-                    secs = time.perf_counter() - t0
+                    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
             finally:
                 if emu is not None:
                     emu.stop()
         n = int(ids.shape[0])
         results.append({"stage": stage, "users": n,
                         "users_per_s": n / secs if secs > 0 else float("inf"),
-                        "peak_rss_mb": round(rss.peak_mb, 1), "seconds": secs})
+                        "peak_rss_mb": round(rss.peak_mb, 1), "seconds": secs,
+                        "cpu_s": round(cpu, 2)})
     return results

@@ -21,7 +21,9 @@ Pipeline measured:
    the stage).
 
 Prints a JSON list of rows ``{"stage", "users", "users_per_s", "peak_rss_mb", ...}``.
-``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included: unless
+``cpu_s`` / ``users_per_cpu_s`` (generate, kernel): this process's CPU seconds during the stage,
+a steadier figure than wall time on a shared machine (worker processes of ``--workers`` > 1 not
+counted). ``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included: unless
 the ``kernel`` stage needs the in-memory table, a child process builds the inputs and writes the
 Parquet input, so this process never holds the population;
 with ``--workers`` > 1 the worker processes are not counted); ``rss_start_mb`` is the RSS when
@@ -181,17 +183,18 @@ def bench_generate(input_path: str, users: int, loader, cfg, staging: str, worke
 
     start_mb = psutil.Process(os.getpid()).memory_info().rss / 2**20
     with _PeakRss() as rss:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with beam.Pipeline(runner="DirectRunner", options=PipelineOptions(flags)) as p:
             result = (p
                       | "Users" >> inputs.ReadUserBatches(input_path)  # pylint: disable=no-value-for-parameter
                       | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
                           loader, e.max_recent, e.aggregation, e.users_per_batch))
             generate.stage_embeddings(result, staging)
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"stage": "generate", "users": int(users), "users_per_s": users / secs,
             "peak_rss_mb": round(rss.peak_mb, 1), "rss_start_mb": round(start_mb, 1),
-            "seconds": round(secs, 2), "path": "beam-columnar",
+            "seconds": round(secs, 2), "cpu_s": round(cpu, 2), "users_per_cpu_s": users / cpu,
+            "path": "beam-columnar",
             "workers": workers, "users_per_batch": e.users_per_batch, "max_recent": e.max_recent}
 
 
@@ -208,7 +211,7 @@ def bench_kernel(table: Dict[str, np.ndarray], model, cfg) -> Dict[str, Any]:
     counts = np.diff(starts)
     keys = kernel_feature_keys(model)
     with _PeakRss() as rss:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for lo in range(0, users, b):
             hi = min(users, lo + b)
             n = counts[lo:hi]
@@ -224,9 +227,10 @@ def bench_kernel(table: Dict[str, np.ndarray], model, cfg) -> Dict[str, Any]:
                 support[key] = np.where(m, v, np.zeros((), v.dtype))
             finetune.generate_meta_embeddings(model, support, mask.astype(np.float32),
                                               cfg.embeddings.aggregation).numpy()
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"stage": "kernel", "users": int(users), "users_per_s": users / secs,
-            "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "path": "direct"}
+            "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "cpu_s": round(cpu, 2),
+            "users_per_cpu_s": users / cpu, "path": "direct"}
 
 
 def _read_staged(staging: str) -> Tuple[np.ndarray, np.ndarray]:
