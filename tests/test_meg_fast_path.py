@@ -109,3 +109,15 @@ def test_chunk_plan_covers_every_user_once_at_a_wide_enough_width():
         assert np.all(need[idx] <= width)            # padding repeats real users of the chunk
         assert n >= 1
     assert {w for w, _, _ in plan} <= {4, 8, 16, 32}
+
+
+def test_fast_path_rejects_out_of_range_ids(world, monkeypatch):
+    """XLA's gather would clamp an id outside the vocabulary; the fast path raises like the graph."""
+    _, model, support, mask = world
+    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 1)
+    name, vocab = model.layout.global_categorical[0]
+    bad = dict(support)
+    bad[name] = support[name].copy()
+    bad[name][3, 0] = vocab
+    with pytest.raises(ValueError, match=name):
+        finetune.generate_meta_embeddings(model, bad, mask, "mean")

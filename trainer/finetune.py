@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig
-from trainer.layout import MASK
+from trainer.layout import MASK, USER_HASH
 from trainer.maml import LABEL, adapt, aggregate
 from trainer.model import LimamlModel, history_width, meta_forward
 
@@ -152,9 +152,22 @@ def _chunk_plan(mask: np.ndarray, ladder: Sequence[int], chunk_rows: int
     return plan
 
 
+def _check_ids(model: LimamlModel, support: Mapping[str, np.ndarray]) -> None:
+    """Ids the kernel gathers with must be in range: XLA's gather clamps where the graph raises."""
+    ranges = list(model.layout.global_categorical)
+    if model.user_emb is not None:
+        ranges.append((USER_HASH, int(model.user_emb.shape[0])))
+    for name, size in ranges:
+        v = support.get(name)
+        if v is not None and v.size and (v.min() < 0 or v.max() >= size):
+            raise ValueError(f"support feature {name!r} has ids outside [0, {size}) "
+                             f"(min {v.min()}, max {v.max()}): encode it with the model's vocabulary")
+
+
 def _fast_embeddings(model: LimamlModel, support: Dict[str, np.ndarray], mask: np.ndarray,
                      aggregation: str, cfg: MamlConfig) -> np.ndarray:
     """Width-grouped, fixed-shape chunks through the kernel (see ``WIDTH_LADDER``)."""
+    _check_ids(model, support)
     out: Optional[np.ndarray] = None
     xla = USE_XLA and (id(model), aggregation) not in _XLA_FAILED
     for width, idx, n in _chunk_plan(mask, WIDTH_LADDER, CHUNK_ROWS):
