@@ -15,7 +15,9 @@ Pipeline measured:
    ``users_per_batch`` users per call, Arrow output) -> staged Parquet parts + cold-start vector
    (:func:`generate.stage_embeddings`); ``--workers N`` runs it on N DirectRunner processes;
    optional ``kernel``: the batched kernel alone (``finetune.generate_meta_embeddings`` on
-   pre-padded arrays), to show what Beam and the columnar handling add;
+   pre-padded arrays), to show what Beam and the columnar handling add; ``first_call_s`` is its
+   first call (tracing, XLA compilation of the fast path's chunk shapes) and
+   ``after_first_users_per_s`` the throughput after it;
 4. ``parquet`` / ``bigtable``: the staged vectors written to the stores with
    :func:`benchmarks.embedding_store_bench.bench_stores` (Bigtable: a ``cbtemulator`` started for
    the stage).
@@ -227,10 +229,15 @@ def bench_kernel(table: Dict[str, np.ndarray], model, cfg) -> Dict[str, Any]:
                 support[key] = np.where(m, v, np.zeros((), v.dtype))
             finetune.generate_meta_embeddings(model, support, mask.astype(np.float32),
                                               cfg.embeddings.aggregation).numpy()
+            if lo == 0:
+                first = time.perf_counter() - t0
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rest = users - min(users, b)
     return {"stage": "kernel", "users": int(users), "users_per_s": users / secs,
             "peak_rss_mb": round(rss.peak_mb, 1), "seconds": round(secs, 2), "cpu_s": round(cpu, 2),
-            "users_per_cpu_s": users / cpu, "path": "direct"}
+            "users_per_cpu_s": users / cpu, "first_call_s": round(first, 2),
+            "after_first_users_per_s": rest / (secs - first) if rest and secs > first else None,
+            "path": "direct"}
 
 
 def _read_staged(staging: str) -> Tuple[np.ndarray, np.ndarray]:
