@@ -301,7 +301,12 @@ class TrainConfig:
         train_steps: outer steps (0: derive from ``epochs``).
         pretrain_epochs: LiMAML: epochs of supervised training (every query row scored with
             its user's table row, no adaptation; :func:`trainer.maml.pretrain_loss`) before
-            meta-training, so item and user representations are first fitted on every row.
+            meta-training, so item and user representations are first fitted on every row, as
+            in matrix factorisation, instead of only through adapted embeddings of small
+            support sets. Validation splits (2 seeds, 3 epochs at lr 0.01 vs none): synthetic
+            0.7611/0.7559 -> 0.7838/0.7831 (20-99 0.785 -> 0.812, 100+ 0.802 -> 0.830);
+            ML-1M 0.7396/0.7420 -> 0.7409/0.7410 (neutral). 0 turns it off.
+        pretrain_lr: Adam learning rate of the pre-training (its own optimizer).
     """
 
     tasks_per_batch: int = 64
@@ -321,12 +326,14 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 200
     train_steps: int = 0
-    pretrain_epochs: int = 0
+    pretrain_epochs: int = 3
     pretrain_lr: float = 1e-2
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs {self.pretrain_epochs} must be >= 0")
+        if not self.pretrain_lr > 0:
+            raise ValueError(f"pretrain_lr {self.pretrain_lr} must be > 0")
         if self.baseline_validation not in ("held_out_users", "later"):
             raise ValueError(f"baseline_validation {self.baseline_validation!r} must be "
                              "'held_out_users' or 'later'")
