@@ -67,13 +67,14 @@ _XLA_FAILED: set = set()
 # Fast path of :func:`generate_meta_embeddings` (same embeddings, less work). Every user's grid
 # is cut after its last valid position: users are grouped by the smallest width of the ladder
 # (``WIDTH_LADDER``, then S) that holds their valid positions, and each group runs in chunks of
-# ``CHUNK_USERS`` users (the last chunk padded with copies of a real user, output discarded), so
-# the kernel only ever sees ``len(ladder) + 1`` fixed shapes: it is XLA-compiled once per shape,
-# never retraced. Masked positions after a user's last valid one contribute nothing to any
-# masked reduction of the kernel (losses, history summary, aggregation) and each user's
-# computation is independent of the other users', so the result is the padded grid's up to
-# float rounding (~1e-7). Calls with fewer than ``FAST_PATH_MIN_USERS`` users, or not eager,
-# run the whole grid in one graph (compiling would cost more than it saves).
+# ``CHUNK_ROWS // width`` users (the last chunk padded with copies of a real user, output
+# discarded; see :func:`_chunk_plan`), so the kernel only ever sees ``len(ladder) + 1`` fixed
+# shapes: it is traced once and XLA-compiled once per shape. Masked positions after a user's
+# last valid one contribute nothing to any masked reduction of the kernel (losses, history
+# summary, aggregation) and each user's computation is independent of the other users', so the
+# result is the padded grid's up to float rounding (~1e-7). Calls with fewer than
+# ``FAST_PATH_MIN_USERS`` users, or not eager, run the whole grid in one graph (compiling would
+# cost more than it saves).
 WIDTH_LADDER: Tuple[int, ...] = (4, 8, 16)
 CHUNK_ROWS = 8192
 """Rows per fast-path kernel call: a group of width w runs ``CHUNK_ROWS // w`` users per call."""
@@ -110,8 +111,8 @@ def _widths(mask: np.ndarray, ladder: Sequence[int]) -> Tuple[np.ndarray, np.nda
     """Per user, the index into ``widths`` of the narrowest width holding its valid positions.
 
     Returns:
-        ``(widths [W] increasing, last S, bucket [U])``; a user without a valid position
-        needs width 1 (the cold-start output reads position 0).
+        ``(widths [W]: the ladder's widths under S, then S; bucket [U])``; a user without a
+        valid position needs width 1 (the cold-start output reads position 0).
     """
     s = mask.shape[1]
     valid = mask > 0
@@ -215,7 +216,8 @@ def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.
     """
     cfg = model.maml_cfg if maml_cfg is None else maml_cfg
     support = {k: v for k, v in support_batch.items() if k != MASK}
-    if tf.executing_eagerly() and int(mask.shape[0]) >= FAST_PATH_MIN_USERS and len(mask.shape) == 2:
+    shape = tuple(mask.shape) if tf.executing_eagerly() and hasattr(mask, "shape") else None
+    if shape is not None and len(shape) == 2 and int(shape[0]) >= FAST_PATH_MIN_USERS:
         arrays = {k: np.asarray(v) for k, v in support.items()}
         return tf.convert_to_tensor(_fast_embeddings(
             model, arrays, np.asarray(mask, np.float32), aggregation, cfg))
