@@ -441,21 +441,22 @@ class MamlTrainer(tf.Module):
                if v is not None}
         return [v for v in self.model.outer_variables() if id(v) not in own]
 
-    def pretrain_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
-        """:func:`pretrain_loss` (plus ``outer_l2 Σ w²``) and its gradient w.r.t.
-        :meth:`pretrain_variables`."""
-        variables = self.pretrain_variables()
+    def _regularized_gradients(self, loss_fn: Callable[[], tf.Tensor], variables: List[tf.Variable]
+                               ) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
+        """``loss_fn() + outer_l2 Σ w²`` and its gradient w.r.t. ``variables``."""
         l2 = self.maml_cfg.outer_l2
         with tf.GradientTape() as tape:
-            loss = pretrain_loss(self.model, batch)
+            loss = loss_fn()
             if l2 > 0:
                 loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.model.l2_variables()])
         grads = tape.gradient(loss, variables)
         return loss, [None if g is None else tf.convert_to_tensor(g) for g in grads]
 
-    def _pretrain_step(self, batch):
+    def _apply_if_finite(self, gradients_fn, batch, optimizer: "Adam"):
+        """Runs ``gradients_fn(batch)`` on every replica, averages, and applies the update with
+        ``optimizer`` only when the loss and every gradient are finite; ``(loss, finite)``."""
         strategy = self.strategy
-        loss, grads = strategy.run(self.pretrain_gradients, args=(batch,))
+        loss, grads = strategy.run(gradients_fn, args=(batch,))
         loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
         grads = [None if g is None else strategy.reduce(tf.distribute.ReduceOp.MEAN, g, axis=None)
                  for g in grads]
@@ -464,8 +465,17 @@ class MamlTrainer(tf.Module):
             if g is not None:
                 finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
         if finite:
-            self.pretrain_optimizer.apply(grads)
+            optimizer.apply(grads)
         return loss, finite
+
+    def pretrain_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
+        """:func:`pretrain_loss` (plus ``outer_l2 Σ w²``) and its gradient w.r.t.
+        :meth:`pretrain_variables`."""
+        return self._regularized_gradients(lambda: pretrain_loss(self.model, batch),
+                                           self.pretrain_variables())
+
+    def _pretrain_step(self, batch):
+        return self._apply_if_finite(self.pretrain_gradients, batch, self.pretrain_optimizer)
 
     def pretrain_step(self, batch) -> float:
         """One supervised step before meta-training (needs ``pretrain_lr`` at construction):
@@ -487,28 +497,11 @@ class MamlTrainer(tf.Module):
 
     def meta_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
         """Outer loss (plus ``outer_l2 Σ w²``) and its gradient w.r.t. ``model.outer_variables()``."""
-        variables = self.model.outer_variables()
-        l2 = self.maml_cfg.outer_l2
-        with tf.GradientTape() as outer:
-            loss, _ = maml_loss(self.model, batch, self.maml_cfg)
-            if l2 > 0:
-                loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.model.l2_variables()])
-        grads = outer.gradient(loss, variables)
-        return loss, [None if g is None else tf.convert_to_tensor(g) for g in grads]
+        return self._regularized_gradients(lambda: maml_loss(self.model, batch, self.maml_cfg)[0],
+                                           self.model.outer_variables())
 
     def _train_step(self, batch):
-        strategy = self.strategy
-        loss, grads = strategy.run(self.meta_gradients, args=(batch,))
-        loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
-        grads = [None if g is None else strategy.reduce(tf.distribute.ReduceOp.MEAN, g, axis=None)
-                 for g in grads]
-        finite = tf.math.is_finite(tf.cast(loss, tf.float64))
-        for g in grads:
-            if g is not None:
-                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
-        if finite:
-            self.optimizer.apply(grads)
-        return loss, finite
+        return self._apply_if_finite(self.meta_gradients, batch, self.optimizer)
 
     def train_step(self, batch, step: Optional[int] = None) -> float:
         """One outer step (one tf.function, all tasks batched); returns the loss.
