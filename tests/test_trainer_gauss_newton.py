@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
-from tests.test_trainer_maml import VOCABS, T, assert_gradient_matches_finite_differences, make_batch
+from tests.test_trainer_maml import VOCABS, T, check_meta_gradient, make_batch
 from trainer import maml
 from trainer.layout import build_layout
 from trainer.model import USER_ROW, LimamlModel, global_forward, meta_forward
@@ -93,18 +93,7 @@ def test_adapt_takes_the_gauss_newton_step_with_finite_difference_jacobians():
 def test_meta_gradient_through_gauss_newton_steps_matches_finite_differences():
     model = newton_model(steps=2, precision=1.5)
     batch = make_batch()
-    _, grads = maml.MamlTrainer(model).meta_gradients(batch)
-    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
-    rng = np.random.RandomState(5)
-    checked = 0
-    for var, g in zip(model.outer_variables(), grads):
-        if var is model.user_emb:
-            used = sorted(set(batch["support"]["user_hash"].numpy()[:, 0].tolist()))
-            picks = [r * D_ROW + c for r in used for c in range(D_ROW)]
-        else:
-            flat = np.arange(int(np.prod(var.shape)))
-            picks = flat if flat.size <= 6 else rng.choice(flat, 6, replace=False)
-        checked += assert_gradient_matches_finite_differences(var, g, loss_fn, picks)
+    checked, _, _ = check_meta_gradient(model, batch, per_variable=6, seed=5)
     assert any(v is model.row_log_precision for v in model.outer_variables())
     assert checked > 40
 

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
-from tests.test_trainer_maml import VOCABS, assert_gradient_matches_finite_differences, make_batch
-from trainer import genre_block, maml
+from tests.test_trainer_maml import VOCABS, check_meta_gradient, make_batch
+from trainer import genre_block
 from trainer.layout import build_layout
 from trainer.model import LimamlModel
 
@@ -60,16 +60,8 @@ def test_a_query_rows_genre_embedding_reads_only_support_rows_of_its_genre():
 def test_meta_gradient_with_the_genre_block_matches_finite_differences():
     model = genre_model(steps=2)
     batch = make_batch()
-    _, grads = maml.MamlTrainer(model).meta_gradients(batch)
-    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
-    rng = np.random.RandomState(5)
-    checked = 0
-    for var, g in zip(model.outer_variables(), grads):
-        if var is model.user_emb:
-            continue  # rows: covered by tests/test_trainer_personalization.py
-        flat = np.arange(int(np.prod(var.shape)))
-        picks = flat if flat.size <= 8 else rng.choice(flat, 8, replace=False)
-        checked += assert_gradient_matches_finite_differences(var, g, loss_fn, picks)
+    # user rows: covered by tests/test_trainer_personalization.py
+    checked, _, _ = check_meta_gradient(model, batch, per_variable=8, seed=5, user_rows="skip")
     genre_vars = {id(v) for v in model.genre_params.values()}
     assert genre_vars <= {id(v) for v in model.outer_variables()} and len(genre_vars) == 4
     assert checked > 50

@@ -66,6 +66,31 @@ def assert_gradient_matches_finite_differences(var, grad, loss_fn, picks, eps=1e
     return len(picks)
 
 
+def check_meta_gradient(model, batch, per_variable, seed, user_rows="used"):
+    """Checks ``MamlTrainer.meta_gradients`` against finite differences of ``maml_loss`` on up to
+    ``per_variable`` random entries of every outer variable. ``user_rows``: for the user-id
+    table, ``"used"`` (every entry of the batch's rows), ``"used+unused"`` (and of one row no
+    task uses) or ``"skip"``. Returns ``(entries checked, gradients, unused row ids)``."""
+    _, grads = maml.MamlTrainer(model).meta_gradients(batch)
+    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
+    rng = np.random.RandomState(seed)
+    checked, unused = 0, []
+    for var, g in zip(model.outer_variables(), grads):
+        if var is getattr(model, "user_emb", None):
+            if user_rows == "skip":
+                continue
+            d = var.shape[1]
+            used = sorted(set(batch["support"]["user_hash"].numpy()[:, 0].tolist()))
+            if user_rows == "used+unused":
+                unused = [r for r in range(var.shape[0]) if r not in used][:1]
+            picks = [r * d + c for r in used + unused for c in range(d)]
+        else:
+            flat = np.arange(int(np.prod(var.shape)))
+            picks = flat if flat.size <= per_variable else rng.choice(flat, per_variable, replace=False)
+        checked += assert_gradient_matches_finite_differences(var, g, loss_fn, picks)
+    return checked, grads, unused
+
+
 def loss_value(model, batch):
     return float(maml.maml_loss(model, batch)[0])
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
-from tests.test_trainer_maml import VOCABS, T, assert_gradient_matches_finite_differences, make_batch
+from tests.test_trainer_maml import VOCABS, T, check_meta_gradient, make_batch
 from trainer import finetune, maml
 from trainer.layout import build_layout
 from trainer.model import USER_ROW, LimamlModel, dot_interaction, meta_forward, wide_logit
@@ -40,19 +40,8 @@ def personal_model(steps=2, first_order=False, dropout=0.0, l2=0.0, interaction=
 def test_meta_gradient_with_user_rows_dot_and_wide_matches_finite_differences(history_dim):
     model = personal_model(steps=2, l2=0.05, history_dim=history_dim)
     batch = make_batch()
-    _, grads = maml.MamlTrainer(model).meta_gradients(batch)
-    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
-    rng = np.random.RandomState(3)
-    checked = 0
-    for var, g in zip(model.outer_variables(), grads):
-        if var is model.user_emb:  # the rows of the batch's users and one unused row
-            used = sorted(set(batch["support"]["user_hash"].numpy()[:, 0].tolist()))
-            unused = [r for r in range(8) if r not in used][:1]
-            picks = [r * D_ROW + c for r in used + unused for c in range(D_ROW)]
-        else:
-            flat = np.arange(int(np.prod(var.shape)))
-            picks = flat if flat.size <= 10 else rng.choice(flat, 10, replace=False)
-        checked += assert_gradient_matches_finite_differences(var, g, loss_fn, picks)
+    checked, grads, unused = check_meta_gradient(model, batch, per_variable=10, seed=3,
+                                                 user_rows="used+unused")
     assert checked > 60
     idx = next(i for i, v in enumerate(model.outer_variables()) if v is model.user_emb)
     assert np.all(tf.convert_to_tensor(grads[idx]).numpy()[unused] == 0.0)  # sparse: unused row
