@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
 from tests.test_trainer_maml import VOCABS, check_meta_gradient, make_batch
-from trainer import genre_block
+from trainer import genre_block, maml
 from trainer.layout import build_layout
-from trainer.model import LimamlModel
+from trainer.model import LimamlModel, global_forward, meta_forward
 
 
 def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre")):
@@ -93,3 +94,26 @@ def test_meg_genre_embeddings_equal_the_training_time_query_embeddings():
     serve_time = finetune.generate_genre_embeddings(
         model, {k: v for k, v in s.items() if k != "mask"}, s["mask"], genres, e_user).numpy()
     np.testing.assert_allclose(serve_time, train_time, rtol=1e-9, atol=1e-12)
+
+
+def test_pretraining_a_multi_block_model_scores_rows_with_both_blocks_unadapted():
+    import dataclasses
+
+    model = genre_model()
+    model = LimamlModel(model.layout, dataclasses.replace(model.model_cfg, user_id_dropout=0.0),
+                        model.maml_cfg, seed=1, dtype=tf.float64)
+    batch = make_batch()
+    q = batch["query"]
+    params = dict(model.meta_params, user_row=model.user_rows(q["user_hash"]))
+    emb = np.concatenate([meta_forward(params, model.meta_x(q), "tanh").numpy(),
+                          model.genre_embedding(q).numpy()], axis=-1)          # [T, Q, 2E]
+    z = global_forward(model.global_params, tf.constant(emb), q, model.layout, model.model_cfg).numpy()
+    y, m = q["label"].numpy(), q["mask"].numpy()
+    want = ((np.logaddexp(0.0, z) - y * z) * m).sum() / m.sum()
+    assert float(maml.pretrain_loss(model, batch)) == pytest.approx(want, rel=1e-10)
+    trainer = maml.MamlTrainer(model, pretrain_lr=0.01)
+    before = {k: v.numpy().copy() for k, v in model.genre_params.items()}
+    for _ in range(3):
+        trainer.pretrain_step(batch)
+    assert float(maml.pretrain_loss(model, batch)) < want
+    assert any(not np.array_equal(before[k], v.numpy()) for k, v in model.genre_params.items())

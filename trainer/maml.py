@@ -351,7 +351,8 @@ def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
 def pretrain_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
                   training: bool = True) -> tf.Tensor:
     """Supervised (non-meta) loss of the query rows: each row scored with its user's table row
-    and no adaptation, as a DNN with a user-id embedding is trained.
+    and no adaptation, as a DNN with a user-id embedding is trained (a multi-block model also
+    reads its user × genre block's un-adapted embedding, ``[e_user, e_user×genre]``).
 
     Every interaction is a query row of about one task (``TaskConfig.first_split``), so an epoch
     of task batches is about one pass over the rows. With ``training``, the user rows of
@@ -368,6 +369,9 @@ def pretrain_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor
         keep = tf.random.uniform(tf.shape(row)[:1]) >= rate
         params[USER_ROW] = row * tf.cast(keep, row.dtype)[:, None, None]
     emb = meta_forward(params, model.meta_x(q), model.model_cfg.activation)
+    genre = model.genre_embedding(q)  # multi-block: the user × genre block's, un-adapted too
+    if genre is not None:
+        emb = tf.concat([emb, tf.cast(genre, emb.dtype)], axis=-1)
     logits = global_forward(model.global_params, emb, q, model.layout, model.model_cfg)
     mask = tf.cast(q[MASK], logits.dtype)
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(q[LABEL], logits.dtype),
