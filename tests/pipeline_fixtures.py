@@ -22,9 +22,7 @@ E2E_CONFIG = LimamlConfig(
     tasks=TaskConfig(support_size=16, query_size=8, max_tasks_per_user=4),
     train=TrainConfig(tasks_per_batch=32, epochs=3, baseline_epochs=3, baseline_batch_size=256),
     # Short training: tolerate a regression so the run pushes a model for the serving tests.
-    # The multi-block model rides along in the same run (tests/test_multi_block_pipeline.py),
-    # so the suite pays for one pipeline run, not two.
-    evaluation=EvaluationConfig(min_auc=0.5, min_auc_change=-0.05, multi_block=True),
+    evaluation=EvaluationConfig(min_auc=0.5, min_auc_change=-0.05),
 )
 
 

@@ -1,6 +1,6 @@
 """The multi-block LiMAML in the main job (``EvaluationConfig.multi_block``, ``limaml run
---multi-block``): its nodes compile for Kubeflow, the CLI flag turns it on, and the session's
-shared e2e pipeline run (which has it on) reports ``limaml_multi``."""
+--multi-block``): its nodes compile for Kubeflow, the CLI flag turns it on, and one pipeline run
+on the e2e test data (shared by the e2e assertions below) reports ``limaml_multi``."""
 from __future__ import annotations
 
 import dataclasses
@@ -96,13 +96,28 @@ def test_cli_flag_turns_it_on(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The session's e2e pipeline run (tests/pipeline_fixtures.py) has the multi-block model on.
+# One pipeline run with the multi-block model on the e2e test data, shared by the tests below.
+
+def multi_run_config() -> LimamlConfig:
+    """The e2e test config with the multi-block model on and one training epoch."""
+    from tests.pipeline_fixtures import E2E_CONFIG
+
+    return _multi_on(dataclasses.replace(
+        E2E_CONFIG, train=dataclasses.replace(E2E_CONFIG.train, epochs=1, baseline_epochs=1)))
+
 
 @pytest.fixture(scope="module")
-def multi_run(pipeline_run):
-    """The shared e2e run's paths and metrics.json (its config turns the multi-block model on)."""
-    assert pipeline_run.config.evaluation.multi_block, "the shared e2e run must have multi_block on"
-    paths = pipeline_run.paths
+def multi_run(tmp_path_factory):
+    """Runs the main job with the multi-block model on (short training) once for this module."""
+    from limaml.data import prepare
+    from pipeline.main_job import run_main_job
+    from tests.pipeline_fixtures import E2E_SYNTHETIC
+
+    config = multi_run_config()
+    root = tmp_path_factory.mktemp("e2e_multi")
+    data_dir = os.path.join(str(root), "data")
+    prepare.prepare("synthetic", data_dir, synthetic_cfg=E2E_SYNTHETIC, protocol=config.protocol)
+    paths = run_main_job(config, os.path.join(str(root), "run"), data_dir)
     with open(os.path.join(paths.report_dir, "metrics.json")) as f:
         metrics = json.load(f)
     return paths, metrics
@@ -193,7 +208,6 @@ def test_users_without_history_get_their_own_unadapted_rows_of_both_blocks(multi
     from components.meta_embedding_gen.meta_block import transform_graph_dir
     from limaml.data import canonical, protocols
     from schema import features as F
-    from tests.pipeline_fixtures import E2E_CONFIG
     from trainer.export import load_meta_block
     from trainer.model import meta_forward
 
@@ -207,7 +221,7 @@ def test_users_without_history_get_their_own_unadapted_rows_of_both_blocks(multi
     vocab = tft.TFTransformOutput(transform_graph_dir(folder))
     words = {name: [w.decode() if isinstance(w, bytes) else w for w in vocab.vocabulary_by_name(name)]
              for name, _ in layout.meta_categorical}
-    split = protocols.apply(canonical.read_prepared(paths.data_dir), E2E_CONFIG.protocol)
+    split = protocols.apply(canonical.read_prepared(paths.data_dir), multi_run_config().protocol)
     cold_users = set(split.users.loc[split.users["history_size"] == 0, F.USER_ID])
     assert cold_users
     (joined,) = _artifacts(paths.metadata_path, "Examples", "EmbeddingJoinMulti")

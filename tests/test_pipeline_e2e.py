@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from components.common.model_layout import meta_block_dir
 from embeddings.parquet_store import ParquetEmbeddingStore
 from limaml.data import canonical, protocols
-from pipeline.settings import component_ids
+from pipeline.settings import COMPONENT_IDS
 from report.metrics import validate_metrics
 from schema import features as F
 from tests.pipeline_fixtures import E2E_CONFIG
@@ -52,7 +52,7 @@ def test_every_component_executed(pipeline_run):
     for ctx in store.get_contexts_by_type("node"):
         if any(e.last_known_state in ok for e in store.get_executions_by_context(ctx.id)):
             done.add(ctx.name.split(".")[-1])
-    assert done == set(component_ids(pipeline_run.config.evaluation.multi_block))
+    assert done == set(COMPONENT_IDS)
 
 
 def test_metrics_json_shape_and_counts(metrics, split):
@@ -182,7 +182,7 @@ def test_second_run_reuses_the_cache(pipeline_run):
     before = len(store.get_executions())
     run_main_job(pipeline_run.config, pipeline_run.output, pipeline_run.data_dir)
     new = store.get_executions()[before:]
-    assert len(new) == len(component_ids(pipeline_run.config.evaluation.multi_block))
+    assert len(new) == len(COMPONENT_IDS)
     assert all(e.last_known_state == metadata_store_pb2.Execution.CACHED for e in new)
 
 
