@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from limaml.config import MamlConfig, ModelConfig
-from tests.test_trainer_maml import VOCABS, check_meta_gradient, make_batch
+from tests.test_trainer_maml import VOCABS, check_meta_gradient, make_batch, masked_bce_by_hand
 from trainer import genre_block, maml
 from trainer.layout import build_layout
 from trainer.model import LimamlModel, global_forward, meta_forward
@@ -107,9 +107,8 @@ def test_pretraining_a_multi_block_model_scores_rows_with_both_blocks_unadapted(
     params = dict(model.meta_params, user_row=model.user_rows(q["user_hash"]))
     emb = np.concatenate([meta_forward(params, model.meta_x(q), "tanh").numpy(),
                           model.genre_embedding(q).numpy()], axis=-1)          # [T, Q, 2E]
-    z = global_forward(model.global_params, tf.constant(emb), q, model.layout, model.model_cfg).numpy()
-    y, m = q["label"].numpy(), q["mask"].numpy()
-    want = ((np.logaddexp(0.0, z) - y * z) * m).sum() / m.sum()
+    want = masked_bce_by_hand(global_forward(model.global_params, tf.constant(emb), q, model.layout,
+                                             model.model_cfg).numpy(), q)
     assert float(maml.pretrain_loss(model, batch)) == pytest.approx(want, rel=1e-10)
     trainer = maml.MamlTrainer(model, pretrain_lr=0.01)
     before = {k: v.numpy().copy() for k, v in model.genre_params.items()}

@@ -91,6 +91,15 @@ def check_meta_gradient(model, batch, per_variable, seed, user_rows="used"):
     return checked, grads, unused
 
 
+def masked_bce_by_hand(logits, part, axis=None):
+    """Masked mean binary cross-entropy (numpy): over every valid position (``axis=None``) or
+    per task (``axis=1``)."""
+    z = np.asarray(logits)
+    y, m = part["label"].numpy(), part["mask"].numpy()
+    bce = (np.logaddexp(0.0, z) - y * z) * m
+    return bce.sum(axis) / m.sum(axis)
+
+
 def loss_value(model, batch):
     return float(maml.maml_loss(model, batch)[0])
 

@@ -170,7 +170,9 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
 
     θ_u^{j+1} = θ_u^j − α ⊙ ρ_u ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts, where
     ρ_u = n_u / (n_u + κ) for a task with n_u support rows (``MamlConfig.support_shrinkage`` κ;
-    ρ_u = 1 when κ = 0): few support rows, a shorter step.
+    ρ_u = 1 when κ = 0): few support rows, a shorter step. With
+    ``MamlConfig.inner_solver="gauss_newton"`` the user-id row instead takes the damped
+    Gauss-Newton step of :func:`gauss_newton_row_step` (MAP under the learned prior Λ, no ρ_u).
 
     Args:
         model: the model (layout, config; default parameter source).
