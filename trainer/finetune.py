@@ -28,7 +28,8 @@ from trainer.model import LimamlModel, history_width, meta_forward
 
 def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Tensor],
                                 mask: tf.Tensor, aggregation: str, adaptation_steps: int,
-                                inner_lr: Optional[float] = None) -> tf.Tensor:
+                                inner_lr: Optional[float] = None,
+                                min_support: Optional[int] = None) -> tf.Tensor:
     """Traceable body of :func:`generate_meta_embeddings` (no Python loop over users).
 
     Args:
@@ -38,6 +39,8 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
         aggregation: ``"latest"``, ``"mean"`` or ``"max"``.
         adaptation_steps: inner steps k.
         inner_lr: fixed α overriding the model's (ignored when the model learned Meta-SGD rates).
+        min_support: users with fewer valid support rows keep the un-adapted embedding
+            (default: the model's ``MamlConfig.adapt_min_support``).
 
     Returns:
         ``[users, E]`` meta embeddings.
@@ -52,7 +55,7 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
         lrs = dict(model.inner_lr_tensors())
         lrs.update({k: tf.constant(inner_lr, model.dtype) for k in model.meta_names})
     adapted = adapt(model, part, adaptation_steps, first_order=True, inner_lrs=lrs,
-                    support_meta_x=s_x)
+                    support_meta_x=s_x, min_support=min_support)
     act = model.model_cfg.activation
     emb = tf.stop_gradient(aggregate(meta_forward(adapted, s_x, act), part[MASK], aggregation))
     cold = meta_forward(model.meta_params_for({k: v[:, 0] for k, v in part.items()}),
@@ -89,14 +92,16 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
     ``signature``: ``((feature, dtype, rank), ...)`` of the support dict; the graph variant is
     traced once for any batch and window size (no retracing on ragged batches).
     """
-    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, xla, signature)
+    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, cfg.adapt_min_support,
+           xla, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
         inner_lr = None if model.inner_lrs else cfg.inner_lr
 
         def body(support, mask_):
             return generate_meta_embeddings_fn(model, support, mask_, aggregation,
-                                               cfg.adaptation_steps, inner_lr)
+                                               cfg.adaptation_steps, inner_lr,
+                                               cfg.adapt_min_support)
 
         spec = None if signature is None else (
             {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},

@@ -165,7 +165,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           global_params: Optional[Mapping[str, tf.Tensor]] = None,
           inner_lrs: Optional[Mapping[str, tf.Tensor]] = None,
           support_meta_x: Optional[tf.Tensor] = None, user_row: Optional[tf.Tensor] = None,
-          prefix_emb: Optional[tf.Tensor] = None, with_user_row: bool = True) -> Params:
+          prefix_emb: Optional[tf.Tensor] = None, with_user_row: bool = True,
+          min_support: Optional[int] = None) -> Params:
     """The inner loop for all tasks at once; never assigns a variable.
 
     θ_u^{j+1} = θ_u^j − α ⊙ ρ_u ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts, where
@@ -191,6 +192,9 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             model has a user×genre block and no prefix is given, this is the user block: its
             support loss reads the genre block's un-adapted embeddings after its own.
         with_user_row: adapt the user-id row too (False for blocks without one).
+        min_support: tasks with fewer valid support rows keep θ_u^0, the un-adapted
+            parameters (their table row): default ``MamlConfig.adapt_min_support``; 0 adapts
+            every task.
 
     Returns:
         Adapted per-task θ_u, each ``[tasks, ...]``.
@@ -211,6 +215,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             n_rows = tf.reduce_sum(tf.cast(support[MASK] > 0, row.dtype), axis=1)
             row = row * tf.cast(n_rows >= min_rows, row.dtype)[:, None]
         theta[USER_ROW] = row
+    theta0 = theta
     suffix_emb = model.genre_embedding(support) if prefix_emb is None else None
     names = sorted(theta)
     kappa = model.maml_cfg.support_shrinkage
@@ -256,6 +261,12 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
                 g = g * tf.reshape(shrink, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
             new[k] = theta[k] - inner_lrs[k] * g
         theta = new
+    min_support = model.maml_cfg.adapt_min_support if min_support is None else min_support
+    if min_support > 0 and steps > 0:
+        n_valid = tf.reduce_sum(tf.cast(support[MASK] > 0, tf.int32), axis=1)
+        keep = n_valid >= min_support  # [tasks]: adapt; else stay at θ_u^0
+        theta = {k: tf.where(tf.reshape(keep, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0)),
+                             v, theta0[k]) for k, v in theta.items()}
     return theta
 
 
