@@ -182,11 +182,14 @@ class MamlConfig:
             their user row (the query is scored with the un-adapted embedding of the user's
             features and the zero row): the cold-start path users without history meet at
             serving time, otherwise never trained since every task has a support row.
-        adapt_min_support: a task (or, in MEG, a user) with fewer valid support rows than this
-            keeps its un-adapted parameters θ_u^0 (its user-id table row, already fitted to
-            those rows in training) instead of taking the inner steps; 0 adapts every task.
-            Applies in meta-training and in MEG alike, so the outer loop trains the
-            un-adapted path of few-row tasks as they are served.
+        meg_min_support: in MEG (meta-embedding generation and refresh), a user with fewer
+            valid support rows than this keeps the un-adapted embedding of
+            θ_meta and its user-id table row, which training already fitted to those same
+            rows; 0 adapts every user. Meta-training always adapts every task: gating it too
+            (so that few-row tasks train the un-adapted path) cost 0.012 AUC on the
+            synthetic validation split. On the validation splits (seed 1), adapting on one
+            or two rows lowered AUC (synthetic: 0.728 -> 0.752 for 1-row users without it,
+            ML-1M: 0.734 -> 0.751), adapting on 3-4 rows helped ML-1M, so the default is 3.
     """
 
     inner_lr: float = 0.3
@@ -202,13 +205,13 @@ class MamlConfig:
     inner_solver: str = "sgd"
     row_prior_precision: float = 1.0
     cold_task_share: float = 0.0
-    adapt_min_support: int = 0
+    meg_min_support: int = 3
 
     def __post_init__(self) -> None:
         if self.inner_solver not in ("sgd", "gauss_newton"):
             raise ValueError(f"inner_solver {self.inner_solver!r} must be 'sgd' or 'gauss_newton'")
-        if self.adapt_min_support < 0:
-            raise ValueError(f"adapt_min_support {self.adapt_min_support} must be >= 0")
+        if self.meg_min_support < 0:
+            raise ValueError(f"meg_min_support {self.meg_min_support} must be >= 0")
         if not 0.0 <= self.cold_task_share < 1.0:
             raise ValueError(f"cold_task_share {self.cold_task_share} must be in [0, 1)")
         if not self.row_prior_precision > 0:

@@ -337,38 +337,39 @@ def test_mirrored_strategy_step_equals_single_replica_step(tmp_path):
     assert "MIRRORED_OK 2" in res.stdout, res.stderr[-3000:]
 
 
-def _gated(model, min_support):
-    model.maml_cfg = dataclasses.replace(model.maml_cfg, adapt_min_support=min_support)
-    return model
-
 
 def test_adapt_min_support_keeps_few_row_tasks_at_their_unadapted_parameters():
     # support sizes are [4, 2, 3]: with min_support 3 task 1 stays at θ_0, tasks 0 and 2 adapt
     batch = make_batch()
-    free = maml.adapt(tiny_model(steps=2), batch["support"], 2)
-    model = _gated(tiny_model(steps=2), 3)
-    gated = maml.adapt(model, batch["support"], 2)
+    model = tiny_model(steps=2)
+    free = maml.adapt(model, batch["support"], 2)
+    gated = maml.adapt(model, batch["support"], 2, min_support=3)
     for k, v in model.meta_params.items():
         np.testing.assert_array_equal(gated[k].numpy()[1], v.numpy(), err_msg=k)
         assert not np.allclose(free[k].numpy()[1], v.numpy()), k  # it would have moved
         np.testing.assert_allclose(gated[k].numpy()[[0, 2]], free[k].numpy()[[0, 2]],
                                    rtol=1e-12, err_msg=k)
-    # MEG: user 1's embedding is the mean of the un-adapted block's outputs over its 2 rows
+
+
+def test_meg_min_support_serves_the_unadapted_embedding_and_leaves_training_alone():
+    batch = make_batch()
+    model = tiny_model(steps=2)
+    model.maml_cfg = dataclasses.replace(model.maml_cfg, meg_min_support=0)
     support = {k: v for k, v in batch["support"].items() if k != "mask"}
     mask = batch["support"]["mask"]
+    free = finetune.generate_meta_embeddings(model, support, mask, "mean").numpy()
+    loss_free = loss_value(model, batch)
+    model.maml_cfg = dataclasses.replace(model.maml_cfg, meg_min_support=3)
     out = finetune.generate_meta_embeddings(model, support, mask, "mean").numpy()
+    # user 1 (2 rows): the mean of the un-adapted block's outputs over its rows, by hand
     x = meta_input(support, model.layout, tf.float64).numpy()[1, :2]
     w0, b0, w1, b1 = (model.meta_params[k].numpy() for k in ("w0", "b0", "w1", "b1"))
-    expected = (np.tanh(x @ w0 + b0) @ w1 + b1).mean(0)
-    np.testing.assert_allclose(out[1], expected, rtol=1e-10)
+    np.testing.assert_allclose(out[1], (np.tanh(x @ w0 + b0) @ w1 + b1).mean(0), rtol=1e-10)
+    assert not np.allclose(free[1], out[1])
+    np.testing.assert_allclose(out[[0, 2]], free[[0, 2]], rtol=1e-10)  # 4 and 3 rows: adapted
+    assert loss_value(model, batch) == loss_free  # meta-training adapts every task
 
 
-def test_adapt_min_support_meta_gradient_matches_finite_differences():
-    # the gate routes task 1's query loss through θ_0 and tasks 0, 2 through the inner loop
-    checked, _, _ = check_meta_gradient(_gated(tiny_model(steps=2), 3), make_batch(), 10, seed=3)
-    assert checked > 40
-
-
-def test_adapt_min_support_must_not_be_negative():
-    with pytest.raises(ValueError, match="adapt_min_support -1"):
-        MamlConfig(adapt_min_support=-1)
+def test_meg_min_support_must_not_be_negative():
+    with pytest.raises(ValueError, match="meg_min_support -1"):
+        MamlConfig(meg_min_support=-1)

@@ -122,7 +122,9 @@ def test_cold_start_uses_the_users_row_and_meg_matches_manual_adaptation():
         finetune.cold_start_embedding(model, model.meta_x(first))
     mask = s.pop("mask")
     emb = finetune.generate_meta_embeddings_fn(model, s, mask, "mean", 1).numpy()
-    adapted = maml.adapt(model, dict(s, mask=mask), 1, first_order=True)
+    # MEG keeps users with fewer than meg_min_support rows at their table row
+    adapted = maml.adapt(model, dict(s, mask=mask), 1, first_order=True,
+                         min_support=model.maml_cfg.meg_min_support)
     per_sample = meta_forward(adapted, model.meta_x(s), "tanh").numpy()
     m = mask.numpy()[..., None]
     np.testing.assert_allclose(emb, (per_sample * m).sum(1) / m.sum(1), rtol=1e-8)

@@ -40,7 +40,7 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
         adaptation_steps: inner steps k.
         inner_lr: fixed α overriding the model's (ignored when the model learned Meta-SGD rates).
         min_support: users with fewer valid support rows keep the un-adapted embedding
-            (default: the model's ``MamlConfig.adapt_min_support``).
+            (default: the model's ``MamlConfig.meg_min_support``).
 
     Returns:
         ``[users, E]`` meta embeddings.
@@ -54,6 +54,8 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
     if inner_lr is not None and not model.inner_lrs:
         lrs = dict(model.inner_lr_tensors())
         lrs.update({k: tf.constant(inner_lr, model.dtype) for k in model.meta_names})
+    if min_support is None:
+        min_support = model.maml_cfg.meg_min_support
     adapted = adapt(model, part, adaptation_steps, first_order=True, inner_lrs=lrs,
                     support_meta_x=s_x, min_support=min_support)
     act = model.model_cfg.activation
@@ -92,7 +94,7 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
     ``signature``: ``((feature, dtype, rank), ...)`` of the support dict; the graph variant is
     traced once for any batch and window size (no retracing on ragged batches).
     """
-    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, cfg.adapt_min_support,
+    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, cfg.meg_min_support,
            xla, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
@@ -101,7 +103,7 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
         def body(support, mask_):
             return generate_meta_embeddings_fn(model, support, mask_, aggregation,
                                                cfg.adaptation_steps, inner_lr,
-                                               cfg.adapt_min_support)
+                                               cfg.meg_min_support)
 
         spec = None if signature is None else (
             {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},

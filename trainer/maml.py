@@ -166,7 +166,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           inner_lrs: Optional[Mapping[str, tf.Tensor]] = None,
           support_meta_x: Optional[tf.Tensor] = None, user_row: Optional[tf.Tensor] = None,
           prefix_emb: Optional[tf.Tensor] = None, with_user_row: bool = True,
-          min_support: Optional[int] = None) -> Params:
+          min_support: int = 0) -> Params:
     """The inner loop for all tasks at once; never assigns a variable.
 
     θ_u^{j+1} = θ_u^j − α ⊙ ρ_u ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts, where
@@ -193,8 +193,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             support loss reads the genre block's un-adapted embeddings after its own.
         with_user_row: adapt the user-id row too (False for blocks without one).
         min_support: tasks with fewer valid support rows keep θ_u^0, the un-adapted
-            parameters (their table row): default ``MamlConfig.adapt_min_support``; 0 adapts
-            every task.
+            parameters (their table row); 0 adapts every task. MEG passes
+            ``MamlConfig.meg_min_support``; meta-training adapts every task.
 
     Returns:
         Adapted per-task θ_u, each ``[tasks, ...]``.
@@ -261,7 +261,6 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
                 g = g * tf.reshape(shrink, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
             new[k] = theta[k] - inner_lrs[k] * g
         theta = new
-    min_support = model.maml_cfg.adapt_min_support if min_support is None else min_support
     if min_support > 0 and steps > 0:
         n_valid = tf.reduce_sum(tf.cast(support[MASK] > 0, tf.int32), axis=1)
         keep = n_valid >= min_support  # [tasks]: adapt; else stay at θ_u^0
