@@ -1,6 +1,7 @@
 """Runs the pipeline locally: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -11,13 +12,14 @@ from tfx import v1 as tfx
 from limaml.config import LimamlConfig
 from limaml.console import console
 from pipeline.pipeline import create_pipeline
-from pipeline.progress import ProgressMonitor
+from pipeline.progress import ProgressMonitor, format_profile, profile_rows
 from pipeline.settings import PipelinePaths, beam_args
 
 
 def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
         extra_beam_args: Optional[List[str]] = None) -> None:
-    """Runs the whole pipeline and copies the report to ``paths.report_dir``."""
+    """Runs the whole pipeline; prints each component's wall time at the end and writes it to
+    ``profile.json`` beside the metadata store."""
     monitor = ProgressMonitor(paths.metadata_path)
     monitor.prime()
     absl_logger = logging.getLogger("absl")
@@ -42,10 +44,27 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
         tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:
         monitor.stop()
+        _write_profile(monitor, os.path.join(os.path.dirname(paths.metadata_path), PROFILE_FILE))
         train_logger.removeHandler(train_handler)
         root.setLevel(saved[0])
         absl_logger.setLevel(saved[1])
         train_logger.propagate = saved[2]
+
+
+PROFILE_FILE = "profile.json"
+
+
+def _write_profile(monitor: ProgressMonitor, path: str) -> None:
+    """Prints the run's component times and writes them to ``path`` (atomically)."""
+    wall = monitor.wall_seconds()
+    rows = profile_rows(monitor.executions(), wall)
+    if not rows:
+        return
+    print(f"[run] component times:\n{format_profile(rows, wall)}", file=console(), flush=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"wall_seconds": round(wall, 1), "components": rows}, fh, indent=1)
+    os.replace(tmp, path)
 
 
 def publish_report(report_uri: str, report_dir: str) -> None:

@@ -21,6 +21,7 @@ NODE_CONTEXT_TYPE = "node"  # TFX's context type of one pipeline node (component
 
 # ML Metadata execution states (metadata_store_pb2.Execution.State) as progress words.
 EXECUTION_STATES = {1: "new", 2: "running", 3: "finished", 4: "FAILED", 5: "cached", 6: "cancelled"}
+_DONE_STATES = (3, 4, 5, 6)
 
 _LOCKED_MARKERS = ("database is locked", "database table is locked", "busy")
 T = TypeVar("T")
@@ -39,11 +40,14 @@ class NodeExecution:
         node: the component id (``Transform``, ``LimamlTrainer``, ...), or the execution type
             when the node context is missing.
         state: ML Metadata execution state number (see :data:`EXECUTION_STATES`).
+        seconds: wall time from registration to the last state change (the time the component
+            ran, for a finished, failed or cached execution); None while it runs.
     """
 
     id: int
     node: str
     state: int
+    seconds: Optional[float] = None
 
     @property
     def state_name(self) -> str:
@@ -167,8 +171,13 @@ def node_executions(metadata_path: str, store: Optional[Any] = None) -> List[Nod
         for execution in sorted(st.get_executions(), key=lambda e: e.id):
             nodes = [c.name.split(".", 1)[-1] for c in st.get_contexts_by_execution(execution.id)
                      if c.type_id == node_type]
+            state = int(execution.last_known_state)
+            seconds = None
+            if state in _DONE_STATES:
+                seconds = max(0.0, (execution.last_update_time_since_epoch
+                                    - execution.create_time_since_epoch) / 1000.0)
             out.append(NodeExecution(execution.id, nodes[0] if nodes else execution.type,
-                                     int(execution.last_known_state)))
+                                     state, seconds))
         return out
 
     return with_retries(metadata_path, read)

@@ -3,12 +3,14 @@ node executions for progress, and named errors instead of "no run" for stores th
 (locked by a writer, damaged, empty), as the local serving stack reports them."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from pipeline import run_metadata
-from pipeline.progress import ProgressMonitor
+from pipeline.progress import ProgressMonitor, format_profile, profile_rows
 from serving import local_stack
 from serving.local_stack import StackError
 
@@ -72,7 +74,49 @@ def test_node_executions_and_progress_lines(store_path, tmp_path):
         monitor.poll(run_metadata.open_readonly(store_path))
         monitor.poll(run_metadata.open_readonly(store_path))  # no change: no new line
     lines = [line.split("] ", 1)[1] for line in out.read_text().splitlines()]
-    assert lines == ["Transform: finished", "LimamlTrainer: running"]
+    assert lines[1:] == ["LimamlTrainer: running"]
+    assert lines[0].startswith("Transform: finished (") and lines[0].endswith(" s)")
+
+
+def test_component_seconds_span_registration_to_completion(tmp_path):
+    # an execution registered as running, completed 0.4 s later: MLMD stamps both times
+    import time
+
+    path = str(tmp_path / "metadata.sqlite")
+    store = _writable(path)
+    exec_type = store.put_execution_type(metadata_store_pb2.ExecutionType(name="tfx.Trainer"))
+    node_type = store.put_context_type(metadata_store_pb2.ContextType(name="node"))
+    [ctx] = store.put_contexts([metadata_store_pb2.Context(type_id=node_type, name="p.Trainer")])
+    running = metadata_store_pb2.Execution(type_id=exec_type,
+                                           last_known_state=metadata_store_pb2.Execution.RUNNING)
+    [eid] = store.put_executions([running])
+    store.put_attributions_and_associations(
+        [], [metadata_store_pb2.Association(context_id=ctx, execution_id=eid)])
+    monitor = ProgressMonitor(path, out=open(tmp_path / "p.txt", "w"))
+    monitor.poll(run_metadata.open_readonly(path))
+    assert monitor.executions()[0].seconds is None  # still running: no time yet
+    time.sleep(0.4)
+    [done] = store.get_executions_by_id([eid])
+    done.last_known_state = metadata_store_pb2.Execution.COMPLETE
+    store.put_executions([done])
+    monitor.poll(run_metadata.open_readonly(path))
+    [execution] = monitor.executions()
+    assert 0.35 <= execution.seconds < 5.0
+    rows = profile_rows(monitor.executions(), wall_s=2 * execution.seconds)
+    assert rows == [{"component": "Trainer", "state": "finished",
+                     "seconds": round(execution.seconds, 1), "share": 0.5}]
+    table = format_profile(rows, 2 * execution.seconds)
+    assert "Trainer" in table and f"{execution.seconds:.1f}" in table
+
+
+def test_profile_is_longest_first_and_leaves_out_running_executions():
+    execs = [run_metadata.NodeExecution(1, "A", 3, 2.0), run_metadata.NodeExecution(2, "B", 5, 0.1),
+             run_metadata.NodeExecution(3, "C", 3, 6.0), run_metadata.NodeExecution(4, "D", 2)]
+    rows = profile_rows(execs, wall_s=10.0)
+    assert [(r["component"], r["share"]) for r in rows] == [("C", 0.6), ("A", 0.2), ("B", 0.01)]
+    table = format_profile(rows, 10.0)  # 10 s of wall time, 8.1 s inside components
+    assert re.search(r"\(between components\)\s+1\.9\n", table), table
+    assert re.search(r"C\s+finished\s+6\.0\s+60\.0%", table), table
 
 
 @pytest.mark.parametrize("content, cause", [(b"not a database" * 100, "file is not a database"),
