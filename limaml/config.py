@@ -190,6 +190,14 @@ class MamlConfig:
             synthetic validation split. On the validation splits (seed 1), adapting on one
             or two rows lowered AUC (synthetic: 0.728 -> 0.752 for 1-row users without it,
             ML-1M: 0.734 -> 0.751), adapting on 3-4 rows helped ML-1M, so the default is 3.
+        lazy_user_rows: the outer loop's Adam (and pre-training's) moves only the user-id rows
+            of the batch's users (LazyAdam): other rows keep their values and moments, and the
+            ``outer_l2`` penalty applies to the batch's rows. Dense Adam keeps moving a row on
+            its decaying momentum after its user left the batch, and the whole-table penalty,
+            normalised by Adam, pulls absent rows toward 0 at up to ``meta_lr`` per step.
+            Off: on the validation splits (seed 1) lazy rows lowered AUC, synthetic 0.7850 ->
+            0.7794, ML-1M 0.7419 -> 0.7405 (every cohort on synthetic): the dense decay is a
+            useful prior, strongest on the rows of users seen least.
     """
 
     inner_lr: float = 0.3
@@ -206,6 +214,7 @@ class MamlConfig:
     row_prior_precision: float = 1.0
     cold_task_share: float = 0.0
     meg_min_support: int = 3
+    lazy_user_rows: bool = False
 
     def __post_init__(self) -> None:
         if self.inner_solver not in ("sgd", "gauss_newton"):

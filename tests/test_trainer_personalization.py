@@ -254,3 +254,48 @@ def test_tasks_below_user_id_min_support_adapt_from_the_zero_row():
     assert np.all(g[users[1]] == 0.0) and np.abs(g[users[0]]).max() > 0
     with pytest.raises(ValueError, match="user_id_min_support"):
         ModelConfig(user_id_min_support=-1)
+
+
+def test_lazy_adam_moves_only_rows_with_a_gradient_and_keeps_the_others_moments():
+    table0 = np.array([[0.5, -0.2], [0.1, 0.3], [-0.4, 0.2], [0.2, 0.2]])
+    g1 = np.array([[0.0, 0.0], [0.02, -0.5], [0.0, 0.0], [-3.0, 0.1]])  # rows 1, 3 in batch
+    g2 = np.array([[0.1, 0.1], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])     # then only row 0
+    out = {}
+    for lazy in (False, True):
+        var = tf.Variable(table0)
+        opt = maml.Adam([var], lr=0.01, lazy=[var] if lazy else [])
+        opt.apply([tf.constant(g1)])
+        after1 = var.numpy().copy()
+        moments1 = opt.m[0].numpy().copy(), opt.v[0].numpy().copy()
+        opt.apply([tf.constant(g2)])
+        out[lazy] = after1, var.numpy(), moments1, (opt.m[0].numpy(), opt.v[0].numpy())
+    # first Adam step, t = 1: m = 0.1 g, v = 0.001 g², lr_t = lr √0.001 / 0.1, so each entry
+    # moves by lr · g / (|g| + ε / √0.001), about lr · sign(g)
+    expected1 = table0 - 0.01 * g1 / (np.abs(g1) + 1e-7 / np.sqrt(0.001))
+    for lazy in (False, True):
+        np.testing.assert_allclose(out[lazy][0], expected1, atol=1e-8)
+    lazy_after2, dense_after2 = out[True][1], out[False][1]
+    # step 2 touches row 0 only: lazy leaves rows 1-3 and their moments as they were
+    np.testing.assert_array_equal(lazy_after2[1:], out[True][0][1:])
+    for now, before in zip(out[True][3], out[True][2]):
+        np.testing.assert_array_equal(now[1:], before[1:])
+    # dense Adam keeps moving rows 1 and 3 on their momentum
+    assert np.all(np.abs(dense_after2[[1, 3]] - out[False][0][[1, 3]]) > 1e-4)
+    np.testing.assert_allclose(lazy_after2[0], dense_after2[0], rtol=1e-12)
+
+
+def test_lazy_user_rows_put_the_l2_gradient_on_the_batch_rows_only():
+    batch = make_batch()
+    used = sorted(set(batch["support"]["user_hash"].numpy()[:, 0].tolist()))
+    grads = {}
+    for lazy in (False, True):
+        model = personal_model(steps=1)
+        model.maml_cfg = dataclasses.replace(model.maml_cfg, outer_l2=0.01, lazy_user_rows=lazy)
+        trainer = maml.MamlTrainer(model)
+        idx = next(i for i, v in enumerate(model.outer_variables()) if v is model.user_emb)
+        grads[lazy] = tf.convert_to_tensor(trainer.meta_gradients(batch)[1][idx]).numpy()
+        table = model.user_emb.numpy()
+    unused = [r for r in range(table.shape[0]) if r not in used]
+    np.testing.assert_allclose(grads[True][used], grads[False][used], rtol=1e-12)
+    np.testing.assert_allclose(grads[False][unused], 2 * 0.01 * table[unused], rtol=1e-12)
+    assert np.all(grads[True][unused] == 0.0)

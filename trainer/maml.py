@@ -398,9 +398,13 @@ class Adam(tf.Module):
     """
 
     def __init__(self, variables: Sequence[tf.Variable], lr: float, beta1: float = 0.9,
-                 beta2: float = 0.999, epsilon: float = 1e-7, name: str = "adam"):
+                 beta2: float = 0.999, epsilon: float = 1e-7, name: str = "adam",
+                 lazy: Sequence[tf.Variable] = ()):
         super().__init__(name=name)
         self.variables_ = list(variables)
+        # Lazy tables (rows [n, d]): a row whose gradient is 0 keeps its value and moments, as
+        # in LazyAdam; dense Adam keeps moving it on its decaying momentum.
+        self._lazy = {id(v) for v in lazy}
         self.lr, self.beta1, self.beta2, self.epsilon = lr, beta1, beta2, epsilon
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in self.variables_]
@@ -417,9 +421,16 @@ class Adam(tf.Module):
             g = tf.convert_to_tensor(g)
             dt = var.dtype
             lr_t = tf.cast(self.lr * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t), dt)
-            m.assign(self.beta1 * m + (1.0 - self.beta1) * g)
-            v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(g))
-            var.assign_sub(lr_t * m / (tf.sqrt(v) + tf.cast(self.epsilon, dt)))
+            new_m = self.beta1 * m + (1.0 - self.beta1) * g
+            new_v = self.beta2 * v + (1.0 - self.beta2) * tf.square(g)
+            step = lr_t * new_m / (tf.sqrt(new_v) + tf.cast(self.epsilon, dt))
+            if id(var) in self._lazy:
+                active = tf.reduce_any(tf.not_equal(g, 0), axis=-1, keepdims=True)  # [n, 1]
+                new_m, new_v = tf.where(active, new_m, m), tf.where(active, new_v, v)
+                step = tf.where(active, step, tf.zeros_like(step))
+            m.assign(new_m)
+            v.assign(new_v)
+            var.assign_sub(step)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -441,13 +452,15 @@ class MamlTrainer(tf.Module):
         self.model = model
         self.maml_cfg = model.maml_cfg if maml_cfg is None else maml_cfg
         self.strategy = strategy or tf.distribute.get_strategy()
-        self.optimizer = Adam(model.outer_variables(), lr=self.maml_cfg.meta_lr)
+        lazy = [model.user_emb] if self.maml_cfg.lazy_user_rows and model.user_emb is not None else []
+        self._lazy_ids = {id(v) for v in lazy}
+        self.optimizer = Adam(model.outer_variables(), lr=self.maml_cfg.meta_lr, lazy=lazy)
         self._step_fn = tf.function(self._train_step, reduce_retracing=True,
                                     jit_compile=jit_compile)
         self.pretrain_optimizer = None
         if pretrain_lr is not None:  # variables created here, inside the caller's strategy scope
             self.pretrain_optimizer = Adam(self.pretrain_variables(), lr=pretrain_lr,
-                                           name="pretrain_adam")
+                                           name="pretrain_adam", lazy=lazy)
         self._pretrain_fn = tf.function(self._pretrain_step, reduce_retracing=True)
 
     def pretrain_variables(self) -> List[tf.Variable]:
@@ -459,14 +472,25 @@ class MamlTrainer(tf.Module):
 
     def _regularized_gradients(self, loss_fn: Callable[[], tf.Tensor], variables: List[tf.Variable]
                                ) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
-        """``loss_fn() + outer_l2 Σ w²`` and its gradient w.r.t. ``variables``."""
+        """``loss_fn() + outer_l2 Σ w²`` and its gradient w.r.t. ``variables``.
+
+        A lazy table (``MamlConfig.lazy_user_rows``) takes the penalty's gradient ``2 λ w`` only
+        on the rows the loss touches, so rows of users outside the batch stay where they are.
+        """
         l2 = self.maml_cfg.outer_l2
+        dense_l2 = [v for v in self.model.l2_variables() if id(v) not in self._lazy_ids]
         with tf.GradientTape() as tape:
             loss = loss_fn()
-            if l2 > 0:
-                loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.model.l2_variables()])
-        grads = tape.gradient(loss, variables)
-        return loss, [None if g is None else tf.convert_to_tensor(g) for g in grads]
+            if l2 > 0 and dense_l2:
+                loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in dense_l2])
+        grads = [None if g is None else tf.convert_to_tensor(g)
+                 for g in tape.gradient(loss, variables)]
+        if l2 > 0:
+            for i, var in enumerate(variables):
+                if id(var) in self._lazy_ids and grads[i] is not None:
+                    active = tf.reduce_any(tf.not_equal(grads[i], 0), axis=-1, keepdims=True)
+                    grads[i] = grads[i] + tf.cast(active, var.dtype) * (2.0 * l2) * var
+        return loss, grads
 
     def _apply_if_finite(self, gradients_fn, batch, optimizer: "Adam"):
         """Runs ``gradients_fn(batch)`` on every replica, averages, and applies the update with
