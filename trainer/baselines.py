@@ -258,7 +258,10 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
                                          f"in epoch {epoch}")
         vl = val_loss()
         history.append(vl)
-        log.info("baseline %s epoch %d: val %s score %.4f", model.kind, epoch, watch, vl)
+        if watch == "auc":
+            log.info("baseline %s epoch %d: val AUC %.4f", model.kind, epoch, 1.0 - vl)
+        else:
+            log.info("baseline %s epoch %d: val log loss %.4f", model.kind, epoch, vl)
         if val_data is None or vl < best - 1e-5:
             best, best_epoch, waited = vl, epoch, 0
             best_vals = [v.numpy() for v in variables]
