@@ -2,7 +2,9 @@
 
 Two plots: AUC per cohort, mean over seeds with the seeds' standard deviation as error bars,
 one line per model; and LiMAML's paired AUC difference to every model with the 95% bootstrap
-interval over users (the difference averaged over seeds). A table repeats the numbers.
+interval over users (the difference averaged over seeds). A third plot gives the AUC by the
+number of support rows MEG adapts each user on, when the summary has it. A table repeats the
+paired numbers.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from typing import Any, Mapping
 from report.plots import figure, figure_to_img
 
 
-def _plot_auc(summary: Mapping[str, Any]) -> str:
-    stats = summary["auc_mean_sd"]
+def _plot_auc(summary: Mapping[str, Any], key: str = "auc_mean_sd", by: str = "cohort",
+              name: str = "experiment-auc") -> str:
+    stats = summary[key]
     slices = list(next(iter(stats.values())).keys()) if stats else []
     fig, ax = figure((8, 4))
     x = list(range(len(slices)))
@@ -23,13 +26,14 @@ def _plot_auc(summary: Mapping[str, Any]) -> str:
         sds = [by_slice[s][1] or 0.0 for s in slices]
         ax.errorbar([v + 0.06 * (i - len(stats) / 2) for v in x], means, yerr=sds, marker="o",
                     capsize=3, label=model)
-    if "oracle" in summary:
+    if "oracle" in summary and key == "auc_mean_sd":
         ax.plot(x, [summary["oracle"].get(s) for s in slices], "k--", label="oracle")
     ax.set_xticks(x)
     ax.set_xticklabels(slices)
+    ax.set_xlabel(by)
     ax.set_ylabel("query AUC (mean ± sd over seeds)")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4)
-    return figure_to_img(fig, "experiment-auc", "AUC by cohort, mean and sd over seeds")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4)
+    return figure_to_img(fig, name, f"AUC by {by}, mean and sd over seeds")
 
 
 def _plot_paired(summary: Mapping[str, Any]) -> str:
@@ -74,8 +78,11 @@ def render_experiment(summary: Mapping[str, Any], out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     title = (f"LiMAML experiment: {summary.get('dataset')} ({summary.get('protocol')}), "
              f"seeds {summary.get('seeds')}, {summary.get('n_query')} query rows")
-    body = (f"<h1>{html.escape(title)}</h1>" + _plot_auc(summary) + _plot_paired(summary)
-            + _table(summary))
+    body = f"<h1>{html.escape(title)}</h1>" + _plot_auc(summary) + _plot_paired(summary)
+    if summary.get("auc_by_support_rows"):
+        body += _plot_auc(summary, "auc_by_support_rows", "support rows MEG adapts on",
+                          "experiment-auc-support")
+    body += _table(summary)
     path = os.path.join(out_dir, "experiment.html")
     with open(path + ".tmp", "w") as f:
         f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"

@@ -85,7 +85,10 @@ def test_experiment_page_gives_verdicts_from_the_paired_intervals(tmp_path):
     rows = [r for r in page.split("<tr>") if r.startswith("<td>limaml_vs_linear")]
     verdicts = [r.split("<td>")[-1].split("</td>")[0] for r in rows]
     assert verdicts == ["LiMAML better", "n.s.", "LiMAML worse"]
-    assert page.count("<img") == 2
+    assert page.count("<img") == 2 and "experiment-auc-support" not in page
+    summary["auc_by_support_rows"] = {"limaml": {"overall": [0.7, 0.01], "1": [0.6, 0.02]}}
+    page = open(render_experiment(summary, str(tmp_path))).read()
+    assert page.count("<img") == 3 and 'id="experiment-auc-support"' in page
 
 
 def test_paired_delta_over_seeds_is_the_mean_of_per_seed_auc_differences():
@@ -115,3 +118,19 @@ def test_deep_baselines_inherit_their_linear_counterparts_tuned_c_unless_they_se
     assert tuning.tuned_overrides(tuned, "limaml") == {}
     assert tuning.tuned_overrides(None, "global_dnn") == {}
     assert "linear_c_grid" not in tuned["global_dnn"].get("train", {})  # input not mutated
+
+
+def test_support_slices_name_every_count_of_support_rows():
+    counts = np.array([0, 1, 2, 3, 4, 5, 9, 10, 19, 20, 32])
+    assert list(experiment.support_slices(counts)) == [
+        "0", "1", "2", "3-4", "3-4", "5-9", "5-9", "10-19", "10-19", "20+", "20+"]
+
+
+def test_report_averages_the_support_slices_over_seeds():
+    by_seed = {0: {"overall": 0.70, "1": 0.60, "2": None}, 1: {"overall": 0.72, "1": 0.64, "2": 0.8}}
+    result = {"auc": {"m": {0: {"overall": 0.7}, 1: {"overall": 0.72}}}, "scores": {},
+              "n_query": 1, "n_train": 1, "seconds": {}, "auc_by_support": {"m": by_seed}}
+    out = experiment.report(result, LimamlConfig())
+    rows = out["auc_by_support_rows"]["m"]
+    assert rows["overall"] == [0.71, 0.01] and rows["1"] == [0.62, 0.02]
+    assert rows["2"] == [0.8, 0.0] and rows["0"] == [None, None]  # one seed / no seed has it

@@ -230,6 +230,22 @@ def fit_scores(name: str, data: Prepared, cfg: LimamlConfig, seed: int,
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+# Slices by how many support rows MEG adapts a query row's user on (at most ``max_recent``):
+# finer than the activity cohorts where they matter most (MamlConfig.meg_min_support).
+SUPPORT_SLICES = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-9", 5, 9),
+                  ("10-19", 10, 19), ("20+", 20, None))
+SUPPORT_SLICE_NAMES = tuple(name for name, _, _ in SUPPORT_SLICES)
+
+
+def support_slices(support_rows: np.ndarray) -> np.ndarray:
+    """Name of the :data:`SUPPORT_SLICES` slice of each count of support rows ``[M]``."""
+    n = np.asarray(support_rows)
+    out = np.empty(n.shape, dtype=object)
+    for name, lo, hi in SUPPORT_SLICES:
+        out[(n >= lo) & (n <= (np.inf if hi is None else hi))] = name
+    return out
+
+
 def cohort_aucs(labels: np.ndarray, scores: np.ndarray, cohort: np.ndarray,
                 cohorts: Sequence[str]) -> Dict[str, Optional[float]]:
     """``{"overall": auc, cohort: auc}`` (None where a slice has one class)."""
@@ -263,7 +279,9 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
 
     Returns:
         ``{"auc": {model: {seed: {"overall", cohort...}}}, "scores": {model: {seed: [M]}},
-        "labels": [M], "users": [M], "cohort": [M], "seconds": {model: s}, "oracle": auc|None}``.
+        "labels": [M], "users": [M], "cohort": [M], "seconds": {model: s}, "oracle": auc|None,
+        "auc_by_support": {model: {seed: {"overall", slice...}}}}`` (slices of
+        :data:`SUPPORT_SLICES`: the number of support rows MEG adapts the row's user on).
     """
     frame_r, users = (validation_split if validation else split)(frame, cfg.protocol)
     data = prepare(frame_r, users, cfg)
@@ -272,7 +290,8 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
     out: Dict[str, object] = {"auc": {}, "scores": {}, "labels": labels,
                               "users": data.query[F.USER_ID], "cohort": data.cohort,
                               "seconds": {}, "n_query": int(len(labels)),
-                              "n_train": int(len(data.train[F.LABEL]))}
+                              "n_train": int(len(data.train[F.LABEL])), "auc_by_support": {}}
+    by_support = support_slices(np.asarray(data.support[MASK]).sum(axis=1)[data.query_user])
     if F.ORACLE_PROB in data.query:
         out["oracle"] = cohort_aucs(labels, data.query[F.ORACLE_PROB], data.cohort, cohorts)
     for name in models:
@@ -293,6 +312,8 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
             out["seconds"].setdefault(name, []).append(round(time.time() - t0, 1))
             out["scores"].setdefault(name, {})[seed] = scores
             out["auc"].setdefault(name, {})[seed] = cohort_aucs(labels, scores, data.cohort, cohorts)
+            out["auc_by_support"].setdefault(name, {})[seed] = cohort_aucs(
+                labels, scores, by_support, SUPPORT_SLICE_NAMES)
             if progress:
                 progress(f"{name} seed {seed}: {out['auc'][name][seed]} "
                          f"({time.time() - t0:.0f}s)")
@@ -371,6 +392,9 @@ def report(result: Mapping[str, object], cfg: LimamlConfig, reference: str = "li
         "seconds": result["seconds"], "comparisons": {}}
     if result.get("oracle"):
         out["oracle"] = result["oracle"]
+    if result.get("auc_by_support"):
+        out["auc_by_support_rows"] = summarize({"auc": result["auc_by_support"]},
+                                               SUPPORT_SLICE_NAMES)
     scores = result["scores"]
     if reference in scores:
         for name in scores:
