@@ -44,7 +44,7 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
         tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:
         monitor.stop()
-        _write_profile(monitor, os.path.join(os.path.dirname(paths.metadata_path), PROFILE_FILE))
+        write_profile(monitor, os.path.join(os.path.dirname(paths.metadata_path), PROFILE_FILE))
         train_logger.removeHandler(train_handler)
         root.setLevel(saved[0])
         absl_logger.setLevel(saved[1])
@@ -54,17 +54,26 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
 PROFILE_FILE = "profile.json"
 
 
-def _write_profile(monitor: ProgressMonitor, path: str) -> None:
-    """Prints the run's component times and writes them to ``path`` (atomically)."""
+def write_profile(monitor: ProgressMonitor, path: str) -> bool:
+    """Prints the run's component times and writes them to ``path`` (atomically).
+
+    Returns whether the file was written. It runs after every run, failed ones included, so an
+    OS error here is logged, never raised: it must not mask the run's own outcome.
+    """
     wall = monitor.wall_seconds()
     rows = profile_rows(monitor.executions(), wall)
     if not rows:
-        return
+        return False
     print(f"[run] component times:\n{format_profile(rows, wall)}", file=console(), flush=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump({"wall_seconds": round(wall, 1), "components": rows}, fh, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump({"wall_seconds": round(wall, 1), "components": rows}, fh, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("component times not written to %s: %s", path, exc)
+        return False
+    return True
 
 
 def publish_report(report_uri: str, report_dir: str) -> None:

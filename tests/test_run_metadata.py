@@ -3,6 +3,7 @@ node executions for progress, and named errors instead of "no run" for stores th
 (locked by a writer, damaged, empty), as the local serving stack reports them."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -157,3 +158,20 @@ def test_locked_store_is_retried_then_named(tmp_path):
 def test_missing_store_says_what_to_run(tmp_path):
     with pytest.raises(run_metadata.MetadataReadError, match=r"no ML Metadata store at .*limaml run --output"):
         run_metadata.open_readonly(str(tmp_path / "metadata.sqlite"))
+
+
+def test_profile_write_failure_is_logged_not_raised(tmp_path, caplog):
+    from pipeline import local_runner
+
+    class Seen:
+        def wall_seconds(self):
+            return 2.0
+
+        def executions(self):
+            return [run_metadata.NodeExecution(1, "Trainer", 3, 1.5)]
+
+    assert local_runner.write_profile(Seen(), str(tmp_path / "profile.json"))
+    assert json.load(open(tmp_path / "profile.json"))["components"][0]["seconds"] == 1.5
+    missing = str(tmp_path / "no-such-folder" / "profile.json")
+    assert not local_runner.write_profile(Seen(), missing)  # no exception masks the run's own
+    assert "component times not written to" in caplog.text
