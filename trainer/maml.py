@@ -160,6 +160,16 @@ def gauss_newton_row_step(row: tf.Tensor, row0: tf.Tensor, logits: tf.Tensor,
     return row - tf.linalg.solve(hess, grad[..., None])[..., 0]
 
 
+def _per_task(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """``x [tasks]`` reshaped to ``[tasks, 1, ...]`` to broadcast against ``like [tasks, ...]``."""
+    return tf.reshape(x, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
+
+
+def _touched_rows(g: tf.Tensor) -> tf.Tensor:
+    """``[n, 1]``: the rows of a table gradient ``g [n, d]`` with a non-zero entry."""
+    return tf.reduce_any(tf.not_equal(g, 0), axis=-1, keepdims=True)
+
+
 def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           first_order: bool = False, meta_params: Optional[Mapping[str, tf.Tensor]] = None,
           global_params: Optional[Mapping[str, tf.Tensor]] = None,
@@ -258,14 +268,13 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             if first_order:
                 g = tf.stop_gradient(g)
             if kappa > 0:
-                g = g * tf.reshape(shrink, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+                g = g * _per_task(shrink, g)
             new[k] = theta[k] - inner_lrs[k] * g
         theta = new
     if min_support > 0 and steps > 0:
         n_valid = tf.reduce_sum(tf.cast(support[MASK] > 0, tf.int32), axis=1)
         keep = n_valid >= min_support  # [tasks]: adapt; else stay at θ_u^0
-        theta = {k: tf.where(tf.reshape(keep, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0)),
-                             v, theta0[k]) for k, v in theta.items()}
+        theta = {k: tf.where(_per_task(keep, v), v, theta0[k]) for k, v in theta.items()}
     return theta
 
 
@@ -425,7 +434,7 @@ class Adam(tf.Module):
             new_v = self.beta2 * v + (1.0 - self.beta2) * tf.square(g)
             step = lr_t * new_m / (tf.sqrt(new_v) + tf.cast(self.epsilon, dt))
             if id(var) in self._lazy:
-                active = tf.reduce_any(tf.not_equal(g, 0), axis=-1, keepdims=True)  # [n, 1]
+                active = _touched_rows(g)
                 new_m, new_v = tf.where(active, new_m, m), tf.where(active, new_v, v)
                 step = tf.where(active, step, tf.zeros_like(step))
             m.assign(new_m)
@@ -488,8 +497,8 @@ class MamlTrainer(tf.Module):
         if l2 > 0:
             for i, var in enumerate(variables):
                 if id(var) in self._lazy_ids and grads[i] is not None:
-                    active = tf.reduce_any(tf.not_equal(grads[i], 0), axis=-1, keepdims=True)
-                    grads[i] = grads[i] + tf.cast(active, var.dtype) * (2.0 * l2) * var
+                    active = tf.cast(_touched_rows(grads[i]), var.dtype)
+                    grads[i] = grads[i] + active * (2.0 * l2) * var
         return loss, grads
 
     def _apply_if_finite(self, gradients_fn, batch, optimizer: "Adam"):
