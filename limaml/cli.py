@@ -56,10 +56,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             prepare.prepare("movielens-100k", data_dir, source=source)
     dataset = canonical.read_manifest(data_dir)["dataset"]
     config = _load_config(args.config, dataset)
-    if args.multi_block:
+    if args.multi_block or args.tfma_intervals:
         import dataclasses
 
-        config = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, multi_block=True))
+        evaluation = config.evaluation
+        if args.multi_block:
+            evaluation = dataclasses.replace(evaluation, multi_block=True)
+        if args.tfma_intervals:
+            evaluation = dataclasses.replace(evaluation, tfma_confidence_intervals=True)
+        config = dataclasses.replace(config, evaluation=evaluation)
     print(f"[run] dataset {dataset}, protocol {config.protocol.name}, output {os.path.abspath(args.output)}"
           + (", with the multi-block LiMAML (user + user x genre)" if config.evaluation.multi_block else ""))
     from pipeline import main_job
@@ -111,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train and evaluate the multi-block LiMAML (user + user x genre meta "
                           "blocks; EvaluationConfig.multi_block): the report gains limaml_multi and "
                           "limaml_multi_vs_limaml; trains several times slower")
+    run.add_argument("--tfma-intervals", action="store_true",
+                     help="the Evaluators also compute TFMA's confidence intervals, for the TFMA "
+                          "dashboards (EvaluationConfig.tfma_confidence_intervals; about 5x the "
+                          "Evaluators' time; the report's intervals come from a bootstrap over users)")
     run.set_defaults(func=_cmd_run, log_folder="output")
 
     kfp = sub.add_parser("kubeflow", help="Kubeflow Pipelines").add_subparsers(dest="kfp_command", required=True)

@@ -85,24 +85,27 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
                            model=limaml.outputs["model"], limaml_config=cfg_json)
     join = EmbeddingJoin(examples=example_gen.outputs["examples"],
                          meta_embeddings=meg.outputs["meta_embeddings"], model=limaml.outputs["model"])
+    tfma_ci = config.evaluation.tfma_confidence_intervals
     eval_limaml = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=limaml.outputs["model"],
         baseline_model=wide_deep.outputs["model"], example_splits=["eval"],
         eval_config=make_eval_config(
-            with_baseline=True, prediction_key=PREDICTION_KEY,
+            with_baseline=True, prediction_key=PREDICTION_KEY, confidence_intervals=tfma_ci,
             thresholds=BlessingThresholds(min_auc=config.evaluation.min_auc,
                                           min_auc_change=config.evaluation.min_auc_change))
     ).with_id(S.EVALUATOR_LIMAML)
     eval_dnn = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=global_dnn.outputs["model"],
-        example_splits=["eval"], eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY)
+        example_splits=["eval"], eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY,
+                                                              confidence_intervals=tfma_ci)
     ).with_id(S.EVALUATOR_GLOBAL_DNN)
     # Both linear models in one TFMA run (candidate = linear_user_id, baseline = linear): one more
     # Beam pass over the query rows instead of two; no thresholds, its blessing gates nothing.
     eval_linear = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=linear_user_id.outputs["model"],
         baseline_model=linear.outputs["model"], example_splits=["eval"],
-        eval_config=make_eval_config(with_baseline=True, thresholds=None, prediction_key=PREDICTION_KEY)
+        eval_config=make_eval_config(with_baseline=True, thresholds=None, prediction_key=PREDICTION_KEY,
+                                     confidence_intervals=tfma_ci)
     ).with_id(S.EVALUATOR_LINEAR)
     multi = (_multi_block_components(config, example_gen, transform, task_gen)
              if config.evaluation.multi_block else [])
@@ -159,7 +162,8 @@ def _multi_block_components(config: LimamlConfig, example_gen, transform, task_g
                          ).with_id(S.EMBEDDING_JOIN_MULTI)
     evaluator = tfx.components.Evaluator(
         examples=join.outputs["joined_examples"], model=trainer.outputs["model"], example_splits=["eval"],
-        eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY)
+        eval_config=make_eval_config(with_baseline=False, prediction_key=PREDICTION_KEY,
+                                     confidence_intervals=config.evaluation.tfma_confidence_intervals)
     ).with_id(S.EVALUATOR_LIMAML_MULTI)
     return [trainer, meg, join, evaluator]
 

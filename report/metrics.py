@@ -66,6 +66,18 @@ def _stats(entries: Mapping[Tuple[str, str], MetricValue], model: str, users: in
             "examples": int(round(count.value)), "users": users}
 
 
+def _replace_intervals(model: Dict[str, Any], entry: Mapping[str, Any], cohorts: Sequence[str],
+                       name: str) -> None:
+    """Sets every slice's ``auc_ci95`` of ``model`` (TFMA-read) from ``entry`` (same shape)."""
+    slices = [(model["overall"], entry.get("overall"), OVERALL)]
+    slices += [(model["cohorts"][c], entry.get("cohorts", {}).get(c), c) for c in cohorts]
+    for target, source, where in slices:
+        if source is None or "auc_ci95" not in source:
+            raise ValueError(f"intervals[{name!r}] has no auc_ci95 for slice {where!r}")
+        ci = source["auc_ci95"]
+        target["auc_ci95"] = None if target["auc"] is None or ci is None else [float(ci[0]), float(ci[1])]
+
+
 def _users(users_per_cohort: Mapping[str, int], cohorts: Sequence[str]) -> Dict[str, int]:
     if not isinstance(users_per_cohort, Mapping):
         raise TypeError(f"users_per_cohort must be a dict cohort -> users, got {users_per_cohort!r}")
@@ -88,7 +100,8 @@ def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
                   users_per_cohort: Mapping[str, int], cohorts: Sequence[str] = DEFAULT_COHORTS,
                   cohort_key: str = F.COHORT,
                   comparisons: Optional[Mapping[str, Any]] = None,
-                  extra_models: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Any]:
+                  extra_models: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                  intervals: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Any]:
     """Builds the ``metrics.json`` dict from TFMA outputs (and models measured elsewhere).
 
     Args:
@@ -106,6 +119,10 @@ def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
         extra_models: ``{model name: M}`` entries of models without a TFMA output (e.g.
             :func:`report.score_metrics.model_metrics_from_scores` of ``limaml_multi``), stored
             beside the TFMA-read ones, in report order.
+        intervals: ``{model name: M}`` (e.g. :func:`report.score_metrics.model_metrics_from_scores`
+            of the model's per-row scores) whose slices' ``auc_ci95`` replace the TFMA-read
+            ones (TFMA computes none by default, see :mod:`report.eval_config`); a slice whose
+            TFMA AUC is null keeps a null interval. Models not named keep TFMA's.
 
     Returns:
         The dict described in this module's docstring (passes :func:`validate_metrics`), with
@@ -152,6 +169,9 @@ def build_metrics(dataset: str, protocol: str, sources: Sequence[ModelSource],
             else:
                 per_cohort[cohort] = _empty_stats(users[cohort])
         models[source.name] = {"overall": overall, "cohorts": per_cohort}
+    for name, entry in (intervals or {}).items():
+        if name in models:
+            _replace_intervals(models[name], entry, cohorts, name)
     models.update(copy.deepcopy(extra))
     models = {m: models[m] for m in MODEL_NAMES if m in models}
     result: Dict[str, Any] = {"dataset": str(dataset), "protocol": str(protocol), "models": models,

@@ -28,7 +28,8 @@ ORACLE_TFMA = "oracle_tfma"
 
 
 def ci_notes(sources: Sequence[rm.ModelSource]) -> List[str]:
-    """One sentence per distinct CI method used by the sources' TFMA runs (read from their configs)."""
+    """One sentence per distinct CI method used by the sources' TFMA runs (read from their configs);
+    runs without confidence intervals add none."""
     from tensorflow_model_analysis.writers import eval_config_writer
 
     notes: List[str] = []
@@ -37,7 +38,7 @@ def ci_notes(sources: Sequence[rm.ModelSource]) -> List[str]:
             config = eval_config_writer.load_eval_run(path)[0]
         except Exception:  # noqa: BLE001 - an output without eval_config.json only loses the note
             continue
-        if config is None:
+        if config is None or not config.options.compute_confidence_intervals.value:
             continue
         note = ec.describe_ci_method(config)
         if note not in notes:
@@ -48,7 +49,8 @@ def ci_notes(sources: Sequence[rm.ModelSource]) -> List[str]:
 def run_oracle_evaluation(examples_pattern: str, output_dir: str, label_key: str = F.LABEL,
                           cohort_key: str = F.COHORT, prediction_key: str = F.ORACLE_PROB,
                           auc_num_thresholds: int = ec.DEFAULT_AUC_NUM_THRESHOLDS,
-                          beam_pipeline_args: Optional[Sequence[str]] = None) -> rm.ModelSource:
+                          beam_pipeline_args: Optional[Sequence[str]] = None,
+                          confidence_intervals: bool = False) -> rm.ModelSource:
     """Runs TFMA model-agnostically on a prediction stored in the examples (the synthetic oracle).
 
     Args:
@@ -59,6 +61,8 @@ def run_oracle_evaluation(examples_pattern: str, output_dir: str, label_key: str
         prediction_key: the feature holding the predicted probability.
         auc_num_thresholds: thresholds of TFMA's AUC.
         beam_pipeline_args: Beam flags (DirectRunner by default).
+        confidence_intervals: whether TFMA computes its confidence intervals (the report's come
+            from the per-row oracle probabilities, :func:`write_scored_report`).
 
     Returns:
         ``ModelSource("oracle", output_dir, "")`` for :func:`write_report`.
@@ -71,7 +75,8 @@ def run_oracle_evaluation(examples_pattern: str, output_dir: str, label_key: str
     if not _glob.glob(examples_pattern):
         raise FileNotFoundError(f"no file matches {examples_pattern!r}")
     config = ec.make_oracle_eval_config(label_key, cohort_key, prediction_key,
-                                        auc_num_thresholds=auc_num_thresholds)
+                                        auc_num_thresholds=auc_num_thresholds,
+                                        confidence_intervals=confidence_intervals)
     tfma.run_model_analysis(eval_config=config, data_location=examples_pattern, output_path=output_dir,
                             pipeline_options=PipelineOptions(list(beam_pipeline_args or [])))
     return rm.ModelSource("oracle", output_dir, ec.SINGLE_MODEL_NAME)
@@ -84,7 +89,8 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
                  user_key: str = F.USER_ID, title: str = "LiMAML evaluation report",
                  comparisons: Optional[Mapping[str, Any]] = None,
                  notes_extra: Sequence[str] = (),
-                 extra_models: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, str]:
+                 extra_models: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 intervals: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, str]:
     """Reads the TFMA outputs and writes ``metrics.json`` and ``index.html`` into ``out_dir``.
 
     Args:
@@ -109,6 +115,9 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
         notes_extra: extra sentences for the report's notes list (after the CI-method notes).
         extra_models: ``{model name: M}`` of models without a TFMA output (e.g. ``limaml_multi``
             from :func:`report.score_metrics.model_metrics_from_scores`), stored in ``models``.
+        intervals: ``{model name: M}`` whose ``auc_ci95`` replace the TFMA-read intervals
+            (:func:`report.metrics.build_metrics`); with them, TFMA's CI-method notes are left
+            out (``notes_extra`` says where the intervals come from).
 
     Returns:
         ``{"html": <out_dir>/index.html, "metrics_json": <out_dir>/metrics.json}``.
@@ -127,9 +136,9 @@ def write_report(dataset: str, protocol: str, sources: Sequence[rm.ModelSource],
         raise TypeError("notes_extra must be a sequence of sentences, not one string")
     metrics = rm.build_metrics(dataset, protocol, sources, users_per_cohort, cohorts=cohorts,
                                cohort_key=cohort_key, comparisons=comparisons,
-                               extra_models=extra_models)
+                               extra_models=extra_models, intervals=intervals)
     calibration = rm.read_calibration(sources, cohort_key=cohort_key)
-    notes = [*ci_notes(sources), *(str(n) for n in notes_extra)]
+    notes = [*(ci_notes(sources) if intervals is None else []), *(str(n) for n in notes_extra)]
     html_path = rh.render_report(metrics, calibration, None, out_dir, notes=notes, title=title)
     return {"html": html_path, "metrics_json": os.path.join(out_dir, "metrics.json")}
 
@@ -224,9 +233,10 @@ def write_run_report(dataset: str, protocol: str, examples_pattern: str,
                                              beam_pipeline_args=beam_pipeline_args))
     own_sets = dict(model_examples or {})
     keys = scoring.ROW_KEY_FEATURES if own_sets else ()
+    stored = {paired.ORACLE: F.ORACLE_PROB} if any(s.name == paired.ORACLE for s in sources) else {}
     rows = scoring.score_examples(scoring.example_files(examples_pattern),
                                   {n: d for n, d in model_dirs.items() if n not in own_sets},
-                                  key_features=keys)
+                                  key_features=keys, stored_predictions=stored)
     for name, pattern in own_sets.items():
         own = scoring.score_examples(scoring.example_files(pattern), {name: model_dirs[name]},
                                      key_features=keys)
@@ -251,10 +261,12 @@ def write_scored_report(dataset: str, protocol: str, sources: Sequence[rm.ModelS
                         notes_extra: Sequence[str] = ()) -> Dict[str, str]:
     """``metrics.json`` and ``index.html`` from TFMA outputs and every model's per-row scores.
 
-    The paired comparisons come from :func:`compare_scored_models`; a scored model without a
-    TFMA source (``limaml_multi`` until the pipeline evaluates it with TFMA) gets its ``models``
-    entry from its scores (:func:`report.score_metrics.model_metrics_from_scores`, same
-    bootstrap seed), and a note says so.
+    The paired comparisons come from :func:`compare_scored_models`. Every scored model's AUC
+    intervals come from its scores (:func:`report.score_metrics.model_metrics_from_scores`:
+    percentile interval of the cluster bootstrap over users, same seed as the comparisons):
+    TFMA computes none by default, and its row-level jackknife would treat one user's rows as
+    independent. A scored model without a TFMA source (``limaml_multi`` until the pipeline
+    evaluates it with TFMA) gets its whole ``models`` entry from its scores, and a note says so.
 
     Args:
         dataset: dataset name for the report.
@@ -276,14 +288,19 @@ def write_scored_report(dataset: str, protocol: str, sources: Sequence[rm.ModelS
     comparisons = compare_scored_models(rows.user_ids, rows.labels, rows.scores, rows.cohorts, cohorts,
                                         n_resamples, seed, reference=reference)
     evaluated = {s.name for s in sources}
-    extra = {name: score_metrics.model_metrics_from_scores(
-                 rows.user_ids, rows.labels, values, rows.cohorts, list(cohorts), n_resamples, seed)
-             for name, values in rows.scores.items() if name not in evaluated}
-    notes = list(notes_extra)
+    scored = {name: score_metrics.model_metrics_from_scores(
+                  rows.user_ids, rows.labels, values, rows.cohorts, list(cohorts), n_resamples, seed)
+              for name, values in rows.scores.items()}
+    extra = {name: entry for name, entry in scored.items() if name not in evaluated}
+    intervals = {name: entry for name, entry in scored.items() if name in evaluated}
+    notes = [f"AUC 95% intervals: percentile interval of the AUC over {n_resamples} bootstrap "
+             "resamples of users (a drawn user brings all of its rows), from each model's per-row "
+             "predictions; the AUC values themselves are TFMA's.", *notes_extra]
     if extra:
         notes.append(f"{', '.join(extra)}: no TFMA run; AUC (exact rank AUC), its 95% interval "
                      f"(percentile interval of {n_resamples} bootstrap resamples of users) and log "
                      "loss computed from the per-row predictions.")
     return write_report(dataset, protocol, sources, out_dir,
                         users_per_cohort=rows.users_per_cohort(list(cohorts)), cohorts=cohorts,
-                        comparisons=comparisons, notes_extra=notes, extra_models=extra)
+                        comparisons=comparisons, notes_extra=notes, extra_models=extra,
+                        intervals=intervals)

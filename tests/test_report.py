@@ -114,14 +114,17 @@ def _evaluate(root: str, thresholds: ec.BlessingThresholds = MODEL_AGNOSTIC_THRE
     write_examples(df, data_path)
     configs = {
         "A": ec.make_eval_config(with_baseline=True, thresholds=thresholds, prediction_key="p_limaml",
-                                 baseline_prediction_key="p_wide_deep_id", auc_num_thresholds=NUM_THRESHOLDS),
+                                 baseline_prediction_key="p_wide_deep_id", auc_num_thresholds=NUM_THRESHOLDS,
+                                 confidence_intervals=True),
         "B": ec.make_eval_config(with_baseline=False, thresholds=thresholds, prediction_key="p_global_dnn",
-                                 auc_num_thresholds=NUM_THRESHOLDS),
+                                 auc_num_thresholds=NUM_THRESHOLDS, confidence_intervals=True),
         "D": ec.make_eval_config(with_baseline=True, thresholds=thresholds, prediction_key="p_linear",
-                                 baseline_prediction_key="p_linear_user_id", auc_num_thresholds=NUM_THRESHOLDS),
+                                 baseline_prediction_key="p_linear_user_id", auc_num_thresholds=NUM_THRESHOLDS,
+                                 confidence_intervals=True),
     }
     dirs = {"C": os.path.join(root, "eval_C")}
-    oracle = run_oracle_evaluation(data_path, dirs["C"], auc_num_thresholds=NUM_THRESHOLDS)
+    oracle = run_oracle_evaluation(data_path, dirs["C"], auc_num_thresholds=NUM_THRESHOLDS,
+                                   confidence_intervals=True)
     for run, config in configs.items():
         dirs[run] = os.path.join(root, f"eval_{run}")
         tfma.run_model_analysis(eval_config=config, data_location=data_path, output_path=dirs[run])
@@ -170,7 +173,9 @@ def test_eval_config_with_baseline_names_and_thresholds():
     assert [(s.name, s.is_baseline, s.label_key) for s in config.model_specs] == [
         ("candidate", False, "label"), ("baseline", True, "label")]
     assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["cohort"]]
-    assert config.options.compute_confidence_intervals.value
+    assert not config.options.compute_confidence_intervals.value  # off by default (cost)
+    assert ec.make_eval_config(confidence_intervals=True).options.compute_confidence_intervals.value
+    assert not ec.make_oracle_eval_config().options.compute_confidence_intervals.value
     metrics = {m.class_name: m for m in config.metrics_specs[0].metrics}
     assert {"AUC", "LogLoss", "ExampleCount", "CalibrationPlot"} <= set(metrics)
     assert metrics["LogLoss"].module == "report.tfma_metrics"
@@ -540,8 +545,15 @@ def test_scored_report_with_limaml_multi(evaluation, metrics, tmp_path):
         saved = json.load(f)
     rm.validate_metrics(saved)
     assert list(saved["models"])[:2] == ["limaml", "limaml_multi"]
-    for model in ("limaml", "global_dnn", "oracle"):  # the TFMA-read entries are unchanged
-        assert saved["models"][model] == metrics["models"][model]
+    assert saved["models"]["oracle"] == metrics["models"]["oracle"]  # not scored: TFMA's entry
+    for model in ("limaml", "global_dnn"):  # scored: TFMA's values, the bootstrap's intervals
+        for name, s in [("overall", saved["models"][model]["overall"]),
+                        *saved["models"][model]["cohorts"].items()]:
+            tfma_s = (metrics["models"][model]["overall"] if name == "overall"
+                      else metrics["models"][model]["cohorts"][name])
+            assert {k: v for k, v in s.items() if k != "auc_ci95"} == \
+                {k: v for k, v in tfma_s.items() if k != "auc_ci95"}
+            assert (s["auc_ci95"] is None) == (s["auc"] is None)
     y = df["label"].to_numpy()
     for cohort in PRESENT_COHORTS:
         mask = (df["cohort"] == cohort).to_numpy()
@@ -558,5 +570,55 @@ def test_scored_report_with_limaml_multi(evaluation, metrics, tmp_path):
         page = f.read()
     assert 'id="plot-multi-paired"' in page and 'id="multi-paired-table"' in page
     assert "limaml_multi: no TFMA run" in page
+    assert "bootstrap resamples of users (a drawn user brings all of its rows)" in page
     slice_table = page.split('<table id="slice-table"', 1)[1].split("</table>", 1)[0]
     assert slice_table.count("<code>limaml_multi</code>") == 6
+
+
+def _user_bootstrap_sd(users, y, p, n, seed):
+    """An independent cluster bootstrap (users drawn with replacement) of the AUC's spread."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    names = np.unique(users)
+    rows_of = {u: np.flatnonzero(users == u) for u in names}
+    aucs = []
+    for _ in range(n):
+        idx = np.concatenate([rows_of[u] for u in rng.choice(names, size=len(names))])
+        if 0 < y[idx].sum() < len(idx):
+            aucs.append(roc_auc_score(y[idx], p[idx]))
+    return float(np.std(aucs))
+
+
+def test_scored_report_intervals_resample_users_not_rows(evaluation, tmp_path):
+    """The TFMA-read models' intervals come from a bootstrap over users: repeating every row of
+    every user four times leaves them unchanged (a row bootstrap would halve them), and their
+    width matches an independent cluster bootstrap's ±1.96 sd."""
+    from components.report.scoring import ScoredRows
+    from report.writer import write_scored_report
+
+    df = evaluation.df
+    scores = {m: df[c].to_numpy() for m, c in PRED_COLUMNS.items()}  # oracle scored too
+
+    def report(frame, folder):
+        rows = ScoredRows(user_ids=frame["user_id"].to_numpy(object), labels=frame["label"].to_numpy(),
+                          cohorts=frame["cohort"].to_numpy(object),
+                          scores={m: frame[c].to_numpy() for m, c in PRED_COLUMNS.items()})
+        paths = write_scored_report("synthetic", "cutoff", evaluation.sources, rows, str(tmp_path / folder),
+                                    COHORTS, seed=3, n_resamples=400)
+        with open(paths["metrics_json"]) as f:
+            return json.load(f)
+
+    once = report(df, "once")
+    four = report(pd.concat([df] * 4, ignore_index=True), "four")
+    users, y = df["user_id"].to_numpy(object), df["label"].to_numpy()
+    for model in PRED_COLUMNS:
+        lo, hi = once["models"][model]["overall"]["auc_ci95"]
+        assert four["models"][model]["overall"]["auc_ci95"] == pytest.approx([lo, hi], abs=1e-12)
+        assert lo <= once["models"][model]["overall"]["auc"] <= hi
+        sd = _user_bootstrap_sd(users, y, scores[model], 400, seed=11)
+        assert (hi - lo) == pytest.approx(2 * 1.96 * sd, rel=0.25), model
+        for cohort in PRESENT_COHORTS:
+            assert (four["models"][model]["cohorts"][cohort]["auc_ci95"]
+                    == pytest.approx(once["models"][model]["cohorts"][cohort]["auc_ci95"], abs=1e-12))
+        assert once["models"][model]["cohorts"][ONE_CLASS_COHORT]["auc_ci95"] is None

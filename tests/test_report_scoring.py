@@ -101,6 +101,29 @@ def test_users_per_cohort_and_frame(setup):
         rows.users_per_cohort(["0"])
 
 
+def test_stored_predictions_are_read_as_scores(setup, tmp_path):
+    """A prediction the examples carry (the synthetic oracle's ``oracle_prob``) becomes a score
+    column beside the served models', row for row."""
+    models, _ = setup
+    path = str(tmp_path / "stored.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for user, label, x in (("u1", 1, 0.25), ("u2", 0, 0.75), ("u2", 1, 0.5)):
+            w.write(_example(user, label, "0", x, [0.0, 0.0]))
+    rows = scoring.score_examples([path], {"b": models["b"]}, stored_predictions={"stored": "x"})
+    np.testing.assert_allclose(rows.scores["stored"], [0.25, 0.75, 0.5], rtol=1e-7)
+    np.testing.assert_allclose(rows.scores["b"], [_sigmoid(-x + 0.5) for x in (0.25, 0.75, 0.5)], rtol=1e-6)
+    with pytest.raises(ValueError, match="names of served models"):
+        scoring.score_examples([path], {"b": models["b"]}, stored_predictions={"b": "x"})
+    with pytest.raises(ValueError, match="no feature 'nope'"):
+        scoring.score_examples([path], {"b": models["b"]}, stored_predictions={"s": "nope"})
+
+
+def test_stored_predictions_outside_0_1_are_refused(setup):
+    models, files = setup  # x holds -2 and 3
+    with pytest.raises(ValueError, match="'stored' returned predictions outside"):
+        scoring.score_examples(files, {"b": models["b"]}, stored_predictions={"stored": "x"})
+
+
 def test_errors_name_the_problem(setup, tmp_path):
     models, files = setup
     with pytest.raises(FileNotFoundError):

@@ -119,7 +119,8 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
                    batch_size: int = DEFAULT_BATCH_SIZE, signature: str = SERVING_SIGNATURE,
                    prediction_key: str = PREDICTION_KEY, user_key: str = F.USER_ID,
                    label_key: str = F.LABEL, cohort_key: str = F.COHORT,
-                   compression: Optional[str] = None, key_features: Sequence[str] = ()) -> ScoredRows:
+                   compression: Optional[str] = None, key_features: Sequence[str] = (),
+                   stored_predictions: Optional[Mapping[str, str]] = None) -> ScoredRows:
     """Scores every example of ``files`` with every model, batched.
 
     Args:
@@ -136,9 +137,11 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
         key_features: features that, with user, label and cohort, identify a row
             (:data:`ROW_KEY_FEATURES`); when given, the rows carry ``keys`` for
             :func:`aligned_scores`.
+        stored_predictions: ``{name: feature}`` of predictions the examples carry (e.g.
+            ``{"oracle": "oracle_prob"}`` on synthetic data), read as that name's scores.
 
     Returns:
-        The rows, with one score array per model.
+        The rows, with one score array per model (and per stored prediction).
 
     Raises:
         FileNotFoundError: no file, or a model folder without a SavedModel.
@@ -160,7 +163,12 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
     if first is None:
         raise ValueError(f"no evaluation example in {files}")
     key_features = tuple(key_features)
-    spec = _column_spec(first.numpy(), (user_key, label_key, cohort_key, *key_features))
+    stored = dict(stored_predictions or {})
+    clash = sorted(set(stored) & set(models))
+    if clash:
+        raise ValueError(f"stored_predictions {clash} have the names of served models")
+    spec = _column_spec(first.numpy(), (user_key, label_key, cohort_key, *key_features,
+                                        *stored.values()))
     loaded = {name: load_serving_fn(path, signature) for name, path in models.items()}
     fns = {name: fn for name, (_, fn) in loaded.items()}
 
@@ -168,7 +176,7 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
     labels: List[np.ndarray] = []
     cohorts: List[np.ndarray] = []
     extra: Dict[str, List[np.ndarray]] = {k: [] for k in key_features}
-    scores: Dict[str, List[np.ndarray]] = {name: [] for name in fns}
+    scores: Dict[str, List[np.ndarray]] = {name: [] for name in (*fns, *stored)}
     for batch in dataset.batch(batch_size):
         n = int(batch.shape[0])
         cols = tf.io.parse_example(batch, spec)
@@ -177,6 +185,8 @@ def score_examples(files: Sequence[str], models: Mapping[str, str], *,
         cohorts.append(cols[cohort_key].numpy())
         for k in key_features:
             extra[k].append(cols[k].numpy())
+        for name, feature in stored.items():
+            scores[name].append(cols[feature].numpy().astype(np.float64).reshape(n))
         for name, fn in fns.items():
             out = fn(examples=batch)
             if prediction_key not in out:
