@@ -9,8 +9,9 @@ The pipeline runs TFMA up to three times on the same evaluation (query) examples
 * synthetic data only: the oracle, model-agnostic, from the stored prediction ``oracle_prob``
   (``make_oracle_eval_config()``; TFMA model name ``""``).
 
-All share the slicing (overall, then by activity cohort) and the metrics (AUC, log loss named ``binary_crossentropy`` (our ``report.tfma_metrics.LogLoss``:
-TFMA 0.47.1's own BinaryCrossEntropy miscounts), example count, mean prediction/label,
+All share the slicing (overall, then by activity cohort) and the metrics (AUC, log loss
+named ``binary_crossentropy`` (our ``report.tfma_metrics.LogLoss``: TFMA 0.47.1's own
+BinaryCrossEntropy miscounts), example count, mean prediction/label,
 calibration, calibration plot). ``report.metrics`` reads exactly these metric names back.
 
 TFMA's own confidence intervals are off by default (``confidence_intervals=False``): on the main
