@@ -64,6 +64,38 @@ def test_user_id_column_is_used_and_validation_chooses_stronger_regularisation_o
     assert info["C"] == 1e-4  # pure noise: the strong penalty generalises better
 
 
+def test_regularisation_path_fits_equal_independent_cold_fits_and_warm_starts_are_used():
+    """The C grid is fitted as a warm-started path: each C's validation loss and the final
+    weights equal those of cold fits at the same C (strictly convex: one optimum), and a fit
+    started at its own optimum stops at once (the warm start is really used)."""
+    import scipy.sparse as sp
+
+    rng = np.random.RandomState(3)
+    n = 3000
+    items, users = rng.randint(0, 20, n), rng.randint(0, 30, n)
+    logit = rng.normal(0, 1, 20)[items] + rng.normal(0, 0.8, 30)[users] - 0.3
+    y = (rng.rand(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    data = {"item_id": items, "user_hash": users, "label": y}
+    val = rng.rand(n) < 0.25
+    grid = (1.0, 0.01, 0.1)  # unsorted on purpose
+    model = linear.LinearModel(item_only_layout(20, user_buckets=30), kind="linear_user_id")
+    info = linear.fit_linear(model, data, val_mask=val, c_grid=grid)
+    assert list(info["val_logloss"]) == list(grid)  # reported in the grid's order
+
+    cold = linear.LinearModel(item_only_layout(20, user_buckets=30), kind="linear_user_id")
+    x = cold.design_matrix(data)
+    for c in grid:  # independent cold fits on the training rows
+        clf, _, _ = linear._solve(x[~val], y[~val].astype(int), c, 2000)
+        p = clf.predict_proba(x[val])[:, 1]
+        want = -np.mean(y[val] * np.log(p) + (1 - y[val]) * np.log(1 - p))
+        assert info["val_logloss"][c] == pytest.approx(want, abs=1e-5), c
+    clf, _, cold_iters = linear._solve(x, y.astype(int), info["C"], 2000)
+    np.testing.assert_allclose(probs(model, data), clf.predict_proba(x)[:, 1], atol=1e-4)
+    _, _, warm_iters = linear._solve(x, y.astype(int), info["C"], 2000, (clf.coef_, clf.intercept_))
+    assert cold_iters > 5 and warm_iters <= 2, (cold_iters, warm_iters)
+    assert isinstance(x, sp.csr_matrix) and info["iterations"] > 0
+
+
 def test_one_class_labels_are_refused_with_a_clear_error():
     model = linear.LinearModel(item_only_layout(2))
     with pytest.raises(ValueError, match="one class"):
