@@ -98,6 +98,13 @@ class ModelConfig:
             ``("user", "user_x_genre")``. The second block is adapted per (user, primary genre)
             on the user's support rows of that genre (see :mod:`trainer.genre_block`); the
             global block reads both embeddings, ``[e_user, e_user×genre]``.
+        genre_row_buckets: with the user × genre block and a user-id embedding, a table of
+            ``genre_row_buckets`` rows (width ``user_id_embedding_dim``) indexed by
+            ``(user_hash · G + g) mod genre_row_buckets``: the (user, genre) pair's own row,
+            read by the genre block as the user block reads the user row. Pre-training and the
+            outer loop fit it on every row of the pair, the genre block's inner loop adapts it
+            (sparse: a subtask holds only its own row). 0: no such table; the genre block's
+            per-(user, genre) taste then comes from its inner loop alone.
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -119,6 +126,7 @@ class ModelConfig:
     interaction: str = "none"
     history_dim: int = 0
     meta_blocks: Tuple[str, ...] = ("user",)
+    genre_row_buckets: int = 0
 
     def __post_init__(self) -> None:
         features.validate_meta_features(tuple(self.meta_features))
@@ -131,6 +139,8 @@ class ModelConfig:
                              "('user', 'user_x_genre')")
         if self.history_dim < 0:
             raise ValueError(f"history_dim {self.history_dim} must be >= 0")
+        if self.genre_row_buckets < 0:
+            raise ValueError(f"genre_row_buckets {self.genre_row_buckets} must be >= 0")
         if self.user_id_min_support < 0:
             raise ValueError(f"user_id_min_support {self.user_id_min_support} must be >= 0")
         if self.user_id_embedding_dim < 0:

@@ -12,10 +12,11 @@ from trainer.layout import build_layout
 from trainer.model import LimamlModel, global_forward, meta_forward
 
 
-def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre")):
+def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre"), genre_row_buckets=0):
     mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
-                       user_id_embedding_dim=3, meta_blocks=blocks)
+                       user_id_embedding_dim=3, meta_blocks=blocks,
+                       genre_row_buckets=genre_row_buckets)
     mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none", outer_l2=0.0)
     return LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
 
@@ -58,13 +59,19 @@ def test_a_query_rows_genre_embedding_reads_only_support_rows_of_its_genre():
     np.testing.assert_allclose(a[1:], b[1:], rtol=1e-12)       # other tasks untouched
 
 
-def test_meta_gradient_with_the_genre_block_matches_finite_differences():
-    model = genre_model(steps=2)
+@pytest.mark.parametrize("rows", [0, 16])
+def test_meta_gradient_with_the_genre_block_matches_finite_differences(rows):
+    model = genre_model(steps=2, genre_row_buckets=rows)
+    if rows:  # non-zero (user, genre) rows, so that every path through them is exercised
+        model.genre_user_emb.assign(tf.random.stateless_normal([rows, 3], seed=[4, 2], dtype=tf.float64))
     batch = make_batch()
     # user rows: covered by tests/test_trainer_personalization.py
     checked, _, _ = check_meta_gradient(model, batch, per_variable=8, seed=5, user_rows="skip")
     genre_vars = {id(v) for v in model.genre_params.values()}
     assert genre_vars <= {id(v) for v in model.outer_variables()} and len(genre_vars) == 4
+    assert (model.genre_user_emb is not None) == bool(rows)
+    if rows:
+        assert id(model.genre_user_emb) in {id(v) for v in model.outer_variables()}
     assert checked > 50
 
 
@@ -75,10 +82,13 @@ def test_single_block_model_is_unchanged_by_the_option():
     assert two.global_params["w0"].shape[0] == 4 + 2 + 64 + 1  # [e_user, e_genre] = 2E
 
 
-def test_meg_genre_embeddings_equal_the_training_time_query_embeddings():
+@pytest.mark.parametrize("rows", [0, 16])
+def test_meg_genre_embeddings_equal_the_training_time_query_embeddings(rows):
     from trainer import finetune
 
-    model = genre_model(steps=2)
+    model = genre_model(steps=2, genre_row_buckets=rows)
+    if rows:
+        model.genre_user_emb.assign(tf.random.stateless_normal([rows, 3], seed=[7, 1], dtype=tf.float64))
     batch = make_batch()
     s, q = batch["support"], batch["query"]
     # one user per task: the meta features of the task's rows are those of its first row
@@ -116,3 +126,85 @@ def test_pretraining_a_multi_block_model_scores_rows_with_both_blocks_unadapted(
         trainer.pretrain_step(batch)
     assert float(maml.pretrain_loss(model, batch)) < want
     assert any(not np.array_equal(before[k], v.numpy()) for k, v in model.genre_params.items())
+
+
+def _user_genre_model(steps=1):
+    model = genre_model(steps=steps, genre_row_buckets=16)
+    model.genre_user_emb.assign(tf.random.stateless_normal([16, 3], seed=[3, 9], dtype=tf.float64))
+    return model
+
+
+def test_the_pair_row_is_read_by_the_genre_block_as_worked_out_by_hand():
+    """x_g = [meta input, one-hot(g), r[(user_hash · G + g) mod B]] through the genre MLP."""
+    from trainer.model import meta_input
+
+    model = _user_genre_model()
+    batch = make_batch()
+    q = batch["query"]
+    g = tf.argmax(q["genres"] * tf.range(64, 0, -1, dtype=tf.float32), axis=-1).numpy()  # lowest
+    g = np.where(q["genres"].numpy().any(-1), g, 0)
+    from trainer.model import primary_genre
+    np.testing.assert_array_equal(primary_genre(q["genres"]).numpy(), g)
+    u = q["user_hash"].numpy()
+    table = model.genre_user_emb.numpy()
+    row = table[(u * 64 + g) % 16]                                              # [T, Q, 3]
+    x = np.concatenate([meta_input(q, model.layout, tf.float64).numpy(), np.eye(64)[g], row], -1)
+    p = {k: v.numpy() for k, v in model.genre_params.items()}
+    want = np.tanh(x @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]
+    np.testing.assert_allclose(model.genre_embedding(q).numpy(), want, rtol=1e-12)
+    # the cold start (explicit zero rows) differs from a trained pair's
+    zero = model.genre_embedding(q, tf.zeros(row.shape, tf.float64)).numpy()
+    x0 = x.copy()
+    x0[..., -3:] = 0.0
+    np.testing.assert_allclose(zero, np.tanh(x0 @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"], rtol=1e-12)
+
+
+def test_the_inner_loop_moves_the_pair_row_by_its_support_gradient():
+    """One inner step: r' = r − α_row ρ ∂L_support/∂r, the gradient by finite differences."""
+    model = _user_genre_model(steps=1)
+    batch = make_batch()
+    s = batch["support"]
+    genres = tf.constant([[1], [2], [3]], tf.int64)
+    sub = genre_block.subtask_supports(s, genres)
+    user_emb = tf.random.stateless_normal(sub["mask"].shape + (2,), seed=[5, 5], dtype=tf.float64)
+    rows0 = genre_block.subtask_rows(model, s, genres)
+    np.testing.assert_allclose(rows0.numpy(), model.genre_user_emb.numpy()[
+        (s["user_hash"].numpy()[:, 0] * 64 + np.array([1, 2, 3])) % 16])
+    theta = genre_block.adapt_genre_block(model, sub, user_emb, 1, rows=rows0)
+
+    def support_loss(rows):  # the subtasks' summed masked support losses at un-adapted θ_g
+        params = dict(model.genre_params, user_row=tf.constant(rows))
+        emb = tf.concat([user_emb, meta_forward(params, model.genre_x(sub), "tanh")], -1)
+        z = global_forward(model.global_params, emb, sub, model.layout, model.model_cfg).numpy()
+        with np.errstate(invalid="ignore"):  # subtasks without rows: 0 / 0, left out
+            return float(np.nansum(masked_bce_by_hand(z, sub, axis=1)))
+
+    r0 = rows0.numpy()
+    grad = np.zeros_like(r0)
+    for i in np.ndindex(r0.shape):
+        e = np.zeros_like(r0)
+        e[i] = 1e-6
+        grad[i] = (support_loss(r0 + e) - support_loss(r0 - e)) / 2e-6
+    n = sub["mask"].numpy().sum(1)
+    kappa = model.maml_cfg.support_shrinkage
+    rho = (n / (n + kappa))[:, None]
+    want = r0 - model.maml_cfg.user_row_lr * rho * grad
+    np.testing.assert_allclose(theta["user_row"].numpy(), want, rtol=1e-6, atol=1e-9)
+    assert np.abs(want - r0).max() > 1e-4  # the subtasks with rows really move
+
+
+def test_pretraining_fits_the_rows_of_the_batchs_pairs_only():
+    import dataclasses
+
+    model = _user_genre_model()
+    model = LimamlModel(model.layout, dataclasses.replace(model.model_cfg, user_id_dropout=0.0),
+                        model.maml_cfg, seed=1, dtype=tf.float64)
+    batch = make_batch()
+    q = batch["query"]
+    from trainer.model import primary_genre
+    used = set(model.genre_row_index(q["user_hash"], primary_genre(q["genres"])).numpy()[
+        q["mask"].numpy() > 0].tolist())
+    trainer = maml.MamlTrainer(model, pretrain_lr=0.01)
+    trainer.pretrain_step(batch)
+    moved = set(np.flatnonzero(np.abs(model.genre_user_emb.numpy()).sum(1) > 0).tolist())
+    assert moved and moved <= used  # rows start at 0; only the batch's (valid) pairs move

@@ -262,7 +262,8 @@ def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tenso
     prefix = tf.broadcast_to(tf.repeat(tf.cast(user_emb, model.dtype), k, axis=0)[:, None, :],
                              tf.concat([tf.shape(sub[MASK]), tf.shape(user_emb)[1:]], 0))
     theta = genre_block.adapt_genre_block(model, sub, prefix, model.maml_cfg.adaptation_steps,
-                                          first_order=True)
+                                          first_order=True,
+                                          rows=genre_block.subtask_rows(model, part, genres))
     # the entity's row: u's meta features (row 0) with genre g as its only genre
     name, buckets = model.layout.global_multi_hot[0]
     first = {k: v[:, :1] for k, v in sub.items() if k != MASK}                 # [U·K, 1, ...]

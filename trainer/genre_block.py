@@ -20,18 +20,23 @@ embeddings e_user fixed in front of its output), and the query row is scored wit
 embedding falls back to the genre block's un-adapted output for that user and genre (and the
 user embedding, always present, to its own cold start).
 
+With ``ModelConfig.genre_row_buckets`` the genre block also reads the pair's own row
+``r_(u,g)`` (``x_g = [meta input, one-hot(g), r_(u,g)]``), fitted on every row of the pair by
+pre-training and the outer loop and adapted in the subtask's inner loop, as the user block's
+user row; a pair never seen in training meets the zero row.
+
 Shapes: ``T`` tasks, ``S`` support, ``Q`` query, ``E`` embedding width, ``G`` genre buckets.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import tensorflow as tf
 
 from schema import features
-from trainer.layout import MASK
+from trainer.layout import MASK, USER_HASH
 from trainer.maml import adapt
-from trainer.model import LimamlModel, meta_forward
+from trainer.model import USER_ROW, LimamlModel, meta_forward
 from trainer.model import primary_genre as model_primary_genre
 
 Features = Mapping[str, tf.Tensor]
@@ -62,12 +67,29 @@ def subtask_supports(support: Features, genres: tf.Tensor) -> Dict[str, tf.Tenso
     return out
 
 
+def subtask_rows(model: LimamlModel, support: Features, genres: tf.Tensor) -> Optional[tf.Tensor]:
+    """The (user, genre) rows of the subtasks of :func:`subtask_supports`, ``[T·K, d]``
+    (None without a (user, genre) table, ``ModelConfig.genre_row_buckets``).
+
+    Args:
+        support: ``{feature: [T, S, ...]}`` with ``user_hash`` (one user per task).
+        genres: ``[T, K]`` the subtasks' genre buckets.
+    """
+    if model.genre_user_emb is None:
+        return None
+    k = tf.shape(genres)[1]
+    users = tf.repeat(support[USER_HASH][:, 0], k, axis=0)                    # [T·K]
+    return model.genre_rows(users, tf.reshape(genres, [-1]))
+
+
 def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Tensor, steps: int,
-                      first_order: bool = False) -> Dict[str, tf.Tensor]:
-    """θ_g adapted on every subtask, ``{w_l: [N, ...], b_l: [N, ...]}``.
+                      first_order: bool = False, rows: Optional[tf.Tensor] = None
+                      ) -> Dict[str, tf.Tensor]:
+    """θ_g adapted on every subtask, ``{w_l: [N, ...], b_l: [N, ...](, user_row: [N, d])}``.
 
     θ_g,(n)^{j+1} = θ_g,(n)^j − α ρ_n ∇ L_support,n([e_user, f_g(x_g; θ_g,(n)^j)]), with α =
-    ``inner_lr`` and ρ_n the support-size step of :func:`trainer.maml.adapt`.
+    ``inner_lr`` (``user_row_lr`` for the (user, genre) row) and ρ_n the support-size step of
+    :func:`trainer.maml.adapt`.
 
     Args:
         model: the model (``genre_params``, θ_global).
@@ -75,12 +97,17 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
         user_emb: ``[N, S, E]`` the user block's embeddings of those rows (held fixed).
         steps: adaptation steps.
         first_order: stop gradients through the inner gradients.
+        rows: ``[N, d]`` the subtasks' (user, genre) rows (:func:`subtask_rows`), adapted with
+            θ_g; None without a (user, genre) table.
     """
     lr = tf.constant(model.maml_cfg.inner_lr, model.dtype)
+    lrs = {k: lr for k in model.genre_params}
+    if rows is not None:
+        row_lr = model.maml_cfg.user_row_lr
+        lrs[USER_ROW] = tf.constant(model.maml_cfg.inner_lr if row_lr is None else row_lr, model.dtype)
     return adapt(model, sub_support, steps, first_order, meta_params=model.genre_params,
-                 inner_lrs={k: lr for k in model.genre_params},
-                 support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
-                 with_user_row=False)
+                 inner_lrs=lrs, support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
+                 user_row=rows, with_user_row=rows is not None)
 
 
 def query_genre_embeddings(model: LimamlModel, support: Features, support_user_emb: tf.Tensor,
@@ -98,7 +125,8 @@ def query_genre_embeddings(model: LimamlModel, support: Features, support_user_e
     q_len = tf.shape(genres)[1]
     sub = subtask_supports(support, genres)                                    # [T·Q, S]
     user_emb = tf.repeat(support_user_emb, q_len, axis=0)                      # [T·Q, S, E]
-    theta = adapt_genre_block(model, sub, user_emb, steps, first_order)
+    theta = adapt_genre_block(model, sub, user_emb, steps, first_order,
+                              rows=subtask_rows(model, support, genres))
     q_flat = {k: tf.reshape(v, tf.concat([[-1, 1], tf.shape(v)[2:]], 0))
               for k, v in query.items()}                                       # [T·Q, 1, ...]
     emb = meta_forward(theta, model.genre_x(q_flat), model.model_cfg.activation)

@@ -219,10 +219,19 @@ class LimamlModel(tf.Module):
             self.history_emb = tf.Variable(rng.normal(0.0, 0.05, (items, model_cfg.history_dim)),
                                            dtype=dtype, name="meta_history_emb")
         self.genre_params: Dict[str, tf.Variable] = {}
+        self.genre_user_emb = None  # the (user, genre) rows (ModelConfig.genre_row_buckets)
         if "user_x_genre" in model_cfg.meta_blocks:
             if not layout.global_multi_hot:
                 raise ValueError("the user_x_genre block needs a genre multi-hot global feature")
             width = layout.meta_dim + layout.global_multi_hot[0][1]
+            if model_cfg.genre_row_buckets > 0:
+                if model_cfg.user_id_embedding_dim == 0:
+                    raise ValueError("genre_row_buckets > 0 needs user_id_embedding_dim > 0 "
+                                     "(the (user, genre) rows have its width)")
+                self.genre_user_emb = tf.Variable(
+                    tf.zeros([model_cfg.genre_row_buckets, model_cfg.user_id_embedding_dim], dtype),
+                    name="meta_genre_user_emb")
+                width += model_cfg.user_id_embedding_dim
             for i, h in enumerate(tuple(model_cfg.meta_hidden) + (model_cfg.embedding_dim,)):
                 self.genre_params[f"w{i}"] = tf.Variable(_glorot(rng, width, h), dtype=dtype,
                                                          name=f"genre_w{i}")
@@ -244,6 +253,7 @@ class LimamlModel(tf.Module):
         out += [] if self.user_emb is None else [self.user_emb]
         out += [] if self.history_emb is None else [self.history_emb]
         out += [self.genre_params[k] for k in self.meta_names if k in self.genre_params]
+        out += [] if self.genre_user_emb is None else [self.genre_user_emb]
         trained = [k for k in self.global_names
                    if self.model_cfg.wide_trainable or not k.startswith("wide_")]
         out += [self.global_params[k] for k in trained]
@@ -257,6 +267,7 @@ class LimamlModel(tf.Module):
         trained = {id(v) for v in self.outer_variables()}
         out = [self.global_params[k] for k in self.global_names if not k.startswith("b")]
         out += [] if self.user_emb is None else [self.user_emb]
+        out += [] if self.genre_user_emb is None else [self.genre_user_emb]
         return [v for v in out if id(v) in trained]
 
     def inner_lr_tensors(self) -> Dict[str, tf.Tensor]:
@@ -297,11 +308,40 @@ class LimamlModel(tf.Module):
         return tf.concat([meta_input(feats, self.layout, self.dtype),
                           tf.one_hot(primary_genre(feats[name]), buckets, dtype=self.dtype)], -1)
 
-    def genre_embedding(self, feats: Features) -> Optional[tf.Tensor]:
-        """Un-adapted user×genre embeddings f_g(x_g; θ_g) ``[..., E]`` (None: single block)."""
+    def genre_row_index(self, user_hash: tf.Tensor, genre: tf.Tensor) -> tf.Tensor:
+        """Row of the pair (user, genre) in the (user, genre) table, ``[...]`` int64:
+        ``(user_hash · G + g) mod genre_row_buckets`` (G genre buckets)."""
+        buckets = self.layout.global_multi_hot[0][1]
+        key = tf.cast(user_hash, tf.int64) * buckets + tf.cast(genre, tf.int64)
+        return tf.math.floormod(key, self.model_cfg.genre_row_buckets)
+
+    def genre_rows(self, user_hash: tf.Tensor, genre: tf.Tensor) -> tf.Tensor:
+        """The (user, genre) rows ``[..., d]`` of hashed user ids and genre buckets ``[...]``."""
+        return tf.gather(self.genre_user_emb, self.genre_row_index(user_hash, genre))
+
+    def genre_params_for(self, feats: Features, rows: Optional[tf.Tensor] = None) -> Params:
+        """θ_g for un-adapted forward passes on ``feats`` ``[...]``: the shared weights plus, with
+        a (user, genre) table, each sample's row (``rows [..., d]`` or, when None, the rows of
+        ``feats["user_hash"]`` and the sample's primary genre)."""
+        params = dict(self.genre_params)
+        if self.genre_user_emb is not None:
+            if rows is None:
+                if USER_HASH not in feats:
+                    raise KeyError(f"the genre block has (user, genre) rows; features need "
+                                   f"{USER_HASH!r} (or pass rows, zeros for a cold start)")
+                name = self.layout.global_multi_hot[0][0]
+                rows = self.genre_rows(feats[USER_HASH], primary_genre(feats[name]))
+            params[USER_ROW] = rows
+        return params
+
+    def genre_embedding(self, feats: Features, rows: Optional[tf.Tensor] = None
+                        ) -> Optional[tf.Tensor]:
+        """Un-adapted user×genre embeddings f_g(x_g; θ_g) ``[..., E]`` (None: single block);
+        ``rows``: see :meth:`genre_params_for`."""
         if not self.genre_params:
             return None
-        return meta_forward(self.genre_params, self.genre_x(feats), self.model_cfg.activation)
+        return meta_forward(self.genre_params_for(feats, rows), self.genre_x(feats),
+                            self.model_cfg.activation)
 
     def meta_x(self, feats: Features, history: Optional[tf.Tensor] = None) -> tf.Tensor:
         """Dense meta input ``[..., D (+ 2 (C_h + G))]``.

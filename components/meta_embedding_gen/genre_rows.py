@@ -114,7 +114,10 @@ def cold_genre_sum(model, win: SupportWindows, genres: np.ndarray) -> np.ndarray
     first = {c: np.repeat(v[:, 0], k, axis=0) for c, v in win.support.items()
              if c in model.layout.meta_feature_names}
     first[name] = np.eye(buckets, dtype=np.float32)[np.tile(genres, u)]       # [U·K, G]
-    emb = model.genre_embedding({c: tf.constant(v) for c, v in first.items()}).numpy()
+    rows = None  # the cold start meets the zero (user, genre) row, as a pair never trained
+    if getattr(model, "genre_user_emb", None) is not None:
+        rows = tf.zeros([u * k, model.model_cfg.user_id_embedding_dim], model.dtype)
+    emb = model.genre_embedding({c: tf.constant(v) for c, v in first.items()}, rows).numpy()
     return emb.reshape(u, k, -1).astype(np.float64).sum(axis=0)
 
 
