@@ -147,7 +147,7 @@ def test_the_pair_row_is_read_by_the_genre_block_as_worked_out_by_hand():
     np.testing.assert_array_equal(primary_genre(q["genres"]).numpy(), g)
     u = q["user_hash"].numpy()
     table = model.genre_user_emb.numpy()
-    row = table[(u * 64 + g) % 16]                                              # [T, Q, 3]
+    row = table[(u * 64 + g) * 2654435761 % (2**31 - 1) % 16]                  # [T, Q, 3]
     x = np.concatenate([meta_input(q, model.layout, tf.float64).numpy(), np.eye(64)[g], row], -1)
     p = {k: v.numpy() for k, v in model.genre_params.items()}
     want = np.tanh(x @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]
@@ -168,8 +168,9 @@ def test_the_inner_loop_moves_the_pair_row_by_its_support_gradient():
     sub = genre_block.subtask_supports(s, genres)
     user_emb = tf.random.stateless_normal(sub["mask"].shape + (2,), seed=[5, 5], dtype=tf.float64)
     rows0 = genre_block.subtask_rows(model, s, genres)
+    keys = s["user_hash"].numpy()[:, 0].astype(np.int64) * 64 + np.array([1, 2, 3])
     np.testing.assert_allclose(rows0.numpy(), model.genre_user_emb.numpy()[
-        (s["user_hash"].numpy()[:, 0] * 64 + np.array([1, 2, 3])) % 16])
+        keys * 2654435761 % (2**31 - 1) % 16])
     theta = genre_block.adapt_genre_block(model, sub, user_emb, 1, rows=rows0)
 
     def support_loss(rows):  # the subtasks' summed masked support losses at un-adapted θ_g
@@ -191,6 +192,19 @@ def test_the_inner_loop_moves_the_pair_row_by_its_support_gradient():
     want = r0 - model.maml_cfg.user_row_lr * rho * grad
     np.testing.assert_allclose(theta["user_row"].numpy(), want, rtol=1e-6, atol=1e-9)
     assert np.abs(want - r0).max() > 1e-4  # the subtasks with rows really move
+
+
+def test_pairs_spread_over_the_rows_whatever_the_table_size():
+    """4,096 users x 8 genres into 2^15 rows (B and G powers of two): at least as many rows are
+    used as uniform random hashing would use (B (1 - e^(-n/B))); a plain (u·G + g) mod B keeps
+    only the user hash's low bits here and would use 128."""
+    model = genre_model(genre_row_buckets=2**15)
+    users = np.repeat(np.arange(0, 2**17, 32, dtype=np.int64), 8)             # 4,096 users
+    genres = np.tile(np.arange(8, dtype=np.int64), 4096)
+    used = np.unique(model.genre_row_index(tf.constant(users), tf.constant(genres)).numpy()).size
+    n, b = users.size, 2**15
+    assert np.unique((users * 64 + genres) % b).size == 128  # what the plain mod would do
+    assert used >= 0.98 * b * (1 - np.exp(-n / b))
 
 
 def test_pretraining_fits_the_rows_of_the_batchs_pairs_only():

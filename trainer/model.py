@@ -44,6 +44,10 @@ from trainer.nn_ops import _act, _dot, _glorot  # noqa: F401 (_dot re-exported)
 
 Params = Dict[str, tf.Tensor]
 USER_ROW = "user_row"  # θ_meta entry of a task's own user-id embedding row
+# (user, genre) row index: pair key · multiplier mod a prime (Knuth's multiplicative constant,
+# the Mersenne prime 2³¹ − 1); keys < 2²⁴ keep the product inside int64.
+_GENRE_ROW_MULTIPLIER = 2654435761
+_GENRE_ROW_PRIME = 2147483647
 Features = Mapping[str, tf.Tensor]
 
 
@@ -310,10 +314,15 @@ class LimamlModel(tf.Module):
 
     def genre_row_index(self, user_hash: tf.Tensor, genre: tf.Tensor) -> tf.Tensor:
         """Row of the pair (user, genre) in the (user, genre) table, ``[...]`` int64:
-        ``(user_hash · G + g) mod genre_row_buckets`` (G genre buckets)."""
-        buckets = self.layout.global_multi_hot[0][1]
-        key = tf.cast(user_hash, tf.int64) * buckets + tf.cast(genre, tf.int64)
-        return tf.math.floormod(key, self.model_cfg.genre_row_buckets)
+        ``((k · 2654435761) mod (2³¹ − 1)) mod B`` with ``k = user_hash · G + g`` (G genre
+        buckets, B = ``genre_row_buckets``). Multiplying by a constant modulo a prime maps the
+        pair keys one-to-one and scatters them, so the last step spreads pairs over the rows
+        whatever B is (a plain ``k mod B`` with B and G powers of two keeps only the low bits
+        of the user hash: users would share rows far more often than B allows)."""
+        genres = self.layout.global_multi_hot[0][1]
+        key = tf.cast(user_hash, tf.int64) * genres + tf.cast(genre, tf.int64)
+        mixed = tf.math.floormod(key * _GENRE_ROW_MULTIPLIER, _GENRE_ROW_PRIME)
+        return tf.math.floormod(mixed, self.model_cfg.genre_row_buckets)
 
     def genre_rows(self, user_hash: tf.Tensor, genre: tf.Tensor) -> tf.Tensor:
         """The (user, genre) rows ``[..., d]`` of hashed user ids and genre buckets ``[...]``."""
