@@ -1,10 +1,16 @@
-"""Meta-training throughput: the batched trainer vs a per-task Python loop of the same math.
+"""Meta-training throughput: the batched trainer vs a vectorized-map and a per-task-loop step.
 
-Both implementations run the same model, data and MAML step (inner loop + second- or first-order
-outer gradient + Adam) inside one ``tf.function``; the per-task one unrolls a Python loop over
-tasks and adapts each task on its own (``[1, ...]`` slices), the batched one adapts all tasks at
-once with per-task parameter copies ``[tasks, ...]`` and einsum. Tracing is excluded (one warm-up
-step each).
+Every implementation runs the same model, data and MAML step (inner loop + second- or
+first-order outer gradient + Adam) inside one ``tf.function``:
+
+* ``batched`` / ``batched_xla``: :class:`trainer.maml.MamlTrainer`'s step (all tasks at once,
+  per-task parameter copies ``[tasks, ...]``, batched matmuls; the second with XLA);
+* ``vmap``: an independent functional implementation, a per-task loss with explicit parameters
+  vectorized over tasks by ``tf.vectorized_map`` (what JAX's ``vmap`` + ``grad`` does);
+* ``per_task_loop``: a Python loop over tasks, each adapted on its own (``[1, ...]`` slices).
+
+Tracing is excluded (one warm-up step each). ``--profile`` adds each row's top TensorFlow ops
+(self time per op type, :mod:`benchmarks.op_profile`).
 
 Usage: ``python -m benchmarks.train_bench --tasks 32 --support 16 --query 8 --meta-dim 32
 --hidden 64 --embedding-dim 16 --steps 20`` prints a JSON list of rows.
@@ -19,11 +25,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.op_profile import top_ops
 from limaml.config import MamlConfig, ModelConfig
 from schema import features
 from trainer import maml
 from trainer.layout import FeatureLayout
-from trainer.model import LimamlModel
+from trainer.model import LimamlModel, global_forward, meta_forward, meta_input
 
 
 def _layout(meta_dim: int, item_vocab: int = 1000) -> FeatureLayout:
@@ -68,11 +75,61 @@ def _per_task_step(model: LimamlModel, opt: maml.Adam, cfg: MamlConfig, tasks: i
     return step
 
 
+def _vmap_step(model: LimamlModel, opt: maml.Adam, cfg: MamlConfig):
+    """The same MAML step written functionally for one task and vectorized over tasks by
+    ``tf.vectorized_map`` (pfor), the way a functional-autodiff library does it (JAX: ``vmap``
+    of a per-task loss, then ``grad``). Independent of :mod:`trainer.maml`: parameters are
+    explicit tensors, the inner loop is written out here; only the two blocks' forward passes
+    (:func:`trainer.model.meta_forward`, :func:`trainer.model.global_forward`) are shared::
+
+        θ_t ← θ − α ∇_θ L_support,t(θ)   (k times),   loss = mean_t L_query,t(θ_t) + λ Σ w²
+    """
+    variables = model.outer_variables()
+    layout, mcfg, act = model.layout, model.model_cfg, model.model_cfg.activation
+
+    def bce(z, part):
+        m = tf.cast(part["mask"], z.dtype)
+        y = tf.cast(part["label"], z.dtype)
+        return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z) * m) / \
+            tf.maximum(tf.reduce_sum(m), 1.0)
+
+    def task_loss(meta, glob, one):  # one task: {part: {feature: [n, ...]}}
+        s, q = one["support"], one["query"]
+        s_x, q_x = meta_input(s, layout, model.dtype), meta_input(q, layout, model.dtype)
+        theta = dict(meta)
+        for _ in range(cfg.adaptation_steps):
+            names = sorted(theta)
+            with tf.GradientTape() as inner:
+                inner.watch([theta[k] for k in names])
+                loss = bce(global_forward(glob, meta_forward(theta, s_x, act), s, layout, mcfg), s)
+            grads = inner.gradient(loss, [theta[k] for k in names])
+            if cfg.first_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            theta = {k: theta[k] - cfg.inner_lr * g for k, g in zip(names, grads)}
+        return bce(global_forward(glob, meta_forward(theta, q_x, act), q, layout, mcfg), q)
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as outer:
+            meta = {k: tf.convert_to_tensor(v) for k, v in model.meta_params.items()}
+            glob = {k: tf.convert_to_tensor(v) for k, v in model.global_params.items()}
+            losses = tf.vectorized_map(lambda one: task_loss(meta, glob, one), batch,
+                                       fallback_to_while_loop=False)
+            loss = tf.reduce_mean(losses)
+            l2 = [v for v in model.l2_variables()]
+            if cfg.outer_l2 > 0 and l2:
+                loss += cfg.outer_l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in l2])
+        grads = outer.gradient(loss, variables)
+        opt.apply([None if g is None else tf.convert_to_tensor(g) for g in grads])
+        return loss
+    return step
+
+
 def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, hidden: int = 64,
         embedding_dim: int = 16, steps: int = 20,
         adaptation_steps: Sequence[int] = (1, 5), first_order: Sequence[bool] = (False, True),
-        impls: Sequence[str] = ("batched", "batched_xla", "per_task_loop")
-        ) -> List[Dict[str, object]]:
+        impls: Sequence[str] = ("batched", "batched_xla", "vmap", "per_task_loop"),
+        profile: bool = False) -> List[Dict[str, object]]:
     """Measures meta-training throughput.
 
     Args:
@@ -83,9 +140,10 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
         embedding_dim: E.
         steps: timed outer steps per configuration (after one warm-up step).
         adaptation_steps, first_order, impls: configurations to run.
+        profile: also profile ``steps`` more steps of each row (``top_ops``).
 
     Returns:
-        Rows ``{"impl", "adaptation_steps", "first_order", "tasks_per_s", ...}``.
+        Rows ``{"impl", "adaptation_steps", "first_order", "tasks_per_s", ...[, "top_ops"]}``.
     """
     layout = _layout(meta_dim)
     # plain MAML on dense meta inputs (no user-id rows), full supports: the same math in both
@@ -102,6 +160,8 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
                 if impl in ("batched", "batched_xla"):
                     trainer = maml.MamlTrainer(model, cfg, jit_compile=impl == "batched_xla")
                     step = trainer._step_fn
+                elif impl == "vmap":
+                    step = _vmap_step(model, maml.Adam(model.outer_variables(), cfg.meta_lr), cfg)
                 else:
                     step = _per_task_step(model, maml.Adam(model.outer_variables(), cfg.meta_lr),
                                           cfg, tasks)
@@ -114,12 +174,14 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
                     out = step(batch)
                 tf.nest.map_structure(lambda x: x.numpy(), out)
                 elapsed = time.time() - t0
-                rows.append({"impl": impl, "adaptation_steps": k, "first_order": fo,
-                             "tasks_per_s": tasks * steps / elapsed,
-                             "step_ms": 1000 * elapsed / steps, "trace_s": warm,
-                             "tasks": tasks, "support": support, "query": query,
-                             "meta_dim": meta_dim, "hidden": hidden,
-                             "embedding_dim": embedding_dim})
+                row = {"impl": impl, "adaptation_steps": k, "first_order": fo,
+                       "tasks_per_s": tasks * steps / elapsed,
+                       "step_ms": 1000 * elapsed / steps, "trace_s": warm,
+                       "tasks": tasks, "support": support, "query": query,
+                       "meta_dim": meta_dim, "hidden": hidden, "embedding_dim": embedding_dim}
+                if profile:
+                    row["top_ops"] = top_ops(lambda fn=step: fn(batch), calls=steps, k=8)
+                rows.append(row)
     return rows
 
 
@@ -133,8 +195,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--embedding-dim", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--impls", default="batched,batched_xla,vmap,per_task_loop",
+                   help="comma-separated implementations")
+    p.add_argument("--profile", action="store_true",
+                   help="add each row's top TensorFlow ops (self time per op type)")
     a = p.parse_args(argv)
-    rows = run(a.tasks, a.support, a.query, a.meta_dim, a.hidden, a.embedding_dim, a.steps)
+    impls = [i.strip() for i in a.impls.split(",") if i.strip()]
+    unknown = sorted(set(impls) - {"batched", "batched_xla", "vmap", "per_task_loop"})
+    if unknown:
+        p.error(f"--impls: unknown {unknown}; choose from batched, batched_xla, vmap, per_task_loop")
+    rows = run(a.tasks, a.support, a.query, a.meta_dim, a.hidden, a.embedding_dim, a.steps,
+               impls=impls, profile=a.profile)
     print(json.dumps(rows, indent=2))
     return 0
 

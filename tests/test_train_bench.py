@@ -1,0 +1,83 @@
+"""benchmarks/train_bench.py and benchmarks/op_profile.py: the vectorized-map step (an
+independent functional implementation) takes the same MAML step as the trainer, and the op
+profile reads TensorFlow's profiler output correctly (hand-encoded records, a planted op)."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import op_profile, train_bench
+from limaml.config import MamlConfig, ModelConfig
+from trainer import maml
+from trainer.model import LimamlModel
+
+
+@pytest.mark.parametrize("steps,first_order", [(1, False), (2, False), (2, True)])
+def test_vmap_step_equals_the_trainers_step(steps, first_order):
+    layout = train_bench._layout(8, item_vocab=20)
+    mcfg = ModelConfig(meta_hidden=(6,), embedding_dim=4, global_hidden=(5,),
+                       categorical_embedding_dim=3, user_id_embedding_dim=0)
+    cfg = MamlConfig(inner_lr=0.2, adaptation_steps=steps, first_order=first_order,
+                     support_sampling="none", support_shrinkage=0.0)
+    batch = train_bench._batch(layout, tasks=5, support=6, query=4, seed=3)
+    ours, theirs = (LimamlModel(layout, mcfg, cfg, seed=1, dtype=tf.float64) for _ in range(2))
+    trainer_loss, finite = maml.MamlTrainer(ours, cfg)._step_fn(batch)
+    vmap_loss = train_bench._vmap_step(theirs, maml.Adam(theirs.outer_variables(), cfg.meta_lr), cfg)(batch)
+    assert bool(finite)
+    assert float(trainer_loss) == pytest.approx(float(vmap_loss), rel=1e-10)
+    moved = 0.0
+    for a, b, v0 in zip(ours.outer_variables(), theirs.outer_variables(),
+                        LimamlModel(layout, mcfg, cfg, seed=1, dtype=tf.float64).outer_variables()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-7, atol=1e-10, err_msg=a.name)
+        moved = max(moved, float(np.abs(a.numpy() - v0.numpy()).max()))
+    assert moved > 1e-5  # the step did move the parameters
+
+
+def _varint(value: int) -> bytes:
+    out = b""
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out += bytes([byte | (0x80 if value else 0)])
+        if not value:
+            return out
+
+
+def _len_field(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _record(op_type: str, op_name: str, occurrences: int, self_us: float) -> bytes:
+    return (_len_field(2, b"Host") + _len_field(3, op_type.encode()) + _len_field(4, op_name.encode())
+            + _varint(5 << 3 | 0) + _varint(occurrences)
+            + _varint(6 << 3 | 1) + struct.pack("<d", 999.0)        # total time: not read
+            + _varint(8 << 3 | 1) + struct.pack("<d", self_us))
+
+
+def test_parse_tf_stats_reads_hand_encoded_records():
+    records = [_record("MatMul", "a", 3, 300.0), _record("Add", "b", 2, 50.0), _record("MatMul", "c", 1, 100.0)]
+    with_idle = _len_field(1, _record("IDLE", "IDLE", 1, 1e6))
+    without_idle = b"".join(_len_field(1, r) for r in records)
+    data = _len_field(4, with_idle) + _len_field(5, without_idle) + _len_field(6, b"CPU")
+    rows = op_profile.parse_tf_stats(data)
+    assert [(r["op_type"], r["op_name"], r["occurrences"], r["self_us"]) for r in rows] == [
+        ("MatMul", "a", 3, 300.0), ("Add", "b", 2, 50.0), ("MatMul", "c", 1, 100.0)]
+    top = op_profile.summarize(rows, k=5)
+    assert top == [{"op_type": "MatMul", "self_ms": 0.4, "share": 0.8889, "occurrences": 4},
+                   {"op_type": "Add", "self_ms": 0.05, "share": 0.1111, "occurrences": 2}]
+
+
+def test_top_ops_finds_the_planted_matmul():
+    @tf.function
+    def f(x):
+        for _ in range(3):
+            x = tf.nn.relu(tf.matmul(x, x) * 0.01)
+        return tf.reduce_sum(x)
+
+    x = tf.random.stateless_normal([192, 192], seed=[1, 2])
+    f(x)  # traced outside the profile
+    top = op_profile.top_ops(lambda: f(x), calls=7, k=3)
+    assert "MatMul" in top[0]["op_type"] and top[0]["occurrences"] == 21  # 3 per call
+    assert top[0]["share"] > 0.5
