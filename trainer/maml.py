@@ -42,6 +42,7 @@ from limaml.config import MamlConfig
 from schema import features
 from trainer.layout import MASK, QUERY, SUPPORT, USER_HASH
 from trainer.model import USER_ROW, LimamlModel, Params, global_forward, meta_forward
+from trainer.nn_ops import _act, _dot
 
 LABEL = features.LABEL
 AGGREGATIONS = ("latest", "mean", "max")
@@ -170,6 +171,57 @@ def _touched_rows(g: tf.Tensor) -> tf.Tensor:
     return tf.reduce_any(tf.not_equal(g, 0), axis=-1, keepdims=True)
 
 
+def _first_step_gradients(model: LimamlModel, shared: Mapping[str, tf.Tensor],
+                          row: Optional[tf.Tensor], meta_x: tf.Tensor,
+                          global_params: Mapping[str, tf.Tensor], support: Mapping[str, tf.Tensor],
+                          prefix_emb: Optional[tf.Tensor], suffix_emb: Optional[tf.Tensor]
+                          ) -> Dict[str, tf.Tensor]:
+    """Per-task gradients of the support losses at the first inner step, where every task's θ_u
+    is the same θ: ``{w_l: [tasks, d_l, h_l], b_l: [tasks, h_l](, user_row: [tasks, d])}``.
+
+    The forward pass runs once with the shared weights over all tasks' rows (plain matmuls,
+    no per-task copies). With ``δ_l = ∂L/∂z_l`` ``[tasks, n, h_l]`` the gradient w.r.t. the
+    pre-activations ``z_l = h_l W_l + b_l`` of layer l, task t's gradients are::
+
+        ∂L_t/∂W_l = h_l[t]ᵀ δ_l[t]   (one batched matmul)      ∂L_t/∂b_l = Σ_n δ_l[t, n]
+
+    (task t's loss depends only on its own rows, so the gradient of the summed loss restricted
+    to task t's rows is ∇L_t). Equal to differentiating per-task copies, and differentiable again
+    for the second-order meta-gradient.
+    """
+    act = _act(model.model_cfg.activation)
+    layers = sum(1 for k in shared if k.startswith("w"))
+    with tf.GradientTape() as tape:
+        h = meta_x
+        if row is not None:
+            tape.watch(row)
+            h = tf.concat([h, tf.broadcast_to(tf.cast(row, h.dtype)[:, None, :], tf.concat(
+                [tf.shape(h)[:-1], tf.shape(row)[-1:]], 0))], axis=-1)
+        inputs, pre = [], []
+        for i in range(layers):
+            inputs.append(h)
+            z = _dot(h, shared[f"w{i}"]) + shared[f"b{i}"]
+            tape.watch(z)
+            pre.append(z)
+            h = act(z) if i < layers - 1 else z
+        emb = h
+        if prefix_emb is not None:
+            emb = tf.concat([tf.cast(prefix_emb, emb.dtype), emb], axis=-1)
+        if suffix_emb is not None:
+            emb = tf.concat([emb, tf.cast(suffix_emb, emb.dtype)], axis=-1)
+        logits = global_forward(global_params, emb, support, model.layout, model.model_cfg)
+        loss = tf.reduce_sum(masked_task_loss(logits, support[LABEL], support[MASK]))
+    grads = tape.gradient(loss, pre + ([row] if row is not None else []))
+    out: Dict[str, tf.Tensor] = {}
+    for i in range(layers):
+        delta = tf.convert_to_tensor(grads[i])
+        out[f"w{i}"] = tf.linalg.matmul(inputs[i], delta, transpose_a=True)   # [tasks, d, h]
+        out[f"b{i}"] = tf.reduce_sum(delta, axis=1)                            # [tasks, h]
+    if row is not None:
+        out[USER_ROW] = tf.convert_to_tensor(grads[-1])
+    return out
+
+
 def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           first_order: bool = False, meta_params: Optional[Mapping[str, tf.Tensor]] = None,
           global_params: Optional[Mapping[str, tf.Tensor]] = None,
@@ -238,7 +290,21 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
         names = [k for k in names if k != USER_ROW]
         row0 = theta[USER_ROW]
         precision = tf.exp(model.row_log_precision)
-    for _ in range(steps):
+    for step in range(steps):
+        if step == 0 and not newton:
+            # Every task starts from the same θ: one shared forward pass instead of per-task copies.
+            shared = {k: tf.convert_to_tensor(v) for k, v in meta_params.items() if k != USER_ROW}
+            grads0 = _first_step_gradients(model, shared, theta.get(USER_ROW), meta_x,
+                                           global_params, support, prefix_emb, suffix_emb)
+            new = {}
+            for k in names:
+                g = tf.stop_gradient(grads0[k]) if first_order else grads0[k]
+                if kappa > 0:
+                    g = g * _per_task(shrink, g)
+                start = theta[k] if k == USER_ROW else shared[k][None]
+                new[k] = start - inner_lrs[k] * g
+            theta = new
+            continue
         with tf.GradientTape(persistent=newton) as inner:
             inner.watch([theta[k] for k in names])
             params = theta
