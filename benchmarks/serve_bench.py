@@ -56,6 +56,8 @@ def run_serve_bench(
     ids_only: bool = False,
     item_cache: Any = None,
     meta_blocks: Sequence[str] = ("user",),
+    batch_requests: bool = False,
+    batch_window_ms: float = 0.0,
 ) -> List[Dict[str, float]]:
     """Measures the HTTP ranker service end to end from a separate client process.
 
@@ -78,6 +80,8 @@ def run_serve_bench(
         concurrencies: clients at once, one row per (candidate count, concurrency).
         ids_only: send item ids only (the ranker fills features from ``item_cache``).
         item_cache: the ranker's item cache (default: one of the candidates, when ids_only).
+        batch_requests: the ranker batches concurrent requests into shared Predicts.
+        batch_window_ms: with it, how long a Predict's first request waits for others.
         meta_blocks: the served model's meta blocks (``("user", "user_x_genre")``: the ranker
             sends ``[e_user, e_user×genre]`` per candidate, :mod:`serving.multi_block`).
 
@@ -119,7 +123,8 @@ def run_serve_bench(
         item_cache = ItemCache.from_records(pool_for_cache)
     ranker = Ranker(model_target, model_name, embedding_lookup, timeout_s=timeout_s,
                     max_candidates=max(max(candidate_counts), 1), item_cache=item_cache,
-                    meta_blocks=meta_blocks)
+                    meta_blocks=meta_blocks, batch_requests=batch_requests,
+                    batch_window_ms=batch_window_ms)
     service = start_ranker_service(ranker)
     rows: List[Dict[str, float]] = []
     try:
@@ -223,6 +228,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--ids-only", action="store_true",
                         help="send item ids only (features from the ranker's item cache)")
     parser.add_argument("--table", action="store_true", help="also print a table to stderr")
+    parser.add_argument("--batch-requests", action="store_true",
+                        help="ranker: concurrent requests share one Predict")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0,
+                        help="with --batch-requests: how long a Predict's first request waits")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # `limaml bench serve -- --run DIR`
         argv = argv[1:]
@@ -271,11 +280,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warmup=args.warmup, user_id=request["user_id"], model_target=stack.model_target,
             user_features=request["user_features"], candidates=pool, concurrencies=concs,
             ids_only=args.ids_only, item_cache=stack.ranker.item_cache,
-            meta_blocks=MULTI_BLOCKS if stack.ranker.multi_block else ("user",))
+            meta_blocks=MULTI_BLOCKS if stack.ranker.multi_block else ("user",),
+            batch_requests=args.batch_requests, batch_window_ms=args.batch_window_ms)
     finally:
         stack.stop()
     for row in rows:
         print(json.dumps({**row, "model_version": stack.model_version, "store": args.store,
+                          "batch_requests": args.batch_requests,
+                          "batch_window_ms": args.batch_window_ms,
                           "cache_size": args.cache_size, "user_id": request["user_id"]}),
               flush=True)
     if args.table:

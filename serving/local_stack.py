@@ -209,6 +209,7 @@ def start_local_stack(
     item_cache: bool = True,
     auth_token: Optional[str] = None,
     model_auth_token: Optional[str] = None,
+    batch_requests: bool = False,
 ) -> LocalStack:
     """Starts model server, embedding store, embedding lookup and ranker HTTP service of a run.
 
@@ -235,6 +236,8 @@ def start_local_stack(
         item_cache: load the run's items (ExampleGen output) so clients may send item ids only.
         auth_token: bearer token the ranker's ``/v1/rank`` requires (None: open).
         model_auth_token: token the stand-in model server requires of the ranker (None: open).
+        batch_requests: the ranker batches concurrent requests into shared Predicts
+            (:mod:`serving.predict_batcher`).
 
     Returns:
         The running :class:`LocalStack`.
@@ -321,7 +324,8 @@ def start_local_stack(
         items = run_item_cache(folder.metadata_path) if item_cache else None
         ranker = Ranker(server.target, name, lookup, timeout_s=timeout_s,
                         max_candidates=max_candidates, item_cache=items,
-                        auth_token=model_auth_token, meta_blocks=served_meta_blocks(version_dir))
+                        auth_token=model_auth_token, meta_blocks=served_meta_blocks(version_dir),
+                        batch_requests=batch_requests)
         started.append(ranker)
         served = str(ranker.model_version(refresh=True))
         try:

@@ -56,6 +56,7 @@ from schema import features as F
 from serving import multi_block as MB
 from serving import predict_request as PR
 from serving.item_cache import ItemCache
+from serving.predict_batcher import PredictBatcher
 from serving.ranker_embeddings import EmbeddingsMixin
 from serving.ranker_errors import (
     EmbeddingLookupError,
@@ -108,6 +109,10 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         meta_blocks: the served model's meta blocks: ``("user",)`` (one embedding per user) or
             ``("user", "user_x_genre")`` (``[e_user, e_user×genre]`` per candidate,
             :mod:`serving.multi_block`).
+        batch_requests: concurrent ``predict_raw`` requests share one Predict
+            (:mod:`serving.predict_batcher`); False: one Predict per request.
+        batch_window_ms: with ``batch_requests``, how long the request that starts a Predict
+            waits for others first (0: none; requests arriving during a Predict share the next).
 
     Raises:
         ValueError: for a non-positive timeout or max_candidates, or an empty target/name.
@@ -127,6 +132,8 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         auth_token: Optional[str] = None,
         max_message_bytes: int = 16 << 20,
         meta_blocks: Sequence[str] = ("user",),
+        batch_requests: bool = False,
+        batch_window_ms: float = 0.0,
     ) -> None:
         if not model_channel_target:
             raise ValueError("model_channel_target is empty; pass TF Serving's 'host:port'")
@@ -164,6 +171,12 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         self._raw_inputs: Dict[int, Optional[Dict[str, int]]] = {}
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._status = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        if batch_window_ms < 0:
+            raise ValueError(f"batch_window_ms={batch_window_ms}; must be >= 0")
+        # concurrent predict_raw requests share one Predict (serving/predict_batcher.py)
+        self._batcher = (PredictBatcher(self._predict.Predict, model_name, self.timeout_s,
+                                        self._metadata, window_s=batch_window_ms / 1000.0)
+                         if batch_requests else None)
         self._version = _VersionCache()
         self._version_lock = threading.Lock()
         self._candidate_allowed = tuple(f for f in SERVING_FEATURE_KINDS if f != F.USER_ID)
@@ -333,6 +346,14 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
                 out[name] = np.asarray(col)
         return out
 
+    def _predict_failure(self, version: int, exc: grpc.RpcError) -> Exception:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            # TF Serving: "Servable not found for request: Specific(name, version)"
+            return _VersionGone(
+                f"model server {self.target} no longer serves {self.model_name!r} version "
+                f"{version}: {exc.details()}")
+        return self._rpc_failure("Predict", exc)
+
     def _rank_at(self, version: int, user_id: str, columns: Dict[str, list], n: int,
                  user_features: Optional[Mapping[str, Any]]) -> RankResponse:
         fallbacks = None
@@ -342,6 +363,16 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             emb, cold, degraded = self._embedding(user_id, version)
         inputs = self._raw_inputs_of(version)
         raw = self._raw_columns(inputs, user_id, columns, n, user_features) if inputs else None
+        if raw is not None and self._batcher is not None:
+            try:
+                scores, answered = self._batcher.predict(version, inputs, raw, emb, n)
+            except grpc.RpcError as exc:
+                raise self._predict_failure(version, exc) from None
+            except ValueError as exc:
+                raise ModelServerError(
+                    f"model {self.model_name!r} version {version} signature "
+                    f"{PR.RAW_SIGNATURE!r}: {exc}") from None
+            return RankResponse(scores, str(answered), cold, degraded, fallbacks)
         if raw is not None:
             req = PR.raw_request(self.model_name, version, inputs, raw, emb, n)
         else:
@@ -353,13 +384,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         try:
             resp = self._predict.Predict(req, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                # TF Serving: "Servable not found for request: Specific(name, version)"
-                raise _VersionGone(
-                    f"model server {self.target} no longer serves {self.model_name!r} version "
-                    f"{version}: {exc.details()}"
-                ) from None
-            raise self._rpc_failure("Predict", exc) from None
+            raise self._predict_failure(version, exc) from None
         try:
             scores = PR.probabilities(resp, n)
         except ValueError as exc:

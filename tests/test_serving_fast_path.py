@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -155,3 +156,69 @@ def test_warm_up_goes_through_predict_raw(limaml_served, stack):
         assert ranker._raw_inputs[1] is not None
     with Ranker(server.target, "limaml", lookup) as no_cache:
         assert no_cache.warm_up() is None
+
+
+def test_batched_ranker_gives_each_concurrent_request_its_own_scores(limaml_served, stack):
+    """``batch_requests``: 24 requests from 8 threads (different users, candidate counts and
+    features) get exactly the scores of one-at-a-time ``serving_default`` calls, in fewer
+    Predicts than requests; a Predict that fails fails each request it carried, by name."""
+    import threading
+
+    from serving.ranker import ModelServerError, ModelServerUnavailable
+
+    server, _, slow, lookup = stack
+    batched = Ranker(server.target, "limaml", lookup, batch_requests=True, batch_window_ms=2.0)
+    jobs = []
+    for k in range(24):
+        u = k % len(limaml_served.user_ids)
+        jobs.append((limaml_served.user_ids[u], _cands(limaml_served, 1 + (5 * k) % 40, offset=k),
+                     limaml_served.user_features[u]))
+    want = [slow.rank(user, cands, uf).scores for user, cands, uf in jobs]
+    got, errors = [None] * len(jobs), []
+    barrier = threading.Barrier(8)
+
+    def worker(i):
+        barrier.wait()
+        for j in range(i, len(jobs), 8):
+            try:
+                got[j] = batched.rank(*jobs[j]).scores
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        for j, (a, b) in enumerate(zip(got, want)):
+            assert len(a) == len(jobs[j][1])
+            np.testing.assert_allclose(a, b, rtol=0, atol=ATOL, err_msg=str(j))
+        assert batched._batcher.requests == len(jobs)
+        assert batched._batcher.calls < len(jobs)  # requests really shared Predicts
+        calls = batched._batcher.calls
+
+        def broken(request, **kwargs):
+            raise _RpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+
+        batched._batcher._predict = broken
+        with pytest.raises((ModelServerUnavailable, ModelServerError), match="refused"):
+            batched.rank(*jobs[0])
+        assert batched._batcher.calls == calls and not batched._batcher._sending
+    finally:
+        batched.close()
+
+
+class _RpcError(grpc.RpcError):
+    """A failed call as the gRPC stub raises it (code and details)."""
+
+    def __init__(self, code, details):
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details

@@ -1,0 +1,160 @@
+"""Cross-request batching of ``predict_raw`` calls: concurrent rank requests share one Predict.
+
+Each rank request costs the model server a gRPC round trip and one SavedModel call whatever its
+size, and on a small machine those fixed costs dominate (ML-100K main job, 100 candidates: the
+model itself 0.7 ms, the Predict round trip 2.2 ms).
+
+:class:`PredictBatcher` batches by leadership, with no extra thread: a caller that finds no
+Predict in flight becomes the *leader*; it waits ``window_s`` (0 by default), takes every
+pending request, and sends them as Predicts, one per model version and input set (rows
+concatenated in arrival order). It then sends what arrived meanwhile, until nothing is pending.
+Callers that arrive while a Predict is in flight only queue their columns and wait for their
+slice of the probabilities. A lone request is sent by its own thread at once (no hand-off), and
+under load the requests that queue during one Predict share the next. A failed Predict fails
+every request it carried, with the same exception.
+
+Opt-in (``Ranker(batch_requests=True)``, ``limaml serve --batch-requests``); off by default.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from tensorflow.core.framework import types_pb2
+
+from serving import predict_request as PR
+
+
+class _Item:
+    __slots__ = ("version", "inputs", "columns", "emb", "n", "future")
+
+    def __init__(self, version: int, inputs: Mapping[str, int], columns: Mapping[str, Any],
+                 emb: np.ndarray, n: int):
+        self.version, self.inputs, self.columns, self.emb, self.n = version, inputs, columns, emb, n
+        self.future: "Future[Tuple[List[float], int]]" = Future()
+
+    def key(self) -> Tuple:
+        return (self.version, tuple(sorted(self.inputs.items())), self.emb.shape[-1])
+
+
+class PredictBatcher:
+    """Batches ``predict_raw`` requests of concurrent callers into one Predict per model version.
+
+    Args:
+        predict: ``predict(request, timeout=..., metadata=...)`` (the gRPC stub's ``Predict``).
+        model_name: the served model.
+        timeout_s: deadline of one batched Predict.
+        metadata: gRPC metadata of every call (e.g. the bearer token), or None.
+        window_s: how long a leader waits for more requests before its first Predict.
+        max_rows: most candidate rows in one Predict (a request is never split).
+    """
+
+    def __init__(self, predict: Callable[..., Any], model_name: str, timeout_s: float,
+                 metadata: Optional[Sequence[Tuple[str, str]]] = None, window_s: float = 0.0,
+                 max_rows: int = 8192):
+        if window_s < 0:
+            raise ValueError(f"window_s={window_s}; must be >= 0 seconds")
+        if max_rows < 1:
+            raise ValueError(f"max_rows={max_rows}; must be >= 1")
+        self._predict, self.model_name = predict, model_name
+        self.timeout_s, self._metadata = float(timeout_s), metadata
+        self.window_s, self.max_rows = float(window_s), int(max_rows)
+        self._lock = threading.Lock()
+        self._pending: List[_Item] = []
+        self._sending = False
+        self.calls = 0          # Predict calls sent
+        self.requests = 0       # requests answered
+
+    def predict(self, version: int, inputs: Mapping[str, int], columns: Mapping[str, Any],
+                emb: np.ndarray, n: int) -> Tuple[List[float], int]:
+        """Scores one request's ``n`` candidates; returns when its batch is answered.
+
+        Args:
+            version: the pinned model version.
+            inputs: the ``predict_raw`` inputs (name -> dtype), without the embedding.
+            columns: input name -> ``[n]`` values (UTF-8 bytes for strings, arrays for numbers).
+            emb: the user's ``[E]`` embedding or ``[n, W]`` rows.
+            n: candidates.
+
+        Returns:
+            ``(probabilities [n], version that answered)``.
+
+        Raises:
+            grpc.RpcError, ValueError: the batched Predict failed or answered badly.
+        """
+        emb = np.asarray(emb, np.float32)
+        emb = np.broadcast_to(emb, (n, emb.shape[0])) if emb.ndim == 1 else emb
+        item = _Item(version, inputs, columns, emb, n)
+        with self._lock:
+            self._pending.append(item)
+            lead = not self._sending
+            if lead:
+                self._sending = True
+        if lead:
+            self._lead()
+        return item.future.result(timeout=self.timeout_s + self.window_s + 5.0)
+
+    # ----------------------------------------------------------------- leader
+
+    def _take(self) -> List[_Item]:
+        """Pending requests up to ``max_rows`` rows (at least one); ends leadership when none."""
+        with self._lock:
+            if not self._pending:
+                self._sending = False
+                return []
+            batch, rows = [], 0
+            while self._pending and (not batch or rows + self._pending[0].n <= self.max_rows):
+                item = self._pending.pop(0)
+                batch.append(item)
+                rows += item.n
+            return batch
+
+    def _lead(self) -> None:
+        try:
+            if self.window_s > 0:
+                time.sleep(self.window_s)
+            while True:
+                batch = self._take()
+                if not batch:
+                    return
+                groups: Dict[Tuple, List[_Item]] = {}
+                for item in batch:
+                    groups.setdefault(item.key(), []).append(item)
+                for items in groups.values():
+                    self._send(items)
+        except BaseException as exc:  # never leave followers waiting on a dead leader
+            with self._lock:
+                stranded, self._pending, self._sending = self._pending, [], False
+            for item in stranded:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            raise
+
+    def _send(self, items: List[_Item]) -> None:
+        first = items[0]
+        try:
+            columns: Dict[str, Any] = {}
+            for name, dtype in first.inputs.items():
+                if dtype == types_pb2.DT_STRING:
+                    columns[name] = [v for item in items for v in item.columns[name]]
+                else:
+                    columns[name] = np.concatenate([np.asarray(item.columns[name]) for item in items])
+            total = sum(item.n for item in items)
+            emb = np.concatenate([item.emb for item in items], axis=0)
+            req = PR.raw_request(self.model_name, first.version, first.inputs, columns, emb, total)
+            resp = self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
+            self.calls += 1
+            scores = PR.probabilities(resp, total)
+            answered = int(resp.model_spec.version.value or first.version)
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
+            for item in items:
+                item.future.set_exception(exc)
+            return
+        start = 0
+        for item in items:
+            item.future.set_result((scores[start:start + item.n], answered))
+            start += item.n
+        self.requests += len(items)
