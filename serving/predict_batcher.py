@@ -7,10 +7,11 @@ model itself 0.7 ms, the Predict round trip 2.2 ms).
 :class:`PredictBatcher` batches by leadership, with no extra thread: a caller that finds no
 Predict in flight becomes the *leader*; it waits ``window_s`` (0 by default), takes every
 pending request, and sends them as Predicts, one per model version and input set (rows
-concatenated in arrival order). It then sends what arrived meanwhile, until nothing is pending.
-Callers that arrive while a Predict is in flight only queue their columns and wait for their
-slice of the probabilities. A lone request is sent by its own thread at once (no hand-off), and
-under load the requests that queue during one Predict share the next. A failed Predict fails
+concatenated in arrival order). It then sends what arrived meanwhile until its own request is
+answered, and hands leadership to the oldest request still queued (so no caller keeps sending
+for others under sustained load). Callers that arrive while a leader is active only queue their
+columns and wait for their slice of the probabilities. A lone request is sent by its own thread
+at once (no hand-off), and under load the requests that queue during one Predict share the next. A failed Predict fails
 every request it carried, with the same exception.
 
 Opt-in (``Ranker(batch_requests=True)``, ``limaml serve --batch-requests``); off by default.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,15 +29,21 @@ from serving import predict_request as PR
 
 
 class _Item:
-    __slots__ = ("version", "inputs", "columns", "emb", "n", "future")
+    __slots__ = ("version", "inputs", "columns", "emb", "n", "wake", "lead", "result", "error")
 
     def __init__(self, version: int, inputs: Mapping[str, int], columns: Mapping[str, Any],
                  emb: np.ndarray, n: int):
         self.version, self.inputs, self.columns, self.emb, self.n = version, inputs, columns, emb, n
-        self.future: "Future[Tuple[List[float], int]]" = Future()
+        self.wake = threading.Event()  # set when answered, or when promoted to leader
+        self.lead = False
+        self.result: Optional[Tuple[List[float], int]] = None
+        self.error: Optional[BaseException] = None
 
     def key(self) -> Tuple:
         return (self.version, tuple(sorted(self.inputs.items())), self.emb.shape[-1])
+
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
 
 
 class PredictBatcher:
@@ -64,7 +70,7 @@ class PredictBatcher:
         self.window_s, self.max_rows = float(window_s), int(max_rows)
         self._lock = threading.Lock()
         self._pending: List[_Item] = []
-        self._sending = False
+        self._sending = False   # a leader is active
         self.calls = 0          # Predict calls sent
         self.requests = 0       # requests answered
 
@@ -84,27 +90,34 @@ class PredictBatcher:
 
         Raises:
             grpc.RpcError, ValueError: the batched Predict failed or answered badly.
+            TimeoutError: no answer within the Predict deadline plus 5 s.
         """
         emb = np.asarray(emb, np.float32)
         emb = np.broadcast_to(emb, (n, emb.shape[0])) if emb.ndim == 1 else emb
         item = _Item(version, inputs, columns, emb, n)
         with self._lock:
             self._pending.append(item)
-            lead = not self._sending
-            if lead:
-                self._sending = True
-        if lead:
-            self._lead()
-        return item.future.result(timeout=self.timeout_s + self.window_s + 5.0)
+            item.lead = not self._sending
+            self._sending = True
+        deadline = time.monotonic() + self.timeout_s + self.window_s + 5.0
+        while not item.done():
+            if item.lead:
+                item.lead = False
+                self._lead(item)
+                continue
+            if not item.wake.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"no Predict answered this request within "
+                                   f"{self.timeout_s + self.window_s + 5.0:.1f} s")
+            item.wake.clear()
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[return-value]
 
     # ----------------------------------------------------------------- leader
 
     def _take(self) -> List[_Item]:
-        """Pending requests up to ``max_rows`` rows (at least one); ends leadership when none."""
+        """Pending requests up to ``max_rows`` rows (at least one, when any)."""
         with self._lock:
-            if not self._pending:
-                self._sending = False
-                return []
             batch, rows = [], 0
             while self._pending and (not batch or rows + self._pending[0].n <= self.max_rows):
                 item = self._pending.pop(0)
@@ -112,26 +125,35 @@ class PredictBatcher:
                 rows += item.n
             return batch
 
-    def _lead(self) -> None:
+    def _lead(self, own: _Item) -> None:
+        """Sends pending requests until ``own`` is answered, then hands leadership to the
+        oldest pending request (or ends it), so no caller waits on others' traffic."""
         try:
             if self.window_s > 0:
                 time.sleep(self.window_s)
-            while True:
+            while not own.done():
                 batch = self._take()
                 if not batch:
-                    return
+                    break
                 groups: Dict[Tuple, List[_Item]] = {}
                 for item in batch:
                     groups.setdefault(item.key(), []).append(item)
                 for items in groups.values():
                     self._send(items)
-        except BaseException as exc:  # never leave followers waiting on a dead leader
+        except BaseException as exc:  # never leave queued requests on a dead leader
             with self._lock:
-                stranded, self._pending, self._sending = self._pending, [], False
-            for item in stranded:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            raise
+                stranded, self._pending = self._pending, []
+            for item in stranded + ([] if own.done() else [own]):
+                item.error = exc
+                item.wake.set()
+        finally:
+            with self._lock:
+                if self._pending:
+                    nxt = self._pending[0]
+                    nxt.lead = True
+                    nxt.wake.set()
+                else:
+                    self._sending = False
 
     def _send(self, items: List[_Item]) -> None:
         first = items[0]
@@ -151,10 +173,12 @@ class PredictBatcher:
             answered = int(resp.model_spec.version.value or first.version)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
             for item in items:
-                item.future.set_exception(exc)
+                item.error = exc
+                item.wake.set()
             return
         start = 0
         for item in items:
-            item.future.set_result((scores[start:start + item.n], answered))
+            item.result = (scores[start:start + item.n], answered)
             start += item.n
+            item.wake.set()
         self.requests += len(items)
