@@ -92,9 +92,7 @@ class PredictBatcher:
             grpc.RpcError, ValueError: the batched Predict failed or answered badly.
             TimeoutError: no answer within the Predict deadline plus 5 s.
         """
-        emb = np.asarray(emb, np.float32)
-        emb = np.broadcast_to(emb, (n, emb.shape[0])) if emb.ndim == 1 else emb
-        item = _Item(version, inputs, columns, emb, n)
+        item = _Item(version, inputs, columns, np.asarray(emb, np.float32), n)
         with self._lock:
             self._pending.append(item)
             item.lead = not self._sending
@@ -158,6 +156,11 @@ class PredictBatcher:
     def _send(self, items: List[_Item]) -> None:
         first = items[0]
         try:
+            if len(items) == 1:  # alone: its own columns, no copies
+                req = PR.raw_request(self.model_name, first.version, first.inputs, first.columns,
+                                     first.emb, first.n)
+                self._answer(items, req, first.n)
+                return
             columns: Dict[str, Any] = {}
             for name, dtype in first.inputs.items():
                 if dtype == types_pb2.DT_STRING:
@@ -165,17 +168,21 @@ class PredictBatcher:
                 else:
                     columns[name] = np.concatenate([np.asarray(item.columns[name]) for item in items])
             total = sum(item.n for item in items)
-            emb = np.concatenate([item.emb for item in items], axis=0)
+            emb = np.concatenate([np.broadcast_to(item.emb, (item.n, item.emb.shape[-1]))
+                                  for item in items], axis=0)
             req = PR.raw_request(self.model_name, first.version, first.inputs, columns, emb, total)
-            resp = self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
-            self.calls += 1
-            scores = PR.probabilities(resp, total)
-            answered = int(resp.model_spec.version.value or first.version)
+            self._answer(items, req, total)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
             for item in items:
                 item.error = exc
                 item.wake.set()
-            return
+
+    def _answer(self, items: List[_Item], req: Any, total: int) -> None:
+        """Sends ``req`` and gives each request its slice (errors propagate to :meth:`_send`)."""
+        resp = self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
+        self.calls += 1
+        scores = PR.probabilities(resp, total)
+        answered = int(resp.model_spec.version.value or items[0].version)
         start = 0
         for item in items:
             item.result = (scores[start:start + item.n], answered)
