@@ -228,8 +228,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--ids-only", action="store_true",
                         help="send item ids only (features from the ranker's item cache)")
     parser.add_argument("--table", action="store_true", help="also print a table to stderr")
-    parser.add_argument("--batch-requests", action="store_true",
-                        help="ranker: concurrent requests share one Predict")
+    parser.add_argument("--batch-requests", action=argparse.BooleanOptionalAction, default=True,
+                        help="ranker: concurrent requests share one Predict (default on, as in "
+                             "limaml serve)")
     parser.add_argument("--batch-window-ms", type=float, default=0.0,
                         help="with --batch-requests: how long a Predict's first request waits")
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -209,7 +209,7 @@ def start_local_stack(
     item_cache: bool = True,
     auth_token: Optional[str] = None,
     model_auth_token: Optional[str] = None,
-    batch_requests: bool = False,
+    batch_requests: bool = True,
 ) -> LocalStack:
     """Starts model server, embedding store, embedding lookup and ranker HTTP service of a run.
 
@@ -237,7 +237,7 @@ def start_local_stack(
         auth_token: bearer token the ranker's ``/v1/rank`` requires (None: open).
         model_auth_token: token the stand-in model server requires of the ranker (None: open).
         batch_requests: the ranker batches concurrent requests into shared Predicts
-            (:mod:`serving.predict_batcher`).
+            (:mod:`serving.predict_batcher`; on by default, False: one Predict per request).
 
     Returns:
         The running :class:`LocalStack`.

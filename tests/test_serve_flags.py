@@ -1,10 +1,11 @@
-"""``limaml serve|score --batch-requests`` reaches the ranker of the local stack."""
+"""``limaml serve|score --[no-]batch-requests`` (default on) reaches the ranker of the local stack."""
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.mark.parametrize("flags,want", [([], False), (["--batch-requests"], True)])
+@pytest.mark.parametrize("flags,want", [([], True), (["--no-batch-requests"], False),
+                                        (["--batch-requests"], True)])
 def test_batch_requests_flag_reaches_the_local_stack(monkeypatch, flags, want):
     from limaml import cli
     from limaml.commands import serve

@@ -46,9 +46,9 @@ def _add_stack_flags(p: argparse.ArgumentParser, default_ports: bool) -> None:
     p.add_argument("--timeout-s", type=float, default=5.0, help="ranker gRPC deadline")
     p.add_argument("--embedding-timeout-s", type=float, default=1.0,
                    help="embedding store call budget (slower: cold-start default, 'degraded')")
-    p.add_argument("--batch-requests", action="store_true",
+    p.add_argument("--batch-requests", action=argparse.BooleanOptionalAction, default=True,
                    help="concurrent rank requests share one Predict (serving/predict_batcher.py; "
-                        "ML-100K, 100 candidates: about 2x the requests/s at 8-32 clients)")
+                        "default on; ML-100K: about 3x the requests/s at 200 clients)")
 
 
 def _run_dir(args: argparse.Namespace) -> str:
@@ -67,7 +67,7 @@ def _start(args: argparse.Namespace, host: str = "127.0.0.1"):
         model_server_binary=args.model_server_binary,
         bigtable_emulator_host=args.bigtable_emulator_host, timeout_s=args.timeout_s,
         embedding_timeout_s=args.embedding_timeout_s,
-        batch_requests=getattr(args, "batch_requests", False))
+        batch_requests=getattr(args, "batch_requests", True))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
