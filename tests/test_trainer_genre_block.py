@@ -106,12 +106,16 @@ def test_meg_genre_embeddings_equal_the_training_time_query_embeddings(rows):
     np.testing.assert_allclose(serve_time, train_time, rtol=1e-9, atol=1e-12)
 
 
-def test_pretraining_a_multi_block_model_scores_rows_with_both_blocks_unadapted():
+def _without_row_dropout(model):
+    """The same model settings with user-row dropout off (a fresh model, seed 1)."""
     import dataclasses
 
-    model = genre_model()
-    model = LimamlModel(model.layout, dataclasses.replace(model.model_cfg, user_id_dropout=0.0),
-                        model.maml_cfg, seed=1, dtype=tf.float64)
+    return LimamlModel(model.layout, dataclasses.replace(model.model_cfg, user_id_dropout=0.0),
+                       model.maml_cfg, seed=1, dtype=tf.float64)
+
+
+def test_pretraining_a_multi_block_model_scores_rows_with_both_blocks_unadapted():
+    model = _without_row_dropout(genre_model())
     batch = make_batch()
     q = batch["query"]
     params = dict(model.meta_params, user_row=model.user_rows(q["user_hash"]))
@@ -208,11 +212,7 @@ def test_pairs_spread_over_the_rows_whatever_the_table_size():
 
 
 def test_pretraining_fits_the_rows_of_the_batchs_pairs_only():
-    import dataclasses
-
-    model = _user_genre_model()
-    model = LimamlModel(model.layout, dataclasses.replace(model.model_cfg, user_id_dropout=0.0),
-                        model.maml_cfg, seed=1, dtype=tf.float64)
+    model = _without_row_dropout(_user_genre_model())
     batch = make_batch()
     q = batch["query"]
     from trainer.model import primary_genre
