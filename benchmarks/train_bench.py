@@ -116,7 +116,7 @@ def _vmap_step(model: LimamlModel, opt: maml.Adam, cfg: MamlConfig):
             losses = tf.vectorized_map(lambda one: task_loss(meta, glob, one), batch,
                                        fallback_to_while_loop=False)
             loss = tf.reduce_mean(losses)
-            l2 = [v for v in model.l2_variables()]
+            l2 = model.l2_variables()
             if cfg.outer_l2 > 0 and l2:
                 loss += cfg.outer_l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in l2])
         grads = outer.gradient(loss, variables)

@@ -56,11 +56,13 @@ class PredictBatcher:
         metadata: gRPC metadata of every call (e.g. the bearer token), or None.
         window_s: how long a leader waits for more requests before its first Predict.
         max_rows: most candidate rows in one Predict (a request is never split).
+        wait_margin_s: a caller gives up ``timeout_s + window_s + wait_margin_s`` after it
+            queued (its request leaves the queue; were it about to lead, the next one does).
     """
 
     def __init__(self, predict: Callable[..., Any], model_name: str, timeout_s: float,
                  metadata: Optional[Sequence[Tuple[str, str]]] = None, window_s: float = 0.0,
-                 max_rows: int = 8192):
+                 max_rows: int = 8192, wait_margin_s: float = 5.0):
         if window_s < 0:
             raise ValueError(f"window_s={window_s}; must be >= 0 seconds")
         if max_rows < 1:
@@ -68,6 +70,7 @@ class PredictBatcher:
         self._predict, self.model_name = predict, model_name
         self.timeout_s, self._metadata = float(timeout_s), metadata
         self.window_s, self.max_rows = float(window_s), int(max_rows)
+        self.max_wait_s = self.timeout_s + self.window_s + float(wait_margin_s)
         self._lock = threading.Lock()
         self._pending: List[_Item] = []
         self._sending = False   # a leader is active
@@ -97,15 +100,15 @@ class PredictBatcher:
             self._pending.append(item)
             item.lead = not self._sending
             self._sending = True
-        deadline = time.monotonic() + self.timeout_s + self.window_s + 5.0
+        deadline = time.monotonic() + self.max_wait_s
         while not item.done():
             if item.lead:
                 item.lead = False
                 self._lead(item)
                 continue
             if not item.wake.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"no Predict answered this request within "
-                                   f"{self.timeout_s + self.window_s + 5.0:.1f} s")
+                self._abandon(item)
+                raise TimeoutError(f"no Predict answered this request within {self.max_wait_s:.1f} s")
             item.wake.clear()
         if item.error is not None:
             raise item.error
@@ -146,43 +149,51 @@ class PredictBatcher:
                 item.wake.set()
         finally:
             with self._lock:
-                if self._pending:
-                    nxt = self._pending[0]
-                    nxt.lead = True
-                    nxt.wake.set()
-                else:
-                    self._sending = False
+                self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Makes the oldest queued request the leader, or ends leadership (holding the lock)."""
+        if self._pending:
+            nxt = self._pending[0]
+            nxt.lead = True
+            nxt.wake.set()
+        else:
+            self._sending = False
+
+    def _abandon(self, item: _Item) -> None:
+        """A caller that gave up: its request leaves the queue, and leadership handed to it
+        meanwhile goes on to the next request (else no thread would ever send again)."""
+        with self._lock:
+            if item in self._pending:
+                self._pending.remove(item)
+            if item.lead:
+                item.lead = False
+                self._hand_on()
 
     def _send(self, items: List[_Item]) -> None:
         first = items[0]
         try:
             if len(items) == 1:  # alone: its own columns, no copies
-                req = PR.raw_request(self.model_name, first.version, first.inputs, first.columns,
-                                     first.emb, first.n)
-                self._answer(items, req, first.n)
-                return
-            columns: Dict[str, Any] = {}
-            for name, dtype in first.inputs.items():
-                if dtype == types_pb2.DT_STRING:
-                    columns[name] = [v for item in items for v in item.columns[name]]
-                else:
-                    columns[name] = np.concatenate([np.asarray(item.columns[name]) for item in items])
-            total = sum(item.n for item in items)
-            emb = np.concatenate([np.broadcast_to(item.emb, (item.n, item.emb.shape[-1]))
-                                  for item in items], axis=0)
+                columns, emb, total = first.columns, first.emb, first.n
+            else:
+                columns = {}
+                for name, dtype in first.inputs.items():
+                    parts = [item.columns[name] for item in items]
+                    columns[name] = ([v for part in parts for v in part] if dtype == types_pb2.DT_STRING
+                                     else np.concatenate([np.asarray(part) for part in parts]))
+                total = sum(item.n for item in items)
+                emb = np.concatenate([np.broadcast_to(item.emb, (item.n, item.emb.shape[-1]))
+                                      for item in items], axis=0)
             req = PR.raw_request(self.model_name, first.version, first.inputs, columns, emb, total)
-            self._answer(items, req, total)
+            resp = self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
+            self.calls += 1
+            scores = PR.probabilities(resp, total)
+            answered = int(resp.model_spec.version.value or first.version)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
             for item in items:
                 item.error = exc
                 item.wake.set()
-
-    def _answer(self, items: List[_Item], req: Any, total: int) -> None:
-        """Sends ``req`` and gives each request its slice (errors propagate to :meth:`_send`)."""
-        resp = self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
-        self.calls += 1
-        scores = PR.probabilities(resp, total)
-        answered = int(resp.model_spec.version.value or items[0].version)
+            return
         start = 0
         for item in items:
             item.result = (scores[start:start + item.n], answered)

@@ -80,6 +80,30 @@ def test_a_lone_request_is_sent_by_its_own_thread_and_errors_reach_every_caller(
     assert not batcher._sending and not batcher._pending
 
 
+def test_a_caller_that_gives_up_leaves_the_queue_and_never_blocks_the_next_ones():
+    """b queues behind a's held Predict and gives up; a is answered; c, arriving later, must
+    still be sent (were b left queued, a would hand leadership to a caller that is gone)."""
+    server = HeldServer()
+    batcher = PredictBatcher(server, "m", timeout_s=0.2, wait_margin_s=0.1)
+    out = {}
+    a = threading.Thread(target=_call, args=(batcher, out, "a", [0.1], [0.0]))
+    a.start()
+    assert server.entered.acquire(timeout=10)
+    with pytest.raises(TimeoutError, match="within 0.3 s"):
+        _call(batcher, out, "b", [0.2], [0.0])
+    server.release.release()
+    a.join(timeout=10)
+    assert out["a"][0] == pytest.approx([0.1], abs=1e-6) and "b" not in out
+    assert not batcher._pending and not batcher._sending
+    c = threading.Thread(target=_call, args=(batcher, out, "c", [0.5], [0.25]))
+    c.start()
+    assert server.entered.acquire(timeout=10)
+    server.release.release()
+    c.join(timeout=10)
+    assert out["c"][0] == pytest.approx([0.75], abs=1e-6)
+    assert server.batches == [1, 1]
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="window_s"):
         PredictBatcher(lambda *a, **k: None, "m", 1.0, window_s=-1)

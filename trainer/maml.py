@@ -42,7 +42,6 @@ from limaml.config import MamlConfig
 from schema import features
 from trainer.layout import MASK, QUERY, SUPPORT, USER_HASH
 from trainer.model import USER_ROW, LimamlModel, Params, global_forward, meta_forward
-from trainer.nn_ops import _act, _dot
 
 LABEL = features.LABEL
 AGGREGATIONS = ("latest", "mean", "max")
@@ -111,12 +110,19 @@ def set_logits(model: LimamlModel, meta_params: Params, global_params: Mapping[s
     ``prefix_emb`` / ``suffix_emb`` ``[tasks, n, E']``: fixed embeddings of other meta blocks,
     put before / after this block's output (the global block reads ``[e_user, e_user×genre]``).
     """
-    emb = meta_forward(meta_params, meta_x, model.model_cfg.activation)
+    emb = _with_other_blocks(meta_forward(meta_params, meta_x, model.model_cfg.activation),
+                             prefix_emb, suffix_emb)
+    return global_forward(global_params, emb, part, model.layout, model.model_cfg)
+
+
+def _with_other_blocks(emb: tf.Tensor, prefix_emb: Optional[tf.Tensor],
+                       suffix_emb: Optional[tf.Tensor]) -> tf.Tensor:
+    """``[prefix_emb, emb, suffix_emb]`` on the last axis (the absent ones left out)."""
     if prefix_emb is not None:
         emb = tf.concat([tf.cast(prefix_emb, emb.dtype), emb], axis=-1)
     if suffix_emb is not None:
         emb = tf.concat([emb, tf.cast(suffix_emb, emb.dtype)], axis=-1)
-    return global_forward(global_params, emb, part, model.layout, model.model_cfg)
+    return emb
 
 
 def set_loss(model: LimamlModel, meta_params: Params, global_params: Mapping[str, tf.Tensor],
@@ -189,31 +195,26 @@ def _first_step_gradients(model: LimamlModel, shared: Mapping[str, tf.Tensor],
     to task t's rows is ∇L_t). Equal to differentiating per-task copies, and differentiable again
     for the second-order meta-gradient.
     """
-    act = _act(model.model_cfg.activation)
-    layers = sum(1 for k in shared if k.startswith("w"))
+    inputs, pre = [], []
     with tf.GradientTape() as tape:
-        h = meta_x
+        params = dict(shared)
         if row is not None:
             tape.watch(row)
-            h = tf.concat([h, tf.broadcast_to(tf.cast(row, h.dtype)[:, None, :], tf.concat(
-                [tf.shape(h)[:-1], tf.shape(row)[-1:]], 0))], axis=-1)
-        inputs, pre = [], []
-        for i in range(layers):
-            inputs.append(h)
-            z = _dot(h, shared[f"w{i}"]) + shared[f"b{i}"]
+            params[USER_ROW] = row  # [tasks, d], broadcast over each task's rows
+
+        def record(h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
             tape.watch(z)
+            inputs.append(h)
             pre.append(z)
-            h = act(z) if i < layers - 1 else z
-        emb = h
-        if prefix_emb is not None:
-            emb = tf.concat([tf.cast(prefix_emb, emb.dtype), emb], axis=-1)
-        if suffix_emb is not None:
-            emb = tf.concat([emb, tf.cast(suffix_emb, emb.dtype)], axis=-1)
-        logits = global_forward(global_params, emb, support, model.layout, model.model_cfg)
+            return z
+
+        emb = meta_forward(params, meta_x, model.model_cfg.activation, on_layer=record)
+        logits = global_forward(global_params, _with_other_blocks(emb, prefix_emb, suffix_emb),
+                                support, model.layout, model.model_cfg)
         loss = tf.reduce_sum(masked_task_loss(logits, support[LABEL], support[MASK]))
     grads = tape.gradient(loss, pre + ([row] if row is not None else []))
     out: Dict[str, tf.Tensor] = {}
-    for i in range(layers):
+    for i in range(len(pre)):
         delta = tf.convert_to_tensor(grads[i])
         out[f"w{i}"] = tf.linalg.matmul(inputs[i], delta, transpose_a=True)   # [tasks, d, h]
         out[f"b{i}"] = tf.reduce_sum(delta, axis=1)                            # [tasks, h]

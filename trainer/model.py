@@ -25,7 +25,7 @@ References:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -126,7 +126,8 @@ def history_summary(support: Features, history_emb: tf.Tensor, layout: FeatureLa
 
 
 def meta_forward(meta_params: Mapping[str, tf.Tensor], meta_x: tf.Tensor,
-                 activation: str = "relu") -> tf.Tensor:
+                 activation: str = "relu",
+                 on_layer: Optional[Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = None) -> tf.Tensor:
     """Meta block forward pass, batched over tasks.
 
     Args:
@@ -137,6 +138,8 @@ def meta_forward(meta_params: Mapping[str, tf.Tensor], meta_x: tf.Tensor,
             leading dims) meta_x may have any leading dims.
         meta_x: dense meta input ``[tasks, n, D]`` (or ``[..., D]`` for shared params).
         activation: hidden activation.
+        on_layer: called as ``on_layer(h_l, z_l)`` with each layer's input and pre-activation
+            ``z_l = h_l W_l + b_l``; its return value goes on as ``z_l`` (e.g. watched by a tape).
 
     Returns:
         Meta embeddings ``[tasks, n, E]`` (or ``[..., E]``).
@@ -155,9 +158,12 @@ def meta_forward(meta_params: Mapping[str, tf.Tensor], meta_x: tf.Tensor,
         if w.shape.rank == 3:
             # [tasks, n, d] @ [tasks, d, h]: BatchMatMul, and its gradients are BatchMatMuls;
             # tf.einsum's kernels took 2.6x as long here (bench train --profile, CPU)
-            h = tf.linalg.matmul(h, w) + b[:, None, :]
+            z = tf.linalg.matmul(h, w) + b[:, None, :]
         else:
-            h = _dot(h, w) + b
+            z = _dot(h, w) + b
+        if on_layer is not None:
+            z = on_layer(h, z)
+        h = z
         if i < num_layers - 1:
             h = act(h)
     return h
