@@ -231,6 +231,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-requests", action=argparse.BooleanOptionalAction, default=True,
                         help="ranker: concurrent requests share one Predict (default on, as in "
                              "limaml serve)")
+    parser.add_argument("--model-server-process", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="without tensorflow_model_server: the stand-in in its own process "
+                             "(default on, as in limaml serve)")
     parser.add_argument("--batch-window-ms", type=float, default=0.0,
                         help="with --batch-requests: how long a Predict's first request waits")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -273,7 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cand not in pool:
             pool.append(cand)
     stack = start_local_stack(args.run, store=args.store, max_candidates=max(counts),
-                              model_base_dir=args.model_base, cache_size=args.cache_size)
+                              model_base_dir=args.model_base, cache_size=args.cache_size,
+                              model_server_process=args.model_server_process)
     try:
         rows = run_serve_bench(
             stack.run.serving_base, model_name=stack.model_name, embedding_lookup=stack.lookup,
@@ -288,6 +293,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for row in rows:
         print(json.dumps({**row, "model_version": stack.model_version, "store": args.store,
                           "batch_requests": args.batch_requests,
+                          "model_server": stack.model_server.kind + (
+                              " (own process)" if args.model_server_process else ""),
                           "batch_window_ms": args.batch_window_ms,
                           "cache_size": args.cache_size, "user_id": request["user_id"]}),
               flush=True)

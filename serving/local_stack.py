@@ -210,6 +210,7 @@ def start_local_stack(
     auth_token: Optional[str] = None,
     model_auth_token: Optional[str] = None,
     batch_requests: bool = True,
+    model_server_process: bool = False,
 ) -> LocalStack:
     """Starts model server, embedding store, embedding lookup and ranker HTTP service of a run.
 
@@ -238,6 +239,9 @@ def start_local_stack(
         model_auth_token: token the stand-in model server requires of the ranker (None: open).
         batch_requests: the ranker batches concurrent requests into shared Predicts
             (:mod:`serving.predict_batcher`; on by default, False: one Predict per request).
+        model_server_process: without the TF Serving binary, run the stand-in as its own
+            process (as the binary runs) instead of threads of this one, so that its Predicts
+            and the ranker's request handling do not share one GIL (``limaml serve`` does).
 
     Returns:
         The running :class:`LocalStack`.
@@ -317,7 +321,8 @@ def start_local_stack(
         try:
             server = model_server.launch_model_server(
                 folder.serving_base, name, port=port_model, binary=model_server_binary,
-                poll_interval_s=poll_interval_s, auth_token=model_auth_token)
+                poll_interval_s=poll_interval_s, auth_token=model_auth_token,
+                stand_in_process=model_server_process)
         except RuntimeError as exc:
             raise StackError(f"the model server did not start on port {port_model}: {exc}") from exc
         started.append(server)

@@ -316,6 +316,47 @@ def test_launch_uses_the_binary_with_tf_serving_flags(toy_model_base, tmp_path):
         handle.stop()
 
 
+def test_stand_in_in_its_own_process(toy_model_base, tmp_path):
+    """stand_in_process=True runs `python -m serving.model_server` as a child process (the
+    caller's process serves nothing): it answers Predict with the model's scores, demands the
+    token it was given, reports a port it cannot bind with the child's own error, and its
+    private folder (UNIX socket, log) is gone after stop."""
+    import psutil
+
+    me = psutil.Process()
+    before = {c.pid for c in me.children()}
+    handle = model_server.launch_model_server(toy_model_base, "proc", ready_timeout_s=60,
+                                              binary="", stand_in_process=True,
+                                              auth_token="tok-p")
+    try:
+        children = [c for c in me.children() if c.pid not in before]
+        assert len(children) == 1 and "serving.model_server" in " ".join(children[0].cmdline())
+        assert handle.kind == "stand-in" and handle.target.startswith("unix:")
+        predict, _ = _stubs(handle.target)
+        examples, emb, years = _examples(4, seed=1)
+        with pytest.raises(grpc.RpcError) as err:
+            predict.Predict(_predict_request("proc", examples), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        resp = predict.Predict(_predict_request("proc", examples), timeout=10,
+                               metadata=(("authorization", "Bearer tok-p"),))
+        np.testing.assert_allclose(tf.make_ndarray(resp.outputs["probabilities"]),
+                                   toy_scores(2, np.tile(emb, (4, 1)), years), atol=1e-6, rtol=0)
+        folder = os.path.dirname(handle.socket_path)
+    finally:
+        handle.stop()
+    assert not children[0].is_running() and not os.path.exists(folder)
+
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:  # the child cannot bind
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(RuntimeError, match=r"(?s)exited with code [1-9].*cannot bind the model server"):
+            model_server.launch_model_server(toy_model_base, "proc", binary="",
+                                             port=taken.getsockname()[1],
+                                             stand_in_process=True, ready_timeout_s=60)
+
+
 def test_kubernetes_manifests_are_consistent(tmp_path):
     """kubeflow/serving/*.yaml parse; the TF Serving model config is a valid model_config_list;
     the ranker's flags parse and point at the TF Serving Service and the served model name."""
