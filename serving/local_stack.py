@@ -211,6 +211,7 @@ def start_local_stack(
     model_auth_token: Optional[str] = None,
     batch_requests: bool = True,
     model_server_process: bool = False,
+    workers: Optional[int] = None,
 ) -> LocalStack:
     """Starts model server, embedding store, embedding lookup and ranker HTTP service of a run.
 
@@ -242,6 +243,7 @@ def start_local_stack(
         model_server_process: without the TF Serving binary, run the stand-in as its own
             process (as the binary runs) instead of threads of this one, so that its Predicts
             and the ranker's request handling do not share one GIL (``limaml serve`` does).
+        workers: ranker threads (None: the service's default).
 
     Returns:
         The running :class:`LocalStack`.
@@ -342,7 +344,8 @@ def start_local_stack(
                         served, version)
         try:
             service = start_ranker_service(ranker, host=host, port=port_ranker,
-                                           auth_token=auth_token)
+                                           auth_token=auth_token,
+                                           **({"workers": workers} if workers else {}))
         except OSError as exc:
             raise StackError(f"the ranker service cannot listen on {host}:{port_ranker}: {exc}; "
                              "choose another --port-ranker (0 picks a free one)") from exc

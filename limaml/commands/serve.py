@@ -49,6 +49,8 @@ def _add_stack_flags(p: argparse.ArgumentParser, default_ports: bool) -> None:
     p.add_argument("--batch-requests", action=argparse.BooleanOptionalAction, default=True,
                    help="concurrent rank requests share one Predict (serving/predict_batcher.py; "
                         "default on; ML-100K: about 3x the requests/s at 200 clients)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="ranker threads (default 8); concurrent requests on them share Predicts")
     p.add_argument("--model-server-process", action=argparse.BooleanOptionalAction,
                    default=default_ports,
                    help="without tensorflow_model_server: run the stand-in as its own process, "
@@ -73,7 +75,8 @@ def _start(args: argparse.Namespace, host: str = "127.0.0.1"):
         bigtable_emulator_host=args.bigtable_emulator_host, timeout_s=args.timeout_s,
         embedding_timeout_s=args.embedding_timeout_s,
         batch_requests=getattr(args, "batch_requests", True),
-        model_server_process=getattr(args, "model_server_process", False))
+        model_server_process=getattr(args, "model_server_process", False),
+        workers=getattr(args, "workers", None))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
