@@ -111,6 +111,17 @@ def test_chunk_plan_covers_every_user_once_at_a_wide_enough_width():
     assert {w for w, _, _ in plan} <= {4, 8, 16, 32}
 
 
+def test_default_ladder_cuts_a_long_window_to_each_users_rows():
+    """With a 128-row window the default ladder runs a 20-row user at width 32 and a 50-row
+    user at 64; only users past 64 rows pay for 128. Widths >= S are skipped (S=32: 32 is S)."""
+    sizes = np.array([3, 20, 50, 100, 128])
+    mask = (np.arange(128)[None, :] < sizes[:, None]).astype(np.float32)
+    widths, bucket = finetune._widths(mask, finetune.WIDTH_LADDER)
+    assert widths[bucket].tolist() == [4, 32, 64, 128, 128]
+    widths32, _ = finetune._widths(mask[:, :32], finetune.WIDTH_LADDER)
+    assert widths32.tolist() == [4, 8, 16, 32]
+
+
 def test_fast_path_rejects_out_of_range_ids(world, monkeypatch):
     """XLA's gather would clamp an id outside the vocabulary; the fast path raises like the graph."""
     _, model, support, mask = world

@@ -80,7 +80,9 @@ _XLA_FAILED: set = set()
 # result is the padded grid's up to float rounding (~1e-7). Calls with fewer than
 # ``FAST_PATH_MIN_USERS`` users, or not eager, run the whole grid in one graph (compiling would
 # cost more than it saves).
-WIDTH_LADDER: Tuple[int, ...] = (4, 8, 16)
+WIDTH_LADDER: Tuple[int, ...] = (4, 8, 16, 32, 64)
+"""Widths under S the fast path cuts users' grids to (widths >= S are skipped): with
+``EmbeddingConfig.max_recent`` 128 a user with 20 rows runs at width 32, not 128."""
 CHUNK_ROWS = 8192
 """Rows per fast-path kernel call: a group of width w runs ``CHUNK_ROWS // w`` users per call."""
 FAST_PATH_MIN_USERS = 512
