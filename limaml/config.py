@@ -380,7 +380,13 @@ class EmbeddingConfig:
 
     Attributes:
         aggregation: ``"latest"``, ``"mean"`` or ``"max"`` over the user's recent samples.
-        max_recent: K, most recent interactions used per user.
+        max_recent: K, most recent interactions used per user. 32 by default; a run with the
+            user × genre block should use 128, since that block adapts each (user, genre) on
+            the window's rows of the genre (32 leave a 100+ user ~3.5 rows per genre). On the
+            synthetic data with genre taste 1.5 (3 seeds) 128 made limaml_multi beat limaml
+            in 100+ (−0.0088 [−0.0157, −0.0024]) where 32 did not; it also lifts the single
+            block's 20-99/100+ (synthetic 0.817/0.839 -> 0.821/0.846) but costs MEG ~40% of
+            its users/s (benchmarks/results/README.md), so the default stays 32.
         users_per_batch: users fine-tuned per call of the batched kernel.
         bigtable_project, bigtable_instance, bigtable_table: Bigtable target (all set or none).
         keep_versions: versions kept by the Bigtable GC rule.
