@@ -260,6 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from serving.eval_requests import read_eval_requests
     from serving.local_stack import start_local_stack
+    from serving.model_server.errors import STAND_IN_KIND
     from serving.multi_block import MULTI_BLOCKS
 
     requests = read_eval_requests(args.run, max_users=200, max_candidates=max(counts))
@@ -294,7 +295,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps({**row, "model_version": stack.model_version, "store": args.store,
                           "batch_requests": args.batch_requests,
                           "model_server": stack.model_server.kind + (
-                              " (own process)" if args.model_server_process else ""),
+                              " (own process)" if args.model_server_process
+                              and stack.model_server.kind == STAND_IN_KIND else ""),
                           "batch_window_ms": args.batch_window_ms,
                           "cache_size": args.cache_size, "user_id": request["user_id"]}),
               flush=True)

@@ -357,6 +357,18 @@ def test_stand_in_in_its_own_process(toy_model_base, tmp_path):
                                              stand_in_process=True, ready_timeout_s=60)
 
 
+def test_a_token_is_refused_for_the_real_binary(toy_model_base, monkeypatch, tmp_path):
+    """TF Serving has no token check: asking it for one fails before anything starts (no
+    process, no private folder)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ValueError, match="no token check"):
+        model_server.launch_model_server(toy_model_base, "m", binary=shutil.which("true"),
+                                         auth_token="tok")
+    assert os.listdir(tmp_path) == []
+
+
 def test_kubernetes_manifests_are_consistent(tmp_path):
     """kubeflow/serving/*.yaml parse; the TF Serving model config is a valid model_config_list;
     the ranker's flags parse and point at the TF Serving Service and the served model name."""

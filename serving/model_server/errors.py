@@ -7,6 +7,7 @@ import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 
 MODEL_SERVER_BINARY = "tensorflow_model_server"
+STAND_IN_KIND = "stand-in"  # ModelServerHandle.kind of the stand-in, in process or not
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
 _SERVE_TAG = "serve"

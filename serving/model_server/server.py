@@ -11,6 +11,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server.config import single_model_config
+from serving.model_server.errors import STAND_IN_KIND
 from serving.model_server.guard import DEFAULT_MAX_MESSAGE_BYTES, TokenAuthInterceptor
 from serving.model_server.registry import ModelRegistry
 from serving.model_server.services import _ModelService, _PredictionService
@@ -130,7 +131,7 @@ def serve_models(
         server.stop(grace_s).wait()
 
     log.info("stand-in model server for %s on %s:%d", registry.model_names(), host, bound)
-    return ModelServerHandle(bound, "stand-in", stop, host=host)
+    return ModelServerHandle(bound, STAND_IN_KIND, stop, host=host)
 
 
 def start_model_server(
