@@ -59,7 +59,15 @@ class ModelConfig:
 
     Attributes:
         meta_features: raw features fed to the meta block (the rest go to the global block).
-        meta_hidden: hidden layer widths of the meta block MLP.
+        meta_hidden: hidden layer widths of the meta block MLP; ``()`` (the default) makes the
+            meta block linear, ``e = W [x_meta; user row] + b``. Its inputs are constant within a
+            task, so the inner loop moves ``e`` by its gradient scaled by ``|x|² + 1``; the user row's
+            step reaches ``e`` through ``W Wᵀ``. Against one hidden layer of 64 (the default before),
+            3 seeds, tuned settings, paired user bootstrap on the query rows: synthetic +0.0073
+            [+0.0057, +0.0088] overall (every cohort from 1-4 up above 0); ML-1M +0.0040
+            [+0.0009, +0.0069]; the linear block also trains about 15% faster. The synthetic truth
+            is linear in the demographics and in the user's taste (``benchmarks/synthetic_mf.py``
+            fits that form directly).
         embedding_dim: size E of the meta embedding.
         use_user_id_in_meta: add a hashed user-id one-hot to the meta block input.
         user_id_buckets: hash buckets of the user id (meta block input and wide&deep baseline).
@@ -113,7 +121,7 @@ class ModelConfig:
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
-    meta_hidden: Tuple[int, ...] = (64,)
+    meta_hidden: Tuple[int, ...] = ()
     embedding_dim: int = 16
     use_user_id_in_meta: bool = False
     user_id_buckets: int = 131072
