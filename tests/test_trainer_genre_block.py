@@ -12,8 +12,9 @@ from trainer.layout import build_layout
 from trainer.model import LimamlModel, global_forward, meta_forward
 
 
-def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre"), genre_row_buckets=0):
-    mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
+def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre"), genre_row_buckets=0,
+                meta_hidden=(3,), genre_hidden=(3,)):
+    mcfg = ModelConfig(meta_hidden=meta_hidden, genre_hidden=genre_hidden, embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=3, meta_blocks=blocks,
                        genre_row_buckets=genre_row_buckets)
@@ -59,9 +60,10 @@ def test_a_query_rows_genre_embedding_reads_only_support_rows_of_its_genre():
     np.testing.assert_allclose(a[1:], b[1:], rtol=1e-12)       # other tasks untouched
 
 
-@pytest.mark.parametrize("rows", [0, 16])
-def test_meta_gradient_with_the_genre_block_matches_finite_differences(rows):
-    model = genre_model(steps=2, genre_row_buckets=rows)
+@pytest.mark.parametrize("rows,meta_hidden", [(0, (3,)), (16, (3,)), (0, ())])
+def test_meta_gradient_with_the_genre_block_matches_finite_differences(rows, meta_hidden):
+    # meta_hidden (): a linear user block beside a genre block with a hidden layer (the defaults)
+    model = genre_model(steps=2, genre_row_buckets=rows, meta_hidden=meta_hidden)
     if rows:  # non-zero (user, genre) rows, so that every path through them is exercised
         model.genre_user_emb.assign(tf.random.stateless_normal([rows, 3], seed=[4, 2], dtype=tf.float64))
     batch = make_batch()
@@ -222,3 +224,9 @@ def test_pretraining_fits_the_rows_of_the_batchs_pairs_only():
     trainer.pretrain_step(batch)
     moved = set(np.flatnonzero(np.abs(model.genre_user_emb.numpy()).sum(1) > 0).tolist())
     assert moved and moved <= used  # rows start at 0; only the batch's (valid) pairs move
+
+
+@pytest.mark.parametrize("field", ["meta_hidden", "genre_hidden"])
+def test_a_layer_width_below_one_is_refused_by_name(field):
+    with pytest.raises(ValueError, match=rf"{field} \(8, 0\) must hold positive"):
+        ModelConfig(**{field: (8, 0)})

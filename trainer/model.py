@@ -231,6 +231,7 @@ class LimamlModel(tf.Module):
             self.history_emb = tf.Variable(rng.normal(0.0, 0.05, (items, model_cfg.history_dim)),
                                            dtype=dtype, name="meta_history_emb")
         self.genre_params: Dict[str, tf.Variable] = {}
+        self.genre_names: List[str] = []  # θ of the user × genre block, in layer order
         self.genre_user_emb = None  # the (user, genre) rows (ModelConfig.genre_row_buckets)
         if "user_x_genre" in model_cfg.meta_blocks:
             if not layout.global_multi_hot:
@@ -244,7 +245,8 @@ class LimamlModel(tf.Module):
                     tf.zeros([model_cfg.genre_row_buckets, model_cfg.user_id_embedding_dim], dtype),
                     name="meta_genre_user_emb")
                 width += model_cfg.user_id_embedding_dim
-            for i, h in enumerate(tuple(model_cfg.meta_hidden) + (model_cfg.embedding_dim,)):
+            self.genre_names = meta_param_names(len(model_cfg.genre_hidden))
+            for i, h in enumerate(tuple(model_cfg.genre_hidden) + (model_cfg.embedding_dim,)):
                 self.genre_params[f"w{i}"] = tf.Variable(_glorot(rng, width, h), dtype=dtype,
                                                          name=f"genre_w{i}")
                 self.genre_params[f"b{i}"] = tf.Variable(np.zeros(h), dtype=dtype,
@@ -264,7 +266,7 @@ class LimamlModel(tf.Module):
         out = [self.meta_params[k] for k in self.meta_names]
         out += [] if self.user_emb is None else [self.user_emb]
         out += [] if self.history_emb is None else [self.history_emb]
-        out += [self.genre_params[k] for k in self.meta_names if k in self.genre_params]
+        out += [self.genre_params[k] for k in self.genre_names]
         out += [] if self.genre_user_emb is None else [self.genre_user_emb]
         trained = [k for k in self.global_names
                    if self.model_cfg.wide_trainable or not k.startswith("wide_")]
