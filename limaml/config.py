@@ -225,6 +225,10 @@ class MamlConfig:
             synthetic validation split. On the validation splits (seed 1), adapting on one
             or two rows lowered AUC (synthetic: 0.728 -> 0.752 for 1-row users without it,
             ML-1M: 0.734 -> 0.751), adapting on 3-4 rows helped ML-1M, so the default is 3.
+        genre_support_shrinkage: κ of the user × genre block's subtasks (None: ``support_shrinkage``).
+            A (user, genre) subtask holds only the user's rows of one genre, a few of them even
+            for a user with many rows, so the same κ lets a couple of rows move the genre
+            embedding as far as the user block's whole support moves the user embedding.
         lazy_user_rows: the outer loop's Adam (and pre-training's) moves only the user-id rows
             of the batch's users (LazyAdam): other rows keep their values and moments, and the
             ``outer_l2`` penalty applies to the batch's rows. Dense Adam keeps moving a row on
@@ -249,11 +253,15 @@ class MamlConfig:
     row_prior_precision: float = 1.0
     cold_task_share: float = 0.0
     meg_min_support: int = 3
+    genre_support_shrinkage: Optional[float] = None
     lazy_user_rows: bool = False
 
     def __post_init__(self) -> None:
         if self.inner_solver not in ("sgd", "gauss_newton"):
             raise ValueError(f"inner_solver {self.inner_solver!r} must be 'sgd' or 'gauss_newton'")
+        if self.genre_support_shrinkage is not None and self.genre_support_shrinkage < 0:
+            raise ValueError(f"genre_support_shrinkage {self.genre_support_shrinkage} must be "
+                             ">= 0 (or None to use support_shrinkage)")
         if self.meg_min_support < 0:
             raise ValueError(f"meg_min_support {self.meg_min_support} must be >= 0")
         if not 0.0 <= self.cold_task_share < 1.0:

@@ -13,12 +13,13 @@ from trainer.model import LimamlModel, global_forward, meta_forward
 
 
 def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre"), genre_row_buckets=0,
-                meta_hidden=(3,), genre_hidden=(3,)):
+                meta_hidden=(3,), genre_hidden=(3,), genre_support_shrinkage=None):
     mcfg = ModelConfig(meta_hidden=meta_hidden, genre_hidden=genre_hidden, embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=3, meta_blocks=blocks,
                        genre_row_buckets=genre_row_buckets)
-    mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none", outer_l2=0.0)
+    mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none", outer_l2=0.0,
+                    genre_support_shrinkage=genre_support_shrinkage)
     return LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
 
 
@@ -230,3 +231,28 @@ def test_pretraining_fits_the_rows_of_the_batchs_pairs_only():
 def test_a_layer_width_below_one_is_refused_by_name(field):
     with pytest.raises(ValueError, match=rf"{field} \(8, 0\) must hold positive"):
         ModelConfig(**{field: (8, 0)})
+
+
+def test_the_genre_subtasks_step_is_shrunk_by_their_own_kappa():
+    """One inner step of θ_g: Δθ_g(κ_g) = n / (n + κ_g) · Δθ_g(κ_g = 0) per subtask of n rows,
+    while the user block keeps its own κ (``support_shrinkage`` = 4)."""
+    s = dict(make_batch()["support"])  # masks: 4, 2 and 3 valid rows
+    s["genres"] = one_hot_genres([[1, 1, 1, 2], [1, 1, 2, 2], [2, 1, 1, 1]])
+    sub = genre_block.subtask_supports(s, tf.constant([[1], [1], [1]], tf.int64))
+    n = sub["mask"].numpy().sum(1)
+    np.testing.assert_array_equal(n, [3, 2, 2])  # genre-1 rows among the valid ones
+    user_emb = tf.random.stateless_normal(sub["mask"].shape + (2,), seed=[3, 1], dtype=tf.float64)
+    steps = {}
+    for kappa in (0.0, 5.0):
+        model = genre_model(genre_support_shrinkage=kappa)
+        theta = genre_block.adapt_genre_block(model, sub, user_emb, 1)
+        steps[kappa] = {k: theta[k].numpy() - model.genre_params[k].numpy()[None] for k in theta}
+    for k, full in steps[0.0].items():
+        rho = (n / (n + 5.0)).reshape((-1,) + (1,) * (full.ndim - 1))
+        assert np.abs(full).max() > 1e-4
+        np.testing.assert_allclose(steps[5.0][k], rho * full, rtol=1e-6, atol=1e-12)  # ρ in float32
+
+
+def test_a_negative_genre_kappa_is_refused_by_name():
+    with pytest.raises(ValueError, match="genre_support_shrinkage -1"):
+        MamlConfig(genre_support_shrinkage=-1.0)

@@ -89,7 +89,7 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
 
     θ_g,(n)^{j+1} = θ_g,(n)^j − α ρ_n ∇ L_support,n([e_user, f_g(x_g; θ_g,(n)^j)]), with α =
     ``inner_lr`` (``user_row_lr`` for the (user, genre) row) and ρ_n the support-size step of
-    :func:`trainer.maml.adapt`.
+    :func:`trainer.maml.adapt` with κ = ``MamlConfig.genre_support_shrinkage``.
 
     Args:
         model: the model (``genre_params``, θ_global).
@@ -107,7 +107,8 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
         lrs[USER_ROW] = tf.constant(model.maml_cfg.inner_lr if row_lr is None else row_lr, model.dtype)
     return adapt(model, sub_support, steps, first_order, meta_params=model.genre_params,
                  inner_lrs=lrs, support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
-                 user_row=rows, with_user_row=rows is not None)
+                 user_row=rows, with_user_row=rows is not None,
+                 support_shrinkage=model.maml_cfg.genre_support_shrinkage)
 
 
 def query_genre_embeddings(model: LimamlModel, support: Features, support_user_emb: tf.Tensor,

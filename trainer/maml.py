@@ -229,7 +229,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
           inner_lrs: Optional[Mapping[str, tf.Tensor]] = None,
           support_meta_x: Optional[tf.Tensor] = None, user_row: Optional[tf.Tensor] = None,
           prefix_emb: Optional[tf.Tensor] = None, with_user_row: bool = True,
-          min_support: int = 0) -> Params:
+          min_support: int = 0, support_shrinkage: Optional[float] = None) -> Params:
     """The inner loop for all tasks at once; never assigns a variable.
 
     θ_u^{j+1} = θ_u^j − α ⊙ ρ_u ∇ L_support,u(θ_u^j), j < steps; only θ_meta adapts, where
@@ -258,6 +258,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
         min_support: tasks with fewer valid support rows keep θ_u^0, the un-adapted
             parameters (their table row); 0 adapts every task. MEG passes
             ``MamlConfig.meg_min_support``; meta-training adapts every task.
+        support_shrinkage: κ of ρ_u (default ``MamlConfig.support_shrinkage``; the user × genre
+            block passes ``MamlConfig.genre_support_shrinkage``).
 
     Returns:
         Adapted per-task θ_u, each ``[tasks, ...]``.
@@ -281,7 +283,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     theta0 = theta
     suffix_emb = model.genre_embedding(support) if prefix_emb is None else None
     names = sorted(theta)
-    kappa = model.maml_cfg.support_shrinkage
+    kappa = model.maml_cfg.support_shrinkage if support_shrinkage is None else support_shrinkage
     if kappa > 0:
         # support-size-aware step: a task with n support rows moves n / (n + κ) of the way
         n = tf.reduce_sum(tf.cast(support[MASK], meta_x.dtype), axis=1)
