@@ -229,6 +229,7 @@ class MamlConfig:
             A (user, genre) subtask holds only the user's rows of one genre, a few of them even
             for a user with many rows, so the same κ lets a couple of rows move the genre
             embedding as far as the user block's whole support moves the user embedding.
+        genre_inner_lr: α of the user × genre block's inner loop (None: ``inner_lr``).
         lazy_user_rows: the outer loop's Adam (and pre-training's) moves only the user-id rows
             of the batch's users (LazyAdam): other rows keep their values and moments, and the
             ``outer_l2`` penalty applies to the batch's rows. Dense Adam keeps moving a row on
@@ -254,6 +255,7 @@ class MamlConfig:
     cold_task_share: float = 0.0
     meg_min_support: int = 3
     genre_support_shrinkage: Optional[float] = None
+    genre_inner_lr: Optional[float] = None
     lazy_user_rows: bool = False
 
     def __post_init__(self) -> None:
@@ -262,6 +264,9 @@ class MamlConfig:
         if self.genre_support_shrinkage is not None and self.genre_support_shrinkage < 0:
             raise ValueError(f"genre_support_shrinkage {self.genre_support_shrinkage} must be "
                              ">= 0 (or None to use support_shrinkage)")
+        if self.genre_inner_lr is not None and self.genre_inner_lr < 0:
+            raise ValueError(f"genre_inner_lr {self.genre_inner_lr} must be >= 0 (or None to use "
+                             "inner_lr)")
         if self.meg_min_support < 0:
             raise ValueError(f"meg_min_support {self.meg_min_support} must be >= 0")
         if not 0.0 <= self.cold_task_share < 1.0:

@@ -13,13 +13,14 @@ from trainer.model import LimamlModel, global_forward, meta_forward
 
 
 def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre"), genre_row_buckets=0,
-                meta_hidden=(3,), genre_hidden=(3,), genre_support_shrinkage=None):
+                meta_hidden=(3,), genre_hidden=(3,), genre_support_shrinkage=None,
+                genre_inner_lr=None):
     mcfg = ModelConfig(meta_hidden=meta_hidden, genre_hidden=genre_hidden, embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=3, meta_blocks=blocks,
                        genre_row_buckets=genre_row_buckets)
     mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none", outer_l2=0.0,
-                    genre_support_shrinkage=genre_support_shrinkage)
+                    genre_support_shrinkage=genre_support_shrinkage, genre_inner_lr=genre_inner_lr)
     return LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
 
 
@@ -233,9 +234,9 @@ def test_a_layer_width_below_one_is_refused_by_name(field):
         ModelConfig(**{field: (8, 0)})
 
 
-def test_the_genre_subtasks_step_is_shrunk_by_their_own_kappa():
-    """One inner step of θ_g: Δθ_g(κ_g) = n / (n + κ_g) · Δθ_g(κ_g = 0) per subtask of n rows,
-    while the user block keeps its own κ (``support_shrinkage`` = 4)."""
+def test_the_genre_subtasks_step_has_its_own_kappa_and_learning_rate():
+    """One inner step of θ_g: Δθ_g(α_g, κ_g) = α_g / 0.3 · n / (n + κ_g) · Δθ_g(α = 0.3, κ = 0) per
+    subtask of n rows, while the user block keeps its own κ (4) and α (``inner_lr`` = 0.3)."""
     s = dict(make_batch()["support"])  # masks: 4, 2 and 3 valid rows
     s["genres"] = one_hot_genres([[1, 1, 1, 2], [1, 1, 2, 2], [2, 1, 1, 1]])
     sub = genre_block.subtask_supports(s, tf.constant([[1], [1], [1]], tf.int64))
@@ -243,16 +244,19 @@ def test_the_genre_subtasks_step_is_shrunk_by_their_own_kappa():
     np.testing.assert_array_equal(n, [3, 2, 2])  # genre-1 rows among the valid ones
     user_emb = tf.random.stateless_normal(sub["mask"].shape + (2,), seed=[3, 1], dtype=tf.float64)
     steps = {}
-    for kappa in (0.0, 5.0):
-        model = genre_model(genre_support_shrinkage=kappa)
+    for kappa, lr in ((0.0, None), (5.0, None), (5.0, 0.9)):
+        model = genre_model(genre_support_shrinkage=kappa, genre_inner_lr=lr)
         theta = genre_block.adapt_genre_block(model, sub, user_emb, 1)
-        steps[kappa] = {k: theta[k].numpy() - model.genre_params[k].numpy()[None] for k in theta}
-    for k, full in steps[0.0].items():
+        steps[kappa, lr] = {k: theta[k].numpy() - model.genre_params[k].numpy()[None] for k in theta}
+    for k, full in steps[0.0, None].items():
         rho = (n / (n + 5.0)).reshape((-1,) + (1,) * (full.ndim - 1))
         assert np.abs(full).max() > 1e-4
-        np.testing.assert_allclose(steps[5.0][k], rho * full, rtol=1e-6, atol=1e-12)  # ρ in float32
+        # ρ is computed in float32
+        np.testing.assert_allclose(steps[5.0, None][k], rho * full, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(steps[5.0, 0.9][k], 3.0 * rho * full, rtol=1e-6, atol=1e-12)
 
 
-def test_a_negative_genre_kappa_is_refused_by_name():
-    with pytest.raises(ValueError, match="genre_support_shrinkage -1"):
-        MamlConfig(genre_support_shrinkage=-1.0)
+@pytest.mark.parametrize("field", ["genre_support_shrinkage", "genre_inner_lr"])
+def test_a_negative_genre_step_setting_is_refused_by_name(field):
+    with pytest.raises(ValueError, match=rf"{field} -1.0 must be >= 0"):
+        MamlConfig(**{field: -1.0})

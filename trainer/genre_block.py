@@ -88,7 +88,7 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
     """θ_g adapted on every subtask, ``{w_l: [N, ...], b_l: [N, ...](, user_row: [N, d])}``.
 
     θ_g,(n)^{j+1} = θ_g,(n)^j − α ρ_n ∇ L_support,n([e_user, f_g(x_g; θ_g,(n)^j)]), with α =
-    ``inner_lr`` (``user_row_lr`` for the (user, genre) row) and ρ_n the support-size step of
+    ``genre_inner_lr`` (default ``inner_lr``; ``user_row_lr`` for the (user, genre) row) and ρ_n the support-size step of
     :func:`trainer.maml.adapt` with κ = ``MamlConfig.genre_support_shrinkage``.
 
     Args:
@@ -100,7 +100,8 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
         rows: ``[N, d]`` the subtasks' (user, genre) rows (:func:`subtask_rows`), adapted with
             θ_g; None without a (user, genre) table.
     """
-    lr = tf.constant(model.maml_cfg.inner_lr, model.dtype)
+    cfg = model.maml_cfg
+    lr = tf.constant(cfg.inner_lr if cfg.genre_inner_lr is None else cfg.genre_inner_lr, model.dtype)
     lrs = {k: lr for k in model.genre_params}
     if rows is not None:
         row_lr = model.maml_cfg.user_row_lr
