@@ -125,10 +125,6 @@ class ModelConfig:
             with it and −0.0007 [−0.0069, +0.0055] with a linear genre block, which also lost
             20-99 (+0.0046 [+0.0011, +0.0078]). Its input is the demographics and the row's
             genre multi-hot; the hidden layer lets their product shape the starting point.
-        genre_zero_init: start the genre block's output layer at 0, so the user × genre
-            embedding is 0 for every input until the outer loop gives it a use; its first
-            inner step still moves it (the step is the hidden activations times the
-            embedding's gradient).
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -152,7 +148,6 @@ class ModelConfig:
     meta_blocks: Tuple[str, ...] = ("user",)
     genre_row_buckets: int = 0
     genre_hidden: Tuple[int, ...] = (64,)
-    genre_zero_init: bool = False
 
     def __post_init__(self) -> None:
         features.validate_meta_features(tuple(self.meta_features))

@@ -246,12 +246,9 @@ class LimamlModel(tf.Module):
                     name="meta_genre_user_emb")
                 width += model_cfg.user_id_embedding_dim
             self.genre_names = meta_param_names(len(model_cfg.genre_hidden))
-            widths = tuple(model_cfg.genre_hidden) + (model_cfg.embedding_dim,)
-            for i, h in enumerate(widths):
-                w = _glorot(rng, width, h)
-                if i == len(widths) - 1 and model_cfg.genre_zero_init:
-                    w = np.zeros_like(w)  # e_user×genre = 0 until training finds a use for it
-                self.genre_params[f"w{i}"] = tf.Variable(w, dtype=dtype, name=f"genre_w{i}")
+            for i, h in enumerate(tuple(model_cfg.genre_hidden) + (model_cfg.embedding_dim,)):
+                self.genre_params[f"w{i}"] = tf.Variable(_glorot(rng, width, h), dtype=dtype,
+                                                         name=f"genre_w{i}")
                 self.genre_params[f"b{i}"] = tf.Variable(np.zeros(h), dtype=dtype,
                                                          name=f"genre_b{i}")
                 width = h
