@@ -88,8 +88,9 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
     """θ_g adapted on every subtask, ``{w_l: [N, ...], b_l: [N, ...](, user_row: [N, d])}``.
 
     θ_g,(n)^{j+1} = θ_g,(n)^j − α ρ_n ∇ L_support,n([e_user, f_g(x_g; θ_g,(n)^j)]), with α =
-    ``genre_inner_lr`` (default ``inner_lr``; ``user_row_lr`` for the (user, genre) row) and ρ_n the support-size step of
-    :func:`trainer.maml.adapt` with κ = ``MamlConfig.genre_support_shrinkage``.
+    ``genre_inner_lr`` (default ``inner_lr``; ``user_row_lr`` for the (user, genre) row) and
+    ρ_n the support-size step of :func:`trainer.maml.adapt` with κ =
+    ``MamlConfig.genre_support_shrinkage``.
 
     Args:
         model: the model (``genre_params``, θ_global).
