@@ -243,11 +243,16 @@ def test_the_genre_subtasks_step_has_its_own_kappa_and_learning_rate():
     n = sub["mask"].numpy().sum(1)
     np.testing.assert_array_equal(n, [3, 2, 2])  # genre-1 rows among the valid ones
     user_emb = tf.random.stateless_normal(sub["mask"].shape + (2,), seed=[3, 1], dtype=tf.float64)
-    steps = {}
+    steps, user_block = {}, {}
     for kappa, lr in ((0.0, None), (5.0, None), (5.0, 0.9)):
         model = genre_model(genre_support_shrinkage=kappa, genre_inner_lr=lr)
         theta = genre_block.adapt_genre_block(model, sub, user_emb, 1)
         steps[kappa, lr] = {k: theta[k].numpy() - model.genre_params[k].numpy()[None] for k in theta}
+        user_block[kappa, lr] = {k: v.numpy() for k, v in maml.adapt(model, s, 1).items()}
+    for k, v in user_block[0.0, None].items():  # the user block's step ignores both settings
+        start = 0.0 if k == "user_row" else model.meta_params[k].numpy()  # rows start at 0
+        assert np.abs(v - start).max() > 0
+        np.testing.assert_array_equal(user_block[5.0, 0.9][k], v)
     for k, full in steps[0.0, None].items():
         rho = (n / (n + 5.0)).reshape((-1,) + (1,) * (full.ndim - 1))
         assert np.abs(full).max() > 1e-4
