@@ -125,6 +125,9 @@ class ModelConfig:
             with it and −0.0007 [−0.0069, +0.0055] with a linear genre block, which also lost
             20-99 (+0.0046 [+0.0011, +0.0078]). Its input is the demographics and the row's
             genre multi-hot; the hidden layer lets their product shape the starting point.
+        genre_combine: how the global block reads the two embeddings: ``"concat"``
+            ``[e_user, e_user×genre]`` or ``"sum"`` ``e_user + e_user×genre`` (the genre block
+            then writes a per-genre offset of the user's embedding).
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -148,6 +151,7 @@ class ModelConfig:
     meta_blocks: Tuple[str, ...] = ("user",)
     genre_row_buckets: int = 0
     genre_hidden: Tuple[int, ...] = (64,)
+    genre_combine: str = "concat"
 
     def __post_init__(self) -> None:
         features.validate_meta_features(tuple(self.meta_features))
@@ -155,6 +159,8 @@ class ModelConfig:
             widths = tuple(getattr(self, name))
             if any(int(w) < 1 for w in widths):
                 raise ValueError(f"{name} {widths!r} must hold positive layer widths (() for none)")
+        if self.genre_combine not in ("concat", "sum"):
+            raise ValueError(f"genre_combine {self.genre_combine!r} must be 'concat' or 'sum'")
         if self.interaction not in ("none", "dot"):
             raise ValueError(f"interaction {self.interaction!r} must be 'none' or 'dot'")
         if not 0.0 <= self.user_id_dropout < 1.0:

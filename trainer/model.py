@@ -205,8 +205,8 @@ class LimamlModel(tf.Module):
         rng = np.random.RandomState(seed)
         self.meta_names = meta_param_names(len(model_cfg.meta_hidden))
         meta0 = init_meta_params(rng, layout, model_cfg)
-        glob0 = init_global_params(rng, layout, model_cfg,
-                                   model_cfg.embedding_dim * len(model_cfg.meta_blocks))
+        blocks = 1 if model_cfg.genre_combine == "sum" else len(model_cfg.meta_blocks)
+        glob0 = init_global_params(rng, layout, model_cfg, model_cfg.embedding_dim * blocks)
         self.meta_params = {k: tf.Variable(v, dtype=dtype, name=f"meta_{k}")
                             for k, v in meta0.items()}
         self.user_emb = None
