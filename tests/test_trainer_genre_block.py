@@ -265,3 +265,31 @@ def test_the_genre_subtasks_step_has_its_own_kappa_and_learning_rate():
 def test_a_negative_genre_step_setting_is_refused_by_name(field):
     with pytest.raises(ValueError, match=rf"{field} -1.0 must be >= 0"):
         MamlConfig(**{field: -1.0})
+
+
+def test_summed_blocks_score_as_one_block_fed_the_sum():
+    """genre_combine="sum": logit([e_user, e_genre]) = the one-block global block's logit of
+    e_user + e_genre, with the same θ_global (whose input width is then E, not 2E)."""
+    summed = ModelConfig(meta_hidden=(), embedding_dim=2, global_hidden=(4,), categorical_embedding_dim=2,
+                         activation="tanh", user_id_buckets=8, user_id_embedding_dim=3,
+                         meta_blocks=("user", "user_x_genre"), genre_combine="sum", interaction="dot")
+    single = ModelConfig(meta_hidden=(), embedding_dim=2, global_hidden=(4,), categorical_embedding_dim=2,
+                         activation="tanh", user_id_buckets=8, user_id_embedding_dim=3, interaction="dot")
+    model = LimamlModel(build_layout(summed, VOCABS), summed, MamlConfig(), seed=1, dtype=tf.float64)
+    one = LimamlModel(build_layout(single, VOCABS), single, MamlConfig(), seed=1, dtype=tf.float64)
+    assert {k: v.shape for k, v in model.global_params.items()} == {
+        k: v.shape for k, v in one.global_params.items()}
+    q = make_batch()["query"]
+    e_user = tf.random.stateless_normal(q["mask"].shape + (2,), seed=[1, 2], dtype=tf.float64)
+    e_genre = tf.random.stateless_normal(q["mask"].shape + (2,), seed=[3, 4], dtype=tf.float64)
+    got = global_forward(model.global_params, tf.concat([e_user, e_genre], -1), q, model.layout, summed)
+    want = global_forward(model.global_params, e_user + e_genre, q, one.layout, single)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    concat = global_forward(model.global_params, tf.concat([e_user, -e_user], -1), q, model.layout, summed)
+    np.testing.assert_allclose(concat.numpy(), global_forward(
+        model.global_params, tf.zeros_like(e_user), q, one.layout, single).numpy(), rtol=1e-12)
+
+
+def test_an_unknown_way_to_combine_blocks_is_refused_by_name():
+    with pytest.raises(ValueError, match="genre_combine 'mean' must be 'concat' or 'sum'"):
+        ModelConfig(genre_combine="mean")
