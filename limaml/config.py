@@ -127,7 +127,13 @@ class ModelConfig:
             genre multi-hot; the hidden layer lets their product shape the starting point.
         genre_combine: how the global block reads the two embeddings: ``"concat"``
             ``[e_user, e_user×genre]`` or ``"sum"`` ``e_user + e_user×genre`` (the genre block
-            then writes a per-genre offset of the user's embedding).
+            then writes a per-genre offset of the user's embedding). On the synthetic
+            validation splits (seed 1, ``max_recent`` 128), limaml_multi with "sum" against
+            "concat" and the single-block limaml: without genre taste 0.7900 / 0.7883 / 0.7930
+            (20-99 0.814 / 0.811 / 0.816); with genre taste 1.5 0.7007 / 0.6973 / 0.7006
+            (20-99 0.729 / 0.723 / 0.728, 100+ 0.748 / 0.757 / 0.759). "sum" narrows the gap
+            without genre taste and gains 20-99 with it, but loses 100+, where "concat" won on
+            the test rows (3 seeds); the default stays "concat".
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
