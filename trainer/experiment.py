@@ -302,6 +302,7 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
             from trainer.tuning import apply_overrides, tuned_overrides
 
             mcfg = apply_overrides(mcfg, tuned_overrides(tuned, tuned_key))
+        _check_same_data(name, mcfg, cfg)
         for seed in seeds:
             t0 = time.time()
             if base in linear.KINDS and name in out["scores"]:
@@ -318,6 +319,19 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
                 progress(f"{name} seed {seed}: {out['auc'][name][seed]} "
                          f"({time.time() - t0:.0f}s)")
     return out
+
+
+def _check_same_data(name: str, model_cfg: LimamlConfig, cfg: LimamlConfig) -> None:
+    """Refuses a model's settings that change what :func:`prepare` built once from ``cfg``
+    (the split, the MEG support window, the user-id hashing): they would be silently ignored."""
+    fields = {"protocol": (model_cfg.protocol, cfg.protocol),
+              "embeddings.max_recent": (model_cfg.embeddings.max_recent, cfg.embeddings.max_recent),
+              "model.user_id_buckets": (model_cfg.model.user_id_buckets, cfg.model.user_id_buckets)}
+    for field, (got, base) in fields.items():
+        if got != base:
+            raise ValueError(f"{name}: {field} {got!r} differs from the run's {base!r}; the data "
+                             "are prepared once for every model, so set it in the run's config "
+                             "(--config), not per model or in the tuned settings")
 
 
 def summarize(result: Mapping[str, object], cohorts: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
