@@ -128,7 +128,7 @@ class ModelConfig:
         genre_combine: how the global block reads the two embeddings: ``"concat"``
             ``[e_user, e_user×genre]`` or ``"sum"`` ``e_user + e_user×genre`` (the genre block
             then writes a per-genre offset of the user's embedding). On the synthetic
-            validation splits (seed 1, ``max_recent`` 128), limaml_multi with "sum" against
+            validation splits (seed 1, ``max_recent`` 32), limaml_multi with "sum" against
             "concat" and the single-block limaml: without genre taste 0.7900 / 0.7883 / 0.7930
             (20-99 0.814 / 0.811 / 0.816); with genre taste 1.5 0.7007 / 0.6973 / 0.7006
             (20-99 0.729 / 0.723 / 0.728, 100+ 0.748 / 0.757 / 0.759). "sum" narrows the gap
@@ -241,7 +241,7 @@ class MamlConfig:
             A (user, genre) subtask holds only the user's rows of one genre, a few of them even
             for a user with many rows, so the same κ lets a couple of rows move the genre
             embedding as far as the user block's whole support moves the user embedding.
-            Measured on the synthetic validation splits (seed 1, ``max_recent`` 128,
+            Measured on the synthetic validation splits (seed 1, ``max_recent`` 32,
             limaml_multi; limaml 0.7930 without genre taste, 0.7006 with genre taste 1.5):
 
             ======================  ================  ==================
