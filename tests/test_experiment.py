@@ -136,7 +136,7 @@ def test_report_averages_the_support_slices_over_seeds():
     assert rows["2"] == [0.8, 0.0] and rows["0"] == [None, None]  # one seed / no seed has it
 
 
-def test_a_model_setting_that_would_change_the_prepared_data_is_refused_by_name():
+def test_a_model_setting_that_would_change_the_prepared_data_is_refused_by_name(monkeypatch):
     """The split, the MEG window and the user-id hashing are prepared once for every model: a
     variant that changes one of them would be silently ignored, so the run refuses it."""
     import dataclasses
@@ -144,6 +144,8 @@ def test_a_model_setting_that_would_change_the_prepared_data_is_refused_by_name(
     frame = generate(SyntheticConfig(num_users=200, num_items=30, mean_interactions=10, seed=0))
     cfg = LimamlConfig(dataset="synthetic", protocol=ProtocolConfig(name="cutoff"))
     k128 = dataclasses.replace(cfg, embeddings=dataclasses.replace(cfg.embeddings, max_recent=128))
+    monkeypatch.setattr(experiment, "fit_scores",  # refused before any model trains
+                        lambda *a, **k: pytest.fail("a model trained before the check"))
     with pytest.raises(ValueError, match=r"limaml@k128: embeddings.max_recent 128 differs from "
                                          r"the run's 32"):
-        experiment.run(frame, cfg, models=["limaml@k128"], seeds=[0], configs={"k128": k128})
+        experiment.run(frame, cfg, models=["linear", "limaml@k128"], seeds=[0], configs={"k128": k128})

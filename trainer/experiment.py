@@ -294,7 +294,8 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
     by_support = support_slices(np.asarray(data.support[MASK]).sum(axis=1)[data.query_user])
     if F.ORACLE_PROB in data.query:
         out["oracle"] = cohort_aucs(labels, data.query[F.ORACLE_PROB], data.cohort, cohorts)
-    for name in models:
+    model_cfgs = {}
+    for name in models:  # every model's settings checked before the first one trains
         base, _, variant = name.partition("@")
         mcfg = (configs or {}).get(variant, cfg) if variant else cfg
         tuned_key = "limaml" if base == "limaml_multi" and "limaml_multi" not in (tuned or {}) else base
@@ -303,6 +304,9 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
 
             mcfg = apply_overrides(mcfg, tuned_overrides(tuned, tuned_key))
         _check_same_data(name, mcfg, cfg)
+        model_cfgs[name] = mcfg
+    for name in models:
+        base, mcfg = name.partition("@")[0], model_cfgs[name]
         for seed in seeds:
             t0 = time.time()
             if base in linear.KINDS and name in out["scores"]:
