@@ -105,12 +105,12 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
     lr = tf.constant(cfg.inner_lr if cfg.genre_inner_lr is None else cfg.genre_inner_lr, model.dtype)
     lrs = {k: lr for k in model.genre_params}
     if rows is not None:
-        row_lr = model.maml_cfg.user_row_lr
-        lrs[USER_ROW] = tf.constant(model.maml_cfg.inner_lr if row_lr is None else row_lr, model.dtype)
+        row_lr = cfg.inner_lr if cfg.user_row_lr is None else cfg.user_row_lr
+        lrs[USER_ROW] = tf.constant(row_lr, model.dtype)
     return adapt(model, sub_support, steps, first_order, meta_params=model.genre_params,
                  inner_lrs=lrs, support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
                  user_row=rows, with_user_row=rows is not None,
-                 support_shrinkage=model.maml_cfg.genre_support_shrinkage)
+                 support_shrinkage=cfg.genre_support_shrinkage)
 
 
 def query_genre_embeddings(model: LimamlModel, support: Features, support_user_emb: tf.Tensor,
