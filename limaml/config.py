@@ -12,6 +12,8 @@ from typing import Any, Dict, Optional, Tuple
 from schema import features
 
 DEFAULT_COHORT_EDGES: Tuple[int, ...] = (0, 1, 5, 20, 100)
+GENRE_COMBINES: Tuple[str, ...] = ("concat", "sum", "residual")
+"""``ModelConfig.genre_combine`` values; the last two feed the global block one summed ``[E]``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +139,12 @@ class ModelConfig:
             +0.0024 [+0.0003, +0.0044] overall, 20-99 +0.0048 [+0.0021, +0.0076], 100+ +0.0003;
             limaml − limaml_multi ("sum") in 20-99 −0.0032 [−0.0057, −0.0008]. "sum" is the
             candidate default (better overall on both validation splits); the default stays
-            "concat" until the ML-1M comparison is rerun with it.
+            "concat" until the ML-1M comparison is rerun with it. ``"residual"``: the global
+            block reads the sum too, but the genre slot holds only what the genre subtask's
+            adaptation changed, ``Δ_u,g = f_g(x_g; θ_g,(u,g)) − f_g(x_g; θ_g)``: un-adapted (no
+            row of that genre, a cold start, pre-training) the slot is exactly 0 and the model
+            scores as the single-block model does, so the genre block can only add what a
+            user's own genre rows show.
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
@@ -169,8 +176,8 @@ class ModelConfig:
             widths = tuple(getattr(self, name))
             if any(int(w) < 1 for w in widths):
                 raise ValueError(f"{name} {widths!r} must hold positive layer widths (() for none)")
-        if self.genre_combine not in ("concat", "sum"):
-            raise ValueError(f"genre_combine {self.genre_combine!r} must be 'concat' or 'sum'")
+        if self.genre_combine not in GENRE_COMBINES:
+            raise ValueError(f"genre_combine {self.genre_combine!r} must be one of {GENRE_COMBINES}")
         if self.interaction not in ("none", "dot"):
             raise ValueError(f"interaction {self.interaction!r} must be 'none' or 'dot'")
         if not 0.0 <= self.user_id_dropout < 1.0:

@@ -14,11 +14,11 @@ from trainer.model import LimamlModel, global_forward, meta_forward
 
 def genre_model(steps=1, seed=0, blocks=("user", "user_x_genre"), genre_row_buckets=0,
                 meta_hidden=(3,), genre_hidden=(3,), genre_support_shrinkage=None,
-                genre_inner_lr=None):
+                genre_inner_lr=None, genre_combine="concat"):
     mcfg = ModelConfig(meta_hidden=meta_hidden, genre_hidden=genre_hidden, embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=3, meta_blocks=blocks,
-                       genre_row_buckets=genre_row_buckets)
+                       genre_row_buckets=genre_row_buckets, genre_combine=genre_combine)
     mm = MamlConfig(inner_lr=0.3, adaptation_steps=steps, support_sampling="none", outer_l2=0.0,
                     genre_support_shrinkage=genre_support_shrinkage, genre_inner_lr=genre_inner_lr)
     return LimamlModel(build_layout(mcfg, VOCABS), mcfg, mm, seed=seed, dtype=tf.float64)
@@ -62,10 +62,11 @@ def test_a_query_rows_genre_embedding_reads_only_support_rows_of_its_genre():
     np.testing.assert_allclose(a[1:], b[1:], rtol=1e-12)       # other tasks untouched
 
 
-@pytest.mark.parametrize("rows,meta_hidden", [(0, (3,)), (16, (3,)), (0, ())])
-def test_meta_gradient_with_the_genre_block_matches_finite_differences(rows, meta_hidden):
+@pytest.mark.parametrize("rows,meta_hidden,combine", [(0, (3,), "concat"), (16, (3,), "concat"),
+                                                    (0, (), "concat"), (16, (3,), "residual")])
+def test_meta_gradient_with_the_genre_block_matches_finite_differences(rows, meta_hidden, combine):
     # meta_hidden (): a linear user block beside a genre block with a hidden layer (the defaults)
-    model = genre_model(steps=2, genre_row_buckets=rows, meta_hidden=meta_hidden)
+    model = genre_model(steps=2, genre_row_buckets=rows, meta_hidden=meta_hidden, genre_combine=combine)
     if rows:  # non-zero (user, genre) rows, so that every path through them is exercised
         model.genre_user_emb.assign(tf.random.stateless_normal([rows, 3], seed=[4, 2], dtype=tf.float64))
     batch = make_batch()
@@ -86,11 +87,11 @@ def test_single_block_model_is_unchanged_by_the_option():
     assert two.global_params["w0"].shape[0] == 4 + 2 + 64 + 1  # [e_user, e_genre] = 2E
 
 
-@pytest.mark.parametrize("rows", [0, 16])
-def test_meg_genre_embeddings_equal_the_training_time_query_embeddings(rows):
+@pytest.mark.parametrize("rows,combine", [(0, "concat"), (16, "concat"), (16, "residual")])
+def test_meg_genre_embeddings_equal_the_training_time_query_embeddings(rows, combine):
     from trainer import finetune
 
-    model = genre_model(steps=2, genre_row_buckets=rows)
+    model = genre_model(steps=2, genre_row_buckets=rows, genre_combine=combine)
     if rows:
         model.genre_user_emb.assign(tf.random.stateless_normal([rows, 3], seed=[7, 1], dtype=tf.float64))
     batch = make_batch()
@@ -291,5 +292,73 @@ def test_summed_blocks_score_as_one_block_fed_the_sum():
 
 
 def test_an_unknown_way_to_combine_blocks_is_refused_by_name():
-    with pytest.raises(ValueError, match="genre_combine 'mean' must be 'concat' or 'sum'"):
+    with pytest.raises(ValueError, match=r"genre_combine 'mean' must be one of \('concat', 'sum', 'residual'\)"):
         ModelConfig(genre_combine="mean")
+
+
+def _residual_pair(genre_inner_lr=None):
+    """A single-block model and a residual multi-block model of the same seed (float64)."""
+    one = genre_model(blocks=("user",), seed=4)
+    multi = genre_model(seed=4, genre_combine="residual", genre_inner_lr=genre_inner_lr)
+    for k, v in one.meta_params.items():
+        np.testing.assert_array_equal(multi.meta_params[k].numpy(), v.numpy())
+    assert sorted(one.global_params) == sorted(multi.global_params)
+    for k, v in one.global_params.items():  # the global block reads E, not 2E
+        np.testing.assert_array_equal(multi.global_params[k].numpy(), v.numpy())
+    return one, multi
+
+
+def test_a_residual_genre_slot_that_does_not_adapt_scores_as_the_single_block_model():
+    """genre_combine="residual": with the genre step at 0 (or no row of the genre) the slot is
+    exactly 0, so the query loss and the pre-training loss are the single-block model's."""
+    one, frozen = _residual_pair(genre_inner_lr=0.0)
+    batch = make_batch()
+    want = float(maml.maml_loss(one, batch, training=False)[0])
+    assert float(maml.maml_loss(frozen, batch, training=False)[0]) == pytest.approx(want, rel=1e-12)
+    assert np.abs(frozen.genre_embedding(batch["query"]).numpy()).max() == 0.0
+    _, moving = _residual_pair()
+    assert abs(float(maml.maml_loss(moving, batch, training=False)[0]) - want) > 1e-6
+
+
+def test_the_residual_slot_is_the_change_of_one_inner_step_worked_out_by_finite_differences():
+    """Δ = f_g(x_q; θ⁰ − α ∇L) − f_g(x_q; θ⁰), where L(θ) is the subtask's masked mean BCE of the
+    global block fed e_user + f_g(x_s; θ) − f_g(x_s; θ⁰) (so at θ⁰ it reads e_user alone); ∇L by
+    central differences on every entry of θ_g (κ_g = 0, one step)."""
+    model = genre_model(genre_hidden=(), genre_support_shrinkage=0.0, genre_combine="residual")
+    s = dict(make_batch()["support"])  # task 0: 4 valid rows
+    s["genres"] = one_hot_genres([[1, 2, 1, 1], [1, 1, 2, 2], [2, 1, 1, 1]])
+    q = {k: v[:1, :1] for k, v in make_batch()["query"].items()}  # task 0's first query row
+    q["genres"] = one_hot_genres([[1]])
+    s0 = {k: v[:1] for k, v in s.items()}
+    user_emb = tf.random.stateless_normal([1, 4, 2], seed=[5, 5], dtype=tf.float64)
+    got = genre_block.query_genre_embeddings(model, s0, user_emb, q, 1).numpy()[0, 0]
+
+    theta0 = {k: v.numpy() for k, v in model.genre_params.items()}
+    x_s, x_q = model.genre_x(s0), model.genre_x(q)
+    mask = s0["mask"].numpy() * (np.argmax(s0["genres"].numpy(), -1) == 1)   # genre-1 rows: 0, 2, 3
+    np.testing.assert_array_equal(mask, [[1, 0, 1, 1]])
+
+    def f_g(theta, x):
+        return meta_forward({k: tf.constant(v) for k, v in theta.items()}, x, "tanh")
+
+    f0 = f_g(theta0, x_s)
+
+    def loss(theta):
+        emb = tf.concat([user_emb, f_g(theta, x_s) - f0], -1)  # read as their sum
+        z = global_forward(model.global_params, emb, s0, model.layout, model.model_cfg).numpy()
+        y = s0["label"].numpy()
+        bce = np.logaddexp(0.0, z) - y * z
+        return float((bce * mask).sum() / mask.sum())
+
+    step = {}
+    for k, v in theta0.items():
+        g = np.zeros_like(v)
+        for i in range(v.size):
+            e = np.zeros(v.size)
+            e[i] = 1e-6
+            e = e.reshape(v.shape)
+            g.flat[i] = (loss(dict(theta0, **{k: v + e})) - loss(dict(theta0, **{k: v - e}))) / 2e-6
+        step[k] = v - 0.3 * g
+    want = (f_g(step, x_q) - f_g(theta0, x_q)).numpy()[0, 0]
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)

@@ -82,6 +82,28 @@ def subtask_rows(model: LimamlModel, support: Features, genres: tf.Tensor) -> Op
     return model.genre_rows(users, tf.reshape(genres, [-1]))
 
 
+def start_params(model: LimamlModel, rows: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+    """θ_g^0 of N subtasks: the shared weights and, with a (user, genre) table, the subtasks'
+    starting rows ``rows [N, d]``."""
+    params = dict(model.genre_params)
+    if rows is not None:
+        params[USER_ROW] = rows
+    return params
+
+
+def genre_slot(model: LimamlModel, theta: Features, x: tf.Tensor,
+               rows: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """The genre slot ``[N, n, E]`` of N entities scored on inputs ``x`` ``[N, n, D + G]``:
+    f_g(x; θ_(n)) with adapted ``theta`` (:func:`adapt_genre_block`), or with
+    ``genre_combine="residual"`` the change f_g(x; θ_(n)) − f_g(x; θ_g^0) (``rows``: the
+    subtasks' starting rows, as passed to :func:`adapt_genre_block`)."""
+    act = model.model_cfg.activation
+    emb = meta_forward(theta, x, act)
+    if model.model_cfg.genre_combine == "residual":
+        emb = emb - meta_forward(start_params(model, rows), x, act)
+    return emb
+
+
 def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Tensor, steps: int,
                       first_order: bool = False, rows: Optional[tf.Tensor] = None
                       ) -> Dict[str, tf.Tensor]:
@@ -102,6 +124,12 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
             θ_g; None without a (user, genre) table.
     """
     cfg = model.maml_cfg
+    if model.model_cfg.genre_combine == "residual":
+        # the global block reads prefix + f_g(θ): with prefix e_user − f_g(θ_g^0) that is
+        # e_user + Δ(θ), the residual slot's embedding, and at θ = θ_g^0 it is e_user
+        start = meta_forward(start_params(model, rows), model.genre_x(sub_support),
+                             model.model_cfg.activation)
+        user_emb = tf.cast(user_emb, start.dtype) - start
     lr = tf.constant(cfg.inner_lr if cfg.genre_inner_lr is None else cfg.genre_inner_lr, model.dtype)
     lrs = {k: lr for k in model.genre_params}
     if rows is not None:
@@ -128,9 +156,9 @@ def query_genre_embeddings(model: LimamlModel, support: Features, support_user_e
     q_len = tf.shape(genres)[1]
     sub = subtask_supports(support, genres)                                    # [T·Q, S]
     user_emb = tf.repeat(support_user_emb, q_len, axis=0)                      # [T·Q, S, E]
-    theta = adapt_genre_block(model, sub, user_emb, steps, first_order,
-                              rows=subtask_rows(model, support, genres))
+    rows = subtask_rows(model, support, genres)
+    theta = adapt_genre_block(model, sub, user_emb, steps, first_order, rows=rows)
     q_flat = {k: tf.reshape(v, tf.concat([[-1, 1], tf.shape(v)[2:]], 0))
               for k, v in query.items()}                                       # [T·Q, 1, ...]
-    emb = meta_forward(theta, model.genre_x(q_flat), model.model_cfg.activation)
+    emb = genre_slot(model, theta, model.genre_x(q_flat), rows)
     return tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0))

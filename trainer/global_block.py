@@ -39,7 +39,7 @@ def global_forward(global_params: Mapping[str, tf.Tensor], meta_emb: Optional[tf
             ``w_out``/``b_out``).
         meta_emb: meta embeddings ``[..., E]`` or None (global DNN baseline); with several
             meta blocks ``[..., B·E]``, summed to ``[..., E]`` when ``model_cfg.genre_combine``
-            is ``"sum"``.
+            is ``"sum"`` or ``"residual"``.
         feats: encoded features with leading dims ``[...]``.
         layout: the feature layout.
         model_cfg: the model config.
@@ -49,7 +49,7 @@ def global_forward(global_params: Mapping[str, tf.Tensor], meta_emb: Optional[tf
         Logits ``[...]``.
     """
     dtype = global_params["w_out"].dtype
-    if meta_emb is not None and model_cfg.genre_combine == "sum" and len(model_cfg.meta_blocks) > 1:
+    if meta_emb is not None and model_cfg.genre_combine != "concat" and len(model_cfg.meta_blocks) > 1:
         # [e_user, e_user×genre] [..., 2E] -> e_user + e_user×genre [..., E]
         meta_emb = tf.add_n(tf.split(meta_emb, len(model_cfg.meta_blocks), axis=-1))
     parts = [] if meta_emb is None else [tf.cast(meta_emb, dtype)]

@@ -205,7 +205,7 @@ class LimamlModel(tf.Module):
         rng = np.random.RandomState(seed)
         self.meta_names = meta_param_names(len(model_cfg.meta_hidden))
         meta0 = init_meta_params(rng, layout, model_cfg)
-        blocks = 1 if model_cfg.genre_combine == "sum" else len(model_cfg.meta_blocks)
+        blocks = len(model_cfg.meta_blocks) if model_cfg.genre_combine == "concat" else 1
         glob0 = init_global_params(rng, layout, model_cfg, model_cfg.embedding_dim * blocks)
         self.meta_params = {k: tf.Variable(v, dtype=dtype, name=f"meta_{k}")
                             for k, v in meta0.items()}
@@ -353,14 +353,22 @@ class LimamlModel(tf.Module):
             params[USER_ROW] = rows
         return params
 
-    def genre_embedding(self, feats: Features, rows: Optional[tf.Tensor] = None
-                        ) -> Optional[tf.Tensor]:
-        """Un-adapted user×genre embeddings f_g(x_g; θ_g) ``[..., E]`` (None: single block);
-        ``rows``: see :meth:`genre_params_for`."""
-        if not self.genre_params:
-            return None
+    def genre_output(self, feats: Features, rows: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """The genre block's un-adapted output f_g(x_g; θ_g) ``[..., E]``; ``rows``: see
+        :meth:`genre_params_for`."""
         return meta_forward(self.genre_params_for(feats, rows), self.genre_x(feats),
                             self.model_cfg.activation)
+
+    def genre_embedding(self, feats: Features, rows: Optional[tf.Tensor] = None
+                        ) -> Optional[tf.Tensor]:
+        """Un-adapted user×genre embeddings ``[..., E]``, the genre slot of an entity without
+        adaptation (None: single block): f_g(x_g; θ_g), or zeros with ``genre_combine``
+        ``"residual"`` (the slot holds the adaptation's change only); ``rows``: see
+        :meth:`genre_params_for`."""
+        if not self.genre_params:
+            return None
+        out = self.genre_output(feats, rows)
+        return tf.zeros_like(out) if self.model_cfg.genre_combine == "residual" else out
 
     def meta_x(self, feats: Features, history: Optional[tf.Tensor] = None) -> tf.Tensor:
         """Dense meta input ``[..., D (+ 2 (C_h + G))]``.
