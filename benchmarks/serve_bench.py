@@ -56,6 +56,7 @@ def run_serve_bench(
     ids_only: bool = False,
     item_cache: Any = None,
     meta_blocks: Sequence[str] = ("user",),
+    genre_fallback: str = "user",
     batch_requests: bool = False,
     batch_window_ms: float = 0.0,
 ) -> List[Dict[str, float]]:
@@ -84,6 +85,7 @@ def run_serve_bench(
         batch_window_ms: with it, how long a Predict's first request waits for others.
         meta_blocks: the served model's meta blocks (``("user", "user_x_genre")``: the ranker
             sends ``[e_user, e_user×genre]`` per candidate, :mod:`serving.multi_block`).
+        genre_fallback: with them, a missing genre row's slot (:func:`serving.multi_block.assemble`).
 
     Returns:
         One row per candidate count: candidates, p50_ms, p95_ms, p99_ms, qps, floor_p50_ms,
@@ -123,7 +125,8 @@ def run_serve_bench(
         item_cache = ItemCache.from_records(pool_for_cache)
     ranker = Ranker(model_target, model_name, embedding_lookup, timeout_s=timeout_s,
                     max_candidates=max(max(candidate_counts), 1), item_cache=item_cache,
-                    meta_blocks=meta_blocks, batch_requests=batch_requests,
+                    meta_blocks=meta_blocks, genre_fallback=genre_fallback,
+                    batch_requests=batch_requests,
                     batch_window_ms=batch_window_ms)
     service = start_ranker_service(ranker)
     rows: List[Dict[str, float]] = []
@@ -288,6 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             user_features=request["user_features"], candidates=pool, concurrencies=concs,
             ids_only=args.ids_only, item_cache=stack.ranker.item_cache,
             meta_blocks=MULTI_BLOCKS if stack.ranker.multi_block else ("user",),
+            genre_fallback=stack.ranker.genre_fallback,
             batch_requests=args.batch_requests, batch_window_ms=args.batch_window_ms)
     finally:
         stack.stop()

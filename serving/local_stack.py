@@ -312,7 +312,7 @@ def start_local_stack(
 
         from serving import model_server
         from serving.embedding_lookup import EmbeddingLookup
-        from serving.multi_block import served_meta_blocks
+        from serving.multi_block import served_genre_fallback, served_meta_blocks
         from serving.ranker import Ranker
         from serving.ranker_service import start_ranker_service
 
@@ -332,6 +332,7 @@ def start_local_stack(
         ranker = Ranker(server.target, name, lookup, timeout_s=timeout_s,
                         max_candidates=max_candidates, item_cache=items,
                         auth_token=model_auth_token, meta_blocks=served_meta_blocks(version_dir),
+                        genre_fallback=served_genre_fallback(version_dir),
                         batch_requests=batch_requests)
         started.append(ranker)
         served = str(ranker.model_version(refresh=True))

@@ -10,11 +10,13 @@ genre bucket (:mod:`embeddings.entity_keys`). Per request, :func:`candidate_embe
 (``g_1..g_k`` the distinct primary genres of the candidates) and applies the fallback chain:
 
 * ``user#g`` missing (a genre outside the store's catalogue, a user written by an older MEG) →
-  the user's ``e_user`` in the genre slot (counted ``genre_to_user``);
+  the user's ``e_user`` in the genre slot (counted ``genre_to_user``); for a model with
+  ``genre_combine="residual"``, whose genre slot holds the adaptation's change, zeros instead
+  (``genre_fallback="zero"``, :func:`served_genre_fallback`): the un-adapted slot;
 * ``user`` missing (unknown user, or the store down/slow) → the cold-start rows:
   ``__cold_start__`` in the user slot and ``__cold_start__#g`` in the genre slot (counted
   ``user_to_cold``); a missing ``__cold_start__#g`` → the ``__cold_start__`` row there too
-  (counted ``cold_genre_to_cold``).
+  (zeros with ``genre_fallback="zero"``; counted ``cold_genre_to_cold``).
 
 The counts are per candidate. The primary genre of a raw candidate is computed as the Transform
 does (:func:`trainer.preprocessing.multi_hot`: ``'|'``-split, empty tokens dropped,
@@ -51,17 +53,46 @@ def is_multi_block(meta_blocks: Sequence[str]) -> bool:
     return blocks == MULTI_BLOCKS
 
 
+GENRE_FALLBACKS = ("user", "zero")
+"""What fills a candidate's genre slot when its ``user#g`` row is missing (see the module doc)."""
+
+
+def genre_fallback_of(genre_combine: str) -> str:
+    """The genre slot's fallback for a model's ``ModelConfig.genre_combine``: ``"zero"`` for
+    ``"residual"`` (the slot holds the adaptation's change; un-adapted it is 0), else ``"user"``."""
+    return "zero" if genre_combine == "residual" else "user"
+
+
+def _meta_block_info(model_dir: str) -> Dict[str, Any]:
+    """``assets.extra/meta_block/meta_block.json`` of a model folder ({} when it has none)."""
+    path = os.path.join(model_dir, "assets.extra", "meta_block", "meta_block.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def served_meta_blocks(version_dir: str) -> Tuple[str, ...]:
     """The meta blocks of a pushed version folder (its ``assets.extra/meta_block/meta_block.json``;
     ``("user",)`` when it has none, e.g. a baseline)."""
-    path = os.path.join(version_dir, "assets.extra", "meta_block", "meta_block.json")
-    if not os.path.isfile(path):
-        return ("user",)
-    with open(path, encoding="utf-8") as fh:
-        info = json.load(fh)
+    info = _meta_block_info(version_dir)
     blocks = info.get("meta_blocks") or info.get("limaml_config", {}).get("model", {}).get(
         "meta_blocks", ["user"])
     return tuple(blocks)
+
+
+def served_genre_fallback(version_dir: str) -> str:
+    """:func:`genre_fallback_of` the ``genre_combine`` of a model folder's ``meta_block.json``
+    (``"user"`` when it has none)."""
+    model = _meta_block_info(version_dir).get("limaml_config", {}).get("model", {})
+    return genre_fallback_of(model.get("genre_combine", "concat"))
+
+
+def check_genre_fallback(genre_fallback: str) -> str:
+    """Returns ``genre_fallback``; raises ValueError naming it unless in :data:`GENRE_FALLBACKS`."""
+    if genre_fallback not in GENRE_FALLBACKS:
+        raise ValueError(f"genre_fallback {genre_fallback!r} must be one of {GENRE_FALLBACKS}")
+    return genre_fallback
 
 
 class PrimaryGenres:
@@ -132,7 +163,8 @@ def lookup_keys(user_id: str, genres: np.ndarray) -> np.ndarray:
 
 
 def assemble(rows: Mapping[str, np.ndarray], user_id: str, genres: np.ndarray,
-             cold_fallback: np.ndarray) -> Tuple[np.ndarray, bool, Dict[str, int]]:
+             cold_fallback: np.ndarray, genre_fallback: str = "user"
+             ) -> Tuple[np.ndarray, bool, Dict[str, int]]:
     """The fallback chain on the rows found: ``[e_user, e_user×g]`` per candidate.
 
     One definition for the ranker (:func:`candidate_embeddings`) and for any offline join of
@@ -146,10 +178,13 @@ def assemble(rows: Mapping[str, np.ndarray], user_id: str, genres: np.ndarray,
         genres: ``[n]`` int primary genres of the candidates.
         cold_fallback: ``[E]`` the cold-start row ``__cold_start__`` (or the configured
             fallback), used when the user has no row.
+        genre_fallback: a missing genre row's slot: ``"user"`` (the user's row, or the
+            cold-start row) or ``"zero"`` (``genre_combine="residual"`` models).
 
     Returns:
         ``(embeddings float32 [n, 2E], user missing, fallbacks {name: candidates})``.
     """
+    check_genre_fallback(genre_fallback)
     genres = np.asarray(genres, np.int64).reshape(-1)
     uniq, inverse = np.unique(genres, return_inverse=True)
     n = genres.shape[0]
@@ -163,7 +198,8 @@ def assemble(rows: Mapping[str, np.ndarray], user_id: str, genres: np.ndarray,
         e_user = np.asarray(user, np.float32)
         keys = list(entity_keys.genre_keys([user_id], uniq))
     slot_missing = np.array([k not in rows for k in keys], bool)
-    slot = np.stack([e_user if m else np.asarray(rows[k], np.float32)
+    empty = e_user if genre_fallback == "user" else np.zeros_like(e_user)
+    slot = np.stack([empty if m else np.asarray(rows[k], np.float32)
                      for k, m in zip(keys, slot_missing)]) if keys else np.zeros((0, e_user.shape[0]),
                                                                                   np.float32)
     fell = int(slot_missing[inverse].sum())  # candidates whose genre slot has no row
@@ -175,8 +211,8 @@ def assemble(rows: Mapping[str, np.ndarray], user_id: str, genres: np.ndarray,
     return np.ascontiguousarray(out, np.float32), cold, counts
 
 
-def candidate_embeddings(lookup: Any, user_id: str, genres: np.ndarray, model_version: str
-                         ) -> CandidateEmbeddings:
+def candidate_embeddings(lookup: Any, user_id: str, genres: np.ndarray, model_version: str,
+                         genre_fallback: str = "user") -> CandidateEmbeddings:
     """``[e_user, e_user×genre]`` of every candidate, from one batched lookup.
 
     Args:
@@ -186,6 +222,7 @@ def candidate_embeddings(lookup: Any, user_id: str, genres: np.ndarray, model_ve
         user_id: the user (without :data:`entity_keys.SEPARATOR`).
         genres: ``[n]`` int primary genre buckets of the candidates.
         model_version: the served version.
+        genre_fallback: see :func:`assemble`.
 
     Returns:
         :class:`CandidateEmbeddings`.
@@ -202,9 +239,10 @@ def candidate_embeddings(lookup: Any, user_id: str, genres: np.ndarray, model_ve
         raise ValueError(f"lookup returned embeddings {emb.shape} and cold {missing.shape} for "
                          f"{len(keys)} keys")
     found = {k: emb[i] for i, k in enumerate(keys) if not missing[i]}
-    out, cold, counts = assemble(found, user_id, genres, emb[0])
+    out, cold, counts = assemble(found, user_id, genres, emb[0], genre_fallback)
     return CandidateEmbeddings(out, cold, getattr(res, "degraded", None), counts)
 
 
-__all__ = ["CandidateEmbeddings", "FALLBACKS", "MULTI_BLOCKS", "PrimaryGenres", "assemble",
-           "candidate_embeddings", "is_multi_block", "lookup_keys", "served_meta_blocks"]
+__all__ = ["CandidateEmbeddings", "FALLBACKS", "GENRE_FALLBACKS", "MULTI_BLOCKS", "PrimaryGenres",
+           "assemble", "candidate_embeddings", "check_genre_fallback", "genre_fallback_of",
+           "is_multi_block", "lookup_keys", "served_genre_fallback", "served_meta_blocks"]

@@ -109,6 +109,8 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         meta_blocks: the served model's meta blocks: ``("user",)`` (one embedding per user) or
             ``("user", "user_x_genre")`` (``[e_user, e_user×genre]`` per candidate,
             :mod:`serving.multi_block`).
+        genre_fallback: a multi-block model's genre slot when the user × genre row is missing
+            (:func:`serving.multi_block.served_genre_fallback` of the pushed version).
         batch_requests: concurrent ``predict_raw`` requests share one Predict
             (:mod:`serving.predict_batcher`); False: one Predict per request.
         batch_window_ms: with ``batch_requests``, how long the request that starts a Predict
@@ -132,6 +134,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         auth_token: Optional[str] = None,
         max_message_bytes: int = 16 << 20,
         meta_blocks: Sequence[str] = ("user",),
+        genre_fallback: str = "user",
         batch_requests: bool = False,
         batch_window_ms: float = 0.0,
     ) -> None:
@@ -160,6 +163,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         self.use_raw_signature = bool(use_raw_signature)
         self.multi_block = MB.is_multi_block(meta_blocks)
         self._genres = MB.PrimaryGenres() if self.multi_block else None
+        self.genre_fallback = MB.check_genre_fallback(genre_fallback)
         self.fallback_counts: Dict[str, int] = dict.fromkeys(MB.FALLBACKS, 0)
         self._fallback_lock = threading.Lock()
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None

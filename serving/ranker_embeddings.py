@@ -61,7 +61,8 @@ class EmbeddingsMixin:
         col = columns.get(F.GENRES)
         genres = self._genres([None] * n if col is None else col)
         try:
-            res = MB.candidate_embeddings(self._lookup, user_id, genres, str(version))
+            res = MB.candidate_embeddings(self._lookup, user_id, genres, str(version),
+                                          self.genre_fallback)
         except Exception as exc:  # noqa: BLE001 - report any lookup failure as one error type
             raise EmbeddingLookupError(
                 f"embedding lookup for user {user_id!r} at model version {version} failed: "

@@ -220,3 +220,38 @@ def test_assemble_applies_the_chain_on_found_rows():
     emb, missing, counts = assemble(rows, "v", np.array([3, 5]), cold)  # v#5 exists, v does not
     np.testing.assert_array_equal(emb, [[-1, -1, -3, -3], [-1, -1, -1, -1]])
     assert missing and counts == {"genre_to_user": 0, "user_to_cold": 2, "cold_genre_to_cold": 1}
+
+
+def test_a_residual_models_missing_genre_rows_fall_back_to_zero():
+    """genre_combine="residual": the genre slot holds the adaptation's change, so a missing
+    ``u#g`` (or ``__cold_start__#g``) row is the zero vector, not the user's row."""
+    from serving.multi_block import assemble
+
+    u, u3 = np.ones(2, np.float32), np.full(2, 3.0, np.float32)
+    cold = np.full(2, -1.0, np.float32)
+    rows = {"u": u, "u#3": u3}
+    emb, _, counts = assemble(rows, "u", np.array([5, 3]), cold, genre_fallback="zero")
+    np.testing.assert_array_equal(emb, [[1, 1, 0, 0], [1, 1, 3, 3]])
+    assert counts["genre_to_user"] == 1
+    emb, missing, _ = assemble(rows, "v", np.array([3]), cold, genre_fallback="zero")
+    np.testing.assert_array_equal(emb, [[-1, -1, 0, 0]])
+    assert missing
+    with pytest.raises(ValueError, match="genre_fallback 'cold' must be one of"):
+        assemble(rows, "u", np.array([3]), cold, genre_fallback="cold")
+
+
+@pytest.mark.parametrize("combine,want", [("residual", "zero"), ("sum", "user"), ("concat", "user"),
+                                          (None, "user")])
+def test_the_served_genre_fallback_follows_the_exported_genre_combine(tmp_path, combine, want):
+    import json
+
+    from serving.multi_block import served_genre_fallback
+
+    folder = tmp_path / "assets.extra" / "meta_block"
+    folder.mkdir(parents=True)
+    model = {"meta_blocks": ["user", "user_x_genre"]}
+    if combine is not None:
+        model["genre_combine"] = combine
+    (folder / "meta_block.json").write_text(json.dumps({"limaml_config": {"model": model}}))
+    assert served_genre_fallback(str(tmp_path)) == want
+    assert served_genre_fallback(str(tmp_path / "elsewhere")) == "user"  # no meta block: a baseline

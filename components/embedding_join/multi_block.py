@@ -10,6 +10,9 @@ version::
     u found:      [e_u, e_u#g]             (e_u#g missing -> e_u in the genre slot)
     u not found:  [cold, cold#g]           (cold#g missing -> cold in the genre slot)
 
+(zeros in the genre slot instead, for a ``genre_combine="residual"`` model: the model folder's
+:func:`serving.multi_block.served_genre_fallback`).
+
 A user without a stored row (no history: the ``0`` cohort) is, as in the single-block join
 (:mod:`join`, DESIGN.md section 1), first given the un-adapted output of *their own* meta
 features, for both blocks: ``u`` = f(x_meta,u; θ_meta) and ``u#g`` = f_g([x_meta,u, one-hot(g)];
@@ -49,7 +52,8 @@ def example_genre(serialized: bytes) -> bytes:
 
 
 def multi_block_vectors(user_id: str, examples: List[bytes], rows: Mapping[str, np.ndarray],
-                        cold: np.ndarray, primary_genres) -> Tuple[np.ndarray, Dict[str, int]]:
+                        cold: np.ndarray, primary_genres, genre_fallback: str = "user"
+                        ) -> Tuple[np.ndarray, Dict[str, int]]:
     """``[e_user, e_user×g]`` of each example of one user.
 
     Args:
@@ -60,6 +64,7 @@ def multi_block_vectors(user_id: str, examples: List[bytes], rows: Mapping[str, 
         cold: ``[E]`` the cold-start row ``__cold_start__``.
         primary_genres: callable, raw genre strings ``[n]`` -> primary genre buckets ``[n]``
             (:class:`serving.multi_block.PrimaryGenres`).
+        genre_fallback: a missing genre row's slot (:func:`serving.multi_block.assemble`).
 
     Returns:
         ``(vectors float32 [n, 2E], fallbacks {name: examples})``.
@@ -67,7 +72,7 @@ def multi_block_vectors(user_id: str, examples: List[bytes], rows: Mapping[str, 
     from serving.multi_block import assemble
 
     genres = primary_genres([example_genre(ex) for ex in examples])
-    vectors, _, counts = assemble(rows, user_id, genres, cold)
+    vectors, _, counts = assemble(rows, user_id, genres, cold, genre_fallback)
     return vectors, counts
 
 
@@ -79,8 +84,9 @@ def _fallback_counters() -> Dict[str, object]:
 
 
 def _attach_all(user: str, examples: List[bytes], rows: Mapping[str, np.ndarray], cold: np.ndarray,
-                primary_genres, counters: Mapping[str, object]) -> Iterable[bytes]:
-    vectors, counts = multi_block_vectors(user, examples, rows, cold, primary_genres)
+                primary_genres, counters: Mapping[str, object], genre_fallback: str
+                ) -> Iterable[bytes]:
+    vectors, counts = multi_block_vectors(user, examples, rows, cold, primary_genres, genre_fallback)
     for name, n in counts.items():
         if n:
             counters[name].inc(n)
@@ -97,11 +103,14 @@ class AttachMultiBlockDoFn(beam.DoFn):
     Args:
         cold: ``[E]`` the store's ``__cold_start__`` row.
         own_cold_start: send users without a row to the ``cold`` output.
+        genre_fallback: a missing genre row's slot (:func:`serving.multi_block.assemble`).
     """
 
-    def __init__(self, cold: np.ndarray, own_cold_start: bool = False) -> None:
+    def __init__(self, cold: np.ndarray, own_cold_start: bool = False,
+                 genre_fallback: str = "user") -> None:
         self._cold = np.asarray(cold, np.float32)
         self._own = own_cold_start
+        self._genre_fallback = genre_fallback
         self._genres = None
         self._counters = {}
 
@@ -123,7 +132,8 @@ class AttachMultiBlockDoFn(beam.DoFn):
             return
         rows: Dict[str, np.ndarray] = dict(cold_rows)
         rows.update(found)
-        yield from _attach_all(user, examples, rows, self._cold, self._genres, self._counters)
+        yield from _attach_all(user, examples, rows, self._cold, self._genres, self._counters,
+                               self._genre_fallback)
 
 
 class ColdStartMultiBlockDoFn(ColdStartDoFn):
@@ -133,12 +143,19 @@ class ColdStartMultiBlockDoFn(ColdStartDoFn):
     f(x_meta,u; θ_meta) from the user's first example, ``u#g`` = f_g([x_meta,u, one-hot(g)]; θ_g)
     from each example (``g`` its primary genre); then the fallback chain of
     :func:`multi_block_vectors` on those rows. A user whose first example lacks a meta feature
-    gets the store's cold-start rows.
+    gets the store's cold-start rows. (For a ``genre_combine="residual"`` model ``u#g`` is 0:
+    :meth:`trainer.model.LimamlModel.genre_embedding`.)
 
     Args:
         model_dir: the multi-block model's folder (meta blocks and Transform graph).
         default: ``[E]`` the store's ``__cold_start__`` row.
+        genre_fallback: a missing genre row's slot (:func:`serving.multi_block.assemble`).
     """
+
+    def __init__(self, model_dir: Optional[str], default: np.ndarray,
+                 genre_fallback: str = "user") -> None:
+        super().__init__(model_dir, default)
+        self._genre_fallback = genre_fallback
 
     def setup(self) -> None:
         from serving.multi_block import PrimaryGenres
@@ -184,7 +201,8 @@ class ColdStartMultiBlockDoFn(ColdStartDoFn):
         for i, (user, examples) in enumerate(batch):
             rows: Dict[str, np.ndarray] = dict(cold_rows)
             rows.update(own.get(i, {}))
-            yield from _attach_all(user, examples, rows, self._default, self._primary, self._counters)
+            yield from _attach_all(user, examples, rows, self._default, self._primary, self._counters,
+                                   self._genre_fallback)
 
 
 def owner_of(row: KeyedRow) -> Tuple[str, KeyedRow]:
@@ -216,13 +234,17 @@ def JoinMultiBlockEmbeddings(examples: beam.PCollection, rows: beam.PCollection,
                  | "KeyByOwner" >> beam.Map(owner_of))
     keyed = examples | "KeyByUser" >> beam.Map(user_of)
     grouped = {"examples": keyed, "rows": user_rows} | "CoGroup" >> beam.CoGroupByKey()
-    attach_fn = AttachMultiBlockDoFn(cold, own_cold_start=model_dir is not None)
+    from serving.multi_block import served_genre_fallback
+
+    fallback = "user" if model_dir is None else served_genre_fallback(model_dir)
+    attach_fn = AttachMultiBlockDoFn(cold, own_cold_start=model_dir is not None,
+                                     genre_fallback=fallback)
     if model_dir is None:
         return grouped | "Attach" >> beam.ParDo(attach_fn, cold_rows)
     split = grouped | "Attach" >> beam.ParDo(attach_fn, cold_rows).with_outputs("cold", main="known")
     own = (split.cold
            | "BatchCold" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
-           | "OwnColdStart" >> beam.ParDo(ColdStartMultiBlockDoFn(model_dir, cold), cold_rows))
+           | "OwnColdStart" >> beam.ParDo(ColdStartMultiBlockDoFn(model_dir, cold, fallback), cold_rows))
     return (split.known, own) | "All" >> beam.Flatten()
 
 
