@@ -51,15 +51,22 @@ MULTI = ("user", "user_x_genre")
 CATALOGUE = (3, 5, 11, 20)
 
 
-def multi_config():
+def multi_config(genre_combine="concat"):
+    """The small config with both blocks; "concat" by default here, whose un-adapted genre slot
+    is the genre block's output (the residual slot has its own tests below)."""
     cfg = small_config("mean")
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, meta_blocks=MULTI))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, meta_blocks=MULTI,
+                                                              genre_combine=genre_combine))
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    return make_world(tmp_path_factory, "concat")
+
+
+def make_world(tmp_path_factory, genre_combine):
     root = str(tmp_path_factory.mktemp("meg_multi"))
-    cfg = multi_config()
+    cfg = multi_config(genre_combine)
     frame = sorted_frame(num_users=24, seed=4)
     users = sorted(frame[F.USER_ID].unique())
     rename = {users[0]: "only3", users[1]: "multi", users[2]: "late"}
@@ -254,3 +261,43 @@ def test_write_stores_commits_both_kinds_and_counts_users(world, staged, tmp_pat
     got = ParquetEmbeddingStore(root).lookup(keys, "7")
     assert got.found.all()
     np.testing.assert_array_equal(got.embeddings, np.stack([staged[k][0] for k in keys]))
+
+
+@pytest.fixture(scope="module")
+def residual_world(tmp_path_factory):
+    return make_world(tmp_path_factory, "residual")
+
+
+def test_a_residual_models_genre_rows_are_zero_without_rows_of_the_genre_and_adapted_with(
+        residual_world):
+    """genre_combine="residual": MEG writes Δ_u,g, exactly 0 for a genre with no support row of
+    the user (and for the cold-start genre rows), the kernel's adapted change otherwise."""
+    world = residual_world
+    staged = run_multi(world, os.path.join(world.root, "staging"))
+    model, enc = world.model, world.encoded
+    zero, moved = 0, 0
+    for user in sorted(set(world.frame[F.USER_ID])):
+        win = window(world, user)
+        for g in CATALOGUE:
+            vec, size = staged[f"{user}#{g}"]
+            if win.empty or not (win["primary"] == g).any():
+                assert size == 0 and np.abs(vec).max() == 0.0, (user, g)
+                zero += 1
+    for user, g in (("only3", 3), ("multi", 5), ("multi", 11)):
+        win = window(world, user)
+        rows = win.index[win["primary"] == g].to_numpy()
+        keys = generate.kernel_feature_keys(model)
+        support = {c: np.zeros((1, K) + enc[c].shape[1:], enc[c].dtype) for c in keys}
+        for c in keys:
+            support[c][0, :len(rows)] = enc[c][rows]
+        mask = np.zeros((1, K), np.float32)
+        mask[0, :len(rows)] = 1.0
+        want = finetune.generate_genre_embeddings(model, support, mask, np.array([[g]]),
+                                                  staged[user][0][None, :])
+        vec, size = staged[f"{user}#{g}"]
+        np.testing.assert_allclose(vec, want.numpy()[0, 0], atol=1e-5, rtol=1e-5)
+        assert size == len(rows) and np.abs(vec).max() > 1e-4
+        moved += 1
+    assert zero >= len(set(world.frame[F.USER_ID])) - 1 and moved == 3
+    for g in CATALOGUE:
+        assert np.abs(staged[f"{COLD_START_USER}#{g}"][0]).max() == 0.0
