@@ -127,27 +127,20 @@ class ModelConfig:
             with it and −0.0007 [−0.0069, +0.0055] with a linear genre block, which also lost
             20-99 (+0.0046 [+0.0011, +0.0078]). Its input is the demographics and the row's
             genre multi-hot; the hidden layer lets their product shape the starting point.
-        genre_combine: how the global block reads the two embeddings: ``"concat"``
-            ``[e_user, e_user×genre]`` or ``"sum"`` ``e_user + e_user×genre`` (the genre block
-            then writes a per-genre offset of the user's embedding). On the synthetic
-            validation splits (seed 1, ``max_recent`` 32), limaml_multi with "sum" against
-            "concat" and the single-block limaml: without genre taste 0.7900 / 0.7883 / 0.7930
-            (20-99 0.814 / 0.811 / 0.816); with genre taste 1.5 0.7007 / 0.6973 / 0.7006
-            (20-99 0.729 / 0.723 / 0.728, 100+ 0.748 / 0.757 / 0.759). "sum" narrows the gap
-            without genre taste and gains 20-99 with it, but loses 100+ there. On the test
-            rows afterwards (same K, 3 seeds, paired), with genre taste: "sum" − "concat"
-            +0.0024 [+0.0003, +0.0044] overall, 20-99 +0.0048 [+0.0021, +0.0076], 100+ +0.0003;
-            limaml − limaml_multi ("sum") in 20-99 −0.0032 [−0.0057, −0.0008]. "sum" is the
-            candidate default (better overall on both validation splits); the default stays
-            "concat" until the ML-1M comparison is rerun with it. ``"residual"`` (default): the
-            global block reads the sum too, but the genre slot holds only what the genre
-            subtask's adaptation changed, ``Δ_u,g = f_g(x_g; θ_g,(u,g)) − f_g(x_g; θ_g)``:
-            un-adapted (no row of that genre, a cold start, pre-training) the slot is exactly 0
-            and the model scores as the single-block model does, so the genre block can only
-            add what a user's own genre rows show. Validation splits (seed 1, K 32): without
-            genre taste 0.7930 (20-99 0.816, 100+ 0.845), the single-block model's own figures;
-            with genre taste 0.7025 (0.732, 0.760), above "sum" (0.7007), "concat" (0.6973)
-            and the single block (0.7006). It is the default since the tenth session.
+        genre_combine: what the genre slot holds and how the global block reads the slots
+            ``[e_user, e_user×genre]``. ``"residual"`` (default): the slot holds only what the
+            genre subtask's adaptation changed, ``Δ_u,g = f_g(x_g; θ_g,(u,g)) − f_g(x_g; θ_g)``,
+            and the global block reads e_user + Δ_u,g; un-adapted (no row of that genre, a cold
+            start, pre-training) the slot is exactly 0 and the model scores as the single-block
+            model does, so the genre block can only add what a user's own genre rows show.
+            ``"sum"``: the slot holds f_g(x_g; θ_g,(u,g)), read as e_user + e_user×genre.
+            ``"concat"``: the same slot, read as the pair (global input 2E). Synthetic
+            validation splits (seed 1, ``max_recent`` 32), limaml_multi with residual / sum /
+            concat against the single-block limaml: without genre taste 0.7930 / 0.7900 /
+            0.7883 / 0.7930 (20-99 0.816 / 0.814 / 0.811 / 0.816); with genre taste 1.5
+            0.7025 / 0.7007 / 0.6973 / 0.7006 (20-99 0.732 / 0.729 / 0.723 / 0.728, 100+
+            0.760 / 0.748 / 0.757 / 0.759). Test rows (3 seeds, paired) in
+            ``benchmarks/results/README.md``.
     """
 
     meta_features: Tuple[str, ...] = features.DEFAULT_META_FEATURES
