@@ -80,7 +80,8 @@ def test_serve_ranks_with_user_and_user_x_genre_embeddings(run):
             g = int(np.argmax(multi_hot(tf.constant([c[F.GENRES]]), 64).numpy()[0]))
             u = table.get(user_id, table[COLD_START_USER])
             key = f"{user_id}#{g}" if user_id in table else f"{COLD_START_USER}#{g}"
-            embs.append(np.concatenate([u, table.get(key, u)]))
+            # the default genre_combine="residual": a missing genre row is the zero slot
+            embs.append(np.concatenate([u, table.get(key, np.zeros_like(u))]))
         loaded = tf.saved_model.load(os.path.join(run.dir, SERVING_SUBDIR, "1"))
         ex = serialize_candidates(user_id, cands, np.stack(embs), user_features)
         return loaded.signatures["serving_default"](examples=tf.constant(ex))["probabilities"].numpy()
@@ -88,6 +89,7 @@ def test_serve_ranks_with_user_and_user_x_genre_embeddings(run):
     stack = start_local_stack(run.dir, item_cache=False, model_server_binary="")
     try:
         assert stack.ranker.multi_block and "user x genre" in " ".join(stack.describe())
+        assert run.cfg.model.genre_combine == "residual" and stack.ranker.genre_fallback == "zero"
         for user_id in (str(user), "nobody"):
             status, body = post_json(rank_url(stack.ranker_url),
                                      {"user_id": user_id, "candidates": cands,

@@ -62,11 +62,12 @@ def test_a_query_rows_genre_embedding_reads_only_support_rows_of_its_genre():
     np.testing.assert_allclose(a[1:], b[1:], rtol=1e-12)       # other tasks untouched
 
 
-@pytest.mark.parametrize("rows,meta_hidden,combine", [(0, (3,), "concat"), (16, (3,), "concat"),
-                                                    (0, (), "concat"), (16, (3,), "residual")])
-def test_meta_gradient_with_the_genre_block_matches_finite_differences(rows, meta_hidden, combine):
+@pytest.mark.parametrize("rows,meta_hidden,combine,steps", [
+    (0, (3,), "concat", 2), (16, (3,), "concat", 2), (0, (), "concat", 2), (16, (3,), "residual", 2),
+    (16, (3,), "residual", 1), (16, (), "concat", 1)])  # one step: the shared first step
+def test_meta_gradient_with_the_genre_block_matches_finite_differences(rows, meta_hidden, combine, steps):
     # meta_hidden (): a linear user block beside a genre block with a hidden layer (the defaults)
-    model = genre_model(steps=2, genre_row_buckets=rows, meta_hidden=meta_hidden, genre_combine=combine)
+    model = genre_model(steps=steps, genre_row_buckets=rows, meta_hidden=meta_hidden, genre_combine=combine)
     if rows:  # non-zero (user, genre) rows, so that every path through them is exercised
         model.genre_user_emb.assign(tf.random.stateless_normal([rows, 3], seed=[4, 2], dtype=tf.float64))
     batch = make_batch()
@@ -362,3 +363,49 @@ def test_the_residual_slot_is_the_change_of_one_inner_step_worked_out_by_finite_
     want = (f_g(step, x_q) - f_g(theta0, x_q)).numpy()[0, 0]
     assert np.abs(want).max() > 1e-4
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("combine", ["concat", "sum", "residual"])
+@pytest.mark.parametrize("rows", [0, 16])
+def test_the_shared_first_step_equals_adapting_a_copy_of_the_rows_per_subtask(combine, rows):
+    """One step: θ_g,(t,k) from one pass over the tasks' rows (adapt_subtasks) equals
+    adapt_genre_block on [T·K, S] copies (one per subtask), and so do the meta-gradients."""
+    model = genre_model(genre_row_buckets=rows, genre_combine=combine, genre_support_shrinkage=2.0)
+    if rows:
+        model.genre_user_emb.assign(tf.random.stateless_normal([rows, 3], seed=[8, 1], dtype=tf.float64))
+    s = dict(make_batch()["support"])
+    s["genres"] = one_hot_genres([[1, 2, 1, 2], [1, 1, 2, 2], [2, 1, 3, 1]])
+    genres = tf.constant([[1, 2, 3], [2, 2, 1], [3, 1, 5]], tf.int64)        # 5: no rows anywhere
+    user_emb = tf.random.stateless_normal([3, 4, 2], seed=[2, 7], dtype=tf.float64)
+    k = genres.shape[1]
+
+    def both():
+        fast, start = genre_block.adapt_subtasks(model, s, genres, user_emb, 1)
+        slow = genre_block.adapt_genre_block(model, genre_block.subtask_supports(s, genres),
+                                             tf.repeat(user_emb, k, axis=0), 1,
+                                             rows=genre_block.subtask_rows(model, s, genres))
+        return fast, slow, start
+
+    with tf.GradientTape(persistent=True) as tape:
+        fast, slow, start = both()
+        probe = {n: tf.random.stateless_normal(v.shape, seed=[i, 3], dtype=v.dtype)
+                 for i, (n, v) in enumerate(sorted(slow.items()))}
+        loss_fast = sum(tf.reduce_sum(tf.sin(fast[n]) * probe[n]) for n in probe)
+        loss_slow = sum(tf.reduce_sum(tf.sin(slow[n]) * probe[n]) for n in probe)
+    assert sorted(fast) == sorted(slow)
+    for n in slow:
+        np.testing.assert_allclose(fast[n].numpy(), slow[n].numpy(), rtol=1e-10, atol=1e-12)
+        assert np.abs(slow[n].numpy() - (start.numpy() if n == "user_row" else
+                                          model.genre_params[n].numpy()[None])).max() > 1e-5
+    variables = model.outer_variables()
+    g_fast = tape.gradient(loss_fast, variables)
+    g_slow = tape.gradient(loss_slow, variables)
+    checked = 0
+    for v, a, b in zip(variables, g_fast, g_slow):
+        if b is None:
+            assert a is None or np.abs(tf.convert_to_tensor(a).numpy()).max() == 0.0, v.name
+            continue
+        np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                                   rtol=1e-9, atol=1e-12, err_msg=v.name)
+        checked += 1
+    assert checked >= 4

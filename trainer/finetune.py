@@ -260,15 +260,13 @@ def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tenso
     part[MASK] = tf.cast(mask, model.dtype)
     genres = tf.cast(genres, tf.int64)
     k = tf.shape(genres)[1]
-    sub = genre_block.subtask_supports(part, genres)                           # [U·K, S]
-    prefix = tf.broadcast_to(tf.repeat(tf.cast(user_emb, model.dtype), k, axis=0)[:, None, :],
-                             tf.concat([tf.shape(sub[MASK]), tf.shape(user_emb)[1:]], 0))
-    rows = genre_block.subtask_rows(model, part, genres)
-    theta = genre_block.adapt_genre_block(model, sub, prefix, model.maml_cfg.adaptation_steps,
-                                          first_order=True, rows=rows)
+    prefix = tf.broadcast_to(tf.cast(user_emb, model.dtype)[:, None, :],
+                             tf.concat([tf.shape(part[MASK]), tf.shape(user_emb)[1:]], 0))  # [U, S, E]
+    theta, rows = genre_block.adapt_subtasks(model, part, genres, prefix,
+                                             model.maml_cfg.adaptation_steps, first_order=True)
     # the entity's row: u's meta features (row 0) with genre g as its only genre
     name, buckets = model.layout.global_multi_hot[0]
-    first = {k: v[:, :1] for k, v in sub.items() if k != MASK}                 # [U·K, 1, ...]
+    first = {c: tf.repeat(v[:, :1], k, axis=0) for c, v in part.items() if c != MASK}  # [U·K, 1, ...]
     first[name] = tf.one_hot(tf.reshape(genres, [-1, 1]), buckets, dtype=first[name].dtype)
     emb = genre_block.genre_slot(model, theta, model.genre_x(first), rows)[:, 0]  # [U·K, E]
     return tf.stop_gradient(tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0)))

@@ -29,13 +29,14 @@ Shapes: ``T`` tasks, ``S`` support, ``Q`` query, ``E`` embedding width, ``G`` ge
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
 from schema import features
+from trainer.global_block import global_forward
 from trainer.layout import MASK, USER_HASH
-from trainer.maml import adapt
+from trainer.maml import adapt, with_other_blocks
 from trainer.model import USER_ROW, LimamlModel, meta_forward
 from trainer.model import primary_genre as model_primary_genre
 
@@ -130,15 +131,147 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
         start = meta_forward(start_params(model, rows), model.genre_x(sub_support),
                              model.model_cfg.activation)
         user_emb = tf.cast(user_emb, start.dtype) - start
-    lr = tf.constant(cfg.inner_lr if cfg.genre_inner_lr is None else cfg.genre_inner_lr, model.dtype)
-    lrs = {k: lr for k in model.genre_params}
-    if rows is not None:
-        row_lr = cfg.inner_lr if cfg.user_row_lr is None else cfg.user_row_lr
-        lrs[USER_ROW] = tf.constant(row_lr, model.dtype)
     return adapt(model, sub_support, steps, first_order, meta_params=model.genre_params,
-                 inner_lrs=lrs, support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
+                 inner_lrs=_step_sizes(model, rows is not None),
+                 support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
                  user_row=rows, with_user_row=rows is not None,
                  support_shrinkage=cfg.genre_support_shrinkage)
+
+
+def _step_sizes(model: LimamlModel, rows: bool) -> Dict[str, tf.Tensor]:
+    """α per θ_g entry: ``genre_inner_lr`` (default ``inner_lr``); ``user_row_lr`` for the
+    (user, genre) row."""
+    cfg = model.maml_cfg
+    lr = tf.constant(cfg.inner_lr if cfg.genre_inner_lr is None else cfg.genre_inner_lr, model.dtype)
+    lrs = {k: lr for k in model.genre_params}
+    if rows:
+        row_lr = cfg.inner_lr if cfg.user_row_lr is None else cfg.user_row_lr
+        lrs[USER_ROW] = tf.constant(row_lr, model.dtype)
+    return lrs
+
+
+def _shares_first_step(model: LimamlModel, steps: int) -> bool:
+    """Whether :func:`adapt_subtasks` may take the shared first step: one step, and the pair rows
+    (if any) take plain gradient steps from their own table rows."""
+    if steps != 1:
+        return False
+    if model.genre_user_emb is None:
+        return True
+    return model.row_log_precision is None and model.model_cfg.user_id_min_support == 0
+
+
+def _shared_first_step(model: LimamlModel, support: Features, weights: tf.Tensor,
+                       user_emb: tf.Tensor, rows: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Every subtask's support-loss gradient at θ_g^0, from one pass over the tasks' rows.
+
+    At θ_g^0 a support row's logit does not depend on which subtask it is in (its genre input
+    and its (user, genre) row are its own), so with per-row pre-activation gradients
+    ``δ_l[t, s] = ∂bce_s/∂z_l[t, s]`` (one forward and backward over ``[T, S]`` rows, not
+    ``[T·K, S]``) subtask (t, k) with weights ``w[t, k, s] = m_sub / max(n_sub, 1)`` has::
+
+        ∂L_t,k/∂W_l = Σ_s w[t, k, s] h_l[t, s]ᵀ δ_l[t, s]     ∂L_t,k/∂b_l = Σ_s w[t, k, s] δ_l[t, s]
+
+    (and the same weighted sum of the per-row row gradients for the (user, genre) row), the
+    gradient of the masked mean of :func:`trainer.maml.masked_task_loss`. Differentiable again
+    for the second-order meta-gradient.
+
+    Args:
+        model: the model.
+        support: ``{feature: [T, S, ...], "mask": [T, S]}``.
+        weights: ``[T, K, S]`` the subtasks' loss weights.
+        user_emb: ``[T, S, E]`` the fixed prefix (shifted for ``"residual"``).
+        rows: ``[T, S, d]`` each support row's own (user, genre) row, or None.
+
+    Returns:
+        ``{w_l: [T, K, d_l, h_l], b_l: [T, K, h_l](, user_row: [T, K, d])}``.
+    """
+
+    inputs, pre = [], []
+    with tf.GradientTape() as tape:
+        params = dict(model.genre_params)
+        if rows is not None:
+            tape.watch(rows)
+            params[USER_ROW] = rows
+
+        def record(h: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+            tape.watch(z)
+            inputs.append(h)
+            pre.append(z)
+            return z
+
+        emb = meta_forward(params, model.genre_x(support), model.model_cfg.activation, on_layer=record)
+        logits = global_forward(model.global_params, with_other_blocks(emb, user_emb, None),
+                                support, model.layout, model.model_cfg)
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.cast(support[features.LABEL], logits.dtype), logits=logits)
+        loss = tf.reduce_sum(bce * tf.cast(support[MASK], logits.dtype))
+    grads = tape.gradient(loss, pre + ([rows] if rows is not None else []))
+    w = tf.cast(weights, emb.dtype)
+    out: Dict[str, tf.Tensor] = {}
+    for i, h in enumerate(inputs):
+        delta = tf.convert_to_tensor(grads[i])                                    # [T, S, h]
+        weighted = w[..., None] * delta[:, None]                                  # [T, K, S, h]
+        out[f"w{i}"] = tf.linalg.matmul(h[:, None], weighted, transpose_a=True)   # [T, K, d, h]
+        out[f"b{i}"] = tf.linalg.matmul(w, delta)                                 # [T, K, h]
+    if rows is not None:
+        out[USER_ROW] = tf.linalg.matmul(w, tf.convert_to_tensor(grads[-1]))      # [T, K, d]
+    return out
+
+
+def adapt_subtasks(model: LimamlModel, support: Features, genres: tf.Tensor, user_emb: tf.Tensor,
+                   steps: int, first_order: bool = False
+                   ) -> Tuple[Dict[str, tf.Tensor], Optional[tf.Tensor]]:
+    """θ_g adapted on the genre subtasks (t, k) of :func:`subtask_supports`.
+
+    With one step (the default) the first step is shared (:func:`_shared_first_step`): the
+    tasks' support rows pass through the genre and global blocks once, not once per subtask,
+    and θ_g,(t,k) = θ_g − α ρ_t,k ∇L_t,k as in :func:`adapt_genre_block` (which more steps use,
+    on ``[T·K, S]`` copies of the rows).
+
+    Args:
+        model: the model.
+        support: ``{feature: [T, S, ...], "mask": [T, S]}``.
+        genres: ``[T, K]`` the subtasks' genre buckets.
+        user_emb: ``[T, S, E]`` the user block's embeddings of the support rows (held fixed).
+        steps: adaptation steps.
+        first_order: stop gradients through the inner gradients.
+
+    Returns:
+        ``(theta {name: [T·K, ...]}, rows [T·K, d] or None)``: the adapted parameters, subtask
+        (t, k) at row ``t·K + k``, and the subtasks' starting (user, genre) rows.
+    """
+    rows = subtask_rows(model, support, genres)
+    k = tf.shape(genres)[1]
+    if not _shares_first_step(model, steps):
+        sub = subtask_supports(support, genres)                                # [T·K, S]
+        theta = adapt_genre_block(model, sub, tf.repeat(user_emb, k, axis=0), steps, first_order,
+                                  rows=rows)
+        return theta, rows
+    cfg = model.maml_cfg
+    mask = tf.cast(subtask_supports({MASK: support[MASK], features.GENRES: support[features.GENRES]},
+                                    genres)[MASK], model.dtype)                # [T·K, S]
+    n = tf.reduce_sum(mask, axis=1)                                            # [T·K]
+    weights = tf.reshape(mask / tf.maximum(n, 1.0)[:, None], [-1, k, tf.shape(mask)[1]])
+    row_rows = None  # each support row's own (user, genre) row
+    if rows is not None:
+        row_rows = model.genre_rows(support[USER_HASH], primary_genre(support))  # [T, S, d]
+    x0 = tf.cast(user_emb, model.dtype)
+    if model.model_cfg.genre_combine == "residual":  # as in adapt_genre_block
+        x0 = x0 - meta_forward(start_params(model, row_rows), model.genre_x(support),
+                               model.model_cfg.activation)
+    grads = _shared_first_step(model, support, weights, x0, row_rows)
+    kappa = cfg.support_shrinkage if cfg.genre_support_shrinkage is None else cfg.genre_support_shrinkage
+    shrink = n / (n + kappa) if kappa > 0 else tf.ones_like(n)                 # [T·K]
+    lrs = _step_sizes(model, rows is not None)
+    theta = {}
+    for name, g in grads.items():
+        g = tf.reshape(g, tf.concat([[-1], tf.shape(g)[2:]], 0))              # [T·K, ...]
+        if first_order:
+            g = tf.stop_gradient(g)
+        g = g * tf.reshape(tf.cast(shrink, g.dtype), tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+        start = rows if name == USER_ROW else tf.convert_to_tensor(model.genre_params[name])[None]
+        theta[name] = start - lrs[name] * g
+    return theta, rows
 
 
 def query_genre_embeddings(model: LimamlModel, support: Features, support_user_emb: tf.Tensor,
@@ -153,11 +286,7 @@ def query_genre_embeddings(model: LimamlModel, support: Features, support_user_e
         steps, first_order: inner-loop settings.
     """
     genres = primary_genre(query)                                              # [T, Q]
-    q_len = tf.shape(genres)[1]
-    sub = subtask_supports(support, genres)                                    # [T·Q, S]
-    user_emb = tf.repeat(support_user_emb, q_len, axis=0)                      # [T·Q, S, E]
-    rows = subtask_rows(model, support, genres)
-    theta = adapt_genre_block(model, sub, user_emb, steps, first_order, rows=rows)
+    theta, rows = adapt_subtasks(model, support, genres, support_user_emb, steps, first_order)
     q_flat = {k: tf.reshape(v, tf.concat([[-1, 1], tf.shape(v)[2:]], 0))
               for k, v in query.items()}                                       # [T·Q, 1, ...]
     emb = genre_slot(model, theta, model.genre_x(q_flat), rows)

@@ -110,12 +110,12 @@ def set_logits(model: LimamlModel, meta_params: Params, global_params: Mapping[s
     ``prefix_emb`` / ``suffix_emb`` ``[tasks, n, E']``: fixed embeddings of other meta blocks,
     put before / after this block's output (the global block reads ``[e_user, e_user×genre]``).
     """
-    emb = _with_other_blocks(meta_forward(meta_params, meta_x, model.model_cfg.activation),
+    emb = with_other_blocks(meta_forward(meta_params, meta_x, model.model_cfg.activation),
                              prefix_emb, suffix_emb)
     return global_forward(global_params, emb, part, model.layout, model.model_cfg)
 
 
-def _with_other_blocks(emb: tf.Tensor, prefix_emb: Optional[tf.Tensor],
+def with_other_blocks(emb: tf.Tensor, prefix_emb: Optional[tf.Tensor],
                        suffix_emb: Optional[tf.Tensor]) -> tf.Tensor:
     """``[prefix_emb, emb, suffix_emb]`` on the last axis (the absent ones left out)."""
     if prefix_emb is not None:
@@ -209,7 +209,7 @@ def _first_step_gradients(model: LimamlModel, shared: Mapping[str, tf.Tensor],
             return z
 
         emb = meta_forward(params, meta_x, model.model_cfg.activation, on_layer=record)
-        logits = global_forward(global_params, _with_other_blocks(emb, prefix_emb, suffix_emb),
+        logits = global_forward(global_params, with_other_blocks(emb, prefix_emb, suffix_emb),
                                 support, model.layout, model.model_cfg)
         loss = tf.reduce_sum(masked_task_loss(logits, support[LABEL], support[MASK]))
     grads = tape.gradient(loss, pre + ([row] if row is not None else []))
