@@ -197,10 +197,11 @@ def test_multi_join_gives_each_eval_example_twice_the_embedding_width(multi_run)
 
 
 @pytest.mark.e2e
-def test_users_without_history_get_their_own_unadapted_rows_of_both_blocks(multi_run):
-    """A cohort-0 user's multi-block vector is [f(x_meta,u; θ_meta), f_g([x_meta,u, one-hot(g)]; θ_g)],
-    x_meta built by hand from the Transform vocabularies (id = position, OOV = length) and g the
-    lowest hash bucket of the item's genres."""
+def test_users_without_history_get_their_own_unadapted_user_row_and_a_zero_genre_slot(multi_run):
+    """A cohort-0 user's multi-block vector is [f(x_meta,u; θ_meta), 0], x_meta built by hand from
+    the Transform vocabularies (id = position, OOV = length): with the default residual genre
+    slot an un-adapted entity's slot is 0 (with "concat" it would be f_g([x_meta,u, one-hot(g)];
+    θ_g), g the lowest hash bucket of the item's genres: tests/test_multi_block_meg.py)."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -217,6 +218,7 @@ def test_users_without_history_get_their_own_unadapted_rows_of_both_blocks(multi
     model, _, _ = load_meta_block(meta_block_dir(folder))
     layout = model.layout
     assert model.genre_params and not layout.meta_multi_hot and not layout.meta_numeric
+    assert model.model_cfg.genre_combine == "residual"
     assert not layout.use_user_id_in_meta
     vocab = tft.TFTransformOutput(transform_graph_dir(folder))
     words = {name: [w.decode() if isinstance(w, bytes) else w for w in vocab.vocabulary_by_name(name)]
@@ -239,12 +241,9 @@ def test_users_without_history_get_their_own_unadapted_rows_of_both_blocks(multi
             uid = feats[F.USER_ID].bytes_list.value[0]
             bucket = int(tf.strings.to_hash_bucket_fast(uid, layout.user_id_buckets).numpy())
             user_x = np.concatenate([x, model.user_emb.numpy()[bucket]])
-        tokens = [t for t in feats[F.GENRES].bytes_list.value[0].decode().split("|") if t]
-        g = min(int(tf.strings.to_hash_bucket_fast(t, 64).numpy()) for t in tokens) if tokens else 0
         act = model.model_cfg.activation
         want_user = meta_forward(model.meta_params, tf.constant(user_x[None, :], tf.float32), act).numpy()[0]
-        want_genre = meta_forward(model.genre_params, tf.constant(
-            np.concatenate([x, np.eye(64)[g]])[None, :], tf.float32), act).numpy()[0]
+        want_genre = np.zeros_like(want_user)
         got = np.asarray(feats[F.META_EMBEDDING].float_list.value)
         np.testing.assert_allclose(got, np.concatenate([want_user, want_genre]), rtol=1e-5, atol=1e-6)
         checked += 1
