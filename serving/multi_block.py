@@ -64,11 +64,14 @@ def genre_fallback_of(genre_combine: str) -> str:
 
 
 def _meta_block_info(model_dir: str) -> Dict[str, Any]:
-    """``assets.extra/meta_block/meta_block.json`` of a model folder ({} when it has none)."""
+    """``assets.extra/meta_block/meta_block.json`` of a model folder, local or remote (``gs://``:
+    the EmbeddingJoin's model artifact on Kubeflow); {} when it has none."""
+    import tensorflow as tf
+
     path = os.path.join(model_dir, "assets.extra", "meta_block", "meta_block.json")
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         return {}
-    with open(path, encoding="utf-8") as fh:
+    with tf.io.gfile.GFile(path) as fh:
         return json.load(fh)
 
 

@@ -20,6 +20,12 @@ embeddings e_user fixed in front of its output), and the query row is scored wit
 embedding falls back to the genre block's un-adapted output for that user and genre (and the
 user embedding, always present, to its own cold start).
 
+With ``ModelConfig.genre_combine="residual"`` (the default) the genre slot is the adaptation's
+change ``Δ = f_g(x_g; θ_g,(t,q)) − f_g(x_g; θ_g)`` and the global block reads ``e_user + Δ``: a
+subtask without rows, a cold start and pre-training give Δ = 0, the single-block model's input
+(:func:`genre_slot`). With one inner step the subtasks share their first step
+(:func:`adapt_subtasks`): one pass over the task's support rows, not one per subtask.
+
 With ``ModelConfig.genre_row_buckets`` the genre block also reads the pair's own row
 ``r_(u,g)`` (``x_g = [meta input, one-hot(g), r_(u,g)]``), fitted on every row of the pair by
 pre-training and the outer loop and adapted in the subtask's inner loop, as the user block's
@@ -185,7 +191,6 @@ def _shared_first_step(model: LimamlModel, support: Features, weights: tf.Tensor
     Returns:
         ``{w_l: [T, K, d_l, h_l], b_l: [T, K, h_l](, user_row: [T, K, d])}``.
     """
-
     inputs, pre = [], []
     with tf.GradientTape() as tape:
         params = dict(model.genre_params)
