@@ -42,7 +42,7 @@ import tensorflow as tf
 from schema import features
 from trainer.global_block import global_forward
 from trainer.layout import MASK, USER_HASH
-from trainer.maml import adapt, with_other_blocks
+from trainer.maml import adapt, per_task, with_other_blocks
 from trainer.model import USER_ROW, LimamlModel, meta_forward
 from trainer.model import primary_genre as model_primary_genre
 
@@ -98,6 +98,19 @@ def start_params(model: LimamlModel, rows: Optional[tf.Tensor] = None) -> Dict[s
     return params
 
 
+def residual_prefix(model: LimamlModel, user_emb: tf.Tensor, x: tf.Tensor,
+                    rows: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """The fixed prefix of the genre subtasks' support loss: ``user_emb`` ``[N, S, E]``, or with
+    ``genre_combine="residual"`` ``user_emb − f_g(x; θ_g^0)``. The global block reads
+    prefix + f_g(x; θ), which is then e_user + Δ(θ), the residual slot's embedding, and at
+    θ = θ_g^0 it is e_user (``x`` ``[N, S, D + G]`` the rows' genre inputs, ``rows`` their
+    starting (user, genre) rows)."""
+    user_emb = tf.cast(user_emb, model.dtype)
+    if model.model_cfg.genre_combine != "residual":
+        return user_emb
+    return user_emb - meta_forward(start_params(model, rows), x, model.model_cfg.activation)
+
+
 def genre_slot(model: LimamlModel, theta: Features, x: tf.Tensor,
                rows: Optional[tf.Tensor] = None) -> tf.Tensor:
     """The genre slot ``[N, n, E]`` of N entities scored on inputs ``x`` ``[N, n, D + G]``:
@@ -131,15 +144,10 @@ def adapt_genre_block(model: LimamlModel, sub_support: Features, user_emb: tf.Te
             θ_g; None without a (user, genre) table.
     """
     cfg = model.maml_cfg
-    if model.model_cfg.genre_combine == "residual":
-        # the global block reads prefix + f_g(θ): with prefix e_user − f_g(θ_g^0) that is
-        # e_user + Δ(θ), the residual slot's embedding, and at θ = θ_g^0 it is e_user
-        start = meta_forward(start_params(model, rows), model.genre_x(sub_support),
-                             model.model_cfg.activation)
-        user_emb = tf.cast(user_emb, start.dtype) - start
+    x = model.genre_x(sub_support)
     return adapt(model, sub_support, steps, first_order, meta_params=model.genre_params,
-                 inner_lrs=_step_sizes(model, rows is not None),
-                 support_meta_x=model.genre_x(sub_support), prefix_emb=user_emb,
+                 inner_lrs=_step_sizes(model, rows is not None), support_meta_x=x,
+                 prefix_emb=residual_prefix(model, user_emb, x, rows),
                  user_row=rows, with_user_row=rows is not None,
                  support_shrinkage=cfg.genre_support_shrinkage)
 
@@ -166,7 +174,7 @@ def _shares_first_step(model: LimamlModel, steps: int) -> bool:
     return model.row_log_precision is None and model.model_cfg.user_id_min_support == 0
 
 
-def _shared_first_step(model: LimamlModel, support: Features, weights: tf.Tensor,
+def _shared_first_step(model: LimamlModel, support: Features, x: tf.Tensor, weights: tf.Tensor,
                        user_emb: tf.Tensor, rows: Optional[tf.Tensor]) -> Dict[str, tf.Tensor]:
     """Every subtask's support-loss gradient at θ_g^0, from one pass over the tasks' rows.
 
@@ -184,6 +192,7 @@ def _shared_first_step(model: LimamlModel, support: Features, weights: tf.Tensor
     Args:
         model: the model.
         support: ``{feature: [T, S, ...], "mask": [T, S]}``.
+        x: ``[T, S, D + G]`` the rows' genre inputs (``model.genre_x(support)``).
         weights: ``[T, K, S]`` the subtasks' loss weights.
         user_emb: ``[T, S, E]`` the fixed prefix (shifted for ``"residual"``).
         rows: ``[T, S, d]`` each support row's own (user, genre) row, or None.
@@ -204,7 +213,7 @@ def _shared_first_step(model: LimamlModel, support: Features, weights: tf.Tensor
             pre.append(z)
             return z
 
-        emb = meta_forward(params, model.genre_x(support), model.model_cfg.activation, on_layer=record)
+        emb = meta_forward(params, x, model.model_cfg.activation, on_layer=record)
         logits = global_forward(model.global_params, with_other_blocks(emb, user_emb, None),
                                 support, model.layout, model.model_cfg)
         bce = tf.nn.sigmoid_cross_entropy_with_logits(
@@ -260,11 +269,9 @@ def adapt_subtasks(model: LimamlModel, support: Features, genres: tf.Tensor, use
     row_rows = None  # each support row's own (user, genre) row
     if rows is not None:
         row_rows = model.genre_rows(support[USER_HASH], primary_genre(support))  # [T, S, d]
-    x0 = tf.cast(user_emb, model.dtype)
-    if model.model_cfg.genre_combine == "residual":  # as in adapt_genre_block
-        x0 = x0 - meta_forward(start_params(model, row_rows), model.genre_x(support),
-                               model.model_cfg.activation)
-    grads = _shared_first_step(model, support, weights, x0, row_rows)
+    x = model.genre_x(support)
+    grads = _shared_first_step(model, support, x, weights,
+                               residual_prefix(model, user_emb, x, row_rows), row_rows)
     kappa = cfg.support_shrinkage if cfg.genre_support_shrinkage is None else cfg.genre_support_shrinkage
     shrink = n / (n + kappa) if kappa > 0 else tf.ones_like(n)                 # [T·K]
     lrs = _step_sizes(model, rows is not None)
@@ -273,7 +280,7 @@ def adapt_subtasks(model: LimamlModel, support: Features, genres: tf.Tensor, use
         g = tf.reshape(g, tf.concat([[-1], tf.shape(g)[2:]], 0))              # [T·K, ...]
         if first_order:
             g = tf.stop_gradient(g)
-        g = g * tf.reshape(tf.cast(shrink, g.dtype), tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+        g = g * per_task(tf.cast(shrink, g.dtype), g)
         start = rows if name == USER_ROW else tf.convert_to_tensor(model.genre_params[name])[None]
         theta[name] = start - lrs[name] * g
     return theta, rows

@@ -167,7 +167,7 @@ def gauss_newton_row_step(row: tf.Tensor, row0: tf.Tensor, logits: tf.Tensor,
     return row - tf.linalg.solve(hess, grad[..., None])[..., 0]
 
 
-def _per_task(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+def per_task(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """``x [tasks]`` reshaped to ``[tasks, 1, ...]`` to broadcast against ``like [tasks, ...]``."""
     return tf.reshape(x, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
 
@@ -303,7 +303,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             for k in names:
                 g = tf.stop_gradient(grads0[k]) if first_order else grads0[k]
                 if kappa > 0:
-                    g = g * _per_task(shrink, g)
+                    g = g * per_task(shrink, g)
                 start = theta[k] if k == USER_ROW else shared[k][None]
                 new[k] = start - inner_lrs[k] * g
             theta = new
@@ -337,13 +337,13 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             if first_order:
                 g = tf.stop_gradient(g)
             if kappa > 0:
-                g = g * _per_task(shrink, g)
+                g = g * per_task(shrink, g)
             new[k] = theta[k] - inner_lrs[k] * g
         theta = new
     if min_support > 0 and steps > 0:
         n_valid = tf.reduce_sum(tf.cast(support[MASK] > 0, tf.int32), axis=1)
         keep = n_valid >= min_support  # [tasks]: adapt; else stay at θ_u^0
-        theta = {k: tf.where(_per_task(keep, v), v, theta0[k]) for k, v in theta.items()}
+        theta = {k: tf.where(per_task(keep, v), v, theta0[k]) for k, v in theta.items()}
     return theta
 
 

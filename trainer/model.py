@@ -353,12 +353,6 @@ class LimamlModel(tf.Module):
             params[USER_ROW] = rows
         return params
 
-    def genre_output(self, feats: Features, rows: Optional[tf.Tensor] = None) -> tf.Tensor:
-        """The genre block's un-adapted output f_g(x_g; θ_g) ``[..., E]``; ``rows``: see
-        :meth:`genre_params_for`."""
-        return meta_forward(self.genre_params_for(feats, rows), self.genre_x(feats),
-                            self.model_cfg.activation)
-
     def genre_embedding(self, feats: Features, rows: Optional[tf.Tensor] = None
                         ) -> Optional[tf.Tensor]:
         """Un-adapted user×genre embeddings ``[..., E]``, the genre slot of an entity without
@@ -367,8 +361,12 @@ class LimamlModel(tf.Module):
         :meth:`genre_params_for`."""
         if not self.genre_params:
             return None
-        out = self.genre_output(feats, rows)
-        return tf.zeros_like(out) if self.model_cfg.genre_combine == "residual" else out
+        if self.model_cfg.genre_combine == "residual":  # no forward pass: the slot is 0
+            genres = feats[self.layout.global_multi_hot[0][0]]                  # [..., G]
+            return tf.zeros(tf.concat([tf.shape(genres)[:-1], [self.model_cfg.embedding_dim]], 0),
+                            self.dtype)
+        return meta_forward(self.genre_params_for(feats, rows), self.genre_x(feats),
+                            self.model_cfg.activation)
 
     def meta_x(self, feats: Features, history: Optional[tf.Tensor] = None) -> tf.Tensor:
         """Dense meta input ``[..., D (+ 2 (C_h + G))]``.
