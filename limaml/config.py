@@ -25,6 +25,11 @@ class ProtocolConfig:
         cohort_edges: lower edges of the activity cohorts by history size; the default
             ``(0, 1, 5, 20, 100)`` gives cohorts ``0``, ``1-4``, ``5-19``, ``20-99``, ``100+``.
         eval_fraction: budget: fraction of users (by stable hash) that are evaluation users.
+        eval_folds: budget, cross-fitting: 0 (off) or K >= 2. The stable hash splits the users
+            into K folds and fold ``eval_fold`` is evaluated (``eval_fraction`` is then unused):
+            run every fold and each user is evaluated exactly once, by models trained without
+            its later interactions. Fold 0 of 5 is the same user set as ``eval_fraction`` 0.2.
+        eval_fold: budget, cross-fitting: the evaluated fold, in ``[0, eval_folds)``.
         horizon: budget: at most this many query interactions per evaluated user.
         cutoff_quantile: cutoff: T is this quantile of all timestamps, unless ``cutoff_ts`` is set.
         cutoff_ts: cutoff: explicit T (seconds).
@@ -35,6 +40,8 @@ class ProtocolConfig:
     name: str = "budget"
     cohort_edges: Tuple[int, ...] = DEFAULT_COHORT_EDGES
     eval_fraction: float = 0.2
+    eval_folds: int = 0
+    eval_fold: int = 0
     horizon: int = 20
     cutoff_quantile: float = 0.8
     cutoff_ts: Optional[int] = None
@@ -51,6 +58,14 @@ class ProtocolConfig:
             )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction {self.eval_fraction} must be in (0, 1)")
+        if self.eval_folds == 1 or self.eval_folds < 0:
+            raise ValueError(f"eval_folds {self.eval_folds} must be 0 (no cross-fitting) or >= 2")
+        if self.eval_folds and self.name != "budget":
+            raise ValueError(f"eval_folds {self.eval_folds} needs the budget protocol (the "
+                             f"{self.name!r} protocol evaluates every user already); set it to 0")
+        if not 0 <= self.eval_fold < max(self.eval_folds, 1):
+            raise ValueError(f"eval_fold {self.eval_fold} must be in [0, {max(self.eval_folds, 1)}) "
+                             f"for eval_folds {self.eval_folds}")
         if self.horizon < 1:
             raise ValueError(f"horizon {self.horizon} must be >= 1")
 

@@ -77,7 +77,9 @@ def render_experiment(summary: Mapping[str, Any], out_dir: str) -> str:
     """Writes ``experiment.html`` into ``out_dir``; returns its path."""
     os.makedirs(out_dir, exist_ok=True)
     title = (f"LiMAML experiment: {summary.get('dataset')} ({summary.get('protocol')}), "
-             f"seeds {summary.get('seeds')}, {summary.get('n_query')} query rows")
+             f"seeds {summary.get('seeds')}, {summary.get('n_query')} query rows"
+             + (f", cross-fitted over {summary['folds']} user folds (every user evaluated once)"
+                if summary.get("folds") else ""))
     body = f"<h1>{html.escape(title)}</h1>" + _plot_auc(summary) + _plot_paired(summary)
     if summary.get("auc_by_support_rows"):
         body += _plot_auc(summary, "auc_by_support_rows", "support rows MEG adapts on",

@@ -280,6 +280,7 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
     Returns:
         ``{"auc": {model: {seed: {"overall", cohort...}}}, "scores": {model: {seed: [M]}},
         "labels": [M], "users": [M], "cohort": [M], "seconds": {model: s}, "oracle": auc|None,
+        "oracle_prob": [M] (with an oracle), "support_slice": [M],
         "auc_by_support": {model: {seed: {"overall", slice...}}}}`` (slices of
         :data:`SUPPORT_SLICES`: the number of support rows MEG adapts the row's user on).
     """
@@ -292,8 +293,10 @@ def run(frame: pd.DataFrame, cfg: LimamlConfig, models: Sequence[str] = MODELS,
                               "seconds": {}, "n_query": int(len(labels)),
                               "n_train": int(len(data.train[F.LABEL])), "auc_by_support": {}}
     by_support = support_slices(np.asarray(data.support[MASK]).sum(axis=1)[data.query_user])
+    out["support_slice"] = by_support
     if F.ORACLE_PROB in data.query:
-        out["oracle"] = cohort_aucs(labels, data.query[F.ORACLE_PROB], data.cohort, cohorts)
+        out["oracle_prob"] = np.asarray(data.query[F.ORACLE_PROB])
+        out["oracle"] = cohort_aucs(labels, out["oracle_prob"], data.cohort, cohorts)
     model_cfgs = {}
     for name in models:  # every model's settings checked before the first one trains
         base, _, variant = name.partition("@")
@@ -410,6 +413,9 @@ def report(result: Mapping[str, object], cfg: LimamlConfig, reference: str = "li
         "seconds": result["seconds"], "comparisons": {}}
     if result.get("oracle"):
         out["oracle"] = result["oracle"]
+    if result.get("folds"):  # cross-fitted (trainer.crossfit): every user evaluated once
+        out["folds"] = result["folds"]
+        out["auc_per_fold"] = result["auc_per_fold"]
     if result.get("auc_by_support"):
         out["auc_by_support_rows"] = summarize({"auc": result["auc_by_support"]},
                                                SUPPORT_SLICE_NAMES)

@@ -1,7 +1,8 @@
 """``limaml experiment`` and ``limaml tune``: every model on the pipeline's split, without TFX.
 
-``experiment`` reruns training and evaluation with several seeds and prints mean and spread per
-model and cohort, and paired bootstrap intervals (over users) of LiMAML's AUC difference to each
+``experiment`` reruns training and evaluation with several seeds (and, with ``--folds K``, on
+each of K user folds, pooled; :mod:`trainer.crossfit`) and prints mean and spread per model and
+cohort, and paired bootstrap intervals (over users) of LiMAML's AUC difference to each
 other model, the difference averaged over seeds. ``tune`` searches settings on a validation
 split carved from the trainable rows (never the query rows) with the same budget per model.
 Both write JSON (and ``experiment`` an HTML page) when ``--output`` is given.
@@ -52,7 +53,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.tuned:
         with open(args.tuned) as f:
             tuned = json.load(f)["best"]
-    result = experiment.run(frame, cfg, models, seeds=seeds, progress=_progress, tuned=tuned)
+    if args.folds:
+        from trainer import crossfit
+
+        result = crossfit.run(frame, cfg, args.folds, models, seeds=seeds, progress=_progress,
+                              tuned=tuned)
+    else:
+        result = experiment.run(frame, cfg, models, seeds=seeds, progress=_progress, tuned=tuned)
     summary = experiment.report(result, cfg, n_resamples=args.resamples)
     print(json.dumps(summary, indent=1))
     if args.output:
@@ -87,6 +94,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     exp.add_argument("--models", default="limaml,global_dnn,wide_deep,linear,linear_user_id")
     exp.add_argument("--config", help="LimamlConfig JSON (default: built-in settings for the dataset)")
     exp.add_argument("--tuned", help="tuning.json of `limaml tune`: each model's chosen settings")
+    exp.add_argument("--folds", type=int, default=0,
+                     help="cross-fitting (budget protocol): split the users into this many folds "
+                          "and evaluate each fold with models trained on the others, so every "
+                          "user is evaluated once (0: one split, the protocol's eval_fraction)")
     exp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples over users")
     exp.add_argument("--output", help="folder for experiment.json and index.html")
     exp.set_defaults(func=_cmd_experiment, log_folder="output")

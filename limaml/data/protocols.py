@@ -9,7 +9,8 @@ the size of the history. Every interaction gets a role:
 - ``query``: scored, never trained on;
 - ``unused``: past the horizon.
 
-``budget`` (MovieLens): users split by a stable hash into training and evaluation users; each
+``budget`` (MovieLens): users split by a stable hash into training and evaluation users (or,
+cross-fitting, into K folds of which one is evaluated; see ``ProtocolConfig.eval_folds``); each
 evaluation user gets a cohort (stratified: the feasible cohort with the fewest users so far, in
 hash order) and a history size k drawn uniformly inside it; the first k interactions by time are
 history, the next ones up to ``horizon`` are query.
@@ -91,6 +92,16 @@ def _position_in_user(frame: pd.DataFrame) -> np.ndarray:
     return frame.groupby(F.USER_ID, sort=False).cumcount().to_numpy()
 
 
+def user_fold(user_hash: np.ndarray, folds: int) -> np.ndarray:
+    """Fold in ``[0, folds)`` of each user from its :func:`stable_user_hash` (integer math).
+
+    The hash's last six decimal digits m give fold ``m * folds // 10**6``, so fold 0 of 5 holds
+    exactly the users that ``eval_fraction`` 0.2 evaluates (``m / 10**6 < 0.2``).
+    """
+    m = (np.asarray(user_hash, dtype=np.uint64) % np.uint64(1_000_000)).astype(np.int64)
+    return m * int(folds) // 1_000_000
+
+
 def budget_assignment(user_ids: np.ndarray, counts: np.ndarray, cfg: ProtocolConfig) -> pd.DataFrame:
     """Chooses the evaluation users of the budget protocol, their cohort and history size.
 
@@ -108,7 +119,8 @@ def budget_assignment(user_ids: np.ndarray, counts: np.ndarray, cfg: ProtocolCon
     user_ids = np.asarray(user_ids, dtype=object)
     counts = np.asarray(counts, dtype=np.int64)
     h = stable_user_hash(user_ids, cfg.seed)
-    is_eval = (h % np.uint64(1_000_000)).astype(np.float64) / 1e6 < cfg.eval_fraction
+    is_eval = user_fold(h, cfg.eval_folds) == cfg.eval_fold if cfg.eval_folds else (
+        (h % np.uint64(1_000_000)).astype(np.float64) / 1e6 < cfg.eval_fraction)
     order = np.argsort(h[is_eval], kind="stable")
     eval_ids, eval_n = user_ids[is_eval][order], counts[is_eval][order]
 
