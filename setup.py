@@ -28,6 +28,8 @@ setup(
         "tensorflow-serving-api==2.16.1",
         "google-cloud-bigtable==2.36.0",
         "uvicorn==0.54.0",  # the ranker's HTTP server (serving/http_server.py)
+        "httptools==0.9.0",  # uvicorn's C HTTP parser (h11, pure Python, is the fallback)
+        "uvloop==0.23.0",  # uvicorn's libuv event loop
         "dill",
         "pandas",
         "matplotlib",

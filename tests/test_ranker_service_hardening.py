@@ -159,14 +159,15 @@ def test_shared_token(parts):
         assert _call(svc.port, "GET", "/healthz")[0] == 200  # probes stay open
 
 
-def test_bounded_load_has_no_resets_and_no_5xx(parts):
+@pytest.mark.parametrize("engine", ["asyncio", "threads"])
+def test_bounded_load_has_no_resets_and_no_5xx(parts, engine):
     """100 clients connecting at once, 5 keep-alive requests each (bounded by count)."""
     from benchmarks.ranker_load import run_load
 
     _, _, ranker = parts
     with start_ranker_service(ranker) as svc:
         row = run_load(svc.url, json.dumps(GOOD).encode(), clients=100, seconds=120,
-                       requests_per_client=5)
+                       requests_per_client=5, engine=engine)
     assert row["resets"] == 0, row
     assert row["status_5xx"] == 0 and row["timeouts"] == 0, row
     assert row["ok"] == 500, row
