@@ -211,3 +211,12 @@ def test_duplicates_name_the_right_file_and_lines(ml100k_copy, name, line_no, te
         movielens.read_ml100k(str(ml100k_copy))
     assert err.value.path.endswith(name) and err.value.line == line_no
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("age", ["-5", "999"])
+def test_an_age_outside_0_to_120_is_refused_with_file_line_and_value(ml100k_copy, age):
+    _edit_line(ml100k_copy / "u.user", 3, f"3|{age}|M|writer|32067")
+    with pytest.raises(DataError) as err:
+        movielens.read_ml100k(str(ml100k_copy))
+    assert err.value.path.endswith("u.user") and err.value.line == 3 and err.value.field == "age"
+    assert f"age {age} outside [0, 120]" in str(err.value)

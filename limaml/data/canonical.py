@@ -126,6 +126,12 @@ def write_prepared(frame: pd.DataFrame, output_dir: str, manifest: Dict[str, Any
     output_dir = os.path.abspath(output_dir)
     check_replaceable(output_dir)
     parent = os.path.dirname(output_dir)
+    blocker = parent
+    while blocker and not os.path.lexists(blocker):
+        blocker = os.path.dirname(blocker)
+    if blocker and not os.path.isdir(blocker):
+        raise NotOurOutputError(f"output {output_dir}: {blocker} is a file, not a folder; choose an "
+                                "--output inside a folder")
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
     try:

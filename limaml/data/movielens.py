@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -31,8 +32,27 @@ ML1M_OCCUPATIONS: Tuple[str, ...] = (
     "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
 
 
+MAX_AGE = 120
+
+
+def user_ages(path: str, users_raw: pd.DataFrame, column: str = "age") -> np.ndarray:
+    """Raw ages (years) of a user file, checked to lie in ``[0, MAX_AGE]``.
+
+    Raises:
+        DataError: a non-integer or out-of-range age, naming the file, line and value.
+    """
+    ages = textio.to_int(path, users_raw, column)
+    bad = np.flatnonzero((ages < 0) | (ages > MAX_AGE))
+    if bad.size:
+        line = int(users_raw.index[bad[0]])
+        raise DataError(path, f"age {ages[bad[0]]} outside [0, {MAX_AGE}] years", line=line, field=column)
+    return ages
+
+
 def age_bucket(ages: np.ndarray) -> np.ndarray:
-    """Maps raw ages (years) to the ML-1M age buckets, e.g. 24 -> '18-24', 17 -> 'under18'."""
+    """Maps raw ages (years, >= 0) to the ML-1M age buckets, e.g. 24 -> '18-24', 17 -> 'under18'."""
+    if np.any(np.asarray(ages) < 0):
+        raise ValueError(f"ages must be >= 0, got {np.asarray(ages).min()}; check them with user_ages")
     lows = np.array([0] + [lo for lo, _ in AGE_BUCKETS[1:]])
     names = np.array([name for _, name in AGE_BUCKETS], dtype=object)
     return names[np.searchsorted(lows, ages, side="right") - 1]
@@ -136,7 +156,7 @@ def read_ml100k(source: str) -> pd.DataFrame:
         "user")
     users = pd.DataFrame({
         F.USER_ID: users_raw["user"].str.strip(),
-        F.AGE_BUCKET: age_bucket(textio.to_int(p("u.user"), users_raw, "age")),
+        F.AGE_BUCKET: age_bucket(user_ages(p("u.user"), users_raw)),
         F.GENDER: users_raw["gender"].str.strip().to_numpy(dtype=object),
         F.OCCUPATION: users_raw["occupation"].str.strip().to_numpy(dtype=object),
         F.ZIP_PREFIX: zip_prefix(users_raw["zip"]),
@@ -144,7 +164,8 @@ def read_ml100k(source: str) -> pd.DataFrame:
 
     genre_raw = textio.parse_delimited(p("u.genre"), textio.read_text(p("u.genre"), "latin-1"), "|",
                                        ["name", "index"])
-    genre_names = list(genre_raw.sort_values("index", key=lambda s: s.astype(int))["name"])
+    genre_index = textio.to_int(p("u.genre"), genre_raw, "index")
+    genre_names = list(genre_raw["name"].to_numpy()[np.argsort(genre_index, kind="stable")])
     cols = ["item", "title", "release", "video", "url"] + [f"g{i}" for i in range(len(genre_names))]
     items_raw = _keyed(p("u.item"), textio.parse_delimited(
         p("u.item"), textio.read_text(p("u.item"), "latin-1"), "|", cols), "item")
@@ -173,7 +194,7 @@ def read_recbole_ml100k(folder: str) -> pd.DataFrame:
         skip_header=True), "user")
     users = pd.DataFrame({
         F.USER_ID: users_raw["user"].str.strip(),
-        F.AGE_BUCKET: age_bucket(textio.to_int(p("user"), users_raw, "age")),
+        F.AGE_BUCKET: age_bucket(user_ages(p("user"), users_raw)),
         F.GENDER: users_raw["gender"].to_numpy(dtype=object),
         F.OCCUPATION: users_raw["occupation"].to_numpy(dtype=object),
         F.ZIP_PREFIX: zip_prefix(users_raw["zip"]),
@@ -199,6 +220,7 @@ def _read_ml1m_ratings(source: str) -> Tuple[str, pd.DataFrame]:
         raise DataError(os.path.join(source, "ratings.dat"),
                         "file not found (also looked for ratings.dat.gz and ratings.users0001-2999.dat.gz)")
     if path.endswith(".gz"):
+        textio.check_not_special(path)
         try:
             with gzip.open(path, "rb") as f:
                 raw = f.read()
@@ -206,6 +228,8 @@ def _read_ml1m_ratings(source: str) -> Tuple[str, pd.DataFrame]:
             raise DataError(path, textio.os_error_message(err)) from None
         except EOFError:
             raise DataError(path, "gzip stream ends early (a truncated copy?); restore the complete file") from None
+        except zlib.error as err:
+            raise DataError(path, f"damaged gzip data ({err}); restore the complete file") from None
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from typing import List, Sequence
 
 import numpy as np
@@ -25,13 +26,31 @@ def os_error_message(err: OSError) -> str:
     return f"cannot read ({os.strerror(err.errno) if err.errno else err}); check the file and its folder"
 
 
+def check_not_special(path: str) -> None:
+    """Refuses a named pipe, socket or device in place of an input file (opening a FIFO that
+    nobody writes to would block forever).
+
+    Raises:
+        DataError: ``path`` exists and is neither a regular file nor a folder (a folder is
+            refused by the read itself, with its own message).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing, a loop, ...: the read names it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(path, "is not a regular file (a named pipe, socket or device?); point "
+                              "--source at the dataset's files")
+
+
 def read_bytes(path: str) -> bytes:
     """Reads a whole file as bytes.
 
     Raises:
-        DataError: any OS error (missing, a directory, unreadable, a symlink loop, ...), in
-            one line naming the file and what to do.
+        DataError: any OS error (missing, a directory, unreadable, a symlink loop, ...) or a
+            special file (:func:`check_not_special`), in one line naming the file and what to do.
     """
+    check_not_special(path)
     try:
         with open(path, "rb") as f:
             return f.read()
