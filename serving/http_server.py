@@ -88,6 +88,7 @@ class _HeadDeadline:
         super().data_received(data)  # type: ignore[misc]
         if not self._idle():
             self._disarm_head_deadline()  # head complete: the app's body deadline takes over
+            self._head_bytes = 0  # (also when its end was split across two reads)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._disarm_head_deadline()

@@ -74,3 +74,30 @@ def test_a_head_that_never_ends_is_dropped_at_the_deadline(server):
 def test_an_unknown_stack_is_refused_by_name():
     with pytest.raises(ValueError, match="http 'h2' is unknown"):
         serve_asgi(echo_length, http="h2")
+
+
+def _read_answer(sock):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+    while len(rest) < length:
+        rest += sock.recv(4096)
+    return head.split(b" ")[1], rest[:length]
+
+
+def test_a_head_whose_end_is_split_across_reads_does_not_count_against_the_next_one(server):
+    """The head's CRLFCRLF split over two reads, a 1,500-byte body, then a 1,000-byte head on the
+    same connection: both 200 (the next head must not inherit the first request's bytes)."""
+    _, handle = server
+    sock = socket.create_connection((handle.host, handle.port))
+    sock.settimeout(10)
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1500\r\n\r\n"
+    sock.sendall(head[:-1])
+    time.sleep(0.2)
+    sock.sendall(head[-1:] + b"b" * 1500)
+    assert _read_answer(sock) == (b"200", b"1500")
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 1000 + b"\r\nContent-Length: 2\r\n\r\nab")
+    assert _read_answer(sock) == (b"200", b"2")
+    sock.close()
