@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig
+from schema.features import GENRES
 from trainer.layout import MASK, USER_HASH
 from trainer.maml import LABEL, adapt, aggregate
 from trainer.model import LimamlModel, history_width, meta_forward
@@ -269,6 +270,12 @@ def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tenso
     first = {c: tf.repeat(v[:, :1], k, axis=0) for c, v in part.items() if c != MASK}  # [U·K, 1, ...]
     first[name] = tf.one_hot(tf.reshape(genres, [-1, 1]), buckets, dtype=first[name].dtype)
     emb = genre_block.genre_slot(model, theta, model.genre_x(first), rows)[:, 0]  # [U·K, E]
+    if model.model_cfg.genre_combine == "residual":
+        # no row of the genre: θ is θ_g, so Δ is 0; set it exactly (the two forward passes,
+        # batched and shared weights, may round differently in the last bit)
+        sub = genre_block.subtask_supports({MASK: part[MASK], GENRES: part[GENRES]}, genres)
+        has_rows = tf.reduce_sum(sub[MASK], axis=1) > 0                        # [U·K]
+        emb = tf.where(has_rows[:, None], emb, tf.zeros_like(emb))
     return tf.stop_gradient(tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0)))
 
 
