@@ -117,7 +117,9 @@ class ModelConfig:
         history_dim: width C_h of the meta block's history encoder (0: none). The meta block
             also reads a summary of the task's support set: the label-split, shrunk means of
             the support items' representations (a learned item embedding of width C_h and the
-            genre multi-hot), see :func:`trainer.model.history_summary`. MEG has the same
+            genre multi-hot; ``history_labels=False``: one mean over every support row, the
+            items the user chose whatever its labels; ML-1M validation, 2 seeds: +0.0005
+            [−0.0021, +0.0033] over no encoder, so off), see :func:`trainer.model.history_summary`. MEG has the same
             support rows, so training and serving compute it alike; cold users get zeros.
         meta_blocks: the task entities, one meta block each: ``("user",)`` or
             ``("user", "user_x_genre")``. The second block is adapted per (user, primary genre)
@@ -176,6 +178,7 @@ class ModelConfig:
     wide_trainable: bool = True
     interaction: str = "none"
     history_dim: int = 0
+    history_labels: bool = True
     meta_blocks: Tuple[str, ...] = ("user",)
     genre_row_buckets: int = 0
     genre_hidden: Tuple[int, ...] = (64,)

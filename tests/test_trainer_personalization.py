@@ -18,11 +18,13 @@ D_ROW = 3
 
 
 def personal_model(steps=2, first_order=False, dropout=0.0, l2=0.0, interaction="dot", wide=True,
-                   inner_lr=0.3, user_row_lr=None, seed=0, shrinkage=4.0, history_dim=0):
+                   inner_lr=0.3, user_row_lr=None, seed=0, shrinkage=4.0, history_dim=0,
+                   history_labels=True):
     mcfg = ModelConfig(meta_hidden=(3,), embedding_dim=2, global_hidden=(4,),
                        categorical_embedding_dim=2, activation="tanh", user_id_buckets=8,
                        user_id_embedding_dim=D_ROW, user_id_dropout=dropout, user_id_l2=l2,
-                       interaction=interaction, wide=wide, history_dim=history_dim)
+                       interaction=interaction, wide=wide, history_dim=history_dim,
+                       history_labels=history_labels)
     mm = MamlConfig(inner_lr=inner_lr, adaptation_steps=steps, first_order=first_order,
                     user_row_lr=user_row_lr, support_shrinkage=shrinkage, support_sampling="none",
                     outer_l2=0.0)
@@ -201,6 +203,22 @@ def test_history_summary_by_hand():
     cold = model.meta_x({k: tf.constant(np.zeros((1,), np.int64)) for k in
                          ("age_bucket", "gender", "occupation", "zip_prefix")})
     assert cold.shape[-1] == x.shape[-1] and np.all(cold.numpy()[0, -expect.size:] == 0)
+
+
+def test_implicit_history_summary_by_hand():
+    """``history_labels=False``: one shrunk mean over the valid rows, whatever their labels."""
+    model = personal_model(history_dim=2, history_labels=False)
+    model.history_emb.assign(np.arange(10, dtype=np.float64).reshape(5, 2) / 10.0)
+    genres = np.zeros((1, 3, 64))
+    genres[0, 0, 5] = genres[0, 1, 7] = genres[0, 2, 9] = 1.0
+    support = {"item_id": tf.constant([[4, 1, 3]]), "genres": tf.constant(genres),
+               "label": tf.constant([[1.0, 0.0, 1.0]]), "mask": tf.constant([[1.0, 1.0, 0.0]])}
+    got = model.history_vector(support).numpy()
+    # items 4 ([0.8, 0.9]) and 1 ([0.2, 0.3]), genres 5 and 7; the padded row is left out:
+    # their sum over (1 + 2)
+    g = np.zeros(64)
+    g[5] = g[7] = 1.0 / 3.0
+    np.testing.assert_allclose(got[0], np.concatenate([[1.0 / 3.0, 1.2 / 3.0], g]), rtol=1e-12)
 
 
 def test_outer_l2_adds_two_lambda_w_to_global_tables_and_user_rows_but_not_biases_or_meta():

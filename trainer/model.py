@@ -87,21 +87,25 @@ def primary_genre(multi_hot: tf.Tensor) -> tf.Tensor:
 
 
 def history_width(layout: FeatureLayout, model_cfg: ModelConfig) -> int:
-    """Width of :func:`history_summary`: ``2 (C_h + G)``, 0 without a history encoder."""
+    """Width of :func:`history_summary`: ``2 (C_h + G)`` (label-split) or ``C_h + G``
+    (``history_labels=False``), 0 without a history encoder."""
     if model_cfg.history_dim == 0:
         return 0
-    return 2 * (model_cfg.history_dim + sum(b for _, b in layout.global_multi_hot))
+    return (2 if model_cfg.history_labels else 1) * (
+        model_cfg.history_dim + sum(b for _, b in layout.global_multi_hot))
 
 
-def history_summary(support: Features, history_emb: tf.Tensor, layout: FeatureLayout
-                    ) -> tf.Tensor:
+def history_summary(support: Features, history_emb: tf.Tensor, layout: FeatureLayout,
+                    labels: bool = True) -> tf.Tensor:
     """Label-split, shrunk means of the support items' representations.
 
     With ``r_s = [H[item_s], multi-hot_s]`` and valid positions ``m_s``::
 
         h = [ Σ_s m_s y_s r_s / (1 + Σ_s m_s y_s),  Σ_s m_s (1 − y_s) r_s / (1 + Σ_s m_s (1 − y_s)) ]
 
-    The ``1 +`` shrinks the mean of a few rows toward 0, the cold-start value.
+    The ``1 +`` shrinks the mean of a few rows toward 0, the cold-start value. With
+    ``labels=False`` (implicit feedback: which items the user chose, not how it rated them) one
+    shrunk mean over every valid row, ``Σ_s m_s r_s / (1 + Σ_s m_s)``, ``[tasks, C_h + G]``.
 
     Args:
         support: ``{item_id: [tasks, S], <multi-hot>: [tasks, S, G], label: [tasks, S],
@@ -119,7 +123,7 @@ def history_summary(support: Features, history_emb: tf.Tensor, layout: FeatureLa
     m = tf.cast(support[MASK], dtype)
     y = tf.cast(support[features.LABEL], dtype)
     out = []
-    for w in (m * y, m * (1.0 - y)):
+    for w in ((m * y, m * (1.0 - y)) if labels else (m,)):
         total = tf.reduce_sum(w[..., None] * r, axis=1)
         out.append(total / (1.0 + tf.reduce_sum(w, axis=1))[:, None])
     return tf.concat(out, axis=-1)
@@ -313,7 +317,7 @@ class LimamlModel(tf.Module):
         (None without a history encoder)."""
         if self.history_emb is None:
             return None
-        return history_summary(support, self.history_emb, self.layout)
+        return history_summary(support, self.history_emb, self.layout, self.model_cfg.history_labels)
 
     def genre_x(self, feats: Features) -> tf.Tensor:
         """Input of the user×genre block ``[..., D + G]``: the meta input and the one-hot of the
