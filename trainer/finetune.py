@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig
-from schema.features import GENRES
 from trainer.layout import MASK, USER_HASH
 from trainer.maml import LABEL, adapt, aggregate
 from trainer.model import LimamlModel, history_width, meta_forward
@@ -273,8 +272,8 @@ def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tenso
     if model.model_cfg.genre_combine == "residual":
         # no row of the genre: θ is θ_g, so Δ is 0; set it exactly (the two forward passes,
         # batched and shared weights, may round differently in the last bit)
-        sub = genre_block.subtask_supports({MASK: part[MASK], GENRES: part[GENRES]}, genres)
-        has_rows = tf.reduce_sum(sub[MASK], axis=1) > 0                        # [U·K]
+        same = tf.equal(genre_block.primary_genre(part)[:, None, :], genres[:, :, None])  # [U, K, S]
+        has_rows = tf.reshape(tf.reduce_any(same & (part[MASK] > 0)[:, None, :], axis=2), [-1])  # [U·K]
         emb = tf.where(has_rows[:, None], emb, tf.zeros_like(emb))
     return tf.stop_gradient(tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0)))
 
