@@ -294,6 +294,11 @@ class MamlConfig:
             Off: on the validation splits (seed 1) lazy rows lowered AUC, synthetic 0.7850 ->
             0.7794, ML-1M 0.7419 -> 0.7405 (every cohort on synthetic): the dense decay is a
             useful prior, strongest on the rows of users seen least.
+        support_recency_halflife: h of the recency-weighted support loss (0: off, the plain
+            mean). A support row followed by a later valid support rows weighs ``2^(−a/h)``,
+            so the latest row weighs 1 and a row h rows older ½; the inner loop's loss is
+            ``Σ_s w_s bce_s / Σ_s w_s``. Meta-training and MEG weigh alike. The query follows
+            the support in time, and a user's tastes drift.
     """
 
     inner_lr: float = 0.3
@@ -313,8 +318,12 @@ class MamlConfig:
     genre_support_shrinkage: Optional[float] = None
     genre_inner_lr: Optional[float] = None
     lazy_user_rows: bool = False
+    support_recency_halflife: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.support_recency_halflife < 0:
+            raise ValueError(f"support_recency_halflife {self.support_recency_halflife} must be "
+                             ">= 0 (0: every support row weighs the same)")
         if self.inner_solver not in ("sgd", "gauss_newton"):
             raise ValueError(f"inner_solver {self.inner_solver!r} must be 'sgd' or 'gauss_newton'")
         if self.genre_support_shrinkage is not None and self.genre_support_shrinkage < 0:

@@ -373,3 +373,45 @@ def test_meg_min_support_serves_the_unadapted_embedding_and_leaves_training_alon
 def test_meg_min_support_must_not_be_negative():
     with pytest.raises(ValueError, match="meg_min_support -1"):
         MamlConfig(meg_min_support=-1)
+
+
+def test_recency_weights_by_hand():
+    # valid rows first, in time order; a = number of valid rows after the row
+    mask = tf.constant([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(maml.recency_weights(mask, 1.0).numpy(),
+                               [[0.25, 0.5, 1.0, 0.0], [0.0, 0.5, 1.0, 0.0], [0.0] * 4])
+    np.testing.assert_allclose(maml.recency_weights(mask, 2.0).numpy()[0],
+                               [0.5, 2 ** -0.5, 1.0, 0.0])
+
+
+def test_recency_weighted_inner_loop_equals_repeating_the_recent_rows():
+    # halflife 1 weighs a task's rows 1:2:4 from oldest to latest, which is the plain mean loss
+    # of a support holding the rows once, twice and four times (no shrinkage in tiny_model)
+    rng = np.random.RandomState(3)
+    support = make_part(rng, S, [2, 3, 1])
+    copies = [[1, 2], [1, 2, 4], [1]]
+    width = 7
+    dup = {}
+    for k, v in support.items():
+        rows = []
+        for t in range(T):
+            idx = np.repeat(np.arange(len(copies[t])), copies[t])
+            take = np.concatenate([idx, np.zeros(width - len(idx), dtype=int)])
+            rows.append(v[t][take])
+        dup[k] = np.stack(rows)
+    dup["mask"] = (np.arange(width)[None, :] < np.array([3, 7, 1])[:, None]).astype(np.float32)
+    model = tiny_model(steps=2)
+    plain = maml.adapt(model, {k: tf.constant(v) for k, v in dup.items()}, 2)
+    model.maml_cfg = dataclasses.replace(model.maml_cfg, support_recency_halflife=1.0)
+    weighted = maml.adapt(model, {k: tf.constant(v) for k, v in support.items()}, 2)
+    unweighted = tiny_model(steps=2)
+    flat = maml.adapt(unweighted, {k: tf.constant(v) for k, v in support.items()}, 2)
+    for k in plain:
+        np.testing.assert_allclose(weighted[k].numpy(), plain[k].numpy(), rtol=1e-10, atol=1e-12,
+                                   err_msg=k)
+        assert not np.allclose(flat[k].numpy()[:2], plain[k].numpy()[:2]), k  # weights matter
+
+
+def test_recency_halflife_must_not_be_negative():
+    with pytest.raises(ValueError, match="support_recency_halflife -1"):
+        MamlConfig(support_recency_halflife=-1)

@@ -65,6 +65,25 @@ def masked_task_loss(logits: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor) -> t
     return tf.reduce_sum(bce * mask, axis=-1) / tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
 
 
+def recency_weights(mask: tf.Tensor, halflife: float) -> tf.Tensor:
+    """Recency weights of support rows, ``[tasks, S]``.
+
+    ``w_s = m_s · 2^(−a_s / h)`` with ``a_s`` the number of valid positions after s (0 for a
+    task's latest row; positions are in time order, padding and cut rows have ``m_s = 0``).
+
+    Args:
+        mask: ``[tasks, S]`` valid positions (> 0).
+        halflife: h > 0, in rows.
+
+    Returns:
+        ``[tasks, S]`` weights in (0, 1], 0 at invalid positions.
+    """
+    valid = tf.cast(tf.cast(mask, tf.float32) > 0, tf.float32)
+    after = tf.reduce_sum(valid, axis=1, keepdims=True) - tf.cumsum(valid, axis=1)
+    weights = valid * tf.pow(2.0, -after / float(halflife))
+    return tf.cast(weights, mask.dtype) if mask.dtype.is_floating else weights
+
+
 def tile_params(params: Mapping[str, tf.Tensor], tasks) -> Params:
     """Per-task copies: every ``p [...]`` becomes ``[tasks, ...]`` (differentiable w.r.t. ``p``)."""
     return {k: tf.tile(tf.convert_to_tensor(v)[None], tf.concat(
@@ -283,6 +302,10 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     theta0 = theta
     suffix_emb = model.genre_embedding(support) if prefix_emb is None else None
     names = sorted(theta)
+    halflife = model.maml_cfg.support_recency_halflife
+    # the support loss's row weights (the mask, or recency weights); counts use the mask
+    weighted = support if halflife <= 0 else dict(
+        support, **{MASK: recency_weights(support[MASK], halflife)})
     kappa = model.maml_cfg.support_shrinkage if support_shrinkage is None else support_shrinkage
     if kappa > 0:
         # support-size-aware step: a task with n support rows moves n / (n + κ) of the way
@@ -298,7 +321,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             # Every task starts from the same θ: one shared forward pass instead of per-task copies.
             shared = {k: tf.convert_to_tensor(v) for k, v in meta_params.items() if k != USER_ROW}
             grads0 = _first_step_gradients(model, shared, theta.get(USER_ROW), meta_x,
-                                           global_params, support, prefix_emb, suffix_emb)
+                                           global_params, weighted, prefix_emb, suffix_emb)
             new = {}
             for k in names:
                 g = tf.stop_gradient(grads0[k]) if first_order else grads0[k]
@@ -322,7 +345,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
                                 suffix_emb)
             # Sum over tasks: task u's loss depends only on its own copy θ_u, so the gradient
             # w.r.t. θ_u is exactly ∇ L_support,u.
-            loss = tf.reduce_sum(masked_task_loss(logits, support[LABEL], support[MASK]))
+            loss = tf.reduce_sum(masked_task_loss(logits, support[LABEL], weighted[MASK]))
             logit_sum = tf.reduce_sum(logits) if newton else None
         grads = inner.gradient(loss, [theta[k] for k in names])
         new = {}
@@ -331,7 +354,7 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             del inner
             if first_order:
                 jac = tf.stop_gradient(jac)
-            new[USER_ROW] = gauss_newton_row_step(row, row0, logits, jac, support, precision)
+            new[USER_ROW] = gauss_newton_row_step(row, row0, logits, jac, weighted, precision)
         for k, g in zip(names, grads):
             g = tf.zeros_like(theta[k]) if g is None else tf.convert_to_tensor(g)
             if first_order:
