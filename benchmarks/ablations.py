@@ -176,6 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--first-seed", type=int, default=1)
     p.add_argument("--only", help="comma-separated direction names (default: all)")
     p.add_argument("--output", help="folder for ablations.json and ablations.md")
+    p.add_argument("--scores", action="store_true",
+                   help="also write scores.npz: labels, users, cohort and every variant's scores")
     p.add_argument("--list", action="store_true", help="print the directions and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -223,6 +225,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, "ablations.json"), "w") as f:
             json.dump(out, f, indent=1, default=float)
+        if args.scores:
+            import numpy as np
+
+            np.savez_compressed(
+                os.path.join(args.output, "scores.npz"), labels=res["labels"],
+                users=np.asarray(res["users"]).astype(str), cohort=np.asarray(res["cohort"]).astype(str),
+                support_slice=np.asarray(res["support_slice"]).astype(str),
+                **{f"{m}|{s}": v for m, per in res["scores"].items() for s, v in per.items()})
         with open(os.path.join(args.output, "ablations.md"), "w") as f:
             f.write(f"{dataset}, validation split, seeds {seeds}, {report['n_query']} rows; "
                     "variant − default, paired 95% interval over users\n\n" + table)
