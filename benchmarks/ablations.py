@@ -158,12 +158,16 @@ def markdown(rows: Sequence[Mapping[str, object]], default_auc: Mapping[str, Seq
         lo, hi = e["ci95"]
         star = "*" if lo > 0 or hi < 0 else ""
         return f"{e['delta']:+.4f}{star} [{lo:+.3f}, {hi:+.3f}]"
-    head = ["direction", "what changes", "overall", *cohorts]
+    def setting(change: Mapping[str, Mapping[str, object]]) -> str:
+        return ", ".join(f"`{sec}.{k}={json.dumps(v)}`" for sec, kv in change.items()
+                         for k, v in kv.items())
+    head = ["direction", "what changes", "setting", "overall", *cohorts]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| default (AUC) | – | " + " | ".join(
+    lines.append("| default (AUC) | – | – | " + " | ".join(
         f"{default_auc[k][0]:.4f}" for k in ["overall", *cohorts]) + " |")
     for r in rows:
-        lines.append(f"| {r['direction']} | {what[r['direction']]} | " + " | ".join(
+        lines.append(f"| {r['direction']} | {what[r['direction']]} | {setting(r['change'])} | "
+                     + " | ".join(
             cell(r["effect"][k]) for k in ["overall", *cohorts]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -179,10 +183,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--scores", action="store_true",
                    help="also write scores.npz: labels, users, cohort and every variant's scores")
     p.add_argument("--list", action="store_true", help="print the directions and exit")
+    p.add_argument("--render", metavar="ABLATIONS_JSON",
+                   help="rewrite ablations.md beside an ablations.json (no training)")
     args = p.parse_args(argv)
     if args.list:
         for d in DIRECTIONS:
             print(f"{d.name:18s} {d.what}")
+        return 0
+    if args.render:
+        with open(args.render) as f:
+            done = json.load(f)
+        _write_markdown(os.path.dirname(args.render), done)
         return 0
     if not args.data:
         p.error("--data is required (a `limaml data prepare` output folder)")
@@ -213,14 +224,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = experiment.report(res, base, reference=f"limaml@{DEFAULT}")
     cohorts = protocols.cohort_names(base.protocol.cohort_edges)
     rows = effect_table(report, changes, cohorts)
-    what = {d.name: d.what for d in DIRECTIONS}
-    table = markdown(rows, report["auc_mean_sd"][f"limaml@{DEFAULT}"], cohorts, what)
     out = {"dataset": dataset, "split": "validation (training users' later rows)",
            "seeds": seeds, "n_rows": report["n_query"],
            "default_overrides": default_overrides,
            "default_auc": report["auc_mean_sd"][f"limaml@{DEFAULT}"], "directions": rows,
-           "seconds": report["seconds"], "report": report}
-    print(table)
+           "cohorts": cohorts, "seconds": report["seconds"], "report": report}
+    print(_table(out))
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, "ablations.json"), "w") as f:
@@ -233,10 +242,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 users=np.asarray(res["users"]).astype(str), cohort=np.asarray(res["cohort"]).astype(str),
                 support_slice=np.asarray(res["support_slice"]).astype(str),
                 **{f"{m}|{s}": v for m, per in res["scores"].items() for s, v in per.items()})
-        with open(os.path.join(args.output, "ablations.md"), "w") as f:
-            f.write(f"{dataset}, validation split, seeds {seeds}, {report['n_query']} rows; "
-                    "variant − default, paired 95% interval over users\n\n" + table)
+        _write_markdown(args.output, out)
     return 0
+
+
+def _table(done: Mapping[str, object]) -> str:
+    cohorts = done.get("cohorts") or [k for k in done["default_auc"] if k != "overall"]
+    return markdown(done["directions"], done["default_auc"], cohorts,
+                    {d.name: d.what for d in DIRECTIONS})
+
+
+def _write_markdown(folder: str, done: Mapping[str, object]) -> None:
+    with open(os.path.join(folder, "ablations.md"), "w") as f:
+        f.write(f"{done['dataset']}, validation split (training users' later rows), seeds "
+                f"{done['seeds']}, {done['n_rows']} rows; default settings "
+                f"{json.dumps(done['default_overrides'])} over the built-in ones; each cell: "
+                "variant − default AUC, paired 95% interval over users (1,000 resamples), "
+                "`*` where it excludes 0\n\n" + _table(done))
 
 
 if __name__ == "__main__":

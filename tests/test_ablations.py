@@ -43,4 +43,5 @@ def test_effect_table_reports_variant_minus_default():
     assert rows[0]["effect"]["a"] == {"delta": 0.02, "ci95": [-0.001, 0.03]}
     assert rows[0]["auc"] == {"overall": 0.74, "a": 0.72}
     md = A.markdown(rows, report["auc_mean_sd"]["limaml@default"], ["a"], {"dot": "dot"})
-    assert "| dot | dot | -0.0100* [-0.016, -0.004] | +0.0200 [-0.001, +0.030] |" in md
+    assert ("| dot | dot | `model.interaction=\"dot\"` | -0.0100* [-0.016, -0.004] | "
+            "+0.0200 [-0.001, +0.030] |") in md
