@@ -34,6 +34,6 @@ setup(
         "pandas",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest==8.3.3", "pytest-timeout", "ruff==0.8.4"]},
+    extras_require={"test": ["pytest==8.3.3", "pytest-timeout", "pytest-xdist==3.6.1", "ruff==0.8.4"]},
     entry_points={"console_scripts": ["limaml=limaml.cli:main"]},
 )

@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 # Lint first (ruff, configured in pyproject.toml): a lint error fails the run before the tests.
 .venv/bin/ruff check .
 set +e
-.venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist; tests/conftest.py groups modules so that each expensive session
+# fixture is built once); LIMAML_TEST_WORKERS=0 runs in one process.
+.venv/bin/python -m pytest -n "${LIMAML_TEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

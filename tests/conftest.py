@@ -24,3 +24,25 @@ def bigtable_emulator():
 
 # --- End-to-end pipeline run (tests/pipeline_fixtures.py) -------------------------------------
 from tests.pipeline_fixtures import pipeline_run  # noqa: E402,F401  (session fixture, lazy)
+
+# --- Parallel runs (pytest-xdist, `-n 2 --dist loadgroup`, as scripts/run_tests.sh runs) ------
+# Every module runs on one worker (its module fixtures are built once), and every module that
+# uses an expensive session fixture joins that fixture's group, so the fixture is built once
+# in the whole run, not once per worker.
+_SHARED_SESSION_FIXTURES = ("pipeline_run", "limaml_served")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # not an xdist worker: nothing to group
+        return
+    group_of_module = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        shared = next((f for f in _SHARED_SESSION_FIXTURES
+                       if f in getattr(item, "fixturenames", ())), None)
+        if shared is not None:
+            group_of_module[module] = shared
+        group_of_module.setdefault(module, module)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of_module[item.nodeid.split("::")[0]]))
