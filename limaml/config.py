@@ -299,6 +299,11 @@ class MamlConfig:
             so the latest row weighs 1 and a row h rows older ½; the inner loop's loss is
             ``Σ_s w_s bce_s / Σ_s w_s``. Meta-training and MEG weigh alike. The query follows
             the support in time, and a user's tastes drift.
+        supervised_weight: λ of a supervised term in the outer loss, ``L_outer = L_query(θ_u')
+            + λ L_sup``, with ``L_sup`` the pre-training loss of the same batch (every query
+            row scored with its user's table row, no adaptation): meta-training keeps fitting
+            the rows and the global block as a supervised model does, which serves users
+            with long histories, while the first term meta-learns the adaptation.
     """
 
     inner_lr: float = 0.3
@@ -319,8 +324,12 @@ class MamlConfig:
     genre_inner_lr: Optional[float] = None
     lazy_user_rows: bool = False
     support_recency_halflife: float = 0.0
+    supervised_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.supervised_weight < 0:
+            raise ValueError(f"supervised_weight {self.supervised_weight} must be >= 0 (0: the "
+                             "outer loss is the post-adaptation query loss alone)")
         if self.support_recency_halflife < 0:
             raise ValueError(f"support_recency_halflife {self.support_recency_halflife} must be "
                              ">= 0 (0: every support row weighs the same)")

@@ -415,3 +415,29 @@ def test_recency_weighted_inner_loop_equals_repeating_the_recent_rows():
 def test_recency_halflife_must_not_be_negative():
     with pytest.raises(ValueError, match="support_recency_halflife -1"):
         MamlConfig(support_recency_halflife=-1)
+
+
+def test_supervised_weight_adds_lambda_times_the_supervised_gradient():
+    # the outer loss is linear in λ: g(λ) − g(0) must be λ · ∇ pretrain_loss (tiny_model has no
+    # user rows, no dropout, full supports and no L2, so every term is deterministic)
+    batch = make_batch()
+    model = tiny_model(steps=1)
+    loss0, g0 = maml.MamlTrainer(model).meta_gradients(batch)
+    _, g_sup = maml.MamlTrainer(model, pretrain_lr=1e-3).pretrain_gradients(batch)
+    sup = float(maml.pretrain_loss(model, batch))
+    lam = 0.7
+    model.maml_cfg = dataclasses.replace(model.maml_cfg, supervised_weight=lam)
+    loss, g = maml.MamlTrainer(model).meta_gradients(batch)
+    assert float(loss) == pytest.approx(float(loss0) + lam * sup, rel=1e-7)
+    checked = 0
+    for a, b, s in zip(g, g0, g_sup):
+        if s is None:
+            continue
+        np.testing.assert_allclose(a.numpy() - b.numpy(), lam * s.numpy(), rtol=1e-6, atol=1e-9)
+        checked += int(np.any(s.numpy() != 0))
+    assert checked >= 4  # the global block's weights and the meta block's all feel it
+
+
+def test_supervised_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="supervised_weight -0.5"):
+        MamlConfig(supervised_weight=-0.5)

@@ -637,9 +637,19 @@ class MamlTrainer(tf.Module):
         return float(loss)
 
     def meta_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:
-        """Outer loss (plus ``outer_l2 Σ w²``) and its gradient w.r.t. ``model.outer_variables()``."""
-        return self._regularized_gradients(lambda: maml_loss(self.model, batch, self.maml_cfg)[0],
-                                           self.model.outer_variables())
+        """Outer loss (plus ``outer_l2 Σ w²``) and its gradient w.r.t. ``model.outer_variables()``.
+
+        The outer loss is :func:`maml_loss`, plus ``MamlConfig.supervised_weight`` λ times
+        :func:`pretrain_loss` of the same batch when λ > 0.
+        """
+        lam = self.maml_cfg.supervised_weight
+
+        def loss_fn() -> tf.Tensor:
+            loss = maml_loss(self.model, batch, self.maml_cfg)[0]
+            if lam > 0:
+                loss += tf.cast(lam, loss.dtype) * pretrain_loss(self.model, batch)
+            return loss
+        return self._regularized_gradients(loss_fn, self.model.outer_variables())
 
     def _train_step(self, batch):
         return self._apply_if_finite(self.meta_gradients, batch, self.optimizer)
