@@ -30,6 +30,7 @@ from tests.pipeline_fixtures import pipeline_run  # noqa: E402,F401  (session fi
 # uses an expensive session fixture joins that fixture's group, so the fixture is built once
 # in the whole run, not once per worker.
 _SHARED_SESSION_FIXTURES = ("pipeline_run", "limaml_served")
+_LONGEST_GROUPS_FIRST = ("tests/test_multi_block_pipeline.py", "pipeline_run", "tests/test_report.py")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -46,3 +47,7 @@ def pytest_collection_modifyitems(config, items):
         group_of_module.setdefault(module, module)
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group_of_module[item.nodeid.split("::")[0]]))
+    # The longest groups first, so that the two workers start on them and no long group is
+    # left to run alone at the end (each of these builds a pipeline run or four TFMA runs).
+    rank = {g: i for i, g in enumerate(_LONGEST_GROUPS_FIRST)}
+    items.sort(key=lambda it: rank.get(group_of_module[it.nodeid.split("::")[0]], len(rank)))
