@@ -67,12 +67,12 @@ def assert_gradient_matches_finite_differences(var, grad, loss_fn, picks, eps=1e
 
 
 def check_meta_gradient(model, batch, per_variable, seed, user_rows="used"):
-    """Checks ``MamlTrainer.meta_gradients`` against finite differences of ``maml_loss`` on up to
+    """Checks ``MamlTrainer.meta_gradients`` against finite differences of ``outer_loss`` on up to
     ``per_variable`` random entries of every outer variable. ``user_rows``: for the user-id
     table, ``"used"`` (every entry of the batch's rows), ``"used+unused"`` (and of one row no
     task uses) or ``"skip"``. Returns ``(entries checked, gradients, unused row ids)``."""
     _, grads = maml.MamlTrainer(model).meta_gradients(batch)
-    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
+    loss_fn = tf.function(lambda: maml.outer_loss(model, batch))
     rng = np.random.RandomState(seed)
     checked, unused = 0, []
     for var, g in zip(model.outer_variables(), grads):
@@ -114,7 +114,7 @@ def test_second_order_meta_gradient_matches_finite_differences(kwargs):
     batch = make_batch()
     trainer = maml.MamlTrainer(model)
     _, grads = trainer.meta_gradients(batch)
-    loss_fn = tf.function(lambda: maml.maml_loss(model, batch)[0])
+    loss_fn = tf.function(lambda: maml.outer_loss(model, batch))
     rng = np.random.RandomState(1)
     checked = 0
     for var, g in zip(model.outer_variables(), grads):

@@ -461,6 +461,20 @@ def maml_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
     return loss + penalty, per_task
 
 
+def outer_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
+               maml_cfg: Optional[MamlConfig] = None) -> tf.Tensor:
+    """The meta-training objective (before ``outer_l2``): ``L_query(θ_u') + λ L_sup``.
+
+    ``L_query`` is :func:`maml_loss`; ``L_sup`` is :func:`pretrain_loss` of the same batch,
+    weighted by ``MamlConfig.supervised_weight`` λ (left out when λ = 0).
+    """
+    cfg = model.maml_cfg if maml_cfg is None else maml_cfg
+    loss = maml_loss(model, batch, cfg)[0]
+    if cfg.supervised_weight > 0:
+        loss += tf.cast(cfg.supervised_weight, loss.dtype) * pretrain_loss(model, batch)
+    return loss
+
+
 def pretrain_loss(model: LimamlModel, batch: Mapping[str, Mapping[str, tf.Tensor]],
                   training: bool = True) -> tf.Tensor:
     """Supervised (non-meta) loss of the query rows: each row scored with its user's table row
@@ -642,14 +656,8 @@ class MamlTrainer(tf.Module):
         The outer loss is :func:`maml_loss`, plus ``MamlConfig.supervised_weight`` λ times
         :func:`pretrain_loss` of the same batch when λ > 0.
         """
-        lam = self.maml_cfg.supervised_weight
-
-        def loss_fn() -> tf.Tensor:
-            loss = maml_loss(self.model, batch, self.maml_cfg)[0]
-            if lam > 0:
-                loss += tf.cast(lam, loss.dtype) * pretrain_loss(self.model, batch)
-            return loss
-        return self._regularized_gradients(loss_fn, self.model.outer_variables())
+        return self._regularized_gradients(lambda: outer_loss(self.model, batch, self.maml_cfg),
+                                           self.model.outer_variables())
 
     def _train_step(self, batch):
         return self._apply_if_finite(self.meta_gradients, batch, self.optimizer)
