@@ -256,6 +256,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     ρ_u = 1 when κ = 0): few support rows, a shorter step. With
     ``MamlConfig.inner_solver="gauss_newton"`` the user-id row instead takes the damped
     Gauss-Newton step of :func:`gauss_newton_row_step` (MAP under the learned prior Λ, no ρ_u).
+    With ``MamlConfig.support_recency_halflife`` h > 0, ``L_support`` weighs each row by
+    :func:`recency_weights` instead of the plain masked mean.
 
     Args:
         model: the model (layout, config; default parameter source).
