@@ -197,6 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not args.data:
         p.error("--data is required (a `limaml data prepare` output folder)")
+    if args.scores and not args.output:
+        p.error("--scores writes OUTPUT/scores.npz: give --output")
 
     import pandas as pd
 
@@ -247,8 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _table(done: Mapping[str, object]) -> str:
-    cohorts = done.get("cohorts") or [k for k in done["default_auc"] if k != "overall"]
-    return markdown(done["directions"], done["default_auc"], cohorts,
+    return markdown(done["directions"], done["default_auc"], done["cohorts"],
                     {d.name: d.what for d in DIRECTIONS})
 
 
