@@ -149,3 +149,24 @@ def test_a_model_setting_that_would_change_the_prepared_data_is_refused_by_name(
     with pytest.raises(ValueError, match=r"limaml@k128: embeddings.max_recent 128 differs from "
                                          r"the run's 32"):
         experiment.run(frame, cfg, models=["linear", "limaml@k128"], seeds=[0], configs={"k128": k128})
+
+
+def test_tune_merge_joins_disjoint_parts_and_refuses_mismatched_ones():
+    def part(models, budget=2, n_val=50):
+        table = [{"model": m, "candidate": i, "overrides": {"c": i}, "val_auc": 0.6 + i / 10,
+                  "val_logloss": 0.6} for m in models for i in range(budget)]
+        return {"budget": budget, "n_val_query": n_val, "table": table,
+                "best": {m: {"c": budget - 1} for m in models}}
+
+    out = tuning.merge([part(["limaml"]), part(["linear", "wide_deep"])])
+    assert out["best"] == {"limaml": {"c": 1}, "linear": {"c": 1}, "wide_deep": {"c": 1}}
+    assert [r["model"] for r in out["table"]] == ["limaml"] * 2 + ["linear"] * 2 + ["wide_deep"] * 2
+    assert (out["budget"], out["n_val_query"]) == (2, 50)
+    with pytest.raises(ValueError, match="same tuning budget"):
+        tuning.merge([part(["limaml"]), part(["linear"], budget=3)])
+    with pytest.raises(ValueError, match="different validation rows"):
+        tuning.merge([part(["limaml"]), part(["linear"], n_val=49)])
+    with pytest.raises(ValueError, match="two parts"):
+        tuning.merge([part(["limaml"]), part(["limaml", "linear"])])
+    with pytest.raises(ValueError, match="nothing to merge"):
+        tuning.merge([])

@@ -111,3 +111,33 @@ def tune(frame: pd.DataFrame, cfg: LimamlConfig, grid: Mapping[str, Sequence[Ove
     n_val = int(len(next(iter(data_by_buckets.values())).query[F.LABEL])) if data_by_buckets else 0
     return {"budget": int(next(iter(sizes.values()), 0)), "table": table, "best": best,
             "n_val_query": n_val}
+
+
+def merge(results: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Joins ``tune`` results of disjoint model subsets (e.g. run in parallel processes).
+
+    The parts must share the budget and the validation rows (``n_val_query``) and name each
+    model once; the table keeps the parts' order.
+
+    Raises:
+        ValueError: no parts, different budgets or validation sizes, or a model in two parts,
+            named.
+    """
+    if not results:
+        raise ValueError("nothing to merge; pass two or more tuning.json files")
+    budgets = sorted({int(r["budget"]) for r in results})
+    if len(budgets) > 1:
+        raise ValueError(f"every model needs the same tuning budget; the parts have {budgets}")
+    sizes = sorted({int(r["n_val_query"]) for r in results})
+    if len(sizes) > 1:
+        raise ValueError(f"the parts were scored on different validation rows ({sizes} rows); "
+                         "tune them on the same data and protocol")
+    best: Dict[str, Any] = {}
+    table: List[Dict[str, Any]] = []
+    for r in results:
+        twice = sorted(set(best) & set(r["best"]))
+        if twice:
+            raise ValueError(f"model(s) {twice} appear in two parts; tune each model once")
+        best.update(r["best"])
+        table.extend(r["table"])
+    return {"budget": budgets[0], "table": table, "best": best, "n_val_query": sizes[0]}

@@ -71,12 +71,22 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from trainer import tuning
 
-    frame, dataset = _frame(args.data)
-    cfg = _config(args.config, dataset)
-    with open(args.grid) as f:
-        grid: Dict[str, List[Dict[str, Any]]] = json.load(f)
-    result = tuning.tune(frame, cfg, grid, models=args.models.split(",") if args.models else None,
-                         progress=_progress)
+    if args.merge:
+        parts = []
+        for path in args.merge:
+            with open(path) as f:
+                parts.append(json.load(f))
+        result = tuning.merge(parts)
+    else:
+        if not (args.data and args.grid):
+            raise ValueError("limaml tune needs --data and --grid (or --merge TUNING_JSON ...)")
+        frame, dataset = _frame(args.data)
+        cfg = _config(args.config, dataset)
+        with open(args.grid) as f:
+            grid: Dict[str, List[Dict[str, Any]]] = json.load(f)
+        result = tuning.tune(frame, cfg, grid,
+                             models=args.models.split(",") if args.models else None,
+                             progress=_progress)
     print(json.dumps(result["table"], indent=1))
     if args.output:
         os.makedirs(args.output, exist_ok=True)
@@ -103,11 +113,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
     exp.set_defaults(func=_cmd_experiment, log_folder="output")
 
     tune = sub.add_parser("tune", help="search settings on a validation split of training users")
-    tune.add_argument("--data", required=True, help="prepared data folder")
-    tune.add_argument("--grid", required=True,
+    tune.add_argument("--data", help="prepared data folder")
+    tune.add_argument("--grid",
                       help="JSON {model: [{section: {field: value}}, ...]}, the same number of "
                            "candidates per model (see benchmarks/tuning_grid.json)")
     tune.add_argument("--models", help="subset of the grid's models")
     tune.add_argument("--config", help="LimamlConfig JSON to start from")
+    tune.add_argument("--merge", nargs="+", metavar="TUNING_JSON",
+                      help="instead of tuning: join tuning.json files of disjoint --models runs "
+                           "(same grid, same data), e.g. models tuned in parallel processes")
     tune.add_argument("--output", help="folder for tuning.json")
     tune.set_defaults(func=_cmd_tune, log_folder="output")
