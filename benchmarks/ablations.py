@@ -89,6 +89,11 @@ DIRECTIONS: Sequence[Direction] = (
               _const({"maml": {"support_recency_halflife": 16.0}})),
     Direction("recency_4", "recency-weighted support loss, half-life 4 rows",
               _const({"maml": {"support_recency_halflife": 4.0}})),
+    Direction("every_row_a_query", "tasks start at a user's first row (min_support 0): every "
+              "row is a query row once, so users with one row train their id row too",
+              _const({"tasks": {"min_support": 0}})),
+    Direction("supervised", "supervised term in the outer loss (toggled: supervised_weight "
+              "0.5 <-> 0)", _toggle("maml", "supervised_weight", 0.5, 0.0)),
 )
 
 
