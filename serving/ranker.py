@@ -325,29 +325,35 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
 
     def _raw_columns(self, inputs: Mapping[str, int], user_id: str, columns: Dict[str, list],
                      n: int, user_features: Optional[Mapping[str, Any]]) -> Optional[dict]:
-        """Columns for ``predict_raw``, or None when a raw input has no value for some row."""
+        """Columns for ``predict_raw``; a value the request lacks is sent as ``""`` / ``0``.
+
+        The exported raw features are ``VarLenFeature``s, and the Transform densifies each
+        with ``""`` (strings) or ``0`` (numbers) (``trainer.preprocessing._dense``), so a row
+        without a value and a row with ``""`` / ``0`` get the same transformed features: a
+        request without user features stays on this path (and on the cross-request batcher)
+        with the scores ``serving_default`` gives when the ``tf.Example`` omits them.
+        """
         out = {}
         shared = {**(user_features or {}), F.USER_ID: user_id}
         for name, dtype in inputs.items():
+            is_str = dtype == types_pb2.DT_STRING
+            absent: Any = b"" if is_str else 0
             value = shared.get(name)
             if value is not None:
-                if dtype == types_pb2.DT_STRING:
-                    out[name] = [value.encode("utf-8")] * n
-                else:
-                    out[name] = np.full(n, value)
+                out[name] = [value.encode("utf-8")] * n if is_str else np.full(n, value)
                 continue
             col = columns.get(name)
             if col is None:
-                return None
+                out[name] = [absent] * n if is_str else np.zeros(n)
+                continue
             if isinstance(col, np.ndarray) and col.dtype != object:
                 out[name] = col
                 continue
-            if any(v is None for v in col):
-                return None
-            if dtype == types_pb2.DT_STRING:
-                out[name] = [v.encode("utf-8") if isinstance(v, str) else v for v in col]
+            if is_str:
+                out[name] = [absent if v is None else v.encode("utf-8") if isinstance(v, str)
+                             else v for v in col]
             else:
-                out[name] = np.asarray(col)
+                out[name] = np.asarray([absent if v is None else v for v in col])
         return out
 
     def _predict_failure(self, version: int, exc: grpc.RpcError) -> Exception:

@@ -114,13 +114,26 @@ def test_ids_only_and_partial_candidates_use_the_item_cache(limaml_served, stack
         slow.rank_items(user, [cands[0][F.ITEM_ID]], uf)  # no item cache
 
 
-def test_missing_user_features_fall_back_to_serving_default(limaml_served, stack):
-    """predict_raw needs every raw input; without user features the tf.Example path answers
-    (absent features parse as empty), with the same scores as the slow ranker."""
+def test_missing_user_features_stay_on_predict_raw_with_serving_default_scores(
+        limaml_served, stack, monkeypatch):
+    """Without user features (or with some of them) the raw path answers, absent values sent
+    as "" / 0 (what the Transform makes of absent values), with the scores of tf.Examples
+    that omit those features."""
+    import serving.ranker as ranker_module
+
     _, fast, slow, _ = stack
     cands = _cands(limaml_served, 5)
-    np.testing.assert_allclose(fast.rank("anon", cands).scores, slow.rank("anon", cands).scores,
-                               rtol=0, atol=ATOL)
+    full = limaml_served.user_features[0]
+    some = dict(list(full.items())[:1])
+    cases = [None, some, full]
+    want = [slow.rank("anon", cands, uf).scores for uf in cases]
+
+    def no_examples(*args, **kwargs):
+        raise AssertionError("the ranker fell back to tf.Examples")
+
+    monkeypatch.setattr(ranker_module, "serialize_candidates", no_examples)
+    for uf, w in zip(cases, want):
+        np.testing.assert_allclose(fast.rank("anon", cands, uf).scores, w, rtol=0, atol=ATOL)
 
 
 def test_http_ids_only_request(limaml_served, stack):
