@@ -324,7 +324,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
     # ----------------------------------------------------------------- internals
 
     def _raw_columns(self, inputs: Mapping[str, int], user_id: str, columns: Dict[str, list],
-                     n: int, user_features: Optional[Mapping[str, Any]]) -> Optional[dict]:
+                     n: int, user_features: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         """Columns for ``predict_raw``; a value the request lacks is sent as ``""`` / ``0``.
 
         The exported raw features are ``VarLenFeature``s, and the Transform densifies each
