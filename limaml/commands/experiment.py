@@ -72,6 +72,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from trainer import tuning
 
     if args.merge:
+        unused = [f"--{k}" for k in ("data", "grid", "models", "config") if getattr(args, k)]
+        if unused:
+            raise ValueError(f"limaml tune --merge joins finished tuning.json files; drop {unused}")
         parts = []
         for path in args.merge:
             with open(path) as f:
