@@ -132,6 +132,39 @@ def test_cold_start_uses_the_users_row_and_meg_matches_manual_adaptation():
     np.testing.assert_allclose(emb, (per_sample * m).sum(1) / m.sum(1), rtol=1e-8)
 
 
+def test_meg_row_shrinkage_starts_each_user_from_its_row_scaled_by_n_over_n_plus_kappa():
+    model = personal_model(steps=1)
+    s = dict(make_batch()["support"])
+    s["user_hash"] = tf.constant(np.repeat([[1], [2], [5]], s["mask"].shape[1], axis=1))
+    mask = s.pop("mask")  # valid support rows per user: 4, 2, 3
+    batch = {"support": dict(s, mask=mask), "query": make_batch()["query"]}
+    loss_before = float(maml.maml_loss(model, batch, training=False)[0])
+    full = finetune.generate_meta_embeddings_fn(model, s, mask, "mean", 1).numpy()
+    shrunk = finetune.generate_meta_embeddings_fn(model, s, mask, "mean", 1,
+                                                  row_shrinkage=2.0).numpy()
+    # by hand: κ_r = 2 scales the rows by 4/6, 2/4 and 3/5, then MEG runs as without shrinkage
+    # (user 1 has fewer than meg_min_support = 3 rows: its un-adapted output, scaled row)
+    table = model.user_emb.numpy().copy()
+    scaled = table.copy()
+    scaled[[1, 2, 5]] = table[[1, 2, 5]] * np.array([4 / 6, 2 / 4, 3 / 5])[:, None]
+    model.user_emb.assign(scaled)
+    expected = finetune.generate_meta_embeddings_fn(model, s, mask, "mean", 1).numpy()
+    model.user_emb.assign(table)
+    np.testing.assert_allclose(shrunk, expected, rtol=1e-10)
+    for u in range(3):
+        assert not np.allclose(shrunk[u], full[u]), u  # every user's row moved
+    # the setting is MEG's only: meta-training's loss does not read it
+    model.maml_cfg = dataclasses.replace(model.maml_cfg, meg_row_shrinkage=2.0)
+    np.testing.assert_allclose(finetune.generate_meta_embeddings_fn(
+        model, s, mask, "mean", 1).numpy(), shrunk, rtol=1e-12)  # the model's setting is used
+    assert float(maml.maml_loss(model, batch, training=False)[0]) == loss_before
+
+
+def test_meg_row_shrinkage_must_not_be_negative():
+    with pytest.raises(ValueError, match="meg_row_shrinkage -1"):
+        MamlConfig(meg_row_shrinkage=-1)
+
+
 def test_support_sampling_keeps_a_log_uniform_suffix_of_each_support():
     tasks, width = 20000, 40
     n = np.array([32, 5, 1, 0] * (tasks // 4))

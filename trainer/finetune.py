@@ -29,7 +29,8 @@ from trainer.model import LimamlModel, history_width, meta_forward
 def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Tensor],
                                 mask: tf.Tensor, aggregation: str, adaptation_steps: int,
                                 inner_lr: Optional[float] = None,
-                                min_support: Optional[int] = None) -> tf.Tensor:
+                                min_support: Optional[int] = None,
+                                row_shrinkage: Optional[float] = None) -> tf.Tensor:
     """Traceable body of :func:`generate_meta_embeddings` (no Python loop over users).
 
     Args:
@@ -41,6 +42,9 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
         inner_lr: fixed α overriding the model's (ignored when the model learned Meta-SGD rates).
         min_support: users with fewer valid support rows keep the un-adapted embedding
             (default: the model's ``MamlConfig.meg_min_support``).
+        row_shrinkage: κ_r: with a user-id embedding, a user with n valid support rows starts
+            from ``n / (n + κ_r)`` times its table row (0: the full row; default: the model's
+            ``MamlConfig.meg_row_shrinkage``).
 
     Returns:
         ``[users, E]`` meta embeddings.
@@ -56,8 +60,14 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
         lrs.update({k: tf.constant(inner_lr, model.dtype) for k in model.meta_names})
     if min_support is None:
         min_support = model.maml_cfg.meg_min_support
+    if row_shrinkage is None:
+        row_shrinkage = model.maml_cfg.meg_row_shrinkage
+    row = None
+    if model.user_emb is not None and row_shrinkage > 0:
+        n = tf.reduce_sum(tf.cast(part[MASK] > 0, model.dtype), axis=1)  # [users]
+        row = model.user_rows(part[USER_HASH][:, 0]) * (n / (n + row_shrinkage))[:, None]
     adapted = adapt(model, part, adaptation_steps, first_order=True, inner_lrs=lrs,
-                    support_meta_x=s_x, min_support=min_support)
+                    support_meta_x=s_x, min_support=min_support, user_row=row)
     act = model.model_cfg.activation
     emb = tf.stop_gradient(aggregate(meta_forward(adapted, s_x, act), part[MASK], aggregation))
     cold = meta_forward(model.meta_params_for({k: v[:, 0] for k, v in part.items()}),
@@ -97,7 +107,7 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
     traced once for any batch and window size (no retracing on ragged batches).
     """
     key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, cfg.meg_min_support,
-           xla, signature)
+           cfg.meg_row_shrinkage, xla, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
         inner_lr = None if model.inner_lrs else cfg.inner_lr
@@ -105,7 +115,7 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
         def body(support, mask_):
             return generate_meta_embeddings_fn(model, support, mask_, aggregation,
                                                cfg.adaptation_steps, inner_lr,
-                                               cfg.meg_min_support)
+                                               cfg.meg_min_support, cfg.meg_row_shrinkage)
 
         spec = None if signature is None else (
             {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
