@@ -271,10 +271,11 @@ class MamlConfig:
             the embedding proportionally toward the cold-start path). ML-1M validation split
             (seed 0, one trained model, tuned settings): 1-4 cohort 0.7260 -> 0.7280 at κ_r 4
             (2-row users 0.7018 -> 0.7111), other cohorts unchanged to ±0.0004; synthetic
-            (tuned settings): 1-4 0.7526 -> 0.7556, 100+ 0.8391 -> 0.8380, overall 0.7919 ->
-            0.7928. Users without a valid support row keep the cold-start path (their table
-            row, the zero row unless another user's id hashes to it). Default 0; ML-1M's tuned
-            settings choose 4 (``benchmarks/tuned/ml1m.json``).
+            (tuned settings): 1-4 0.7526 -> 0.7556, 100+ 0.8391 -> 0.8380; ML-100K (built-in
+            settings): 1-4 0.7170 -> 0.7141, overall 0.7368 -> 0.7361. Users without a valid
+            support row keep the cold-start path (their table row, the zero row unless another
+            user's id hashes to it). Default 0 (ML-100K loses a little); ML-1M's tuned settings
+            choose 4 (``benchmarks/tuned/ml1m.json``).
         genre_support_shrinkage: κ of the user × genre block's subtasks (None: ``support_shrinkage``).
             A (user, genre) subtask holds only the user's rows of one genre, a few of them even
             for a user with many rows, so the same κ lets a couple of rows move the genre
