@@ -94,6 +94,12 @@ DIRECTIONS: Sequence[Direction] = (
               _const({"tasks": {"min_support": 0}})),
     Direction("supervised", "supervised term in the outer loss (toggled: supervised_weight "
               "0.5 <-> 0)", _toggle("maml", "supervised_weight", 0.5, 0.0)),
+    Direction("outer_l2", "outer-loop L2 (toggled: outer_l2 1e-5 <-> the built-in 3e-5)",
+              _toggle("maml", "outer_l2", 1e-5, 3e-5)),
+    Direction("row_shrinkage", "MEG's id-row shrinkage n/(n+κ_r) (toggled: meg_row_shrinkage "
+              "4 <-> 0)", _toggle("maml", "meg_row_shrinkage", 4.0, 0.0)),
+    Direction("meg_min_support_5", "MEG adapts only users with 5 or more support rows "
+              "(meg_min_support 5)", _const({"maml": {"meg_min_support": 5}})),
 )
 
 

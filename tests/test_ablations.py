@@ -19,6 +19,14 @@ def test_toggles_read_the_default_and_constants_apply():
     flipped = A.variant_configs(tuned, ["dot", "wide"])
     assert flipped["dot"].model.interaction == "none" and flipped["dot"].model.wide
     assert not flipped["wide"].model.wide and flipped["wide"].model.interaction == "dot"
+    # the tuned ML-1M settings flip the other way round from the built-in ones
+    ml1m = apply_overrides(plain, {"maml": {"outer_l2": 1e-5, "meg_row_shrinkage": 4.0}})
+    assert plain.maml.outer_l2 == 3e-5 and plain.maml.meg_row_shrinkage == 0.0
+    on_plain = A.variant_configs(plain, ["outer_l2", "row_shrinkage"])
+    on_ml1m = A.variant_configs(ml1m, ["outer_l2", "row_shrinkage"])
+    assert on_plain["outer_l2"].maml.outer_l2 == 1e-5 and on_ml1m["outer_l2"].maml.outer_l2 == 3e-5
+    assert on_plain["row_shrinkage"].maml.meg_row_shrinkage == 4.0
+    assert on_ml1m["row_shrinkage"].maml.meg_row_shrinkage == 0.0
 
 
 def test_unknown_and_no_op_directions_are_refused():
