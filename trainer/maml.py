@@ -532,11 +532,24 @@ class Adam(tf.Module):
         do not decay and it does not move, as in tf.keras.optimizers.Adam)."""
         self.iterations.assign_add(1)
         t = tf.cast(self.iterations, tf.float64)
+        fused: Dict[tf.DType, Tuple[tf.Tensor, ...]] = {}  # per dtype: β1^t, β2^t, lr, β1, β2, ε
         for var, m, v, g in zip(self.variables_, self.m, self.v, grads):
             if g is None:
                 continue
             g = tf.convert_to_tensor(g)
             dt = var.dtype
+            if id(var) not in self._lazy and not isinstance(var, tf.distribute.DistributedValues):
+                # the same update as below in one kernel per variable (TF's ApplyAdam: lr_t =
+                # lr·√(1−β2^t)/(1−β1^t), ε outside the root), instead of ~15 small ops
+                if dt not in fused:
+                    fused[dt] = (tf.cast(self.beta1 ** t, dt), tf.cast(self.beta2 ** t, dt),
+                                 *(tf.constant(x, dt) for x in (self.lr, self.beta1, self.beta2,
+                                                                self.epsilon)))
+                b1p, b2p, lr, b1, b2, eps = fused[dt]
+                tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=b1p,
+                                             beta2_power=b2p, lr=lr, beta1=b1, beta2=b2, epsilon=eps,
+                                             grad=g)
+                continue
             lr_t = tf.cast(self.lr * tf.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t), dt)
             new_m = self.beta1 * m + (1.0 - self.beta1) * g
             new_v = self.beta2 * v + (1.0 - self.beta2) * tf.square(g)

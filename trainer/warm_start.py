@@ -8,6 +8,7 @@ early stopping can fall back to the linear solution. Fits on the same rows share
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Dict, Mapping, Optional
 
 import numpy as np
@@ -59,8 +60,11 @@ def warm_start_limaml(model, data: Mapping[str, np.ndarray], train_cfg: TrainCon
     return {"kind": "linear (global features)", "C": info["C"]}
 
 
-# Warm starts of several models on the same rows (tuning, seeds) share one convex fit.
+# Warm starts of several models on the same rows (tuning, seeds) share one convex fit. Trainers
+# of one process may run at once (pipeline/concurrent_runner.py): the cache is read and
+# replaced under a lock, and a fit holds its own reference, never a slot another may clear.
 _LINEAR_FITS: Dict[tuple, tuple] = {}
+_LINEAR_FITS_LOCK = threading.Lock()
 
 
 def _fingerprint(data: Mapping[str, np.ndarray], keys) -> str:
@@ -82,7 +86,9 @@ def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainC
     key = (_fingerprint(data, columns), None if val_data is None else _fingerprint(val_data, columns),
            fitted.kind, tuple(fitted.layout.global_feature_names),
            fitted.user_id_buckets, tuple(train_cfg.linear_c_grid), train_cfg.seed)
-    if key not in _LINEAR_FITS:
+    with _LINEAR_FITS_LOCK:
+        hit = _LINEAR_FITS.get(key)
+    if hit is None:
         if val_data is None:
             info = linear.fit_linear(fitted, data, validation_rows(data, train_cfg),
                                      c_grid=train_cfg.linear_c_grid)
@@ -92,9 +98,11 @@ def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainC
             is_val = np.arange(len(both[LABEL])) >= len(np.asarray(data[LABEL]))
             info = linear.fit_linear(fitted, both, is_val, c_grid=train_cfg.linear_c_grid,
                                      refit_on_validation=False)
-        _LINEAR_FITS.clear()  # one data set at a time: bounded memory
-        _LINEAR_FITS[key] = ({k: v.numpy() for k, v in fitted.params.items()}, info)
-    values, info = _LINEAR_FITS[key]
+        hit = ({k: v.numpy() for k, v in fitted.params.items()}, info)
+        with _LINEAR_FITS_LOCK:
+            _LINEAR_FITS.clear()  # one data set at a time: bounded memory
+            _LINEAR_FITS[key] = hit
+    values, info = hit
     for k, v in values.items():
         fitted.params[k].assign(v)
     return info
