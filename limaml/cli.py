@@ -46,9 +46,6 @@ def _load_config(path: Optional[str], dataset: str):
 def _cmd_run(args: argparse.Namespace) -> int:
     from limaml.data import canonical, prepare
 
-    if args.component_workers < 1:
-        raise SystemExit(f"--component-workers must be >= 1, got {args.component_workers} "
-                         "(1 runs the components one at a time)")
     data_dir = args.data
     if data_dir is None:
         data_dir = os.path.join(args.output, "data", "movielens-100k")

@@ -40,8 +40,8 @@ def test_default_is_off_and_the_cli_flag_turns_it_on(monkeypatch, tmp_path):
     assert EvaluationConfig().tfma_confidence_intervals is False
     seen = {}
 
-    def fake_main_job(config, output, data_dir, workers=1, beam_args=(), component_workers=2):
-        seen["config"], seen["component_workers"] = config, component_workers
+    def fake_main_job(config, output, data_dir, workers=1, beam_args=()):
+        seen["config"] = config
 
     from limaml.data import prepare, synthetic
     from pipeline import main_job
@@ -52,10 +52,3 @@ def test_default_is_off_and_the_cli_flag_turns_it_on(monkeypatch, tmp_path):
     for flags, want in (([], False), (["--tfma-intervals"], True)):
         assert cli.main(["run", "--output", str(tmp_path / "run"), "--data", str(data), *flags]) == 0
         assert seen["config"].evaluation.tfma_confidence_intervals is want
-        assert seen["component_workers"] == 2  # the default: two independent components at once
-    assert cli.main(["run", "--output", str(tmp_path / "run"), "--data", str(data),
-                     "--component-workers", "1"]) == 0
-    assert seen["component_workers"] == 1
-    with pytest.raises(SystemExit, match="--component-workers must be >= 1, got 0"):
-        cli.main(["run", "--output", str(tmp_path / "run"), "--data", str(data),
-                  "--component-workers", "0"])
