@@ -69,8 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
           + (", with the multi-block LiMAML (user + user x genre)" if config.evaluation.multi_block else ""))
     from pipeline import main_job
 
-    main_job.run_main_job(config, args.output, data_dir, workers=args.workers, beam_args=args.beam_arg,
-                          component_workers=args.component_workers)
+    main_job.run_main_job(config, args.output, data_dir, workers=args.workers, beam_args=args.beam_arg)
     return 0
 
 
@@ -112,9 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="LimamlConfig JSON file (default: built-in settings for the dataset)")
     run.add_argument("--workers", type=int, default=1,
                      help="Beam DirectRunner workers; >1 uses multi-processing mode")
-    run.add_argument("--component-workers", type=int, default=2,
-                     help="components run at once when they do not depend on one another "
-                          "(default 2; 1: one at a time, as TFX's LocalDagRunner)")
     run.add_argument("--beam-arg", action="append", default=[], help="extra Beam flag (repeatable)")
     run.add_argument("--multi-block", action="store_true",
                      help="also train and evaluate the multi-block LiMAML (user + user x genre meta "

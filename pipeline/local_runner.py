@@ -1,5 +1,4 @@
-"""Runs the pipeline locally: independent components at once (:mod:`pipeline.concurrent_runner`),
-SQLite ML Metadata, Beam DirectRunner."""
+"""Runs the pipeline locally: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner."""
 from __future__ import annotations
 
 import json
@@ -8,26 +7,19 @@ import os
 import shutil
 from typing import List, Optional
 
+from tfx import v1 as tfx
+
 from limaml.config import LimamlConfig
 from limaml.console import console
-from pipeline.concurrent_runner import ConcurrentDagRunner
 from pipeline.pipeline import create_pipeline
 from pipeline.progress import ProgressMonitor, format_profile, profile_rows
 from pipeline.settings import PipelinePaths, beam_args
 
 
 def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
-        extra_beam_args: Optional[List[str]] = None, component_workers: int = 2) -> None:
+        extra_beam_args: Optional[List[str]] = None) -> None:
     """Runs the whole pipeline; prints each component's wall time at the end and writes it to
-    ``profile.json`` beside the metadata store.
-
-    Args:
-        workers: Beam DirectRunner workers per component.
-        component_workers: components run at once when they do not depend on one another
-            (1: one at a time, as TFX's ``LocalDagRunner``).
-    """
-    if component_workers < 1:
-        raise ValueError(f"component_workers must be >= 1, got {component_workers}")
+    ``profile.json`` beside the metadata store."""
     monitor = ProgressMonitor(paths.metadata_path)
     monitor.prime()
     absl_logger = logging.getLogger("absl")
@@ -49,7 +41,7 @@ def run(config: LimamlConfig, paths: PipelinePaths, workers: int = 1,
         pipeline = create_pipeline(config, paths.pipeline_root, paths.data_dir, paths.serving_base,
                                    metadata_path=paths.metadata_path,
                                    beam_pipeline_args=beam_args(workers) + list(extra_beam_args or []))
-        ConcurrentDagRunner(max_workers=component_workers).run(pipeline)
+        tfx.orchestration.LocalDagRunner().run(pipeline)
     finally:
         monitor.stop()
         write_profile(monitor, os.path.join(os.path.dirname(paths.metadata_path), PROFILE_FILE))

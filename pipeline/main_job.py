@@ -14,12 +14,10 @@ __all__ = ["latest_artifact_uri", "run_main_job"]
 
 
 def run_main_job(config: LimamlConfig, output: str, data_dir: str, workers: int = 1,
-                 beam_args: Optional[List[str]] = None, component_workers: int = 2) -> PipelinePaths:
-    """Runs the pipeline into ``output`` (``component_workers`` independent components at once)
-    and copies the report to ``output/report``."""
+                 beam_args: Optional[List[str]] = None) -> PipelinePaths:
+    """Runs the pipeline into ``output`` and copies the report to ``output/report``."""
     paths = PipelinePaths.under(output, data_dir)
-    local_runner.run(config, paths, workers=workers, extra_beam_args=beam_args,
-                     component_workers=component_workers)
+    local_runner.run(config, paths, workers=workers, extra_beam_args=beam_args)
     local_runner.publish_report(latest_artifact_uri(paths.metadata_path, REPORT_TYPE), paths.report_dir)
     print(f"[run] report: {os.path.join(paths.report_dir, 'index.html')}")
     print(f"[run] metrics: {os.path.join(paths.report_dir, 'metrics.json')}")

@@ -174,26 +174,6 @@ def test_embeddings_for_every_evaluated_user(pipeline_run, split):
     np.testing.assert_array_equal(found, users["history_size"].to_numpy() > 0)
 
 
-def test_independent_components_ran_at_the_same_time_and_after_their_inputs(pipeline_run):
-    """The run's components ran two at a time (pipeline/concurrent_runner.py): TaskGen and the
-    wide&deep trainer, independent and both ready when Transform finished, overlapped; no node
-    started before the node it depends on had finished."""
-    store = _store(pipeline_run)
-    span = {}
-    for ctx in store.get_contexts_by_type("node"):
-        first = min(store.get_executions_by_context(ctx.id), key=lambda e: e.id, default=None)
-        if first is not None:
-            span[ctx.name.split(".")[-1]] = (first.create_time_since_epoch,
-                                              first.last_update_time_since_epoch)
-    (a0, a1), (b0, b1) = span["TaskGen"], span["WideDeepTrainer"]
-    assert max(a0, b0) < min(a1, b1), "TaskGen and WideDeepTrainer did not overlap"
-    for up, down in [("AnomalyGate", "Transform"), ("Transform", "TaskGen"),
-                     ("Transform", "WideDeepTrainer"), ("TaskGen", "LimamlTrainer"),
-                     ("LimamlTrainer", "MetaEmbeddingGen"), ("EmbeddingJoin", "EvaluatorLimaml"),
-                     ("EvaluatorLimaml", "Report")]:
-        assert span[down][0] >= span[up][1], f"{down} started before {up} finished"
-
-
 def test_second_run_reuses_the_cache(pipeline_run):
     """Rerunning on unchanged data executes nothing new: every component is served from cache."""
     from pipeline.main_job import run_main_job
