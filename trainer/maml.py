@@ -512,6 +512,9 @@ class Adam(tf.Module):
     """Adam over a fixed list of variables (slots are tf.Variables, so it checkpoints).
 
     m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  θ ← θ − lr·√(1−β2^t)/(1−β1^t) · m/(√v + ε)
+
+    Dense variables take the update in one fused kernel each (``ResourceApplyAdam``, the same
+    rule); lazy tables and distributed variables take it op by op.
     """
 
     def __init__(self, variables: Sequence[tf.Variable], lr: float, beta1: float = 0.9,

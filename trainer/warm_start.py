@@ -60,9 +60,9 @@ def warm_start_limaml(model, data: Mapping[str, np.ndarray], train_cfg: TrainCon
     return {"kind": "linear (global features)", "C": info["C"]}
 
 
-# Warm starts of several models on the same rows (tuning, seeds) share one convex fit. Trainers
-# of one process may run at once (pipeline/concurrent_runner.py): the cache is read and
-# replaced under a lock, and a fit holds its own reference, never a slot another may clear.
+# Warm starts of several models on the same rows (tuning, seeds) share one convex fit. Callers
+# may fit from several threads: the cache is read and replaced under a lock, and a fit keeps
+# its own reference, never a slot another thread may clear.
 _LINEAR_FITS: Dict[tuple, tuple] = {}
 _LINEAR_FITS_LOCK = threading.Lock()
 
