@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from google.cloud.bigtable import row_filters as rf
-from google.cloud.bigtable_v2.types import data as data_v2
 
 from embeddings.record import COLD_START_USER, validate_model_version
 
@@ -79,16 +78,6 @@ def _version_filter(qualifier: bytes, ts_us: Optional[int], families: str) -> rf
             rf.TimestampRange(start=_ts_datetime(ts_us), end=_ts_datetime(ts_us + 1000))))
     parts.append(rf.CellsColumnLimitFilter(1))
     return rf.RowFilterChain(parts)
-
-
-_RAW_MUTATION = data_v2.Mutation.pb()
-_RAW_SET_CELL = data_v2.Mutation.SetCell.pb()
-
-
-def _set_cell(family: str, qualifier: bytes, ts_us: int, value: bytes) -> Any:
-    """``Mutation(set_cell=...)`` as ``DirectRow.set_cell`` makes it, built on the raw protobuf."""
-    return data_v2.Mutation.wrap(_RAW_MUTATION(set_cell=_RAW_SET_CELL(
-        family_name=family, column_qualifier=qualifier, timestamp_micros=ts_us, value=value)))
 
 
 @dataclasses.dataclass(frozen=True)

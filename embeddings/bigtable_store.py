@@ -15,7 +15,8 @@ Layout (DESIGN.md section 3):
 
 Visibility and atomicity:
 
-1. All user rows (and the cold-start row) are written with ``Table.mutate_rows`` in chunks,
+1. All user rows (and the cold-start row) are written with ``MutateRows`` in chunks (raw
+   protobuf entries, :mod:`embeddings.bigtable_bulk`),
    several chunks in flight at once (:meth:`BigtableEmbeddingStore.write_rows`; a MEG job writes
    them from every Beam worker under one :class:`WriteAttempt`); the status of every row is
    checked and any failure raises :class:`BigtableWriteError` naming the failed row keys.
@@ -68,6 +69,7 @@ from google.api_core import exceptions as gexc
 from google.cloud.bigtable import column_family as cf
 from google.cloud.bigtable.table import DEFAULT_RETRY
 
+from embeddings import bigtable_bulk
 from embeddings.bigtable_gc import RetentionMixin
 from embeddings.bigtable_layout import (
     _OK,
@@ -81,7 +83,6 @@ from embeddings.bigtable_layout import (
     BigtableWriteError,
     WriteAttempt,
     _qualifier,
-    _set_cell,
     _ts_datetime,
     _version_filter,
     row_key,
@@ -96,7 +97,7 @@ from embeddings.write_summary import WriteSummary
 __all__ = [
     "ATTEMPT_CELLS_KEPT", "COLD_START_ROW_KEY", "EMB_FAMILY", "META_FAMILY", "PINS_QUALIFIER",
     "PINS_ROW_KEY", "POINTER_ROW_KEY", "BigtableEmbeddingStore", "BigtableWriteError",
-    "VersionNotCommittedError", "WriteAttempt", "WriteSummary", "_qualifier", "_set_cell",
+    "VersionNotCommittedError", "WriteAttempt", "WriteSummary", "_qualifier",
     "_ts_datetime", "_version_filter", "row_key", "row_keys",
 ]
 
@@ -211,9 +212,18 @@ class BigtableEmbeddingStore(VersionPointerMixin, WriteProtocolMixin, RetentionM
             failed.append((b"<missing statuses>", -1,
                            f"{len(statuses)} statuses for {len(rows)} rows"))
         if failed:
-            shown = "; ".join(f"{k.decode('utf-8', 'replace')}: code {c} {m}"
-                              for k, c, m in failed[:10])
-            raise BigtableWriteError(
-                f"{len(failed)} of {len(rows)} row mutations failed in {self.table.name} "
-                f"({shown}{' ...' if len(failed) > 10 else ''}); the version was not committed, "
-                "rerun the write", failed)
+            raise bigtable_bulk.write_error(failed, len(rows), self.table.name)
+
+    def _send_entries(self, entries: List[Any], timeout_s: float) -> List[Tuple[int, str]]:
+        """One ``MutateRows`` RPC of raw entries; ``(code, message)`` per entry
+        (:func:`embeddings.bigtable_bulk.send_entries` on the table's data client)."""
+        table = self.table
+        return bigtable_bulk.send_entries(
+            table._instance._client.table_data_client,  # pylint: disable=protected-access
+            table.name, getattr(table, "_app_profile_id", None), entries, timeout_s)
+
+    def _mutate_entries(self, entries: List[Any]) -> None:
+        """Writes raw entries, resending transient failures until ``write_timeout_s``; raises
+        :class:`BigtableWriteError` naming rows that failed."""
+        bigtable_bulk.mutate_entries(self._send_entries, entries, self.write_timeout_s,
+                                     self.table.name)

@@ -4,7 +4,8 @@
    larger than the committed attempt's of the same version (for a rerun, cells of killed attempts
    are deleted first, so the GC window keeps the committed cells; :mod:`embeddings.bigtable_gc`).
 2. :meth:`WriteProtocolMixin.write_rows` writes user (and cold-start) rows in chunked, parallel
-   ``mutate_rows`` calls, from any process; every row's status is checked and a failure raises
+   ``MutateRows`` calls of raw entries (:mod:`embeddings.bigtable_bulk`), from any process;
+   every row's status is checked and a failure raises
    :class:`~embeddings.bigtable_layout.BigtableWriteError` naming the failed rows.
 3. :meth:`WriteProtocolMixin.commit` writes the version pointer cell last: that single-cell write
    makes the version visible; then versions beyond ``keep_versions`` are retired.
@@ -20,17 +21,13 @@ import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
-import numpy as np
-
+from embeddings.bigtable_bulk import user_entries
 from embeddings.bigtable_layout import (
-    EMB_FAMILY,
     META_FAMILY,
     POINTER_ROW_KEY,
     WriteAttempt,
     _qualifier,
-    _set_cell,
     _ts_datetime,
-    row_keys,
 )
 from embeddings.record import EmbeddingBatch, StreamCheck, batches_of, validate_model_version
 from embeddings.write_stream import first_batch
@@ -66,37 +63,6 @@ class WriteProtocolMixin:
             # Killed attempts must not push the committed cells out of the GC window.
             self.delete_stale_attempts(model_version, previous)
         return WriteAttempt(model_version, int(attempt_us), previous)
-
-    def _row_mutations(self, attempt: "WriteAttempt", batch: EmbeddingBatch,
-                       lo: int = 0, hi: Optional[int] = None) -> List[Any]:
-        """One ``DirectRow`` per user of rows ``[lo, hi)`` with its ``e``/``m`` SetCell mutations.
-
-        The two mutations are built as raw protobufs and wrapped (what ``DirectRow.set_cell``
-        builds, same fields, without proto-plus field marshalling, ~10x cheaper per row); the
-        attempt timestamp is already a whole millisecond, as ``set_cell`` would make it. A range
-        of a batch is read in place (no :meth:`EmbeddingBatch.slice`, which validates again);
-        cell values are cut from one ``bytes`` per column.
-        """
-        hi = batch.num_users if hi is None else hi
-        q = _qualifier(attempt.model_version)
-        ts_us = int(attempt.attempt_ts_us)
-        emb = np.ascontiguousarray(batch.embeddings[lo:hi], dtype="<f4")
-        e_size = emb.shape[1] * 4
-        e_bytes = emb.tobytes()
-        meta = np.ascontiguousarray(np.stack(
-            [batch.support_size[lo:hi], batch.last_interaction_ts[lo:hi],
-             np.full(hi - lo, batch.generated_at, dtype=np.int64)], axis=1), dtype="<i8")
-        m_bytes = meta.tobytes()
-        m_size = 24
-        rows: List[Any] = []
-        direct_row = self.table.direct_row
-        for i, key in enumerate(row_keys(batch.user_ids[lo:hi])):  # per row by API design
-            row = direct_row(key)
-            muts = row._get_mutations()  # pylint: disable=protected-access
-            muts.append(_set_cell(EMB_FAMILY, q, ts_us, e_bytes[i * e_size:(i + 1) * e_size]))
-            muts.append(_set_cell(META_FAMILY, q, ts_us, m_bytes[i * m_size:(i + 1) * m_size]))
-            rows.append(row)
-        return rows
 
     def write_rows(self, attempt: "WriteAttempt", batches: Union[EmbeddingBatch, Iterable[EmbeddingBatch]]
                    ) -> int:
@@ -134,10 +100,10 @@ class WriteProtocolMixin:
                     lo = 0
                     while lo < batch.num_users:  # chunks of exactly ``chunk`` rows span batches
                         hi = min(batch.num_users, lo + chunk - len(pending))
-                        pending.extend(self._row_mutations(attempt, batch, lo, hi))
+                        pending.extend(user_entries(attempt, batch, lo, hi))
                         lo = hi
                         if len(pending) >= chunk:
-                            inflight.append(pool.submit(self._mutate, pending))
+                            inflight.append(pool.submit(self._mutate_entries, pending))
                             pending = []
                             if len(inflight) >= 2 * self.write_threads:
                                 inflight.popleft().result()
@@ -145,7 +111,7 @@ class WriteProtocolMixin:
                     while inflight:  # a batch's full chunks have landed before the next is read
                         inflight.popleft().result()
                 if pending:
-                    inflight.append(pool.submit(self._mutate, pending))
+                    inflight.append(pool.submit(self._mutate_entries, pending))
                 while inflight:
                     inflight[0].result()
                     inflight.popleft()

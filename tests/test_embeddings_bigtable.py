@@ -8,7 +8,6 @@ import uuid
 import numpy as np
 import pytest
 from google.cloud.bigtable import column_family
-from google.rpc import status_pb2
 
 from embeddings import bigtable_store as bts
 from embeddings.bigtable_store import BigtableEmbeddingStore, BigtableWriteError, row_key
@@ -116,16 +115,17 @@ def test_versions_never_mix(store):
 
 
 def _fail_after(store, k):
-    real = store.table.mutate_rows
+    """The store's ``MutateRows`` of user rows dies after ``k`` RPCs."""
+    real = store._send_entries  # pylint: disable=protected-access
     calls = {"n": 0}
 
-    def wrapper(rows, *a, **kw):
+    def wrapper(entries, timeout_s):
         calls["n"] += 1
         if calls["n"] > k:
             raise ConnectionError("injected: writer died half-way")
-        return real(rows, *a, **kw)
+        return real(entries, timeout_s)
 
-    store.table.mutate_rows = wrapper
+    store._send_entries = wrapper  # pylint: disable=protected-access
     return calls
 
 
@@ -137,11 +137,11 @@ def test_interrupted_write_keeps_previous_version_and_hides_new(store):
     with pytest.raises(ConnectionError):
         store.write(stream(ids, emb * 0.5, "v1"))
     # A new version v2 dies the same way.
-    store.table.mutate_rows = type(store.table).mutate_rows.__get__(store.table)
+    del store._send_entries  # pylint: disable=protected-access
     _fail_after(store, 3)
     with pytest.raises(ConnectionError):
         store.write(stream(ids, emb + 1, "v2"))
-    del store.table.mutate_rows
+    del store._send_entries  # pylint: disable=protected-access
     assert len(raw_qualifier_rows(store.table, "v2")) == 150  # rows were written ...
     assert store.committed_versions() == ["v1"]                # ... but never committed
     with pytest.raises(VersionNotCommittedError, match=r"'v2' is not committed"):
@@ -151,26 +151,63 @@ def test_interrupted_write_keeps_previous_version_and_hides_new(store):
     assert fresh.latest_committed_version() == "v1"
 
 
-def test_failed_row_status_is_named_and_blocks_commit(store):
-    ids, emb = make_data(60, seed=6)
-    real = store.table.mutate_rows
+def _inject_status(store, key, code, times):
+    """Entries of row ``key`` come back with status ``code`` in the next ``times`` RPCs that
+    carry them (after the real write); returns the statuses the store was shown."""
+    real = store._send_entries  # pylint: disable=protected-access
+    seen = {"left": times, "sends": 0}
 
-    def wrapper(rows, *a, **kw):
-        statuses = real(rows, *a, **kw)
-        statuses = list(statuses)
-        statuses[2] = status_pb2.Status(code=14, message="injected unavailable")
+    def wrapper(entries, timeout_s):
+        statuses = real(entries, timeout_s)
+        seen["sends"] += 1
+        for i, e in enumerate(entries):
+            if e.row_key == key and seen["left"] > 0:
+                seen["left"] -= 1
+                statuses[i] = (code, f"injected code {code}")
         return statuses
 
-    store.table.mutate_rows = wrapper
+    store._send_entries = wrapper  # pylint: disable=protected-access
+    return seen
+
+
+def test_failed_row_status_is_named_and_blocks_commit(store):
+    ids, emb = make_data(60, seed=6)
+    # INVALID_ARGUMENT is not transient: no resend, the row is named, nothing is committed
+    _inject_status(store, row_key(ids[2]), 3, times=1)
     with pytest.raises(BigtableWriteError) as ei:
         store.write(stream(ids, emb, "v1"))
     key = row_key(ids[2]).decode()
-    assert key in str(ei.value) and "injected unavailable" in str(ei.value)
-    assert ei.value.failed[0][0] == row_key(ids[2])
-    del store.table.mutate_rows
+    assert key in str(ei.value) and "injected code 3" in str(ei.value)
+    assert ei.value.failed == [(row_key(ids[2]), 3, "injected code 3")]
+    del store._send_entries  # pylint: disable=protected-access
     assert store.committed_versions() == []
     with pytest.raises(VersionNotCommittedError):
         store.lookup(ids, "v1")
+
+
+def test_transient_row_status_is_resent_and_the_write_commits(store):
+    """UNAVAILABLE for one row, twice: only that row is sent again (two more RPCs of one entry),
+    then the version commits with every row, as ``Table.mutate_rows`` would retry it."""
+    ids, emb = make_data(60, seed=7)
+    seen = _inject_status(store, row_key(ids[2]), 14, times=2)
+    store.mutation_chunk_rows = 1000  # one RPC for the whole version
+    store.write(stream(ids, emb, "v1"))
+    del store._send_entries  # pylint: disable=protected-access
+    assert seen["left"] == 0 and seen["sends"] == 3
+    assert store.committed_versions() == ["v1"]
+    np.testing.assert_array_equal(bits(store.lookup(ids, "v1").embeddings), bits(emb))
+
+
+def test_transient_status_past_the_deadline_is_named_not_hung(store):
+    ids, emb = make_data(20, seed=8)
+    _inject_status(store, row_key(ids[5]), 14, times=10**6)  # never recovers
+    store.write_timeout_s = 0.5
+    with pytest.raises(BigtableWriteError) as ei:
+        store.write(stream(ids, emb, "v1"))
+    del store._send_entries  # pylint: disable=protected-access
+    assert ei.value.failed == [(row_key(ids[5]), 14, "injected code 14")]
+    assert store.committed_versions() == []
+
 
 
 def test_rerun_is_idempotent(store):
@@ -268,21 +305,24 @@ def test_rerun_keeps_commit_order_for_retirement(store):
     assert store.committed_versions() == ["v2", "v3"]  # v1 retired, not v2
 
 
-def test_row_mutations_equal_direct_row_set_cell(store):
-    """The raw-protobuf mutations are exactly what ``DirectRow.set_cell`` builds."""
+def test_raw_entries_equal_direct_row_set_cell(store):
+    """The raw-protobuf entries hold exactly the mutations ``DirectRow.set_cell`` builds."""
+    from embeddings.bigtable_bulk import user_entries
     from embeddings.bigtable_store import EMB_FAMILY, META_FAMILY, WriteAttempt, _ts_datetime
 
     ids, emb = make_data(5, seed=11)
     batch = EmbeddingBatch.create(ids, emb, "v9", 1234, support_size=[1, 2, 3, 4, 5],
                                   last_interaction_ts=[10, 20, 30, 40, 50])
     attempt = WriteAttempt("v9", 1_700_000_000_123_000, None)
-    got = store._row_mutations(attempt, batch)  # pylint: disable=protected-access
-    for i, row in enumerate(got):
+    got = user_entries(attempt, batch)
+    assert len(got) == 5 and len(user_entries(attempt, batch, 1, 3)) == 2
+    for i, entry in enumerate(got):
         ref = store.table.direct_row(row_key(ids[i]))
         ts = _ts_datetime(attempt.attempt_ts_us)
         ref.set_cell(EMB_FAMILY, b"v9", emb[i].astype("<f4").tobytes(), timestamp=ts)
         ref.set_cell(META_FAMILY, b"v9", np.array([i + 1, 10 * (i + 1), 1234], "<i8").tobytes(),
                      timestamp=ts)
-        assert row.row_key == ref.row_key
-        assert [type(m).pb(m).SerializeToString() for m in row._get_mutations()] == \
+        assert entry.row_key == ref.row_key
+        assert [m.SerializeToString() for m in entry.mutations] == \
             [type(m).pb(m).SerializeToString() for m in ref._get_mutations()]
+    assert user_entries(attempt, batch, 1, 3)[1].SerializeToString() == got[2].SerializeToString()
