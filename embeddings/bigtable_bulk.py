@@ -95,7 +95,8 @@ def mutate_entries(send: Send, entries: Sequence[Any], deadline_s: float, table_
     Raises:
         BigtableWriteError: some entries ended with a non-OK status (named, first ten shown).
         google.api_core.exceptions.GoogleAPICallError: an RPC failed with a non-transient
-            error, or with a transient one at the deadline.
+            error, or with a transient one at the deadline (transient: unavailable, deadline
+            exceeded, aborted, an internal error from a reset stream).
     """
     if not entries:
         return
@@ -106,8 +107,8 @@ def mutate_entries(send: Send, entries: Sequence[Any], deadline_s: float, table_
     while todo:
         try:
             got = send([entries[i] for i in todo], max(0.001, end - time.monotonic()))
-        except RETRYABLE_RPC_ERRORS:
-            if time.monotonic() + backoff >= end:
+        except (*RETRYABLE_RPC_ERRORS, gexc.InternalServerError) as exc:
+            if not _transient(exc) or time.monotonic() + backoff >= end:
                 raise
             sleep(backoff)
             backoff = min(2 * backoff, max_backoff_s)
@@ -125,6 +126,14 @@ def mutate_entries(send: Send, entries: Sequence[Any], deadline_s: float, table_
     failed = [(entries[i].row_key, s[0], s[1]) for i, s in enumerate(final) if s is not None and s[0] != _OK]
     if failed:
         raise write_error(failed, len(entries), table_name)
+
+
+def _transient(exc: Exception) -> bool:
+    """A transient RPC failure: the retryable kinds, and an internal error from a reset stream
+    (as google.cloud.bigtable.table treats them)."""
+    if isinstance(exc, gexc.InternalServerError):
+        return "rst_stream" in str(exc).lower() or "rst stream" in str(exc).lower()
+    return isinstance(exc, RETRYABLE_RPC_ERRORS)
 
 
 def write_error(failed: Sequence[Tuple[bytes, int, str]], total: int, table_name: str
