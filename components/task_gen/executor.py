@@ -10,8 +10,8 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from components.common.examples_io import ReadRowsByUser, split_pattern
-from components.task_gen.tasks_beam import BuildTasks
+from components.common.examples_io import ReadUserTables, buckets_for, split_pattern
+from components.task_gen.tasks_beam import BuildTasksFromTables
 from limaml.config import LimamlConfig
 
 SPLITS = ("train", "eval")
@@ -28,10 +28,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         spec = tft.TFTransformOutput(graph.uri).transformed_feature_spec()
         out = artifact_utils.get_single_instance(output_dict["tasks"])
         out.split_names = artifact_utils.encode_split_names(list(SPLITS))
+        pattern = split_pattern(examples.uri, "train")
         with self._make_beam_pipeline() as p:
             records = (p
-                       | "ReadByUser" >> ReadRowsByUser(split_pattern(examples.uri, "train"), spec)  # pylint: disable=no-value-for-parameter
-                       | "Tasks" >> BuildTasks(cfg.tasks))  # pylint: disable=no-value-for-parameter
+                       | "ReadUserTables" >> ReadUserTables(pattern, spec, buckets_for(pattern))  # pylint: disable=no-value-for-parameter
+                       | "Tasks" >> BuildTasksFromTables(cfg.tasks))  # pylint: disable=no-value-for-parameter
             for split in SPLITS:
                 (records
                  | f"Only[{split}]" >> beam.Filter(lambda kv, s=split: kv[0] == s)

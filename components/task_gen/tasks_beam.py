@@ -8,7 +8,7 @@ user, so all entities of a user fall in the same split.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -38,7 +38,15 @@ def build_records(users: List[Tuple[str, list]], task_cfg: TaskConfig) -> Iterab
     Yields:
         ``(split, serialized task record)``.
     """
-    keys, table = stack_users(users)
+    yield from table_records(*stack_users(users), task_cfg)
+
+
+def table_records(keys: np.ndarray, table: Dict[str, np.ndarray], task_cfg: TaskConfig
+                  ) -> Iterable[Tuple[str, bytes]]:
+    """:func:`build_records` of users already stacked: ``keys`` ``[N]`` the user of each row,
+    ``table`` ``{column: [N, ...]}`` grouped by user, time-ordered within each user."""
+    if len(keys) == 0:
+        return
     feature_keys = [k for k in table if k not in (F.USER_ID, USER_HASH)]
     built = tasks.build_tasks({**table, "__user": keys}, "__user", task_cfg, feature_keys=feature_keys)
     owners = np.asarray(built["user"], dtype=object)
@@ -53,9 +61,7 @@ def build_records(users: List[Tuple[str, list]], task_cfg: TaskConfig) -> Iterab
 
 
 @beam.ptransform_fn
-def BuildTasks(users: beam.PCollection, task_cfg: TaskConfig, users_per_batch: int = 512
-               ) -> beam.PCollection:  # pylint: disable=invalid-name
-    """``(user, rows)`` -> ``(split, record)``, users packed into batches for the vectorised builder."""
-    return (users
-            | "BatchUsers" >> beam.BatchElements(min_batch_size=16, max_batch_size=users_per_batch)
-            | "Build" >> beam.FlatMap(build_records, task_cfg))
+def BuildTasksFromTables(tables: beam.PCollection, task_cfg: TaskConfig) -> beam.PCollection:  # pylint: disable=invalid-name
+    """``(keys, table)`` per user bucket (:func:`components.common.examples_io.ReadUserTables`)
+    -> ``(split, record)``, every user of a bucket in one vectorised call."""
+    return tables | "Build" >> beam.FlatMap(lambda kt: table_records(kt[0], kt[1], task_cfg))
