@@ -42,7 +42,7 @@ def buckets_for(pattern: str, bytes_per_bucket: int = 16 << 20, max_buckets: int
 
 class _ParseByBucket(beam.DoFn):
     """A batch of serialized tf.Examples -> ``(bucket, (user key per row [n], {column: [n, ...]}))``
-    per user bucket present: the same columns as :class:`_ParseBatch`, never a dict per row."""
+    per user bucket present: the columns ``tf.io.parse_example`` gives, never a dict per row."""
 
     def __init__(self, feature_spec: Mapping[str, Any], buckets: int) -> None:
         self._spec = dict(feature_spec)
@@ -63,8 +63,8 @@ class _ParseByBucket(beam.DoFn):
 
 def _bucket_table(item: Tuple[int, Iterable[Tuple[np.ndarray, Dict[str, np.ndarray]]]]
                   ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-    """One bucket's parts -> its rows grouped by user, in time order within each user (stable:
-    rows with equal timestamps keep their arrival order, as in :func:`ReadRowsByUser`)."""
+    """One bucket's parts -> its rows grouped by user, in time order within each user (a
+    stable sort: rows with equal timestamps keep their arrival order)."""
     parts = list(item[1])
     keys = np.concatenate([p[0] for p in parts])
     table = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
@@ -77,8 +77,8 @@ def _bucket_table(item: Tuple[int, Iterable[Tuple[np.ndarray, Dict[str, np.ndarr
 def ReadUserTables(pipeline: beam.Pipeline, pattern: str, feature_spec: Mapping[str, Any],
                    buckets: int) -> beam.PCollection:  # pylint: disable=invalid-name
     """Reads gzipped tf.Example records and emits one ``(user key per row [N], {column: [N,
-    ...]})`` per user bucket, rows grouped by user and time-ordered within each user: what
-    :func:`stack_users` makes of :func:`ReadRowsByUser`'s output, without a Python object per
+    ...]})`` per user bucket, rows grouped by user and time-ordered within each user (the table
+    :func:`stack_users` builds from per-user row lists), without a Python object per
     interaction crossing the shuffle (one element per batch and bucket)."""
     return (
         pipeline
