@@ -1,8 +1,8 @@
 """TaskGen's Beam read path (examples_io.ReadUserTables + tasks_beam.BuildTasksFromTables).
 
-Examples are written shuffled over two files; the pipeline must give exactly the task records
-(byte for byte, per split) that ``tasks_beam.build_records`` gives for the same users grouped
-and time-ordered by hand.
+Examples are written shuffled over two files; the pipeline must give the task records (their
+content, per split) that ``tasks_beam.build_records`` gives for the same users grouped and
+time-ordered by hand, whatever the buckets and the users per vectorised call.
 """
 from __future__ import annotations
 
@@ -93,9 +93,9 @@ def test_read_user_tables_builds_the_records_of_hand_grouped_users(tmp_path):
             for i in idx:
                 w.write(_example(rows[i]))
     spec = _spec({**table, F.USER_ID: np.asarray(table[F.USER_ID], dtype=object)[:, None]})
-    for buckets in (1, 3):
+    for buckets, users_per_batch in ((1, 512), (3, 512), (1, 2)):
         with beam.Pipeline() as p:
             got = (p
                    | ReadUserTables(str(folder / "*"), spec, buckets)  # pylint: disable=no-value-for-parameter
-                   | tasks_beam.BuildTasksFromTables(cfg))  # pylint: disable=no-value-for-parameter
+                   | tasks_beam.BuildTasksFromTables(cfg, users_per_batch))  # pylint: disable=no-value-for-parameter
             assert_that(got | beam.Map(_canonical), equal_to([_canonical(w) for w in want]))

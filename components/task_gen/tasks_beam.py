@@ -60,8 +60,23 @@ def table_records(keys: np.ndarray, table: Dict[str, np.ndarray], task_cfg: Task
         yield ("eval" if ev else "train"), rec
 
 
+def user_chunks(keys: np.ndarray, table: Dict[str, np.ndarray], users_per_chunk: int
+                ) -> Iterable[Tuple[np.ndarray, Dict[str, np.ndarray]]]:
+    """Cuts a table grouped by user (``keys`` ``[N]``) into pieces of ``users_per_chunk`` users
+    (views, no copies), so the padded task tensors stay bounded by the piece, not the bucket."""
+    if len(keys) == 0:
+        return
+    starts = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]
+    bounds = np.r_[starts[::users_per_chunk], len(keys)]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        yield keys[lo:hi], {k: v[lo:hi] for k, v in table.items()}
+
+
 @beam.ptransform_fn
-def BuildTasksFromTables(tables: beam.PCollection, task_cfg: TaskConfig) -> beam.PCollection:  # pylint: disable=invalid-name
+def BuildTasksFromTables(tables: beam.PCollection, task_cfg: TaskConfig, users_per_batch: int = 512
+                         ) -> beam.PCollection:  # pylint: disable=invalid-name
     """``(keys, table)`` per user bucket (:func:`components.common.examples_io.ReadUserTables`)
-    -> ``(split, record)``, every user of a bucket in one vectorised call."""
-    return tables | "Build" >> beam.FlatMap(lambda kt: table_records(kt[0], kt[1], task_cfg))
+    -> ``(split, record)``, ``users_per_batch`` users per vectorised call."""
+    return tables | "Build" >> beam.FlatMap(
+        lambda kt: (rec for keys, table in user_chunks(kt[0], kt[1], users_per_batch)
+                    for rec in table_records(keys, table, task_cfg)))
