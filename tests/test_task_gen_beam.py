@@ -1,4 +1,4 @@
-"""TaskGen's Beam read path (examples_io.ReadUserTables + tasks_beam.BuildTasksFromTables).
+"""TaskGen's Beam path (inputs.ReadUserBatchesFromExamples + tasks_beam.BuildTasksFromBatches).
 
 Examples are written shuffled over two files; the pipeline must give the task records (their
 content, per split) that ``tasks_beam.build_records`` gives for the same users grouped and
@@ -14,7 +14,7 @@ import pandas as pd
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from components.common.examples_io import ReadUserTables
+from components.meta_embedding_gen.inputs import ReadUserBatchesFromExamples
 from components.task_gen import tasks_beam
 from limaml.config import TaskConfig
 from schema import features as F
@@ -84,7 +84,7 @@ def test_read_user_tables_builds_the_records_of_hand_grouped_users(tmp_path):
     want = list(tasks_beam.build_records(users, cfg))
     assert len(want) > 5 and {s for s, _ in want} <= {"train", "eval"}
 
-    # shuffled over two gzipped files; user ids as [1]-shaped bytes, as Transform writes them
+    # shuffled over two gzipped files, scalar features as Transform's spec has them
     order = np.random.default_rng(0).permutation(n)
     folder = tmp_path / "Split-train"
     folder.mkdir()
@@ -92,10 +92,10 @@ def test_read_user_tables_builds_the_records_of_hand_grouped_users(tmp_path):
         with tf.io.TFRecordWriter(os.path.join(folder, f"data-{part}.gz"), options="GZIP") as w:
             for i in idx:
                 w.write(_example(rows[i]))
-    spec = _spec({**table, F.USER_ID: np.asarray(table[F.USER_ID], dtype=object)[:, None]})
+    spec = _spec(table)
     for buckets, users_per_batch in ((1, 512), (3, 512), (1, 2)):
         with beam.Pipeline() as p:
             got = (p
-                   | ReadUserTables(str(folder / "*"), spec, buckets)  # pylint: disable=no-value-for-parameter
-                   | tasks_beam.BuildTasksFromTables(cfg, users_per_batch))  # pylint: disable=no-value-for-parameter
+                   | ReadUserBatchesFromExamples(str(folder / "*"), spec, buckets)  # pylint: disable=no-value-for-parameter
+                   | tasks_beam.BuildTasksFromBatches(cfg, users_per_batch))  # pylint: disable=no-value-for-parameter
             assert_that(got | beam.Map(_canonical), equal_to([_canonical(w) for w in want]))

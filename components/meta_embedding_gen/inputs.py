@@ -18,10 +18,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import apache_beam as beam
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.common.examples_io import buckets_for, user_buckets  # noqa: F401 (buckets_for re-exported)
 from components.meta_embedding_gen.user_batch import Columns, UserBatch, user_cuts
 from schema import features as F
 
@@ -101,6 +101,12 @@ def ReadUserBatches(pipeline: beam.Pipeline, pattern: str) -> beam.PCollection: 
 
 
 # --------------------------------------------------------------------------------- tf.Examples
+def user_buckets(user_ids: np.ndarray, buckets: int) -> np.ndarray:
+    """Stable bucket ``[N]`` in ``[0, buckets)`` of each user id (same in every process)."""
+    h = pd.util.hash_array(np.asarray(user_ids, dtype=object), categorize=False)
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
 class _ParseColumns(beam.DoFn):
     """A list of serialized tf.Examples -> ``(bucket, {column: [n, ...]})`` per bucket present."""
 
@@ -146,3 +152,11 @@ def ReadUserBatchesFromExamples(pipeline: beam.Pipeline, pattern: str, feature_s
             | "ParseColumns" >> beam.ParDo(_ParseColumns(feature_spec, buckets))
             | "GroupByBucket" >> beam.GroupByKey()
             | "ToUserBatch" >> beam.Map(_group_bucket))
+
+
+def buckets_for(pattern: str, bytes_per_bucket: int = 16 << 20, max_buckets: int = 4096) -> int:
+    """Shuffle buckets for an input: one per ``bytes_per_bucket`` of (compressed) input files."""
+    import tensorflow as tf
+
+    total = sum(tf.io.gfile.stat(p).length for p in tf.io.gfile.glob(pattern))
+    return int(min(max_buckets, max(1, -(-total // bytes_per_bucket))))

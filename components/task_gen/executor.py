@@ -10,8 +10,9 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from components.common.examples_io import ReadUserTables, buckets_for, split_pattern
-from components.task_gen.tasks_beam import BuildTasksFromTables
+from components.common.examples_io import split_pattern
+from components.meta_embedding_gen.inputs import ReadUserBatchesFromExamples, buckets_for
+from components.task_gen.tasks_beam import BuildTasksFromBatches
 from limaml.config import LimamlConfig
 
 SPLITS = ("train", "eval")
@@ -31,8 +32,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         pattern = split_pattern(examples.uri, "train")
         with self._make_beam_pipeline() as p:
             records = (p
-                       | "ReadUserTables" >> ReadUserTables(pattern, spec, buckets_for(pattern))  # pylint: disable=no-value-for-parameter
-                       | "Tasks" >> BuildTasksFromTables(cfg.tasks))  # pylint: disable=no-value-for-parameter
+                       | "ReadUsers" >> ReadUserBatchesFromExamples(pattern, spec, buckets_for(pattern))  # pylint: disable=no-value-for-parameter
+                       | "Tasks" >> BuildTasksFromBatches(cfg.tasks))  # pylint: disable=no-value-for-parameter
             for split in SPLITS:
                 (records
                  | f"Only[{split}]" >> beam.Filter(lambda kv, s=split: kv[0] == s)

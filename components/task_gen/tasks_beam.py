@@ -60,23 +60,14 @@ def table_records(keys: np.ndarray, table: Dict[str, np.ndarray], task_cfg: Task
         yield ("eval" if ev else "train"), rec
 
 
-def user_chunks(keys: np.ndarray, table: Dict[str, np.ndarray], users_per_chunk: int
-                ) -> Iterable[Tuple[np.ndarray, Dict[str, np.ndarray]]]:
-    """Cuts a table grouped by user (``keys`` ``[N]``) into pieces of ``users_per_chunk`` users
-    (views, no copies), so the padded task tensors stay bounded by the piece, not the bucket."""
-    if len(keys) == 0:
-        return
-    starts = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]
-    bounds = np.r_[starts[::users_per_chunk], len(keys)]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        yield keys[lo:hi], {k: v[lo:hi] for k, v in table.items()}
-
-
 @beam.ptransform_fn
-def BuildTasksFromTables(tables: beam.PCollection, task_cfg: TaskConfig, users_per_batch: int = 512
-                         ) -> beam.PCollection:  # pylint: disable=invalid-name
-    """``(keys, table)`` per user bucket (:func:`components.common.examples_io.ReadUserTables`)
-    -> ``(split, record)``, ``users_per_batch`` users per vectorised call."""
-    return tables | "Build" >> beam.FlatMap(
-        lambda kt: (rec for keys, table in user_chunks(kt[0], kt[1], users_per_batch)
-                    for rec in table_records(keys, table, task_cfg)))
+def BuildTasksFromBatches(batches: beam.PCollection, task_cfg: TaskConfig, users_per_batch: int = 512
+                          ) -> beam.PCollection:  # pylint: disable=invalid-name
+    """:class:`~components.meta_embedding_gen.user_batch.UserBatch` per user bucket ->
+    ``(split, record)``, ``users_per_batch`` users per vectorised call (so the padded task
+    tensors stay bounded by the piece, not the bucket)."""
+    def records(batch):
+        for lo in range(0, batch.num_users, users_per_batch):
+            piece = batch.take_users(lo, min(batch.num_users, lo + users_per_batch))
+            yield from table_records(piece.columns[F.USER_ID], piece.columns, task_cfg)
+    return batches | "Build" >> beam.FlatMap(records)
