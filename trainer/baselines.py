@@ -26,7 +26,7 @@ from trainer.layout import USER_HASH, FeatureLayout
 from trainer.maml import Adam
 from trainer.model import _dot, global_forward, init_global_params
 from trainer.validation import early_stopping_roles, validation_rows  # noqa: F401 (re-exported)
-from trainer.warm_start import warm_start, warm_start_limaml  # noqa: F401 (re-exported)
+from trainer.warm_start import fit_linear_cached, warm_start, warm_start_limaml  # noqa: F401
 
 LABEL = features.LABEL
 KINDS = ("global_dnn", "wide_deep", "linear", "linear_user_id")
@@ -190,9 +190,9 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
             data = {k: np.concatenate([np.asarray(data[k]), np.asarray(val_data[k])])
                     for k in keys + [LABEL]}
             mask = np.arange(len(data[LABEL])) >= n
-        else:
-            mask = validation_rows(data, train_cfg)
-        return linear.fit_linear(model, data, mask, c_grid=train_cfg.linear_c_grid)
+            return linear.fit_linear(model, data, mask, c_grid=train_cfg.linear_c_grid)
+        # the fit a deep baseline's fallback made on the same rows, when one did (same process)
+        return fit_linear_cached(model, data, train_cfg)
     all_rows = data if val_data is None else None  # the fallback's refit (internal split only)
     val_users = None
     if val_data is None and train_cfg.baseline_val_fraction > 0 and n >= 20:

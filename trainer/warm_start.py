@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from typing import Dict, Mapping, Optional
 
 import numpy as np
@@ -35,7 +36,7 @@ def warm_start(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
         target, names = model.global_params, {"bias": "b_out"}
     else:
         return None
-    info = _fit_linear_cached(fitted, data, train_cfg, val_data)
+    info = fit_linear_cached(fitted, data, train_cfg, val_data)
     linear.warm_start_wide(target, fitted, names)
     if "w_out" in model.global_params:  # the deep part starts silent: the model = the linear fit
         model.global_params["w_out"].assign(tf.zeros_like(model.global_params["w_out"]))
@@ -54,16 +55,19 @@ def warm_start_limaml(model, data: Mapping[str, np.ndarray], train_cfg: TrainCon
     if not model.model_cfg.wide:
         return None
     fitted = linear.LinearModel(model.layout, "linear", global_only=True)
-    info = _fit_linear_cached(fitted, data, train_cfg)
+    info = fit_linear_cached(fitted, data, train_cfg)
     linear.warm_start_wide(model.global_params, fitted, {"bias": "b_out"})
     model.global_params["w_out"].assign(tf.zeros_like(model.global_params["w_out"]))
     return {"kind": "linear (global features)", "C": info["C"]}
 
 
-# Warm starts of several models on the same rows (tuning, seeds) share one convex fit. Callers
-# may fit from several threads: the cache is read and replaced under a lock, and a fit keeps
-# its own reference, never a slot another thread may clear.
-_LINEAR_FITS: Dict[tuple, tuple] = {}
+# Linear fits on the same rows (warm starts across tuning candidates and seeds, a deep
+# baseline's fallback refit and the linear trainer of the same pipeline run) share one convex
+# fit. The cache holds weights only (kilobytes to a megabyte each), the last
+# ``_LINEAR_FITS_KEPT`` fits. Callers may fit from several threads: the cache is read and
+# updated under a lock, and a fit keeps its own reference, never a slot another thread may drop.
+_LINEAR_FITS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_LINEAR_FITS_KEPT = 4
 _LINEAR_FITS_LOCK = threading.Lock()
 
 
@@ -78,8 +82,8 @@ def _fingerprint(data: Mapping[str, np.ndarray], keys) -> str:
     return h.hexdigest()
 
 
-def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
-                       val_data: Optional[Mapping[str, np.ndarray]] = None) -> Dict:
+def fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
+                      val_data: Optional[Mapping[str, np.ndarray]] = None) -> Dict:
     """Fits (or reuses the fit of) ``fitted``; with ``val_data``: C chosen there, weights from
     ``data`` alone."""
     columns = fitted.input_keys() + [LABEL, features.USER_ID, features.TIMESTAMP]
@@ -88,6 +92,8 @@ def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainC
            fitted.user_id_buckets, tuple(train_cfg.linear_c_grid), train_cfg.seed)
     with _LINEAR_FITS_LOCK:
         hit = _LINEAR_FITS.get(key)
+        if hit is not None:
+            _LINEAR_FITS.move_to_end(key)
     if hit is None:
         if val_data is None:
             info = linear.fit_linear(fitted, data, validation_rows(data, train_cfg),
@@ -100,8 +106,9 @@ def _fit_linear_cached(fitted, data: Mapping[str, np.ndarray], train_cfg: TrainC
                                      refit_on_validation=False)
         hit = ({k: v.numpy() for k, v in fitted.params.items()}, info)
         with _LINEAR_FITS_LOCK:
-            _LINEAR_FITS.clear()  # one data set at a time: bounded memory
             _LINEAR_FITS[key] = hit
+            while len(_LINEAR_FITS) > _LINEAR_FITS_KEPT:
+                _LINEAR_FITS.popitem(last=False)
     values, info = hit
     for k, v in values.items():
         fitted.params[k].assign(v)
