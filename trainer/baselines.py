@@ -159,7 +159,7 @@ def _input_keys(model) -> List[str]:
 def _logit_fn(model):
     fn = getattr(model, "_logit_fn", None)
     if fn is None:
-        fn = tf.function(model.logits, reduce_retracing=True)
+        fn = tf.function(model.logits, reduce_retracing=True, autograph=False)
         object.__setattr__(model, "_logit_fn", fn)
     return fn
 
@@ -212,7 +212,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
     l2 = float(train_cfg.baseline_l2)
     l2_vars = model.l2_variables()
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(feats, labels):
         with tf.GradientTape() as tape:
             logits = model.logits(feats)

@@ -92,7 +92,7 @@ def _query_logits_fn(model: LimamlModel, steps: int, aggregation: Optional[str]
                        for part in sorted(spec) for k, s in sorted(spec[part].items()))
         key = ("_eval_fn", steps, aggregation, layout)
         if key not in cache:
-            cache[key] = tf.function(logits, input_signature=[spec])
+            cache[key] = tf.function(logits, input_signature=[spec], autograph=False)
         return cache[key](batch)
 
     return call

@@ -189,7 +189,8 @@ def limaml_scores(model: LimamlModel, data: Prepared, cfg: LimamlConfig,
     if model.genre_params:
         emb = np.concatenate([emb, _query_genre_embeddings(model, sup, mask, emb, q, data)], -1)
     fn = tf.function(lambda e, f: global_forward(model.global_params, e, f, model.layout,
-                                                 model.model_cfg), reduce_retracing=True)
+                                                 model.model_cfg), reduce_retracing=True,
+                     autograph=False)
     names = list(model.layout.global_feature_names)
     out = []
     for i in range(0, len(emb), 8192):

@@ -81,8 +81,9 @@ class GlobalBlockServing(tf.Module):
         dense_specs[features.META_EMBEDDING] = tf.TensorSpec([None, embedding_dim], tf.float32,
                                                              name=features.META_EMBEDDING)
         self.serve = tf.function(self._serve, input_signature=[
-            tf.TensorSpec([None], tf.string, name="examples")])
-        self.predict_dense = tf.function(self._predict_dense, input_signature=[dense_specs])
+            tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
+        self.predict_dense = tf.function(self._predict_dense, input_signature=[dense_specs],
+                                         autograph=False)
         self._raw_names = raw_input_names(spec)
 
     def _raw_to_parsed(self, raw: Mapping[str, tf.Tensor]) -> Dict[str, Any]:
@@ -137,7 +138,7 @@ class GlobalBlockServing(tf.Module):
 
         def flat(*args):
             return self.predict_dense(dict(zip(names, args)))
-        flat_fn = tf.function(flat, input_signature=specs)
+        flat_fn = tf.function(flat, input_signature=specs, autograph=False)
         emb_spec = specs[-1]
         raw_names = list(self._raw_names) + [features.META_EMBEDDING]
         raw_specs = [tf.TensorSpec([None], self._spec[n].dtype, name=n)
@@ -145,7 +146,7 @@ class GlobalBlockServing(tf.Module):
 
         def flat_raw(*args):
             return self._predict_raw(dict(zip(raw_names, args)))
-        raw_fn = tf.function(flat_raw, input_signature=raw_specs)
+        raw_fn = tf.function(flat_raw, input_signature=raw_specs, autograph=False)
         tf.saved_model.save(self, path, signatures={
             "serving_default": self.serve.get_concrete_function(),
             "predict_dense": flat_fn.get_concrete_function(),
@@ -213,13 +214,13 @@ class MetaBlockExport(tf.Module):
             fn = tf.function(
                 lambda support, mask, agg=agg: finetune.generate_meta_embeddings_fn(
                     model, support, mask, agg, steps),
-                input_signature=[support_spec, mask_spec])
+                input_signature=[support_spec, mask_spec], autograph=False)
             setattr(self, f"generate_{agg}", fn)
         self.generate = getattr(self, f"generate_{aggregation}")
         meta_spec = {n: encoded_spec(n, {}) for n in lay.meta_feature_names}
         self.cold_start = tf.function(
             lambda meta_features: finetune.cold_start_embedding(model, meta_features),
-            input_signature=[meta_spec])
+            input_signature=[meta_spec], autograph=False)
 
 
 def export_meta_block(path: str, model: LimamlModel, cfg: LimamlConfig,

@@ -121,7 +121,8 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
             {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
             tf.TensorSpec([None, None], tf.float32))
         # XLA compiles once per concrete shape of the one trace (the fast path's fixed shapes)
-        fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None, jit_compile=xla)
+        fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None, jit_compile=xla,
+                         autograph=False)
         _FN_CACHE[key] = fn
     return fn
 

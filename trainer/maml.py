@@ -589,12 +589,13 @@ class MamlTrainer(tf.Module):
         self._lazy_ids = {id(v) for v in lazy}
         self.optimizer = Adam(model.outer_variables(), lr=self.maml_cfg.meta_lr, lazy=lazy)
         self._step_fn = tf.function(self._train_step, reduce_retracing=True,
-                                    jit_compile=jit_compile)
+                                    jit_compile=jit_compile, autograph=False)
         self.pretrain_optimizer = None
         if pretrain_lr is not None:  # variables created here, inside the caller's strategy scope
             self.pretrain_optimizer = Adam(self.pretrain_variables(), lr=pretrain_lr,
                                            name="pretrain_adam", lazy=lazy)
-        self._pretrain_fn = tf.function(self._pretrain_step, reduce_retracing=True)
+        self._pretrain_fn = tf.function(self._pretrain_step, reduce_retracing=True,
+                                        autograph=False)
 
     def pretrain_variables(self) -> List[tf.Variable]:
         """What pre-training fits: the outer variables but the inner solver's own (Meta-SGD
@@ -637,8 +638,11 @@ class MamlTrainer(tf.Module):
         for g in grads:
             if g is not None:
                 finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
-        if finite:
+        def apply() -> tf.Tensor:
             optimizer.apply(grads)
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))  # the step is traced without autograph
         return loss, finite
 
     def pretrain_gradients(self, batch) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]]]:

@@ -71,7 +71,7 @@ def _kernel(model):
         fn = tf.function(
             lambda support, mask, genres, user_emb: finetune.generate_genre_embeddings(
                 model, support, mask, genres, user_emb),
-            reduce_retracing=True)
+            reduce_retracing=True, autograph=False)
         _FN_CACHE[id(model)] = fn
     return fn
 
