@@ -204,6 +204,35 @@ def test_row_group_boundary_inside_a_user_does_not_split_it(world, tmp_path):
     assert total == world.cols[F.USER_ID].shape[0]
 
 
+def test_matrix_columns_round_trip_as_fixed_size_binary_and_old_list_files_still_read(tmp_path):
+    import pyarrow as pa
+
+    rng = np.random.RandomState(0)
+    cols = {F.USER_ID: np.array(["u1", "u1", "é2", "u3", "u3"], object),
+            F.TIMESTAMP: np.arange(5, dtype=np.int64),
+            F.GENRES: (rng.rand(5, 7) < 0.4).astype(np.float32),
+            "small": rng.randint(0, 255, (5, 3)).astype(np.uint8)}
+    table = inputs.columns_to_arrow(cols)
+    # stored as one fixed-size binary value per row, not a list of W values (6-15x slower)
+    assert pa.types.is_fixed_size_binary(table.schema.field(F.GENRES).type)
+    path = str(tmp_path / "m.parquet")
+    pq.write_table(table, path, row_group_size=2)
+    f = pq.ParquetFile(path)
+    parts = [inputs.arrow_to_columns(f.read_row_group(i)) for i in range(f.num_row_groups)]
+    for name, want in cols.items():
+        got = np.concatenate([p[name] for p in parts])
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want)
+    sliced = inputs.arrow_to_columns(table.slice(3, 2))  # an Arrow offset into the buffer
+    np.testing.assert_array_equal(sliced[F.GENRES], cols[F.GENRES][3:])
+    # a file of the previous layout (W values per row as a fixed-size list)
+    old = pa.table({F.GENRES: pa.FixedSizeListArray.from_arrays(
+        pa.array(cols[F.GENRES].reshape(-1)), 7)})
+    np.testing.assert_array_equal(inputs.arrow_to_columns(old)[F.GENRES], cols[F.GENRES])
+    with pytest.raises(ValueError, match="no values per row"):
+        inputs.columns_to_arrow({"empty": np.zeros((2, 0), np.float32)})
+
+
 def test_latest_and_windows_by_hand():
     cols = {F.USER_ID: np.array(["b", "a", "b", "a", "b", "c"], dtype=object),
             F.TIMESTAMP: np.array([30, 20, 10, 10, 20, 5]),

@@ -29,31 +29,63 @@ INPUT_FILE = "users.parquet"
 
 
 # --------------------------------------------------------------------------------- Arrow <-> numpy
+DTYPE_KEY = b"limaml.dtype"
+"""Field metadata of a ``[N, W]`` column stored as fixed-size binary: its numpy dtype (``str``)."""
+WIDTH_KEY = b"limaml.width"
+"""Field metadata of a ``[N, W]`` column stored as fixed-size binary: W."""
+
+
 def columns_to_arrow(columns: Mapping[str, np.ndarray]) -> pa.Table:
-    """``{column: [N] or [N, W]}`` -> Arrow table (``[N, W]`` as fixed-size lists of W)."""
-    arrays, names = [], []
+    """``{column: [N] or [N, W]}`` -> Arrow table.
+
+    A ``[N, W]`` column (the genre multi-hot) becomes one fixed-size binary value of
+    ``W · itemsize`` bytes per row, its dtype and W in the field's metadata: Parquet writes and
+    reads those at memory speed, where a list column of W values per row took 6-15x as long
+    (2M rows x 64: write 2.2 -> 0.2-0.4 s, read 1.0 -> 0.15-0.6 s).
+    """
+    arrays, fields = [], []
     for name, col in columns.items():
         col = np.asarray(col)
         if col.ndim == 1:
-            arrays.append(pa.array(col, type=pa.string() if name == F.USER_ID else None))
+            arr = pa.array(col, type=pa.string() if name == F.USER_ID else None)
+            fields.append(pa.field(name, arr.type))
         elif col.ndim == 2:
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(col.reshape(-1)), col.shape[1]))
+            if col.dtype == object:
+                raise ValueError(f"column {name!r} is [N, W] of Python objects; store numbers")
+            col = np.ascontiguousarray(col)
+            width = col.shape[1] * col.dtype.itemsize
+            if width == 0:
+                raise ValueError(f"column {name!r} has shape {col.shape}: no values per row to store")
+            arr = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(width), col.shape[0], [None, pa.py_buffer(col.tobytes())])
+            fields.append(pa.field(name, arr.type, metadata={
+                DTYPE_KEY: col.dtype.str.encode(), WIDTH_KEY: str(col.shape[1]).encode()}))
         else:
             raise ValueError(f"column {name!r} has shape {col.shape}; only [N] and [N, W] are stored")
-        names.append(name)
-    return pa.Table.from_arrays(arrays, names=names)
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def arrow_to_columns(table: pa.Table) -> Columns:
-    """Inverse of :func:`columns_to_arrow` (strings as object arrays of ``str``)."""
+    """Inverse of :func:`columns_to_arrow` (strings as object arrays of ``str``); ``[N, W]``
+    columns stored as fixed-size lists (files of earlier versions) are read too."""
     out: Columns = {}
-    for name, col in zip(table.column_names, table.columns):
+    for field, col in zip(table.schema, table.columns):
         arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        if pa.types.is_fixed_size_list(arr.type):
+        meta = field.metadata or {}
+        if pa.types.is_fixed_size_binary(arr.type) and DTYPE_KEY in meta:
+            dtype, width = np.dtype(meta[DTYPE_KEY].decode()), int(meta[WIDTH_KEY])
+            if arr.null_count:
+                raise ValueError(f"column {field.name!r} has {arr.null_count} missing rows")
+            data = arr.buffers()[1]
+            values = np.frombuffer(data, dtype=dtype, count=len(arr) * width,
+                                   offset=arr.offset * arr.type.byte_width)
+            out[field.name] = values.reshape(len(arr), width)
+        elif pa.types.is_fixed_size_list(arr.type):
             width = arr.type.list_size
-            out[name] = arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+            out[field.name] = arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
         else:
-            out[name] = arr.to_numpy(zero_copy_only=False)
+            out[field.name] = arr.to_numpy(zero_copy_only=False)
     return out
 
 
