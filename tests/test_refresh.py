@@ -29,7 +29,7 @@ from components.meta_embedding_gen.meta_block import transform_graph_dir
 from embeddings.record import COLD_START_USER
 from schema import features as F
 from tests.test_meta_embedding_gen import K, expected_embeddings, small_config, sorted_frame
-from trainer.layout import build_layout
+from trainer.layout import USER_HASH, build_layout
 from trainer.model import LimamlModel
 
 VERSION = "7"
@@ -225,6 +225,25 @@ def test_missing_transform_graph_is_named(pushed, tmp_path):
                     ignore=shutil.ignore_patterns("transform_graph"))
     with pytest.raises(FileNotFoundError, match="no transform graph"):
         refresh.refresh(str(folder), pushed.data_dir, pushed.as_of1, f"parquet:{tmp_path}/s", log=None)
+
+
+def test_encoding_takes_non_ascii_strings(pushed):
+    """A user id outside ASCII is encoded as UTF-8 (numpy's str -> bytes cast raised here);
+    every other feature is unchanged, the user's hash is one new value for all their rows."""
+    from components.meta_embedding_gen import refresh_encoding
+
+    frame = pushed.frame.copy()
+    first = frame[F.USER_ID].iloc[0]
+    frame[F.USER_ID] = frame[F.USER_ID].replace(first, "usér-ü")
+    got = refresh_encoding.encode_with_transform(frame, transform_graph_dir(pushed.folder))
+    rows = (frame[F.USER_ID] == "usér-ü").to_numpy()
+    assert rows.sum() > 1 and set(got[F.USER_ID][rows]) == {"usér-ü"}
+    for k, v in pushed.encoded.items():
+        if k in got and k not in (F.USER_ID, USER_HASH):
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+    np.testing.assert_array_equal(got[USER_HASH][~rows], pushed.encoded[USER_HASH][~rows])
+    assert len(set(got[USER_HASH][rows])) == 1
+    assert got[USER_HASH][rows][0] != pushed.encoded[USER_HASH][rows][0]
 
 
 def test_as_of_parsing():

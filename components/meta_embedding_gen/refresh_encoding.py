@@ -50,7 +50,7 @@ def _raw_tensors(frame: pd.DataFrame, spec: Dict[str, Any]) -> Dict[str, Any]:
                              f"data lacks (columns: {list(frame.columns)})")
         col = frame[name].to_numpy()
         if feat.dtype == tf.string:
-            values = tf.constant(col.astype(str).astype(object).astype(bytes))
+            values = tf.constant(col.astype(str))  # UTF-8 (numpy's bytes cast is ASCII only)
         else:
             values = tf.constant(col.astype(feat.dtype.as_numpy_dtype))
         if isinstance(feat, tf.io.FixedLenFeature):
