@@ -1,4 +1,4 @@
-"""``limaml bench train|embeddings|serve``: benchmarks that print JSON rows (never test assertions).
+"""``limaml bench train|embeddings|serve|linear``: benchmarks that print JSON rows (never test assertions).
 
 Each delegates its flags to ``benchmarks.<name>.main(argv)``; ``limaml bench NAME --help`` lists them.
 """
@@ -11,6 +11,7 @@ _TARGETS = {
     "train": ("benchmarks.train_bench", "batched MAML trainer vs a per-task loop (tasks/s)"),
     "embeddings": ("benchmarks.embeddings_bench", "meta-embedding generation and store writes (users/s)"),
     "serve": ("benchmarks.serve_bench", "ranker latency under load vs the in-process model (ms)"),
+    "linear": ("benchmarks.linear_bench", "the linear floor's Newton-CG vs scikit-learn's L-BFGS (s)"),
 }
 
 
