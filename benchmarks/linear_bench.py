@@ -31,7 +31,7 @@ def _objective(x, y: np.ndarray, coef: np.ndarray, intercept: float, c: float):
     n = x.shape[0]
     z = np.asarray(x @ coef).ravel() + intercept
     f = float(np.mean(np.logaddexp(0.0, z) - y * z) + coef @ coef / (2 * c * n))
-    r = (1.0 / (1.0 + np.exp(-z)) - y) / n
+    r = (0.5 * (1.0 + np.tanh(0.5 * z)) - y) / n  # σ(z) without overflow
     g = np.concatenate([np.asarray(x.T @ r).ravel() + coef / (c * n), [r.sum()]])
     return f, float(np.abs(g).max())
 
