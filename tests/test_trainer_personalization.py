@@ -350,3 +350,31 @@ def test_lazy_user_rows_put_the_l2_gradient_on_the_batch_rows_only():
     np.testing.assert_allclose(grads[True][used], grads[False][used], rtol=1e-12)
     np.testing.assert_allclose(grads[False][unused], 2 * 0.01 * table[unused], rtol=1e-12)
     assert np.all(grads[True][unused] == 0.0)
+
+
+def test_outer_l2_loss_adds_lambda_sum_of_squares_of_the_penalised_weights():
+    """The reported loss with ``outer_l2`` λ is the plain loss plus λ Σ w² over the global
+    weights/tables and the whole user table (numpy), not over biases or the meta block."""
+    lam = 0.03
+    model = personal_model(steps=1)
+    batch = make_batch()
+    plain = float(maml.MamlTrainer(model).meta_gradients(batch)[0])
+    penal = float(maml.MamlTrainer(model, dataclasses.replace(model.maml_cfg, outer_l2=lam))
+                  .meta_gradients(batch)[0])
+    squares = np.sum(model.user_emb.numpy() ** 2) + sum(
+        np.sum(v.numpy() ** 2) for k, v in model.global_params.items() if not k.startswith("b"))
+    assert squares > 0.1
+    np.testing.assert_allclose(penal - plain, lam * squares, rtol=1e-9)
+
+
+def test_user_rows_are_gathered_from_a_dense_read_of_the_table():
+    """``ResourceGather`` on the user table would switch it to copy-on-read, after which every
+    dense read (penalty, Adam) copies the whole table: the meta-training step must gather from
+    a read of it instead."""
+    model = personal_model(steps=1)
+    model.maml_cfg = dataclasses.replace(model.maml_cfg, outer_l2=0.01)
+    trainer = maml.MamlTrainer(model)
+    graph = trainer._step_fn.get_concrete_function(make_batch()).graph
+    table = next(inner for outer, inner in graph.captures if outer is model.user_emb.handle)
+    readers = {op.type for op in graph.get_operations() if any(t is table for t in op.inputs)}
+    assert "ReadVariableOp" in readers and "ResourceGather" not in readers, readers

@@ -612,18 +612,36 @@ class MamlTrainer(tf.Module):
         on the rows the loss touches, so rows of users outside the batch stay where they are.
         """
         l2 = self.maml_cfg.outer_l2
-        dense_l2 = [v for v in self.model.l2_variables() if id(v) not in self._lazy_ids]
+        penalized = {id(v) for v in self.model.l2_variables()}
         with tf.GradientTape() as tape:
             loss = loss_fn()
-            if l2 > 0 and dense_l2:
-                loss += l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in dense_l2])
-        grads = [None if g is None else tf.convert_to_tensor(g)
-                 for g in tape.gradient(loss, variables)]
+        grads = list(tape.gradient(loss, variables))
         if l2 > 0:
+            # The penalty's value and gradient 2 λ w are added outside the tape: taped, the
+            # whole-table penalty of a user-id table cost five passes over the table per step
+            # (square, sum, a tiled upstream gradient, two products) plus a densified sum with
+            # the gathered rows' gradient (main job: ~5 of the step's 12 ms).
+            values = {id(v): tf.convert_to_tensor(v) for v in variables
+                      if id(v) in penalized and id(v) not in self._lazy_ids}  # one read each
+            if values:
+                loss += l2 * 2.0 * tf.add_n([tf.nn.l2_loss(w) for w in values.values()])  # λ Σ w²
             for i, var in enumerate(variables):
-                if id(var) in self._lazy_ids and grads[i] is not None:
-                    active = tf.cast(_touched_rows(grads[i]), var.dtype)
-                    grads[i] = grads[i] + active * (2.0 * l2) * var
+                if id(var) not in penalized:
+                    continue
+                g = grads[i]
+                if id(var) in self._lazy_ids:  # the penalty on the rows the loss touches
+                    if g is not None:
+                        g = tf.convert_to_tensor(g)
+                        grads[i] = g + tf.cast(_touched_rows(g), var.dtype) * (2.0 * l2) * var
+                    continue
+                decay = (2.0 * l2) * values[id(var)]
+                if g is None:
+                    grads[i] = decay
+                elif isinstance(g, tf.IndexedSlices):  # gathered rows: added into the decay
+                    grads[i] = tf.tensor_scatter_nd_add(decay, g.indices[:, None], g.values)
+                else:
+                    grads[i] = decay + g
+        grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
         return loss, grads
 
     def _apply_if_finite(self, gradients_fn, batch, optimizer: "Adam"):
