@@ -69,6 +69,9 @@ def _per_task_step(model: LimamlModel, opt: maml.Adam, cfg: MamlConfig, tasks: i
                 one = {p: {k: v[t:t + 1] for k, v in d.items()} for p, d in batch.items()}
                 losses.append(maml.maml_loss(model, one, cfg)[0])
             loss = tf.add_n(losses) / float(tasks)
+            l2 = model.l2_variables()  # the same objective as the other rows
+            if cfg.outer_l2 > 0 and l2:
+                loss += cfg.outer_l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in l2])
         grads = outer.gradient(loss, variables)
         opt.apply([None if g is None else tf.convert_to_tensor(g) for g in grads])
         return loss

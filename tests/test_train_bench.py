@@ -15,8 +15,10 @@ from trainer import maml
 from trainer.model import LimamlModel
 
 
+@pytest.mark.parametrize("impl", ["vmap", "per_task_loop"])
 @pytest.mark.parametrize("steps,first_order", [(1, False), (2, False), (2, True)])
-def test_vmap_step_equals_the_trainers_step(steps, first_order):
+def test_other_steps_equal_the_trainers_step(impl, steps, first_order):
+    """Same loss (with the outer L2 penalty) and same parameters after one step."""
     layout = train_bench._layout(8, item_vocab=20)
     mcfg = ModelConfig(meta_hidden=(6,), embedding_dim=4, global_hidden=(5,),
                        categorical_embedding_dim=3, user_id_embedding_dim=0)
@@ -25,9 +27,13 @@ def test_vmap_step_equals_the_trainers_step(steps, first_order):
     batch = train_bench._batch(layout, tasks=5, support=6, query=4, seed=3)
     ours, theirs = (LimamlModel(layout, mcfg, cfg, seed=1, dtype=tf.float64) for _ in range(2))
     trainer_loss, finite = maml.MamlTrainer(ours, cfg)._step_fn(batch)
-    vmap_loss = train_bench._vmap_step(theirs, maml.Adam(theirs.outer_variables(), cfg.meta_lr), cfg)(batch)
+    assert cfg.outer_l2 > 0  # the penalty is part of what is compared
+    opt = maml.Adam(theirs.outer_variables(), cfg.meta_lr)
+    step = (train_bench._vmap_step(theirs, opt, cfg) if impl == "vmap"
+            else train_bench._per_task_step(theirs, opt, cfg, tasks=5))
+    other_loss = step(batch)
     assert bool(finite)
-    assert float(trainer_loss) == pytest.approx(float(vmap_loss), rel=1e-10)
+    assert float(trainer_loss) == pytest.approx(float(other_loss), rel=1e-10)
     moved = 0.0
     for a, b, v0 in zip(ours.outer_variables(), theirs.outer_variables(),
                         LimamlModel(layout, mcfg, cfg, seed=1, dtype=tf.float64).outer_variables()):
