@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from components.protocol_example_gen.executor import to_example
+from components.protocol_example_gen.examples import to_example
 from serving.item_cache import ItemCache
 
 

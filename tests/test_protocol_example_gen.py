@@ -1,5 +1,6 @@
 """The Beam protocol split equals the pandas protocol (the definition) on ML-100K and synthetic data."""
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -39,3 +40,26 @@ def test_beam_split_matches_pandas_protocol(dataset):
                  | beam.Map(lambda r: (r[F.USER_ID], r[F.COHORT], int(r[F.HISTORY_SIZE])))
                  | beam.Distinct())
         assert_that(users, equal_to(want_users), label="users")
+
+
+def test_serialize_rows_writes_the_message_apis_deterministic_bytes():
+    """Batched records equal ``to_example(row).SerializeToString(deterministic=True)`` byte
+    for byte: None dropped, numpy scalars, UTF-8, negative ints, float32 rounding, rows of
+    different columns in one batch, order kept."""
+    from components.protocol_example_gen.examples import serialize_rows, to_example
+
+    rows = [
+        {"user_id": "ü1", "item_id": "i9", "timestamp": np.int64(1_700_000_000), "label": 1,
+         "rating": 0.1, "genres": "Drama|Comedy", "release_year": -3, "oracle_prob": None},
+        {"user_id": "u2", "item_id": "", "timestamp": 0, "label": np.int64(0),
+         "rating": np.float64(4.0), "genres": "", "release_year": 1995, "oracle_prob": 0.3333},
+        {"user_id": "u3", "item_id": "i1", "timestamp": 5, "label": 0, "rating": 1e-40,
+         "genres": "Action", "release_year": 2000, "oracle_prob": None, "cohort": "1-4"},
+        {"user_id": None},
+        {"rating": 1e300, "release_year": -2**63, "label": True},  # float32 overflow: inf
+    ]
+    got = serialize_rows(rows)
+    want = [to_example(r).SerializeToString(deterministic=True) for r in rows]
+    assert got == want
+    with pytest.raises(ValueError, match="'nope' is not in the feature contract"):
+        serialize_rows([{"nope": 1}])

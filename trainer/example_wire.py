@@ -18,7 +18,8 @@ the records equal those the message API builds (tests/test_example_wire.py).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import struct
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -97,6 +98,33 @@ def _entries(name: str, kind: str, values: np.ndarray) -> List[bytes]:
 
     bounds = offsets.tolist()
     return [header(hi - lo) + blob[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def feature_entry(name: str, kind: str, value: Any) -> bytes:
+    """One record's map entry of feature ``name`` holding the single ``value`` (an int, a
+    float stored as float32, or bytes/str), in plain Python: a record's worth of numpy calls
+    would cost more than the encoding."""
+    if kind == BYTES:
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        lst = _field(_LEN1, raw)
+    elif kind == INT64:
+        lst = _field(_LEN1, _varint(int(value) & 0xFFFFFFFFFFFFFFFF))
+    elif kind == FLOAT:
+        try:
+            payload = struct.pack("<f", float(value))
+        except OverflowError:  # beyond float32: the cast gives ±inf, as protobuf stores it
+            payload = np.float32(value).astype("<f4").tobytes()
+        lst = _field(_LEN1, payload)
+    else:
+        raise ValueError(f"feature {name!r}: kind {kind!r}; expected one of {_KINDS}")
+    body = _field(_LEN1, name.encode("utf-8")) + _field(0x12, _field(_FEATURE_FIELD[kind], lst))
+    return _field(_LEN1, body)
+
+
+def example(entries: Sequence[bytes]) -> bytes:
+    """A serialized Example from its map entries (in the order given); no entries: the empty
+    message, as protobuf writes an Example without features."""
+    return _field(_LEN1, b"".join(entries)) if entries else b""
 
 
 def serialize_examples(columns: Sequence[Tuple[str, str, np.ndarray]]) -> List[bytes]:

@@ -1,4 +1,4 @@
-"""TFX glue of the protocol-aware ExampleGen (logic in split.py)."""
+"""TFX glue of the protocol-aware ExampleGen (logic in split.py and examples.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,16 +6,15 @@ import os
 from typing import Any, Dict
 
 import apache_beam as beam
-import tensorflow as tf
 from google.protobuf import wrappers_pb2
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
+from components.protocol_example_gen.examples import RowSerializer
 from components.protocol_example_gen.split import ApplyProtocol
 from limaml.config import LimamlConfig
 from limaml.data import canonical
-from schema import features as F
 
 SPLITS = ("train", "eval")
 CUTOFF_TS_KEY = "cutoff_ts"
@@ -29,28 +28,6 @@ def limaml_config_from_exec_properties(exec_properties: Dict[str, Any]) -> Limam
     if not custom.custom_config.Unpack(value):
         raise ValueError("ProtocolExampleGen needs custom_config = StringValue(LimamlConfig JSON)")
     return LimamlConfig.from_json(value.value)
-
-
-_KINDS = {**F.CANONICAL_COLUMNS, **F.OPTIONAL_COLUMNS, **F.PROTOCOL_COLUMNS}
-
-
-def to_example(row: Dict[str, Any]) -> tf.train.Example:
-    """Canonical row -> tf.Example, typed by the feature contract (zeros kept; None dropped)."""
-    ex = tf.train.Example()
-    for name, value in row.items():
-        if value is None:
-            continue
-        kind = _KINDS.get(name)
-        if kind is None:
-            raise ValueError(f"column {name!r} is not in the feature contract (schema/features.py)")
-        feat = ex.features.feature[name]
-        if kind == "str":
-            feat.bytes_list.value.append(str(value).encode())
-        elif kind == "int64":
-            feat.int64_list.value.append(int(value))
-        else:
-            feat.float_list.value.append(float(value))
-    return ex
 
 
 class Executor(BaseExampleGenExecutor):
@@ -70,8 +47,7 @@ class Executor(BaseExampleGenExecutor):
         splits = rows | "ApplyProtocol" >> ApplyProtocol(cfg.protocol)  # pylint: disable=no-value-for-parameter
         return {
             name: (splits[name]
-                   | f"ToExample[{name}]" >> beam.Map(to_example)
-                   | f"Serialize[{name}]" >> beam.Map(lambda e: e.SerializeToString(deterministic=True)))
+                   | f"Serialize[{name}]" >> beam.Map(RowSerializer()))
             for name in SPLITS
         }
 
