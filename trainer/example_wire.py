@@ -113,7 +113,8 @@ def feature_entry(name: str, kind: str, value: Any) -> bytes:
         try:
             payload = struct.pack("<f", float(value))
         except OverflowError:  # beyond float32: the cast gives ±inf, as protobuf stores it
-            payload = np.float32(value).astype("<f4").tobytes()
+            with np.errstate(over="ignore"):
+                payload = np.float32(value).astype("<f4").tobytes()
         lst = _field(_LEN1, payload)
     else:
         raise ValueError(f"feature {name!r}: kind {kind!r}; expected one of {_KINDS}")
