@@ -57,6 +57,7 @@ def test_serialize_rows_writes_the_message_apis_deterministic_bytes():
          "genres": "Action", "release_year": 2000, "oracle_prob": None, "cohort": "1-4"},
         {"user_id": None},
         {"rating": 1e300, "release_year": -2**63, "label": True},  # float32 overflow: inf
+        {"rating": 0.0, "oracle_prob": -0.0}, {"rating": -0.0, "oracle_prob": 0.0},  # signed 0
     ]
     got = serialize_rows(rows)
     want = [to_example(r).SerializeToString(deterministic=True) for r in rows]

@@ -8,6 +8,7 @@ per row instead of 31.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Sequence, Tuple
 
 import tensorflow as tf
@@ -55,7 +56,7 @@ class RowSerializer:
     """
 
     def __init__(self) -> None:
-        self._entries: Dict[Tuple[str, Any], bytes] = {}
+        self._entries: Dict[Tuple[Any, ...], bytes] = {}
         self._orders: Dict[Tuple[str, ...], List[Tuple[str, str, Any]]] = {}
 
     def _order(self, names: Tuple[str, ...]) -> List[Tuple[str, str, Any]]:
@@ -71,12 +72,14 @@ class RowSerializer:
             value = row[name]
             if value is None:
                 continue
-            key = (name, normalize(value))
+            value = normalize(value)
+            # -0.0 == 0.0 (one dict key) but their float32 bytes differ: the sign joins the key
+            key = (name, value, math.copysign(1.0, value)) if kind == "float64" else (name, value)
             entry = self._entries.get(key)
             if entry is None:
                 if len(self._entries) >= _MEMO_LIMIT:
                     self._entries.clear()
-                entry = example_wire.feature_entry(name, _WIRE[kind], key[1])
+                entry = example_wire.feature_entry(name, _WIRE[kind], value)
                 self._entries[key] = entry
             parts.append(entry)
         return example_wire.example(parts)
