@@ -42,11 +42,11 @@ def test_beam_split_matches_pandas_protocol(dataset):
         assert_that(users, equal_to(want_users), label="users")
 
 
-def test_serialize_rows_writes_the_message_apis_deterministic_bytes():
+def test_row_serializer_writes_the_message_apis_deterministic_bytes():
     """Batched records equal ``to_example(row).SerializeToString(deterministic=True)`` byte
     for byte: None dropped, numpy scalars, UTF-8, negative ints, float32 rounding, rows of
     different columns in one batch, order kept."""
-    from components.protocol_example_gen.examples import serialize_rows, to_example
+    from components.protocol_example_gen.examples import RowSerializer, to_example
 
     rows = [
         {"user_id": "ü1", "item_id": "i9", "timestamp": np.int64(1_700_000_000), "label": 1,
@@ -59,8 +59,9 @@ def test_serialize_rows_writes_the_message_apis_deterministic_bytes():
         {"rating": 1e300, "release_year": -2**63, "label": True},  # float32 overflow: inf
         {"rating": 0.0, "oracle_prob": -0.0}, {"rating": -0.0, "oracle_prob": 0.0},  # signed 0
     ]
-    got = serialize_rows(rows)
+    serialize = RowSerializer()
+    got = [serialize(r) for r in rows]
     want = [to_example(r).SerializeToString(deterministic=True) for r in rows]
     assert got == want
     with pytest.raises(ValueError, match="'nope' is not in the feature contract"):
-        serialize_rows([{"nope": 1}])
+        serialize({"nope": 1})

@@ -43,6 +43,11 @@ def _field(tag: int, payload: bytes) -> bytes:
     return bytes([tag]) + _varint(len(payload)) + payload
 
 
+def _entry(key: bytes, kind: str, lst: bytes) -> bytes:
+    """A Features map entry: ``key`` (its field, encoded) and the Feature holding list ``lst``."""
+    return _field(_LEN1, key + _field(0x12, _field(_FEATURE_FIELD[kind], lst)))
+
+
 def varints(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Varint bytes of int64 ``values`` ``[n, k]``, record-major.
 
@@ -76,7 +81,7 @@ def _entries(name: str, kind: str, values: np.ndarray) -> List[bytes]:
     if kind == BYTES:
         lists = [b"".join(_field(_LEN1, v if isinstance(v, bytes) else str(v).encode("utf-8"))
                           for v in np.asarray(row, dtype=object).reshape(-1)) for row in values]
-        return [_field(_LEN1, key + _field(0x12, _field(tag, lst))) for lst in lists]
+        return [_entry(key, kind, lst) for lst in lists]
     if kind == FLOAT:
         flat = np.ascontiguousarray(values, dtype="<f4").reshape(n, -1)
         data, width = flat.view(np.uint8).reshape(-1), flat.shape[1] * 4
@@ -84,7 +89,9 @@ def _entries(name: str, kind: str, values: np.ndarray) -> List[bytes]:
     else:
         data, offsets = varints(values)
     blob = data.tobytes()
-    headers: Dict[int, bytes] = {}  # everything before the packed payload depends on its size
+    # Everything before the packed payload depends only on its size (the same bytes as
+    # _entry(key, kind, _field(_LEN1, payload)), built once per size).
+    headers: Dict[int, bytes] = {}
 
     def header(size: int) -> bytes:
         if size not in headers:
@@ -118,8 +125,7 @@ def feature_entry(name: str, kind: str, value: Any) -> bytes:
         lst = _field(_LEN1, payload)
     else:
         raise ValueError(f"feature {name!r}: kind {kind!r}; expected one of {_KINDS}")
-    body = _field(_LEN1, name.encode("utf-8")) + _field(0x12, _field(_FEATURE_FIELD[kind], lst))
-    return _field(_LEN1, body)
+    return _entry(_field(_LEN1, name.encode("utf-8")), kind, lst)
 
 
 def example(entries: Sequence[bytes]) -> bytes:
@@ -152,4 +158,4 @@ def serialize_examples(columns: Sequence[Tuple[str, str, np.ndarray]]) -> List[b
         if len(values) != n:
             raise ValueError(f"feature {name!r} has {len(values)} records, the first column {n}")
         per_feature.append(_entries(name, kind, np.asarray(values)))
-    return [_field(_LEN1, b"".join(parts)) for parts in zip(*per_feature)]
+    return [example(parts) for parts in zip(*per_feature)]

@@ -9,7 +9,7 @@ per row instead of 31.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import tensorflow as tf
 
@@ -83,14 +83,3 @@ class RowSerializer:
                 self._entries[key] = entry
             parts.append(entry)
         return example_wire.example(parts)
-
-
-def serialize_rows(rows: Sequence[Dict[str, Any]]) -> List[bytes]:
-    """Serialized Examples of ``rows``, in order: byte for byte
-    ``to_example(row).SerializeToString(deterministic=True)``.
-
-    Raises:
-        ValueError: a column outside the feature contract (named).
-    """
-    serialize = RowSerializer()
-    return [serialize(row) for row in rows]
