@@ -2,14 +2,15 @@
 
 The pushed version folder carries a copy of the Transform output
 (``assets.extra/meta_block/transform_graph/``); :func:`encode_with_transform` feeds it the raw
-columns the meta block needs (:data:`NEEDED_RAW_COLUMNS`) in chunks and returns numpy columns in
-the frame's row order. :func:`check_columns` names missing raw columns before any work.
+columns the meta block needs (:data:`NEEDED_RAW_COLUMNS`), each column's distinct values once
+where an output depends on that column alone, and returns numpy columns in the frame's row
+order. :func:`check_columns` names missing raw columns before any work.
 
 Used by :mod:`components.meta_embedding_gen.refresh` and ``benchmarks/serve_blocks.py``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -39,32 +40,52 @@ def check_columns(frame: pd.DataFrame, spec: Dict[str, Any], data_dir: str) -> N
                          f"(has {list(frame.columns)}); prepare it with limaml data prepare")
 
 
-def _raw_tensors(frame: pd.DataFrame, spec: Dict[str, Any]) -> Dict[str, Any]:
+def _converted(col: np.ndarray, feat: Any) -> np.ndarray:
+    """A raw column as the Transform is fed it: strings as str (UTF-8 in the tensor), else the
+    spec's dtype."""
     import tensorflow as tf
 
+    if feat.dtype == tf.string:
+        return col.astype(str)  # UTF-8 (numpy's bytes cast is ASCII only)
+    return col.astype(feat.dtype.as_numpy_dtype)
+
+
+def _feed(name: str, values: np.ndarray, feat: Any) -> Any:
+    """``[n]`` converted values -> the tensor the raw spec's entry ``feat`` describes."""
+    import tensorflow as tf
+
+    n = values.shape[0]
+    tensor = tf.constant(values)
+    if isinstance(feat, tf.io.FixedLenFeature):
+        shape = list(feat.shape)
+        if shape not in ([], [1]):
+            raise ValueError(f"raw feature {name!r} has shape {shape}; refresh expects scalars")
+        return tensor if not shape else tf.reshape(tensor, [n, 1])
+    if isinstance(feat, tf.io.VarLenFeature):
+        return tf.SparseTensor(
+            indices=tf.stack([tf.range(n, dtype=tf.int64), tf.zeros([n], tf.int64)], axis=1),
+            values=tensor, dense_shape=[n, 1])
+    raise ValueError(f"raw feature {name!r} has an unsupported spec {type(feat).__name__}")
+
+
+def _raw_tensors(frame: pd.DataFrame, spec: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    n = len(frame)
     for name, feat in needed_raw_features(spec).items():
         if name not in frame.columns:
             raise ValueError(f"the model reads raw column {name!r}, which the prepared "
                              f"data lacks (columns: {list(frame.columns)})")
-        col = frame[name].to_numpy()
-        if feat.dtype == tf.string:
-            values = tf.constant(col.astype(str))  # UTF-8 (numpy's bytes cast is ASCII only)
-        else:
-            values = tf.constant(col.astype(feat.dtype.as_numpy_dtype))
-        if isinstance(feat, tf.io.FixedLenFeature):
-            shape = list(feat.shape)
-            if shape not in ([], [1]):
-                raise ValueError(f"raw feature {name!r} has shape {shape}; refresh expects scalars")
-            out[name] = values if not shape else tf.reshape(values, [n, 1])
-        elif isinstance(feat, tf.io.VarLenFeature):
-            out[name] = tf.SparseTensor(
-                indices=tf.stack([tf.range(n, dtype=tf.int64), tf.zeros([n], tf.int64)], axis=1),
-                values=values, dense_shape=[n, 1])
-        else:
-            raise ValueError(f"raw feature {name!r} has an unsupported spec {type(feat).__name__}")
+        out[name] = _feed(name, _converted(frame[name].to_numpy(), feat), feat)
     return out
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    import tensorflow as tf
+
+    if isinstance(value, tf.SparseTensor):
+        value = tf.sparse.to_dense(value)
+    elif isinstance(value, tf.RaggedTensor):
+        value = value.to_tensor()
+    return value.numpy()
 
 
 def raw_spec_of(output: Any) -> Dict[str, Any]:
@@ -77,35 +98,120 @@ def raw_spec_of(output: Any) -> Dict[str, Any]:
         return preprocessing.raw_feature_spec()
 
 
+def single_column_outputs(output: Any, frame: pd.DataFrame, spec: Dict[str, Any]
+                          ) -> Tuple[Dict[str, Tuple[str, ...]], Tuple[str, ...]]:
+    """Which Transform outputs each raw column determines alone, asked of TFT itself.
+
+    ``transform_raw_features(..., drop_unused_features=True)`` returns only the outputs whose
+    raw inputs were all fed (TFT prunes by the graph's own dependencies), so feeding one column
+    of one row returns exactly the outputs computed from that column alone. An output that
+    needs two columns (a feature cross) appears only when both are fed.
+
+    Args:
+        output: a ``TFTransformOutput``.
+        frame: at least one canonical row (the probe values).
+        spec: the raw feature spec (:func:`raw_spec_of`).
+
+    Returns:
+        ``({column: outputs of that column alone}, every output of the needed columns)``; an
+        output listed for several columns (one that depends on none) is kept for the first.
+    """
+    fed = needed_raw_features(spec)
+    one = frame.iloc[:1]
+    every = tuple(sorted(output.transform_raw_features(_raw_tensors(one, spec),
+                                                       drop_unused_features=True)))
+    seen: set = set()
+    alone: Dict[str, Tuple[str, ...]] = {}
+    for name, feat in fed.items():
+        got = output.transform_raw_features(
+            {name: _feed(name, _converted(one[name].to_numpy(), feat), feat)},
+            drop_unused_features=True)
+        alone[name] = tuple(sorted(set(got) - seen))
+        seen.update(got)
+    return alone, every
+
+
+def _transform_rows(output: Any, frame: pd.DataFrame, spec: Dict[str, Any],
+                    names: Sequence[str], chunk_rows: int) -> Dict[str, np.ndarray]:
+    """Outputs ``names`` row by row (every needed column fed), ``chunk_rows`` rows per call."""
+    parts: Dict[str, List[np.ndarray]] = {k: [] for k in names}
+    for lo in range(0, len(frame), chunk_rows):
+        got = output.transform_raw_features(_raw_tensors(frame.iloc[lo:lo + chunk_rows], spec),
+                                            drop_unused_features=True)
+        for name in names:
+            parts[name].append(_as_numpy(got[name]))
+    return {k: np.concatenate(v) for k, v in parts.items() if v}
+
+
+def _distinct(col: np.ndarray, feat: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """``(codes [N], distinct converted values [D])`` with ``converted(col) == values[codes]``.
+
+    Python objects are hashed as they are and only the distinct ones converted (the cast is the
+    costly part); with a missing value (None, NaN), which the hash would merge, the whole
+    column is converted first.
+    """
+    if col.dtype == object and not pd.isna(col).any():
+        codes, uniques = pd.factorize(col)
+        return codes, _converted(np.asarray(uniques, dtype=object), feat)
+    values = _converted(col, feat)
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return codes, np.asarray(uniques, dtype=values.dtype)
+
+
+def _transform_column(output: Any, name: str, col: np.ndarray, feat: Any, names: Sequence[str],
+                      chunk_rows: int) -> Dict[str, np.ndarray]:
+    """Outputs ``names`` of raw column ``name`` alone: each distinct value once, then gathered."""
+    codes, uniques = _distinct(col, feat)
+    parts: Dict[str, List[np.ndarray]] = {k: [] for k in names}
+    for lo in range(0, uniques.shape[0], chunk_rows):
+        got = output.transform_raw_features(
+            {name: _feed(name, uniques[lo:lo + chunk_rows], feat)}, drop_unused_features=True)
+        for out_name in names:
+            parts[out_name].append(_as_numpy(got[out_name]))
+    return {k: np.take(np.concatenate(v), codes, axis=0) for k, v in parts.items()}
+
+
 def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
                           chunk_rows: int = ENCODE_CHUNK_ROWS) -> Dict[str, np.ndarray]:
     """Raw canonical rows -> encoded model features with the pushed Transform graph.
 
+    A Transform applies row by row (analyzers are constants by then; TFT runs the graph on
+    batches of any size), so an output computed from one raw column is a function of that
+    column's value: each column's distinct values are transformed once and the results gathered
+    back to the rows (a column has few distinct values: items, genres, user attributes). Outputs
+    of several columns, if the graph has any (:func:`single_column_outputs`), are transformed
+    row by row. Same values as transforming every row (tested against a ``tft_beam`` run).
+
     Args:
         frame: canonical interactions ``[N]``.
         transform_dir: a TFT output folder (``TFTransformOutput``).
-        chunk_rows: rows transformed per call.
+        chunk_rows: rows (or distinct values) transformed per call.
 
     Returns:
         ``{feature: [N, ...]}`` in the frame's row order; ``user_id`` (object str) and
         ``timestamp`` (int64) are taken from ``frame``.
     """
-    import tensorflow as tf
     import tensorflow_transform as tft
 
     output = tft.TFTransformOutput(transform_dir)
     spec = raw_spec_of(output)
-    parts: Dict[str, List[np.ndarray]] = {}
-    for lo in range(0, len(frame), chunk_rows):
-        chunk = frame.iloc[lo:lo + chunk_rows]
-        got = output.transform_raw_features(_raw_tensors(chunk, spec), drop_unused_features=True)
-        for name, value in got.items():
-            if isinstance(value, tf.SparseTensor):
-                value = tf.sparse.to_dense(value)
-            elif isinstance(value, tf.RaggedTensor):
-                value = value.to_tensor()
-            parts.setdefault(name, []).append(value.numpy())
-    out = {k: np.concatenate(v) for k, v in parts.items()}
+    fed = needed_raw_features(spec)
+    for name in fed:
+        if name not in frame.columns:
+            raise ValueError(f"the model reads raw column {name!r}, which the prepared "
+                             f"data lacks (columns: {list(frame.columns)})")
+    out: Dict[str, np.ndarray] = {}
+    if len(frame):
+        taken = (F.USER_ID, F.TIMESTAMP)  # from the frame, below
+        alone, every = single_column_outputs(output, frame, spec)
+        for name, outputs in alone.items():
+            wanted = [k for k in outputs if k not in taken]
+            if wanted:
+                out.update(_transform_column(output, name, frame[name].to_numpy(), fed[name],
+                                             wanted, chunk_rows))
+        crossed = [k for k in every if k not in out and k not in taken]
+        if crossed:
+            out.update(_transform_rows(output, frame, spec, crossed, chunk_rows))
     out[F.USER_ID] = frame[F.USER_ID].astype(str).to_numpy().astype(object)
     out[F.TIMESTAMP] = frame[F.TIMESTAMP].to_numpy().astype(np.int64)
     return out
