@@ -16,7 +16,7 @@ Pipeline measured:
    (:func:`generate.stage_embeddings`); ``--workers N`` runs it on N DirectRunner processes;
    optional ``kernel``: the batched kernel alone (``finetune.generate_meta_embeddings`` on
    pre-padded arrays), to show what Beam and the columnar handling add; ``first_call_s`` is its
-   first call (tracing, XLA compilation of the fast path's chunk shapes) and
+   first call (tracing and graph optimisation of the kernel) and
    ``after_first_users_per_s`` the throughput after it;
 4. ``parquet`` / ``bigtable``: the staged vectors written to the stores with
    :func:`benchmarks.embedding_store_bench.bench_stores` (Bigtable: a ``cbtemulator`` started for

@@ -1,7 +1,7 @@
-"""MEG kernel fast path (trainer/finetune.py): width-grouped, fixed-shape (XLA) chunks.
+"""MEG kernel fast path (trainer/finetune.py): width-grouped chunks, no padding.
 
 ``generate_meta_embeddings`` cuts each user's padded grid after its last valid position, groups
-users by width and runs fixed-shape chunks (the last one padded with copies of a real user).
+users by width and runs each group in chunks of at most ``CHUNK_ROWS // width`` users.
 The expected values are computed independently: the traceable body
 (``generate_meta_embeddings_fn``) run eagerly on one user at a time, on the user's whole padded
 grid. Users of every support size (none, 1, ..., K, a hole in the mask), an odd number of users
@@ -53,14 +53,12 @@ def per_user_reference(model, support, mask, aggregation):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("xla", [True, False])
 @pytest.mark.parametrize("aggregation", ["mean", "latest", "max"])
-def test_fast_path_equals_per_user_kernel(world, monkeypatch, xla, aggregation):
+def test_fast_path_equals_per_user_kernel(world, monkeypatch, aggregation):
     _, model, support, mask = world
     monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 1)
     monkeypatch.setattr(finetune, "CHUNK_ROWS", 12)   # width 2: 6 users a chunk, width 5: 2
     monkeypatch.setattr(finetune, "WIDTH_LADDER", (1, 2, 4))
-    monkeypatch.setattr(finetune, "USE_XLA", xla)
     got = finetune.generate_meta_embeddings(model, support, mask, aggregation).numpy()
     want = per_user_reference(model, support, mask, aggregation)
     assert got.shape == want.shape
@@ -72,26 +70,18 @@ def test_fast_path_equals_per_user_kernel(world, monkeypatch, xla, aggregation):
 
 
 def test_ragged_batches_reuse_one_trace(world, monkeypatch):
-    """Batches of any size run on fixed shapes: no new trace after the first batch."""
+    """Chunks and batches of any size, fast path or whole grid, run on one trace."""
     _, model, support, mask = world
-    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 1)
     monkeypatch.setattr(finetune, "CHUNK_ROWS", 12)
     monkeypatch.setattr(finetune, "WIDTH_LADDER", (2,))
-    monkeypatch.setattr(finetune, "USE_XLA", True)
-    finetune.generate_meta_embeddings(model, support, mask, "mean")
-    fn = finetune._kernel(model, "mean", model.maml_cfg, True, finetune._signature(support))
-    traces = fn.experimental_get_tracing_count()
-    for n in (31, 17, 3):
-        finetune.generate_meta_embeddings(model, {k: v[:n] for k, v in support.items()},
-                                          mask[:n], "mean")
-    assert fn.experimental_get_tracing_count() == traces
-    # the small-call graph: one trace for every batch and window size
-    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 10_000)
-    for n, s in ((USERS, K), (9, K), (4, 3)):
-        finetune.generate_meta_embeddings(model, {k: v[:n, :s] for k, v in support.items()},
-                                          mask[:n, :s], "mean")
-    sig = finetune._signature(support)
-    assert finetune._kernel(model, "mean", model.maml_cfg, False, sig).experimental_get_tracing_count() == 1
+    finetune._FN_CACHE.clear()
+    for min_users in (1, 10_000):  # the fast path (ragged chunks), then the whole grid
+        monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", min_users)
+        for n, s in ((USERS, K), (31, K), (17, K), (9, K), (4, 3)):
+            finetune.generate_meta_embeddings(model, {k: v[:n, :s] for k, v in support.items()},
+                                              mask[:n, :s], "mean")
+    fn = finetune._kernel(model, "mean", model.maml_cfg, finetune._signature(support))
+    assert fn.experimental_get_tracing_count() == 1
 
 
 def test_chunk_plan_covers_every_user_once_at_a_wide_enough_width():
@@ -101,14 +91,15 @@ def test_chunk_plan_covers_every_user_once_at_a_wide_enough_width():
     sizes[::50] = 0
     mask = (np.arange(s)[None, :] < sizes[:, None]).astype(np.float32)
     plan = finetune._chunk_plan(mask, (4, 8, 16), 256)
-    seen = np.concatenate([idx[:n] for _, idx, n in plan])
-    assert np.array_equal(np.sort(seen), np.arange(1001))
+    seen = np.concatenate([idx for _, idx in plan])
+    assert np.array_equal(np.sort(seen), np.arange(1001))   # every user once, no padding
     need = np.maximum(sizes, 1)
-    for width, idx, n in plan:
-        assert idx.shape == (256 // width,)          # one fixed shape per width
-        assert np.all(need[idx] <= width)            # padding repeats real users of the chunk
-        assert n >= 1
-    assert {w for w, _, _ in plan} <= {4, 8, 16, 32}
+    narrowest = np.select([need <= 4, need <= 8, need <= 16], [4, 8, 16], 32)
+    for width, idx in plan:
+        assert 1 <= idx.shape[0] <= 256 // width
+        assert np.all(narrowest[idx] == width)       # the narrowest width that holds the user
+    calls = {w: sum(1 for x, _ in plan if x == w) for w in (4, 8, 16, 32)}
+    assert calls == {w: -(-int((narrowest == w).sum()) // (256 // w)) for w in calls}
 
 
 def test_default_ladder_cuts_a_long_window_to_each_users_rows():
@@ -123,7 +114,7 @@ def test_default_ladder_cuts_a_long_window_to_each_users_rows():
 
 
 def test_fast_path_rejects_out_of_range_ids(world, monkeypatch):
-    """XLA's gather would clamp an id outside the vocabulary; the fast path raises like the graph."""
+    """An id outside the vocabulary is named before any kernel call."""
     _, model, support, mask = world
     monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", 1)
     name, vocab = model.layout.global_categorical[0]

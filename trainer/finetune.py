@@ -77,37 +77,38 @@ def generate_meta_embeddings_fn(model: LimamlModel, support: Mapping[str, tf.Ten
 
 
 _FN_CACHE: Dict[Tuple, object] = {}
-_XLA_FAILED: set = set()
 
 # Fast path of :func:`generate_meta_embeddings` (same embeddings, less work). Every user's grid
 # is cut after its last valid position: users are grouped by the smallest width of the ladder
 # (``WIDTH_LADDER``, then S) that holds their valid positions, and each group runs in chunks of
-# ``CHUNK_ROWS // width`` users (the last chunk padded with copies of a real user, output
-# discarded; see :func:`_chunk_plan`), so the kernel only ever sees ``len(ladder) + 1`` fixed
-# shapes: it is traced once and XLA-compiled once per shape. Masked positions after a user's
-# last valid one contribute nothing to any masked reduction of the kernel (losses, history
-# summary, aggregation) and each user's computation is independent of the other users', so the
-# result is the padded grid's up to float rounding (~1e-7). Calls with fewer than
-# ``FAST_PATH_MIN_USERS`` users, or not eager, run the whole grid in one graph (compiling would
-# cost more than it saves).
+# ``CHUNK_ROWS // width`` users, the last chunk as it is (no padding): the kernel is one graph,
+# traced once for any shape (see :func:`_kernel`). Masked positions after a user's last valid
+# one contribute nothing to any masked reduction of the kernel (losses, history summary,
+# aggregation) and each user's computation is independent of the other users', so the result is
+# the padded grid's up to float rounding (~1e-7). Calls with fewer than ``FAST_PATH_MIN_USERS``
+# users, or not eager, run the whole grid in one call.
+#
+# Measured (ML-100K model, synthetic users with ~9 rows of 32): this runs ~11 rows per user
+# where fixed-shape chunks padded to the ladder's widths ran 16; XLA-compiling those fixed
+# shapes gained ~5% per call and cost ~1 s of compiles per process, so the graph without
+# padding is as fast at 1M users and ~10% faster at 100-200k (benchmarks/results/README.md).
 WIDTH_LADDER: Tuple[int, ...] = (4, 8, 16, 32, 64)
 """Widths under S the fast path cuts users' grids to (widths >= S are skipped): with
-``EmbeddingConfig.max_recent`` 128 a user with 20 rows runs at width 32, not 128."""
+``EmbeddingConfig.max_recent`` 128 a user with 20 rows runs at width 32, not 128. Narrower
+steps cost more than they save: a user's own work (its adapted weights) does not shrink."""
 CHUNK_ROWS = 8192
 """Rows per fast-path kernel call: a group of width w runs ``CHUNK_ROWS // w`` users per call."""
 FAST_PATH_MIN_USERS = 512
-USE_XLA = True
-"""XLA-compile the fast path's fixed-shape kernel (falls back to the graph if XLA fails)."""
 
 
-def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, signature=None):
+def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, signature=None):
     """The cached tf.function of :func:`generate_meta_embeddings_fn` for one model and setting.
 
-    ``signature``: ``((feature, dtype, rank), ...)`` of the support dict; the graph variant is
+    ``signature``: ``((feature, dtype, rank), ...)`` of the support dict; the function is then
     traced once for any batch and window size (no retracing on ragged batches).
     """
     key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, cfg.meg_min_support,
-           cfg.meg_row_shrinkage, xla, signature)
+           cfg.meg_row_shrinkage, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
         inner_lr = None if model.inner_lrs else cfg.inner_lr
@@ -120,9 +121,7 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, xla: bool, si
         spec = None if signature is None else (
             {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
             tf.TensorSpec([None, None], tf.float32))
-        # XLA compiles once per concrete shape of the one trace (the fast path's fixed shapes)
-        fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None, jit_compile=xla,
-                         autograph=False)
+        fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None, autograph=False)
         _FN_CACHE[key] = fn
     return fn
 
@@ -142,39 +141,27 @@ def _widths(mask: np.ndarray, ladder: Sequence[int]) -> Tuple[np.ndarray, np.nda
 
 
 def _chunk_plan(mask: np.ndarray, ladder: Sequence[int], chunk_rows: int
-                ) -> List[Tuple[int, np.ndarray, int]]:
-    """Fixed-shape kernel calls covering every user once (no loop over users).
-
-    Widths are visited narrowest first; a width runs its users in full chunks of
-    ``max(1, chunk_rows // width)`` users. What is left (less than a chunk) either moves up to
-    the next width (when under half a chunk: cheaper than padding) or runs as one chunk padded
-    with copies of its last user; the widest width always pads.
+                ) -> List[Tuple[int, np.ndarray]]:
+    """Kernel calls covering every user once (no loop over users, no padding).
 
     Returns:
-        ``[(width, user indices [chunk] (padding repeats the last), real users n)]``: the first
-        ``n`` indices are distinct users, each user in exactly one call.
+        ``[(width, user indices [n])]``: each user in exactly one call, at the narrowest width
+        of ``ladder`` (then S) holding its valid positions; at most ``max(1, chunk_rows //
+        width)`` users per call.
     """
     widths, bucket = _widths(mask, ladder)
     order = np.argsort(bucket, kind="stable")
     ends = np.cumsum(np.bincount(bucket, minlength=widths.shape[0]))
-    plan: List[Tuple[int, np.ndarray, int]] = []
-    carry = np.zeros(0, order.dtype)
+    plan: List[Tuple[int, np.ndarray]] = []
     for b, width in enumerate(widths.tolist()):
-        users = np.concatenate([carry, order[(ends[b - 1] if b else 0):ends[b]]])
+        users = order[(ends[b - 1] if b else 0):ends[b]]
         chunk = max(1, chunk_rows // width)
-        full = users.shape[0] // chunk * chunk
-        plan.extend((width, users[lo:lo + chunk], chunk) for lo in range(0, full, chunk))
-        carry = users[full:]
-        last = b == widths.shape[0] - 1
-        if carry.shape[0] and (last or 2 * carry.shape[0] >= chunk):
-            pad = np.full(chunk - carry.shape[0], carry[-1], carry.dtype)
-            plan.append((width, np.concatenate([carry, pad]), carry.shape[0]))
-            carry = carry[:0]
+        plan.extend((width, users[lo:lo + chunk]) for lo in range(0, users.shape[0], chunk))
     return plan
 
 
 def _check_ids(model: LimamlModel, support: Mapping[str, np.ndarray]) -> None:
-    """Ids the kernel gathers with must be in range: XLA's gather clamps where the graph raises."""
+    """Ids the kernel gathers with must be in range (named here, before any kernel call)."""
     ranges = list(model.layout.global_categorical)
     if model.user_emb is not None:
         ranges.append((USER_HASH, int(model.user_emb.shape[0])))
@@ -187,26 +174,16 @@ def _check_ids(model: LimamlModel, support: Mapping[str, np.ndarray]) -> None:
 
 def _fast_embeddings(model: LimamlModel, support: Dict[str, np.ndarray], mask: np.ndarray,
                      aggregation: str, cfg: MamlConfig) -> np.ndarray:
-    """Width-grouped, fixed-shape chunks through the kernel (see ``WIDTH_LADDER``)."""
+    """Width-grouped chunks through the kernel (see ``WIDTH_LADDER``)."""
     _check_ids(model, support)
     out: Optional[np.ndarray] = None
-    xla = USE_XLA and (id(model), aggregation) not in _XLA_FAILED
-    for width, idx, n in _chunk_plan(mask, WIDTH_LADDER, CHUNK_ROWS):
+    fn = _kernel(model, aggregation, cfg, _signature(support))
+    for width, idx in _chunk_plan(mask, WIDTH_LADDER, CHUNK_ROWS):
         part = {k: tf.convert_to_tensor(v[idx, :width]) for k, v in support.items()}
-        part_mask = tf.convert_to_tensor(mask[idx, :width])
-        if xla:
-            try:
-                emb = _kernel(model, aggregation, cfg, True, _signature(support))(part, part_mask)
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
-                    tf.errors.InternalError):  # an op XLA cannot compile: the graph
-                xla = False
-                _XLA_FAILED.add((id(model), aggregation))
-        if not xla:
-            emb = _kernel(model, aggregation, cfg, False, _signature(support))(part, part_mask)
-        emb = emb.numpy()
+        emb = fn(part, tf.convert_to_tensor(mask[idx, :width])).numpy()
         if out is None:
             out = np.empty((mask.shape[0],) + emb.shape[1:], emb.dtype)
-        out[idx[:n]] = emb[:n]
+        out[idx] = emb
     return out
 
 
@@ -220,7 +197,7 @@ def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.
     """Fine-tunes the meta block on each user's support set and aggregates (batched kernel).
 
     Large eager calls take the fast path (grids cut to each user's last valid position, grouped
-    by width, fixed-shape XLA chunks; see ``WIDTH_LADDER``), small ones one graph call; both give
+    by width; see ``WIDTH_LADDER``), small ones one call on the whole grid; both give
     :func:`generate_meta_embeddings_fn` on the whole padded grid, up to float rounding.
 
     Args:
@@ -244,7 +221,7 @@ def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.
     tensors = {k: tf.convert_to_tensor(v) for k, v in support.items()}
     mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
     sig = _signature(tensors) if tf.executing_eagerly() else None
-    return _kernel(model, aggregation, cfg, False, sig)(tensors, mask)
+    return _kernel(model, aggregation, cfg, sig)(tensors, mask)
 
 
 def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tensor],
