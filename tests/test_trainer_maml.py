@@ -441,3 +441,25 @@ def test_supervised_weight_adds_lambda_times_the_supervised_gradient():
 def test_supervised_weight_must_not_be_negative():
     with pytest.raises(ValueError, match="supervised_weight -0.5"):
         MamlConfig(supervised_weight=-0.5)
+
+
+@pytest.mark.parametrize("use_cross", [False, True])
+def test_meta_apart_first_layer_is_the_concatenated_layer(use_cross):
+    """``global_forward(meta_apart=True)`` (e W[:E] + x W[E:]) is [e | x] W: same logits and
+    the same gradients w.r.t. e and the first weight matrix, on [T, n] grids (float64)."""
+    model = tiny_model(use_cross=use_cross)
+    part = make_batch(3)["support"]
+    rng = np.random.RandomState(4)
+    emb = tf.constant(rng.randn(T, S, 2))
+    w0 = model.global_params["w0"]
+    out = {}
+    for apart in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(emb)
+            logits = maml.global_forward(model.global_params, emb, part, model.layout,
+                                         model.model_cfg, meta_apart=apart)
+            loss = tf.reduce_sum(tf.sin(logits))
+        out[apart] = [logits.numpy()] + [g.numpy() for g in tape.gradient(loss, [emb, w0])]
+    for a, b in zip(out[False], out[True]):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+    assert np.abs(out[True][1]).min() > 0  # e's gradient is real, not a zero of both paths

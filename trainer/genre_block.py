@@ -215,7 +215,7 @@ def _shared_first_step(model: LimamlModel, support: Features, x: tf.Tensor, weig
 
         emb = meta_forward(params, x, model.model_cfg.activation, on_layer=record)
         logits = global_forward(model.global_params, with_other_blocks(emb, user_emb, None),
-                                support, model.layout, model.model_cfg)
+                                support, model.layout, model.model_cfg, meta_apart=True)
         bce = tf.nn.sigmoid_cross_entropy_with_logits(
             labels=tf.cast(support[features.LABEL], logits.dtype), logits=logits)
         loss = tf.reduce_sum(bce * tf.cast(support[MASK], logits.dtype))

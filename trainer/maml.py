@@ -131,7 +131,7 @@ def set_logits(model: LimamlModel, meta_params: Params, global_params: Mapping[s
     """
     emb = with_other_blocks(meta_forward(meta_params, meta_x, model.model_cfg.activation),
                              prefix_emb, suffix_emb)
-    return global_forward(global_params, emb, part, model.layout, model.model_cfg)
+    return global_forward(global_params, emb, part, model.layout, model.model_cfg, meta_apart=True)
 
 
 def with_other_blocks(emb: tf.Tensor, prefix_emb: Optional[tf.Tensor],
@@ -191,6 +191,25 @@ def per_task(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
 
 
+def sgd_step(start: tf.Tensor, grad: tf.Tensor, lr: tf.Tensor, scale: Optional[tf.Tensor]
+             ) -> tf.Tensor:
+    """``start − lr ⊙ (s_u · grad)``: one inner SGD step of one parameter for every task.
+
+    Args:
+        start: ``[tasks, ...]`` (or ``[1, ...]``, shared by every task).
+        grad: ``[tasks, ...]``.
+        lr: α, a scalar or Meta-SGD rates shaped like the parameter.
+        scale: per-task factor ``s [tasks]`` (None: 1). A scalar α is folded into it, so the
+            step makes one pass over ``grad`` before the subtraction.
+    """
+    lr = tf.convert_to_tensor(lr)
+    if scale is None:
+        return start - lr * grad
+    if lr.shape.rank == 0:
+        return start - grad * per_task(lr * scale, grad)
+    return start - lr * (grad * per_task(scale, grad))
+
+
 def _touched_rows(g: tf.Tensor) -> tf.Tensor:
     """``[n, 1]``: the rows of a table gradient ``g [n, d]`` with a non-zero entry."""
     return tf.reduce_any(tf.not_equal(g, 0), axis=-1, keepdims=True)
@@ -229,7 +248,7 @@ def _first_step_gradients(model: LimamlModel, shared: Mapping[str, tf.Tensor],
 
         emb = meta_forward(params, meta_x, model.model_cfg.activation, on_layer=record)
         logits = global_forward(global_params, with_other_blocks(emb, prefix_emb, suffix_emb),
-                                support, model.layout, model.model_cfg)
+                                support, model.layout, model.model_cfg, meta_apart=True)
         loss = tf.reduce_sum(masked_task_loss(logits, support[LABEL], support[MASK]))
     grads = tape.gradient(loss, pre + ([row] if row is not None else []))
     out: Dict[str, tf.Tensor] = {}
@@ -309,10 +328,20 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
     weighted = support if halflife <= 0 else dict(
         support, **{MASK: recency_weights(support[MASK], halflife)})
     kappa = model.maml_cfg.support_shrinkage if support_shrinkage is None else support_shrinkage
+    # Per-task factor of every SGD step [tasks] (None: 1): ρ_u, times 0 for a task under
+    # min_support, which so stays at θ_u^0 (a scalar per task instead of a select over the
+    # tasks' weight copies).
+    step_scale = None
     if kappa > 0:
         # support-size-aware step: a task with n support rows moves n / (n + κ) of the way
         n = tf.reduce_sum(tf.cast(support[MASK], meta_x.dtype), axis=1)
-        shrink = n / (n + tf.cast(kappa, meta_x.dtype))
+        step_scale = n / (n + tf.cast(kappa, meta_x.dtype))
+    keep = None
+    if min_support > 0 and steps > 0:
+        n_valid = tf.reduce_sum(tf.cast(support[MASK] > 0, tf.int32), axis=1)
+        keep = n_valid >= min_support  # [tasks]: adapt; else stay at θ_u^0
+        kept = tf.cast(keep, meta_x.dtype)
+        step_scale = kept if step_scale is None else step_scale * kept
     newton = model.row_log_precision is not None and USER_ROW in theta
     if newton:  # the row takes Gauss-Newton steps (MamlConfig.inner_solver), the rest SGD
         names = [k for k in names if k != USER_ROW]
@@ -327,10 +356,8 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             new = {}
             for k in names:
                 g = tf.stop_gradient(grads0[k]) if first_order else grads0[k]
-                if kappa > 0:
-                    g = g * per_task(shrink, g)
                 start = theta[k] if k == USER_ROW else shared[k][None]
-                new[k] = start - inner_lrs[k] * g
+                new[k] = sgd_step(start, g, inner_lrs[k], step_scale)
             theta = new
             continue
         with tf.GradientTape(persistent=newton) as inner:
@@ -361,14 +388,10 @@ def adapt(model: LimamlModel, support: Mapping[str, tf.Tensor], steps: int,
             g = tf.zeros_like(theta[k]) if g is None else tf.convert_to_tensor(g)
             if first_order:
                 g = tf.stop_gradient(g)
-            if kappa > 0:
-                g = g * per_task(shrink, g)
-            new[k] = theta[k] - inner_lrs[k] * g
+            new[k] = sgd_step(theta[k], g, inner_lrs[k], step_scale)
         theta = new
-    if min_support > 0 and steps > 0:
-        n_valid = tf.reduce_sum(tf.cast(support[MASK] > 0, tf.int32), axis=1)
-        keep = n_valid >= min_support  # [tasks]: adapt; else stay at θ_u^0
-        theta = {k: tf.where(per_task(keep, v), v, theta0[k]) for k, v in theta.items()}
+    if newton and keep is not None:  # the Gauss-Newton row step is not scaled: select
+        theta[USER_ROW] = tf.where(keep[:, None], theta[USER_ROW], theta0[USER_ROW])
     return theta
 
 
