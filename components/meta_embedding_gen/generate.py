@@ -25,14 +25,17 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
-from components.meta_embedding_gen import genre_rows
+from components.meta_embedding_gen import beam_coders, genre_rows
 from components.meta_embedding_gen.support_window import support_windows
 from components.meta_embedding_gen.user_batch import UserBatch, concat
 from schema import features as F
 from trainer import finetune
 from trainer.layout import USER_HASH
+
+beam_coders.register()
 
 ModelLoader = Callable[[], object]
 COLD_FILE = "cold.npy"
@@ -238,7 +241,8 @@ def GenerateEmbeddings(batches: beam.PCollection, load_model: ModelLoader, max_r
     side = {} if mode != CATALOGUE else {"genres": beam.pvalue.AsSingleton(genre_set)}
     tags = ("cold",) if mode is None else ("cold", "cold_genre")
     out = (batches
-           | "FineTune" >> beam.ParDo(dofn, **side).with_outputs(*tags, main="rows"))
+           | "FineTune" >> beam.ParDo(dofn, **side).with_output_types(pa.Table)
+           .with_outputs(*tags, main="rows"))
     cold = (out.cold
             | "SumCold" >> beam.CombineGlobally(_sum_pairs).without_defaults()
             | "MeanCold" >> beam.Map(_mean))

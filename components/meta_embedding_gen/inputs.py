@@ -22,8 +22,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.meta_embedding_gen import beam_coders
 from components.meta_embedding_gen.user_batch import Columns, UserBatch, user_cuts
 from schema import features as F
+
+beam_coders.register()
 
 INPUT_FILE = "users.parquet"
 
@@ -128,8 +131,8 @@ def _to_user_batch(table: pa.Table) -> UserBatch:
 def ReadUserBatches(pipeline: beam.Pipeline, pattern: str) -> beam.PCollection:  # pylint: disable=invalid-name
     """Files of :func:`write_grouped_parquet` -> PCollection of :class:`UserBatch` (one per row group)."""
     return (pipeline
-            | "ReadParquet" >> beam.io.ReadFromParquetBatched(pattern)
-            | "ToUserBatch" >> beam.Map(_to_user_batch))
+            | "ReadParquet" >> beam.io.ReadFromParquetBatched(pattern).with_output_types(pa.Table)
+            | "ToUserBatch" >> beam.Map(_to_user_batch).with_output_types(UserBatch))
 
 
 # --------------------------------------------------------------------------------- tf.Examples
@@ -183,7 +186,7 @@ def ReadUserBatchesFromExamples(pipeline: beam.Pipeline, pattern: str, feature_s
             | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=2048)
             | "ParseColumns" >> beam.ParDo(_ParseColumns(feature_spec, buckets))
             | "GroupByBucket" >> beam.GroupByKey()
-            | "ToUserBatch" >> beam.Map(_group_bucket))
+            | "ToUserBatch" >> beam.Map(_group_bucket).with_output_types(UserBatch))
 
 
 def buckets_for(pattern: str, bytes_per_bucket: int = 16 << 20, max_buckets: int = 4096) -> int:
