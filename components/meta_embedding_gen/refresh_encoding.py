@@ -150,9 +150,10 @@ def _distinct(col: np.ndarray, feat: Any) -> Tuple[np.ndarray, np.ndarray]:
     costly part); with a missing value (None, NaN), which the hash would merge, the whole
     column is converted first.
     """
-    if col.dtype == object and not pd.isna(col).any():
-        codes, uniques = pd.factorize(col)
-        return codes, _converted(np.asarray(uniques, dtype=object), feat)
+    if col.dtype == object:
+        codes, uniques = pd.factorize(col)  # a missing value gets code -1
+        if not codes.size or codes.min() >= 0:
+            return codes, _converted(np.asarray(uniques, dtype=object), feat)
     values = _converted(col, feat)
     codes, uniques = pd.factorize(values, use_na_sentinel=False)
     return codes, np.asarray(uniques, dtype=values.dtype)
