@@ -123,3 +123,24 @@ def test_fast_path_rejects_out_of_range_ids(world, monkeypatch):
     bad[name][3, 0] = vocab
     with pytest.raises(ValueError, match=name):
         finetune.generate_meta_embeddings(model, bad, mask, "mean")
+
+
+@pytest.mark.parametrize("min_users", [1, 10_000])  # the fast path, then the whole grid
+def test_embeddings_from_rows_equal_the_grid_kernel(world, monkeypatch, min_users):
+    """Support sets given as row indices into flat columns (what MEG's support windows are):
+    masked positions point at arbitrary rows, which must not matter; the users' rows are
+    shuffled in the flat columns."""
+    _, model, support, mask = world
+    monkeypatch.setattr(finetune, "FAST_PATH_MIN_USERS", min_users)
+    monkeypatch.setattr(finetune, "CHUNK_ROWS", 12)
+    monkeypatch.setattr(finetune, "WIDTH_LADDER", (1, 2, 4))
+    rng = np.random.default_rng(7)
+    u, k = mask.shape
+    perm = rng.permutation(u * k)                       # flat row r holds grid cell perm[r]
+    rows = {c: v.reshape((u * k,) + v.shape[2:])[perm] for c, v in support.items()}
+    index = np.argsort(perm).reshape(u, k)              # the row of each grid cell
+    index = np.where(mask > 0, index, rng.integers(0, u * k, size=(u, k)))
+    index[mask.sum(axis=1) == 0, 0] = np.argsort(perm).reshape(u, k)[mask.sum(axis=1) == 0, 0]
+    got = finetune.embeddings_from_rows(model, rows, index, mask, "mean")
+    want = per_user_reference(model, support, mask, "mean")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ References:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -172,19 +172,68 @@ def _check_ids(model: LimamlModel, support: Mapping[str, np.ndarray]) -> None:
                              f"(min {v.min()}, max {v.max()}): encode it with the model's vocabulary")
 
 
-def _fast_embeddings(model: LimamlModel, support: Dict[str, np.ndarray], mask: np.ndarray,
+ChunkReader = Callable[[np.ndarray, int], Dict[str, np.ndarray]]
+"""``take(users [n], width) -> {feature: [n, width, ...]}``: the support grid of some users, cut
+at ``width`` positions (zeros where masked)."""
+
+
+def _fast_embeddings(model: LimamlModel, take: ChunkReader,
+                     signature: Tuple[Tuple[str, tf.DType, int], ...], mask: np.ndarray,
                      aggregation: str, cfg: MamlConfig) -> np.ndarray:
     """Width-grouped chunks through the kernel (see ``WIDTH_LADDER``)."""
-    _check_ids(model, support)
     out: Optional[np.ndarray] = None
-    fn = _kernel(model, aggregation, cfg, _signature(support))
+    fn = _kernel(model, aggregation, cfg, signature)
     for width, idx in _chunk_plan(mask, WIDTH_LADDER, CHUNK_ROWS):
-        part = {k: tf.convert_to_tensor(v[idx, :width]) for k, v in support.items()}
+        part = {k: tf.convert_to_tensor(v) for k, v in take(idx, width).items()}
         emb = fn(part, tf.convert_to_tensor(mask[idx, :width])).numpy()
         if out is None:
             out = np.empty((mask.shape[0],) + emb.shape[1:], emb.dtype)
         out[idx] = emb
     return out
+
+
+def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], index: np.ndarray,
+                         mask: np.ndarray, aggregation: str = "mean",
+                         maml_cfg: Optional[MamlConfig] = None) -> np.ndarray:
+    """:func:`generate_meta_embeddings` on support sets given as rows of flat columns.
+
+    No ``[users, S, ...]`` grid is built: each kernel chunk gathers its own ``[n, width, ...]``
+    grid from ``rows`` (MEG's support windows are row ranges of a user batch).
+
+    Args:
+        model: the trained model.
+        rows: ``{feature: [N, ...]}`` encoded rows (``label`` included).
+        index: int ``[users, S]``: the row of each support position; where masked any row,
+            but position 0 of a user with no valid position must be a row with the user's
+            meta features (its cold-start output reads them).
+        mask: ``[users, S]`` valid positions.
+        aggregation: ``"latest"`` | ``"mean"`` | ``"max"``.
+        maml_cfg: as for :func:`generate_meta_embeddings`.
+
+    Returns:
+        ``[users, E]``, what :func:`generate_meta_embeddings` gives on the gathered grid.
+    """
+    cfg = model.maml_cfg if maml_cfg is None else maml_cfg
+    rows = {k: np.asarray(v) for k, v in rows.items() if k != MASK}
+    mask = np.asarray(mask, np.float32)
+
+    def take(users, width: Optional[int] = None) -> Dict[str, np.ndarray]:
+        idx = index[users, :width]
+        pad = mask[users, :width] == 0
+        pad[:, 0] = False  # valid, or the meta features of a user with none (cold start)
+        padded = bool(pad.any())
+        grid = {}
+        for k, v in rows.items():
+            grid[k] = v[idx]  # a fresh array: padding zeroed in place
+            if padded:
+                grid[k][pad] = 0
+        return grid
+
+    if mask.shape[0] < FAST_PATH_MIN_USERS:
+        return generate_meta_embeddings(model, take(slice(None)), mask, aggregation, cfg).numpy()
+    _check_ids(model, rows)
+    signature = tuple((k, tf.as_dtype(v.dtype), v.ndim + 1) for k, v in sorted(rows.items()))
+    return _fast_embeddings(model, take, signature, mask, aggregation, cfg)
 
 
 def _signature(support: Mapping[str, object]) -> Tuple[Tuple[str, tf.DType, int], ...]:
@@ -216,8 +265,10 @@ def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.
     shape = tuple(mask.shape) if tf.executing_eagerly() and hasattr(mask, "shape") else None
     if shape is not None and len(shape) == 2 and int(shape[0]) >= FAST_PATH_MIN_USERS:
         arrays = {k: np.asarray(v) for k, v in support.items()}
+        _check_ids(model, arrays)
         return tf.convert_to_tensor(_fast_embeddings(
-            model, arrays, np.asarray(mask, np.float32), aggregation, cfg))
+            model, lambda idx, width: {k: v[idx, :width] for k, v in arrays.items()},
+            _signature(arrays), np.asarray(mask, np.float32), aggregation, cfg))
     tensors = {k: tf.convert_to_tensor(v) for k, v in support.items()}
     mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
     sig = _signature(tensors) if tf.executing_eagerly() else None

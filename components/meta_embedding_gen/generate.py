@@ -81,8 +81,8 @@ def embed_users(model, batch: UserBatch, max_recent: int, aggregation: str,
     from components.meta_embedding_gen import store_io
 
     win = support_windows(batch, max_recent, kernel_feature_keys(model))
-    emb = finetune.generate_meta_embeddings(model, win.support, win.mask, aggregation).numpy()
-    meta_first = {k: win.support[k][:, 0] for k in model.layout.meta_feature_names}
+    emb = finetune.embeddings_from_rows(model, win.rows, win.index, win.mask, aggregation)
+    meta_first = {k: win.rows[k][win.index[:, 0]] for k in model.layout.meta_feature_names}
     cold = finetune.cold_start_embedding(model, meta_first).numpy()
     rows = store_io.staging_table(win.user_ids, emb.astype(np.float32), win.size, win.last_ts)
     if genres is None:
