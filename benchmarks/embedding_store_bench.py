@@ -22,10 +22,14 @@ from embeddings.record import EmbeddingBatch, as_user_id_array
 
 
 class _PeakRss:
-    """Samples this process's RSS in a thread; ``peak_mb`` after ``stop``."""
+    """Samples this process's RSS in a thread; ``peak_mb`` after ``stop``.
 
-    def __init__(self, interval_s: float = 0.005) -> None:
+    With ``children``, the sum of this process's and its descendants' RSS (worker processes).
+    """
+
+    def __init__(self, interval_s: float = 0.005, children: bool = False) -> None:
         self.interval_s = interval_s
+        self.children = children
         self.peak = 0
         self._stop = threading.Event()
         try:
@@ -38,7 +42,16 @@ class _PeakRss:
 
     def _rss(self) -> int:
         if self._proc is not None:
-            return int(self._proc.memory_info().rss)
+            total = int(self._proc.memory_info().rss)
+            if self.children:
+                import psutil
+
+                for child in self._proc.children(recursive=True):
+                    try:
+                        total += int(child.memory_info().rss)
+                    except psutil.Error:  # exited between the listing and the read
+                        pass
+            return total
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
     def _run(self) -> None:

@@ -28,19 +28,21 @@ a steadier figure than wall time on a shared machine (worker processes of ``--wo
 counted). ``peak_rss_mb`` is this process's peak RSS during the stage (inputs held in memory included: unless
 the ``kernel`` stage needs the in-memory table, a child process builds the inputs and writes the
 Parquet input, so this process never holds the population;
-with ``--workers`` > 1 the worker processes are not counted); ``rss_start_mb`` is the RSS when
-the stage starts (what building the inputs left allocated), so ``peak - start`` is the stage's own.
+with ``--workers`` > 1 the worker processes are not counted: ``peak_rss_with_workers_mb`` is the
+peak of this process's and its workers' RSS summed); ``rss_start_mb`` is the RSS when the stage
+starts (what building the inputs left allocated), so ``peak - start`` is the stage's own.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -168,9 +170,28 @@ def _inputs_to_parquet(args: argparse.Namespace, folder: str):
             time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def worker_threads(workers: int) -> Iterator[Optional[int]]:
+    """With ``workers`` > 1 processes, each worker's TensorFlow gets ``cores // workers``
+    intra-op threads (``TF_NUM_INTRAOP_THREADS``, read when a worker starts TensorFlow) instead
+    of one per core each, unless the variable is already set. Yields the value (None: unset)."""
+    name = "TF_NUM_INTRAOP_THREADS"
+    if workers <= 1 or name in os.environ:
+        yield os.environ.get(name) and int(os.environ[name])
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ[name] = str(threads)
+    try:
+        yield threads
+    finally:
+        del os.environ[name]
+
+
 def bench_generate(input_path: str, users: int, loader, cfg, staging: str, workers: int = 1
                    ) -> Dict[str, Any]:
-    """Times the Beam MEG path (columnar read, generation, staging) over every user of the input."""
+    """Times the Beam MEG path (columnar read, generation, staging) over every user of the input.
+
+    With ``workers`` > 1 the worker processes share the cores (:func:`worker_threads`)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -184,7 +205,8 @@ def bench_generate(input_path: str, users: int, loader, cfg, staging: str, worke
     import psutil
 
     start_mb = psutil.Process(os.getpid()).memory_info().rss / 2**20
-    with _PeakRss() as rss:
+    with _PeakRss() as rss, _PeakRss(0.05, children=True) as rss_all, \
+            worker_threads(workers) as threads:
         t0, c0 = time.perf_counter(), time.process_time()
         with beam.Pipeline(runner="DirectRunner", options=PipelineOptions(flags)) as p:
             result = (p
@@ -195,9 +217,11 @@ def bench_generate(input_path: str, users: int, loader, cfg, staging: str, worke
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"stage": "generate", "users": int(users), "users_per_s": users / secs,
             "peak_rss_mb": round(rss.peak_mb, 1), "rss_start_mb": round(start_mb, 1),
+            "peak_rss_with_workers_mb": round(rss_all.peak_mb, 1),
             "seconds": round(secs, 2), "cpu_s": round(cpu, 2), "users_per_cpu_s": users / cpu,
             "path": "beam-columnar",
-            "workers": workers, "users_per_batch": e.users_per_batch, "max_recent": e.max_recent}
+            "workers": workers, "worker_intra_op_threads": threads,
+            "users_per_batch": e.users_per_batch, "max_recent": e.max_recent}
 
 
 def bench_kernel(table: Dict[str, np.ndarray], model, cfg) -> Dict[str, Any]:

@@ -18,3 +18,19 @@ def test_bench_stores_reports_both_stages(tmp_path):
     assert (tmp_path / "model_version=bench").is_dir()
     with pytest.raises(ValueError, match="redis"):
         bench_stores(emb, ids, stages=("redis",))
+
+
+def test_worker_threads_share_the_cores_and_restore_the_environment(monkeypatch):
+    from benchmarks import embeddings_bench
+
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    monkeypatch.setattr(embeddings_bench.os, "cpu_count", lambda: 8)
+    with embeddings_bench.worker_threads(3) as threads:
+        assert threads == 2 and embeddings_bench.os.environ["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert "TF_NUM_INTRAOP_THREADS" not in embeddings_bench.os.environ
+    with embeddings_bench.worker_threads(1) as threads:  # in-process: nothing set
+        assert threads is None and "TF_NUM_INTRAOP_THREADS" not in embeddings_bench.os.environ
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "5")    # the user's setting wins
+    with embeddings_bench.worker_threads(4) as threads:
+        assert threads == 5
+    assert embeddings_bench.os.environ["TF_NUM_INTRAOP_THREADS"] == "5"
