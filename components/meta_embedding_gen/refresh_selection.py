@@ -54,17 +54,17 @@ def last_k(frame: pd.DataFrame, users: np.ndarray, k: int) -> pd.DataFrame:
     """
     if k < 1:
         raise ValueError(f"k must be >= 1 (interactions per user), got {k}")
-    sel = frame[frame[F.USER_ID].isin(users)]
-    user = pd.factorize(sel[F.USER_ID].to_numpy(), sort=True, use_na_sentinel=False)[0]
-    item = pd.factorize(sel[F.ITEM_ID].to_numpy(), sort=True, use_na_sentinel=False)[0]
-    keys = (item, sel[F.TIMESTAMP].to_numpy(), user)  # last key first, as np.lexsort takes them
+    rows = np.flatnonzero(frame[F.USER_ID].isin(users).to_numpy())  # positions in ``frame``
+    user = pd.factorize(frame[F.USER_ID].to_numpy()[rows], sort=True, use_na_sentinel=False)[0]
+    item = pd.factorize(frame[F.ITEM_ID].to_numpy()[rows], sort=True, use_na_sentinel=False)[0]
+    keys = (item, frame[F.TIMESTAMP].to_numpy()[rows], user)  # last key first (np.lexsort)
     if _ordered(keys):  # prepared data is stored in this order: nothing to sort
         order = np.arange(user.shape[0])
     else:
         order = np.lexsort(keys)  # stable: ties keep the frame's order
     by_user = user[order]
     after = np.searchsorted(by_user, by_user, side="right") - np.arange(by_user.shape[0]) - 1
-    return sel.iloc[order[after < k]].reset_index(drop=True)
+    return frame.iloc[rows[order[after < k]]].reset_index(drop=True)  # one copy of the rows
 
 
 def _ordered(keys) -> bool:
