@@ -103,3 +103,19 @@ def test_distinct_values_give_back_the_converted_column(values):
     codes, uniques = refresh_encoding._distinct(col, feat)
     np.testing.assert_array_equal(uniques[codes], col.astype(str))
     assert len(set(uniques.tolist())) == len(set(col.astype(str).tolist()))
+
+
+def test_compact_keeps_values_and_narrows_only_binary_float_matrices():
+    from components.meta_embedding_gen.binary_columns import compact
+
+    multi_hot = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32)
+    got = compact(multi_hot)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, multi_hot)
+    for kept in (np.array([[0.0, 0.5]], np.float32),      # not 0/1
+                 np.array([[0.0, 2.0]], np.float32),      # an integer, but not 0/1
+                 np.array([[-0.0, 1.0]], np.float32),     # uint8 would lose the sign of zero
+                 np.array([[0.0, np.nan]], np.float64),
+                 np.array([0.0, 1.0], np.float32),        # a vector, not a matrix
+                 np.array([[0, 1]], np.int64)):           # not floating
+        assert compact(kept) is kept

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from components.meta_embedding_gen.binary_columns import compact
 from schema import features as F
 
 ENCODE_CHUNK_ROWS = 65_536
@@ -169,7 +170,7 @@ def _transform_column(output: Any, name: str, col: np.ndarray, feat: Any, names:
             {name: _feed(name, uniques[lo:lo + chunk_rows], feat)}, drop_unused_features=True)
         for out_name in names:
             parts[out_name].append(_as_numpy(got[out_name]))
-    return {k: np.take(np.concatenate(v), codes, axis=0) for k, v in parts.items()}
+    return {k: np.take(compact(np.concatenate(v)), codes, axis=0) for k, v in parts.items()}
 
 
 def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
@@ -190,7 +191,8 @@ def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
 
     Returns:
         ``{feature: [N, ...]}`` in the frame's row order; ``user_id`` (object str) and
-        ``timestamp`` (int64) are taken from ``frame``.
+        ``timestamp`` (int64) are taken from ``frame``; a multi-hot computed column by column
+        comes as uint8 (:func:`~components.meta_embedding_gen.binary_columns.compact`).
     """
     import tensorflow_transform as tft
 
