@@ -85,7 +85,7 @@ def test_single_column_outputs_names_what_each_column_determines(crossing):
     frame, tdir, _ = crossing
     output = tft.TFTransformOutput(tdir)
     alone, every = refresh_encoding.single_column_outputs(
-        output, frame, refresh_encoding.raw_spec_of(output))
+        refresh_encoding.load_transform(output), frame, refresh_encoding.raw_spec_of(output))
     assert alone[F.ITEM_ID] == (F.ITEM_ID,) and alone[F.LABEL] == (F.LABEL,)
     assert alone[F.GENDER] == () and alone[F.TIMESTAMP] == ()
     assert "gender_x_item" in every and all("gender_x_item" not in v for v in alone.values())
