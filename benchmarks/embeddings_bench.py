@@ -192,10 +192,8 @@ def bench_generate(input_path: str, users: int, loader, cfg, staging: str, worke
     """Times the Beam MEG path (columnar read, generation, staging) over every user of the input.
 
     With ``workers`` > 1 the worker processes share the cores (:func:`worker_threads`)."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from benchmarks.embedding_store_bench import _PeakRss
+    from components.common.beam_pipeline import local_pipeline
     from components.meta_embedding_gen import generate, inputs, store_io
 
     e = cfg.embeddings
@@ -208,7 +206,7 @@ def bench_generate(input_path: str, users: int, loader, cfg, staging: str, worke
     with _PeakRss() as rss, _PeakRss(0.05, children=True) as rss_all, \
             worker_threads(workers) as threads:
         t0, c0 = time.perf_counter(), time.process_time()
-        with beam.Pipeline(runner="DirectRunner", options=PipelineOptions(flags)) as p:
+        with local_pipeline(flags) as p:
             result = (p
                       | "Users" >> inputs.ReadUserBatches(input_path)  # pylint: disable=no-value-for-parameter
                       | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter

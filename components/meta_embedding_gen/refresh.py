@@ -134,12 +134,10 @@ def generate_embeddings(encoded: Dict[str, np.ndarray], model_dir: str, cfg: Lim
         cfg: the model's config (``embeddings``: max_recent, aggregation, users_per_batch).
         as_of: unix seconds.
         staging: private folder (cleared first).
-        beam_args: Beam pipeline flags.
+        beam_args: Beam pipeline flags (:func:`components.common.beam_pipeline.local_pipeline`).
         genres: multi-block models: the genre set (:func:`refresh_entities.genres_for_refresh`).
     """
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
+    from components.common.beam_pipeline import local_pipeline
     from components.meta_embedding_gen import inputs
     from components.meta_embedding_gen.user_batch import UserBatch
 
@@ -149,7 +147,7 @@ def generate_embeddings(encoded: Dict[str, np.ndarray], model_dir: str, cfg: Lim
     path = inputs.write_grouped_parquet(UserBatch.from_grouped(encoded), input_dir,
                                         max(1, e.users_per_batch * e.max_recent))
     try:
-        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
+        with local_pipeline(beam_args) as p:
             result = (p
                       | "Users" >> inputs.ReadUserBatches(path)  # pylint: disable=no-value-for-parameter
                       | "MEG" >> generate.GenerateEmbeddings(  # pylint: disable=no-value-for-parameter
@@ -171,7 +169,8 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
         as_of: unix seconds or ISO date; interactions after it are ignored.
         store: ``parquet:<dir>`` or ``bigtable:<project>/<instance>/<table>``; default: the
             Bigtable table of the model's config, if it names one.
-        beam_args: Beam pipeline flags for the generation (default DirectRunner).
+        beam_args: Beam pipeline flags for the generation (default: in process,
+            :func:`components.common.beam_pipeline.local_pipeline`).
         timeout_s: Bigtable read deadline.
         client: optional Bigtable client (tests).
         log: progress printer (``None``: silent).
