@@ -105,17 +105,24 @@ def test_distinct_values_give_back_the_converted_column(values):
     assert len(set(uniques.tolist())) == len(set(col.astype(str).tolist()))
 
 
-def test_compact_keeps_values_and_narrows_only_binary_float_matrices():
-    from components.meta_embedding_gen.binary_columns import compact
+def test_compact_keeps_values_and_narrows_only_what_fits():
+    from components.meta_embedding_gen.compact_columns import compact
 
     multi_hot = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32)
     got = compact(multi_hot)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, multi_hot)
+    for ids, dtype in (([0, 255], np.uint8), ([-1, 5], np.int16), ([0, 256], np.int16),
+                       ([0, 32768], np.int32), ([-2**31, 2**31 - 1], np.int32)):
+        got = compact(np.array(ids, np.int64))
+        assert got.dtype == dtype, ids
+        np.testing.assert_array_equal(got, ids)
     for kept in (np.array([[0.0, 0.5]], np.float32),      # not 0/1
                  np.array([[0.0, 2.0]], np.float32),      # an integer, but not 0/1
                  np.array([[-0.0, 1.0]], np.float32),     # uint8 would lose the sign of zero
                  np.array([[0.0, np.nan]], np.float64),
-                 np.array([0.0, 1.0], np.float32),        # a vector, not a matrix
-                 np.array([[0, 1]], np.int64)):           # not floating
+                 np.array([0.0, 1.0], np.float32),        # a vector of floats
+                 np.array([0, 2**31], np.int64),          # past int32
+                 np.array([1, 300], np.int16),            # needs its int16
+                 np.array(["a"], object), np.zeros((0, 3), np.int64)):
         assert compact(kept) is kept

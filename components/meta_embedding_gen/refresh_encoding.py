@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from components.meta_embedding_gen.binary_columns import compact
+from components.meta_embedding_gen.compact_columns import compact
 from schema import features as F
 
 ENCODE_CHUNK_ROWS = 65_536
@@ -203,8 +203,9 @@ def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
 
     Returns:
         ``{feature: [N, ...]}`` in the frame's row order; ``user_id`` (object str) and
-        ``timestamp`` (int64) are taken from ``frame``; a multi-hot computed column by column
-        comes as uint8 (:func:`~components.meta_embedding_gen.binary_columns.compact`).
+        ``timestamp`` (int64) are taken from ``frame``; outputs computed column by column come
+        in the narrowest dtype holding them (a multi-hot as uint8, ids as uint8 / int16 /
+        int32: :func:`~components.meta_embedding_gen.compact_columns.compact`).
     """
     import tensorflow_transform as tft
 
