@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
@@ -32,16 +32,26 @@ _NUMPY_OF = {types_pb2.DT_INT64: np.int64, types_pb2.DT_FLOAT: np.float32,
              types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32}
 
 
-def _shape(*dims: int) -> tensor_shape_pb2.TensorShapeProto:
-    return tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in dims])
+def _fill_string(proto: tensor_pb2.TensorProto, values: Sequence[bytes]) -> tensor_pb2.TensorProto:
+    proto.dtype = types_pb2.DT_STRING
+    proto.tensor_shape.dim.add().size = len(values)
+    proto.string_val.extend(values)
+    return proto
+
+
+def _fill_numeric(proto: tensor_pb2.TensorProto, values: np.ndarray, dtype: int
+                  ) -> tensor_pb2.TensorProto:
+    arr = np.ascontiguousarray(values, dtype=_NUMPY_OF[dtype])
+    proto.dtype = dtype
+    for d in arr.shape:
+        proto.tensor_shape.dim.add().size = int(d)
+    proto.tensor_content = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    return proto
 
 
 def string_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
     """A ``DT_STRING [N]`` tensor of UTF-8 byte strings (one ``extend``)."""
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape(len(values)))
-    proto.string_val.extend(values)
-    return proto
+    return _fill_string(tensor_pb2.TensorProto(), values)
 
 
 def numeric_tensor(values: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:
@@ -51,10 +61,7 @@ def numeric_tensor(values: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:
         values: the array.
         dtype: a ``types_pb2`` numeric dtype (int64, float, double, int32).
     """
-    arr = np.ascontiguousarray(values, dtype=_NUMPY_OF[dtype])
-    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=_shape(*arr.shape),
-                                  tensor_content=arr.astype(arr.dtype.newbyteorder("<"),
-                                                            copy=False).tobytes())
+    return _fill_numeric(tensor_pb2.TensorProto(), values, dtype)
 
 
 def examples_request(model_name: str, version: int, examples: Sequence[bytes]
@@ -92,16 +99,16 @@ def raw_request(model_name: str, version: int, inputs: Mapping[str, int],
     req.model_spec.version.value = version
     req.model_spec.signature_name = RAW_SIGNATURE
     for name, dtype in inputs.items():
-        if dtype == types_pb2.DT_STRING:
-            req.inputs[name].CopyFrom(string_tensor(columns[name]))  # type: ignore[arg-type]
+        if dtype == types_pb2.DT_STRING:  # filled in place: no message built then copied
+            _fill_string(req.inputs[name], columns[name])  # type: ignore[arg-type]
         else:
-            req.inputs[name].CopyFrom(numeric_tensor(np.asarray(columns[name]), dtype))
+            _fill_numeric(req.inputs[name], np.asarray(columns[name]), dtype)
     emb = np.asarray(meta_embedding, np.float32)
     if emb.ndim == 1:
         emb = np.broadcast_to(emb, (n, emb.shape[0]))
     elif emb.shape[0] != n:
         raise ValueError(f"meta_embedding has {emb.shape[0]} rows for {n} candidates")
-    req.inputs[F.META_EMBEDDING].CopyFrom(numeric_tensor(emb, types_pb2.DT_FLOAT))
+    _fill_numeric(req.inputs[F.META_EMBEDDING], emb, types_pb2.DT_FLOAT)
     req.output_filter.append(PROBABILITIES_OUTPUT)
     return req
 

@@ -215,9 +215,8 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             ModelServerError: the model server rejected the request (contract mismatch).
             EmbeddingLookupError: the lookup raised or returned a malformed result.
         """
-        self.validate(user_id, candidates, user_features)
-        return self._rank_columns(user_id, self._candidate_columns(candidates), len(candidates),
-                                  user_features)
+        columns = self.validated_columns(user_id, candidates, user_features)
+        return self._rank_columns(user_id, columns, len(candidates), user_features)
 
     def rank_items(
         self,

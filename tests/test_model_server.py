@@ -212,7 +212,16 @@ def _bad_requests():
     wrong_shape.model_spec.signature_name = "dense"
     wrong_shape.inputs[F.META_EMBEDDING].CopyFrom(tf.make_tensor_proto(np.zeros((2, 3), np.float32)))
     wrong_shape.inputs[F.RELEASE_YEAR].CopyFrom(tf.make_tensor_proto(np.zeros(2, np.int64)))
-    cases["wrong shape"] = (wrong_shape, grpc.StatusCode.INVALID_ARGUMENT, "")
+    cases["wrong shape"] = (wrong_shape, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"input 'meta_embedding' has shape [2, 3]; the signature takes "
+                            f"[None, {EMBED_DIM}]")
+    wrong_rank = predict_pb2.PredictRequest()
+    wrong_rank.CopyFrom(wrong_shape)
+    wrong_rank.inputs[F.META_EMBEDDING].CopyFrom(
+        tf.make_tensor_proto(np.zeros((2, EMBED_DIM), np.float32)))
+    wrong_rank.inputs[F.RELEASE_YEAR].CopyFrom(tf.make_tensor_proto(np.zeros((2, 1), np.int64)))
+    cases["wrong rank"] = (wrong_rank, grpc.StatusCode.INVALID_ARGUMENT,
+                           "input 'release_year' has shape [2, 1]; the signature takes [None]")
     bad_example = _predict_request(MODEL_NAME_ALL, [b"not a tf.Example"])
     cases["unparsable example"] = (bad_example, grpc.StatusCode.INVALID_ARGUMENT, "")
     cases["missing model spec"] = (predict_pb2.PredictRequest(), grpc.StatusCode.INVALID_ARGUMENT,
@@ -246,6 +255,30 @@ def test_dense_signature_and_output_filter(toy_multi_server):
     assert list(resp.outputs) == ["probabilities"]
     np.testing.assert_allclose(tf.make_ndarray(resp.outputs["probabilities"]),
                                toy_scores(1, emb, years), atol=1e-6, rtol=0)
+
+
+def test_typed_fields_and_one_value_broadcast(toy_multi_server):
+    """Inputs parsed in the graph (ParseTensor) read typed repeated fields as well as
+    tensor_content, and one value sent for a [N] shape fills every row (as make_ndarray does):
+    the scores are the toy model's, computed in numpy."""
+    predict, _ = _stubs(toy_multi_server.target)
+    emb = np.arange(3 * EMBED_DIM, dtype=np.float32).reshape(3, EMBED_DIM) / 7
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = MODEL_NAME_ALL
+    req.model_spec.version.value = 1
+    req.model_spec.signature_name = "dense"
+    emb_proto = req.inputs[F.META_EMBEDDING]
+    emb_proto.dtype = types_pb2.DT_FLOAT
+    emb_proto.tensor_shape.dim.add().size = 3
+    emb_proto.tensor_shape.dim.add().size = EMBED_DIM
+    emb_proto.float_val.extend(emb.reshape(-1).tolist())
+    years = req.inputs[F.RELEASE_YEAR]
+    years.dtype = types_pb2.DT_INT64
+    years.tensor_shape.dim.add().size = 3
+    years.int64_val.append(2004)
+    resp = predict.Predict(req, timeout=10)
+    np.testing.assert_allclose(tf.make_ndarray(resp.outputs["probabilities"]),
+                               toy_scores(1, emb, np.full(3, 2004)), atol=1e-6, rtol=0)
 
 
 def test_polls_new_versions_and_unloads_old(toy_model_base, tmp_path):

@@ -169,7 +169,33 @@ BAD_REQUESTS: Dict[str, tuple] = {
     "feature in user_features and candidate": (
         "u", [{**make_candidates(1)[0], F.GENDER: "M"}], {F.GENDER: "F"}, f"candidates[0].{F.GENDER}"),
     "bad user feature": ("u", make_candidates(1), {F.ITEM_ID: "x"}, f"user_features.{F.ITEM_ID}"),
+    "lone surrogate": ("u", make_candidates(2) + [{**make_candidates(1)[0], F.ITEM_ID: "a\ud800"}],
+                       None, f"candidates[2].{F.ITEM_ID}"),
+    "int beyond int64": ("u", [{**make_candidates(1)[0], F.RELEASE_YEAR: 2**63}], None,
+                         f"candidates[0].{F.RELEASE_YEAR}"),
+    "required feature None": ("u", make_candidates(3) + [{**make_candidates(1)[0], F.GENRES: None}],
+                              None, f"candidates[3].{F.GENRES}"),
+    "bad optional feature late": ("u", make_candidates(4) + [{**make_candidates(1)[0],
+                                                              F.TIMESTAMP: 1.5}],
+                                  None, f"candidates[4].{F.TIMESTAMP}"),
 }
+
+
+def test_column_checks_accept_what_the_per_candidate_checks_accept(ranker):
+    """Plain JSON requests are checked column by column; the result is the columns the
+    per-candidate path builds, including optional features some candidates lack or send as
+    null, and numpy integers (not plain JSON) still pass through the per-candidate path."""
+    cands = make_candidates(4)
+    cands[1][F.TIMESTAMP] = 1_000_000
+    cands[2][F.TIMESTAMP] = None
+    cands[3][F.RELEASE_YEAR] = np.int64(1999)
+    columns = ranker.validated_columns("u", cands, {F.GENDER: "F"})
+    assert columns[F.TIMESTAMP] == [None, 1_000_000, None, None]
+    assert columns[F.RELEASE_YEAR][3] == 1999
+    assert columns == {name: [c.get(name) for c in cands] for name in set().union(*cands)}
+    assert ranker._plain_columns(cands[:3], None) == {
+        name: [c.get(name) for c in cands[:3]] for name in set().union(*cands[:3])}
+    assert ranker._plain_columns(cands, None) is None  # np.int64: the per-candidate path
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))

@@ -93,8 +93,26 @@ def _output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter: Seque
     return seen
 
 
+def _call_converted(fn, signature: meta_graph_pb2.SignatureDef, request):
+    """The signature on eager tensors converted in Python (inputs with defaults left out)."""
+    kwargs = {}
+    for alias, proto in request.inputs.items():
+        try:
+            arr = tf.make_ndarray(proto)
+        except Exception as exc:  # noqa: BLE001 - malformed TensorProto
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"input '{alias}' is not a valid tensor: {exc}"
+            ) from exc
+        kwargs[alias] = tf.constant(arr, dtype=tf.as_dtype(signature.inputs[alias].dtype))
+    return fn(**kwargs)
+
+
 def run_predict(servable: Servable, request) -> predict_pb2.PredictResponse:
     """Runs one ``PredictRequest`` against a loaded servable.
+
+    When every input is sent, the signature runs on the serialized input protos in one call
+    (:class:`~serving.model_server.proto_call.ProtoFedSignature`); otherwise (inputs with
+    defaults left out) on tensors converted here.
 
     Raises:
         ServingError: with TF Serving's status codes.
@@ -114,25 +132,20 @@ def run_predict(servable: Servable, request) -> predict_pb2.PredictResponse:
         )
     _verify_inputs(signature, request)
     aliases = _output_aliases(signature, list(request.output_filter))
-    kwargs = {}
     for alias, proto in request.inputs.items():
         try:
             check_tensor_proto(alias, proto, DEFAULT_MAX_ELEMENTS)
         except TensorCheckError as exc:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        try:
-            arr = tf.make_ndarray(proto)
-        except Exception as exc:  # noqa: BLE001 - malformed TensorProto
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"input '{alias}' is not a valid tensor: {exc}"
-            ) from exc
-        kwargs[alias] = tf.constant(arr, dtype=tf.as_dtype(signature.inputs[alias].dtype))
+    fed = servable.proto_fed(sig_name) if len(request.inputs) == len(signature.inputs) else None
     try:
-        outputs = fn(**kwargs)
+        outputs = fed(request.inputs) if fed is not None else _call_converted(
+            fn, signature, request)
     except tf.errors.OpError as exc:
         raise ServingError(_TF_TO_GRPC.get(exc.error_code, grpc.StatusCode.UNKNOWN), exc.message) from exc
     except (TypeError, ValueError) as exc:
-        # The concrete function rejects inputs whose shape does not fit the signature.
+        # An input whose shape does not fit the signature (ShapeMismatch, or the concrete
+        # function's own check).
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
     response = predict_pb2.PredictResponse()
     response.model_spec.name = servable.name

@@ -16,6 +16,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server.config import aspired_versions, list_versions
 from serving.model_server.errors import _SERVE_TAG, ServingError, _State
+from serving.model_server.proto_call import ProtoFedSignature
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,23 @@ class Servable:
     signature_defs: Dict[str, meta_graph_pb2.SignatureDef]
     functions: Dict[str, Callable]
     _module: object = field(default=None, repr=False)
+    _proto_fed: Dict[str, Optional[ProtoFedSignature]] = field(default_factory=dict, repr=False)
+    _proto_fed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def proto_fed(self, key: str) -> Optional[ProtoFedSignature]:
+        """Signature ``key`` called on serialized input protos (traced on first use), or None
+        where its inputs are not keyword tensors."""
+        fed = self._proto_fed.get(key, False)
+        if fed is not False:
+            return fed  # type: ignore[return-value]
+        with self._proto_fed_lock:
+            if key not in self._proto_fed:
+                try:
+                    self._proto_fed[key] = ProtoFedSignature(self.functions[key])
+                except ValueError as exc:
+                    log.info("signature %r of %s version %d: %s", key, self.name, self.version, exc)
+                    self._proto_fed[key] = None
+            return self._proto_fed[key]
 
 
 def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
