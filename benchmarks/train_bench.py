@@ -9,8 +9,10 @@ first-order outer gradient + Adam) inside one ``tf.function``:
   vectorized over tasks by ``tf.vectorized_map`` (what JAX's ``vmap`` + ``grad`` does);
 * ``per_task_loop``: a Python loop over tasks, each adapted on its own (``[1, ...]`` slices).
 
-Tracing is excluded (one warm-up step each). ``--profile`` adds each row's top TensorFlow ops
-(self time per op type, :mod:`benchmarks.op_profile`).
+Tracing is excluded (one warm-up step each); ``--rounds`` timed rounds run every row in turn
+and rows give the median, with the paired ratio to the per-task loop (``vs_per_task_loop``).
+``--profile`` adds each row's top TensorFlow ops (self time per op type,
+:mod:`benchmarks.op_profile`).
 
 Usage: ``python -m benchmarks.train_bench --tasks 32 --support 16 --query 8 --meta-dim 32
 --hidden 64 --embedding-dim 16 --steps 20`` prints a JSON list of rows.
@@ -132,8 +134,13 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
         embedding_dim: int = 16, steps: int = 20,
         adaptation_steps: Sequence[int] = (1, 5), first_order: Sequence[bool] = (False, True),
         impls: Sequence[str] = ("batched", "batched_xla", "vmap", "per_task_loop"),
-        profile: bool = False) -> List[Dict[str, object]]:
+        profile: bool = False, rounds: int = 1) -> List[Dict[str, object]]:
     """Measures meta-training throughput.
+
+    Every row's step is traced first; then ``rounds`` rounds each time ``steps`` steps of every
+    row in turn, so a slow phase of a shared machine falls on all rows of a round alike. A
+    row reports the median over rounds, and ``vs_per_task_loop`` the median of the per-round
+    ratios to the per-task loop of the same configuration (paired).
 
     Args:
         tasks: tasks per meta-batch.
@@ -141,19 +148,24 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
         meta_dim: width of the dense meta input.
         hidden: hidden width of the meta block and of the global block.
         embedding_dim: E.
-        steps: timed outer steps per configuration (after one warm-up step).
+        steps: timed outer steps per row and round (after one warm-up step).
         adaptation_steps, first_order, impls: configurations to run.
         profile: also profile ``steps`` more steps of each row (``top_ops``).
+        rounds: timed rounds (>= 1).
 
     Returns:
-        Rows ``{"impl", "adaptation_steps", "first_order", "tasks_per_s", ...[, "top_ops"]}``.
+        Rows ``{"impl", "adaptation_steps", "first_order", "tasks_per_s", "tasks_per_s_rounds",
+        ...[, "vs_per_task_loop"][, "top_ops"]}``.
     """
+    if rounds < 1 or steps < 1:
+        raise ValueError(f"rounds={rounds}, steps={steps}; both must be >= 1")
     layout = _layout(meta_dim)
     # plain MAML on dense meta inputs (no user-id rows), full supports: the same math in both
     mcfg = ModelConfig(meta_hidden=(hidden,), embedding_dim=embedding_dim, global_hidden=(hidden,),
                        categorical_embedding_dim=16, user_id_embedding_dim=0)
     batch = _batch(layout, tasks, support, query)
     rows: List[Dict[str, object]] = []
+    fns = []
     for impl in impls:
         for k in adaptation_steps:
             for fo in first_order:
@@ -171,20 +183,31 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
                 t0 = time.time()
                 first = step(batch)
                 tf.nest.map_structure(lambda x: x.numpy(), first)
-                warm = time.time() - t0
-                t0 = time.time()
-                for _ in range(steps):
-                    out = step(batch)
-                tf.nest.map_structure(lambda x: x.numpy(), out)
-                elapsed = time.time() - t0
-                row = {"impl": impl, "adaptation_steps": k, "first_order": fo,
-                       "tasks_per_s": tasks * steps / elapsed,
-                       "step_ms": 1000 * elapsed / steps, "trace_s": warm,
-                       "tasks": tasks, "support": support, "query": query,
-                       "meta_dim": meta_dim, "hidden": hidden, "embedding_dim": embedding_dim}
-                if profile:
-                    row["top_ops"] = top_ops(lambda fn=step: fn(batch), calls=steps, k=8)
-                rows.append(row)
+                rows.append({"impl": impl, "adaptation_steps": k, "first_order": fo,
+                             "trace_s": time.time() - t0, "tasks_per_s_rounds": [],
+                             "tasks": tasks, "support": support, "query": query,
+                             "meta_dim": meta_dim, "hidden": hidden,
+                             "embedding_dim": embedding_dim, "rounds": rounds})
+                fns.append(step)
+    for _ in range(rounds):
+        for row, step in zip(rows, fns):
+            t0 = time.time()
+            for _ in range(steps):
+                out = step(batch)
+            tf.nest.map_structure(lambda x: x.numpy(), out)
+            row["tasks_per_s_rounds"].append(tasks * steps / (time.time() - t0))
+    loops = {(r["adaptation_steps"], r["first_order"]): r for r in rows
+             if r["impl"] == "per_task_loop"}
+    for row, step in zip(rows, fns):
+        rates = row["tasks_per_s_rounds"]
+        row["tasks_per_s"] = float(np.median(rates))
+        row["step_ms"] = 1000.0 * tasks / row["tasks_per_s"]
+        loop = loops.get((row["adaptation_steps"], row["first_order"]))
+        if loop is not None and loop is not row:
+            row["vs_per_task_loop"] = float(np.median(
+                np.asarray(rates) / np.asarray(loop["tasks_per_s_rounds"])))
+        if profile:
+            row["top_ops"] = top_ops(lambda fn=step: fn(batch), calls=steps, k=8)
     return rows
 
 
@@ -200,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--impls", default="batched,batched_xla,vmap,per_task_loop",
                    help="comma-separated implementations")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed rounds, every row in turn each round; rows report the median")
     p.add_argument("--profile", action="store_true",
                    help="add each row's top TensorFlow ops (self time per op type)")
     a = p.parse_args(argv)
@@ -208,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         p.error(f"--impls: unknown {unknown}; choose from batched, batched_xla, vmap, per_task_loop")
     rows = run(a.tasks, a.support, a.query, a.meta_dim, a.hidden, a.embedding_dim, a.steps,
-               impls=impls, profile=a.profile)
+               impls=impls, profile=a.profile, rounds=a.rounds)
     print(json.dumps(rows, indent=2))
     return 0
 

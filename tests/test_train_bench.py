@@ -87,3 +87,19 @@ def test_top_ops_finds_the_planted_matmul():
     top = op_profile.top_ops(lambda: f(x), calls=7, k=3)
     assert "MatMul" in top[0]["op_type"] and top[0]["occurrences"] == 21  # 3 per call
     assert top[0]["share"] > 0.5
+
+
+def test_rounds_interleave_rows_and_pair_the_ratio():
+    """Each row is timed once per round; a row's rate is the median of its rounds and its
+    ratio to the per-task loop the median of the per-round ratios (not a ratio of medians)."""
+    rows = train_bench.run(tasks=2, support=3, query=2, meta_dim=4, hidden=4, embedding_dim=2,
+                           steps=1, adaptation_steps=(1,), first_order=(True,),
+                           impls=("batched", "per_task_loop"), rounds=3)
+    batched, loop = rows
+    assert len(batched["tasks_per_s_rounds"]) == len(loop["tasks_per_s_rounds"]) == 3
+    assert batched["tasks_per_s"] == sorted(batched["tasks_per_s_rounds"])[1]
+    ratios = sorted(b / p for b, p in zip(batched["tasks_per_s_rounds"], loop["tasks_per_s_rounds"]))
+    assert batched["vs_per_task_loop"] == pytest.approx(ratios[1], rel=1e-12)
+    assert "vs_per_task_loop" not in loop
+    with pytest.raises(ValueError, match="rounds=0"):
+        train_bench.run(rounds=0)
