@@ -177,19 +177,61 @@ ChunkReader = Callable[[np.ndarray, int], Dict[str, np.ndarray]]
 at ``width`` positions (zeros where masked)."""
 
 
-def _fast_embeddings(model: LimamlModel, take: ChunkReader,
-                     signature: Tuple[Tuple[str, tf.DType, int], ...], mask: np.ndarray,
-                     aggregation: str, cfg: MamlConfig) -> np.ndarray:
+ChunkCall = Callable[[np.ndarray, int], tf.Tensor]
+"""``call(users [n], width) -> [n, E]``: the kernel on some users' support grids cut at ``width``."""
+
+
+def _fast_embeddings(call: ChunkCall, mask: np.ndarray) -> np.ndarray:
     """Width-grouped chunks through the kernel (see ``WIDTH_LADDER``)."""
     out: Optional[np.ndarray] = None
-    fn = _kernel(model, aggregation, cfg, signature)
     for width, idx in _chunk_plan(mask, WIDTH_LADDER, CHUNK_ROWS):
-        part = {k: tf.convert_to_tensor(v) for k, v in take(idx, width).items()}
-        emb = fn(part, tf.convert_to_tensor(mask[idx, :width])).numpy()
+        emb = call(idx, width).numpy()
         if out is None:
             out = np.empty((mask.shape[0],) + emb.shape[1:], emb.dtype)
         out[idx] = emb
     return out
+
+
+def _grid_call(model: LimamlModel, take: ChunkReader,
+               signature: Tuple[Tuple[str, tf.DType, int], ...], mask: np.ndarray,
+               aggregation: str, cfg: MamlConfig) -> ChunkCall:
+    """Chunks gathered in numpy (``take``) and fed to the kernel."""
+    fn = _kernel(model, aggregation, cfg, signature)
+
+    def call(idx: np.ndarray, width: int) -> tf.Tensor:
+        part = {k: tf.convert_to_tensor(v) for k, v in take(idx, width).items()}
+        return fn(part, tf.convert_to_tensor(mask[idx, :width]))
+    return call
+
+
+def _row_kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig,
+                signature: Tuple[Tuple[str, tf.DType, int], ...]):
+    """The cached kernel on flat rows: ``fn(rows {feature: [N, ...]}, index [n, w], mask
+    [n, w])`` gathers each chunk's grid in the graph (padding zeroed, position 0 kept: it
+    carries a cold user's meta features) and runs :func:`generate_meta_embeddings_fn`."""
+    key = ("rows", id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr,
+           cfg.meg_min_support, cfg.meg_row_shrinkage, signature)
+    fn = _FN_CACHE.get(key)
+    if fn is None:
+        inner_lr = None if model.inner_lrs else cfg.inner_lr
+
+        def body(rows, index, mask_):
+            keep = (mask_ > 0) | tf.equal(tf.range(tf.shape(index)[1]), 0)[None, :]  # [n, w]
+            support = {}
+            for k, v in rows.items():
+                grid = tf.gather(v, index)                                            # [n, w, ...]
+                m = tf.reshape(keep, tf.concat([tf.shape(keep), tf.ones([v.shape.rank - 1],
+                                                                        tf.int32)], 0))
+                support[k] = tf.where(m, grid, tf.zeros_like(grid))
+            return generate_meta_embeddings_fn(model, support, mask_, aggregation,
+                                               cfg.adaptation_steps, inner_lr,
+                                               cfg.meg_min_support, cfg.meg_row_shrinkage)
+
+        spec = ({k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
+                tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32))
+        fn = tf.function(body, input_signature=spec, autograph=False)
+        _FN_CACHE[key] = fn
+    return fn
 
 
 def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], index: np.ndarray,
@@ -232,8 +274,16 @@ def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], ind
     if mask.shape[0] < FAST_PATH_MIN_USERS:
         return generate_meta_embeddings(model, take(slice(None)), mask, aggregation, cfg).numpy()
     _check_ids(model, rows)
-    signature = tuple((k, tf.as_dtype(v.dtype), v.ndim + 1) for k, v in sorted(rows.items()))
-    return _fast_embeddings(model, take, signature, mask, aggregation, cfg)
+    # Rows go to TensorFlow once per call; each chunk's grid is gathered in the graph.
+    signature = tuple((k, tf.as_dtype(v.dtype), v.ndim) for k, v in sorted(rows.items()))
+    fn = _row_kernel(model, aggregation, cfg, signature)
+    tensors = {k: tf.convert_to_tensor(v) for k, v in rows.items()}
+    index = np.asarray(index, np.int64)
+
+    def call(users: np.ndarray, width: int) -> tf.Tensor:
+        return fn(tensors, tf.convert_to_tensor(index[users, :width]),
+                  tf.convert_to_tensor(mask[users, :width]))
+    return _fast_embeddings(call, mask)
 
 
 def _signature(support: Mapping[str, object]) -> Tuple[Tuple[str, tf.DType, int], ...]:
@@ -266,9 +316,10 @@ def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.
     if shape is not None and len(shape) == 2 and int(shape[0]) >= FAST_PATH_MIN_USERS:
         arrays = {k: np.asarray(v) for k, v in support.items()}
         _check_ids(model, arrays)
-        return tf.convert_to_tensor(_fast_embeddings(
+        mask = np.asarray(mask, np.float32)
+        return tf.convert_to_tensor(_fast_embeddings(_grid_call(
             model, lambda idx, width: {k: v[idx, :width] for k, v in arrays.items()},
-            _signature(arrays), np.asarray(mask, np.float32), aggregation, cfg))
+            _signature(arrays), mask, aggregation, cfg), mask))
     tensors = {k: tf.convert_to_tensor(v) for k, v in support.items()}
     mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
     sig = _signature(tensors) if tf.executing_eagerly() else None
