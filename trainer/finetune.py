@@ -101,27 +101,38 @@ CHUNK_ROWS = 8192
 FAST_PATH_MIN_USERS = 512
 
 
+def _meg_body(model: LimamlModel, aggregation: str, cfg: MamlConfig):
+    """``(support, mask) -> [users, E]``: :func:`generate_meta_embeddings_fn` with ``cfg``'s
+    settings (a fixed α unless the model learned Meta-SGD rates)."""
+    inner_lr = None if model.inner_lrs else cfg.inner_lr
+
+    def body(support, mask_):
+        return generate_meta_embeddings_fn(model, support, mask_, aggregation,
+                                           cfg.adaptation_steps, inner_lr,
+                                           cfg.meg_min_support, cfg.meg_row_shrinkage)
+    return body
+
+
+def _cache_key(kind: str, model: LimamlModel, aggregation: str, cfg: MamlConfig, signature
+               ) -> Tuple:
+    return (kind, id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr,
+            cfg.meg_min_support, cfg.meg_row_shrinkage, signature)
+
+
 def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, signature=None):
     """The cached tf.function of :func:`generate_meta_embeddings_fn` for one model and setting.
 
     ``signature``: ``((feature, dtype, rank), ...)`` of the support dict; the function is then
     traced once for any batch and window size (no retracing on ragged batches).
     """
-    key = (id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr, cfg.meg_min_support,
-           cfg.meg_row_shrinkage, signature)
+    key = _cache_key("grid", model, aggregation, cfg, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
-        inner_lr = None if model.inner_lrs else cfg.inner_lr
-
-        def body(support, mask_):
-            return generate_meta_embeddings_fn(model, support, mask_, aggregation,
-                                               cfg.adaptation_steps, inner_lr,
-                                               cfg.meg_min_support, cfg.meg_row_shrinkage)
-
         spec = None if signature is None else (
             {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
             tf.TensorSpec([None, None], tf.float32))
-        fn = tf.function(body, input_signature=spec, reduce_retracing=spec is None, autograph=False)
+        fn = tf.function(_meg_body(model, aggregation, cfg), input_signature=spec,
+                         reduce_retracing=spec is None, autograph=False)
         _FN_CACHE[key] = fn
     return fn
 
@@ -209,11 +220,10 @@ def _row_kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig,
     """The cached kernel on flat rows: ``fn(rows {feature: [N, ...]}, index [n, w], mask
     [n, w])`` gathers each chunk's grid in the graph (padding zeroed, position 0 kept: it
     carries a cold user's meta features) and runs :func:`generate_meta_embeddings_fn`."""
-    key = ("rows", id(model), aggregation, cfg.adaptation_steps, cfg.inner_lr,
-           cfg.meg_min_support, cfg.meg_row_shrinkage, signature)
+    key = _cache_key("rows", model, aggregation, cfg, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
-        inner_lr = None if model.inner_lrs else cfg.inner_lr
+        meg = _meg_body(model, aggregation, cfg)
 
         def body(rows, index, mask_):
             keep = (mask_ > 0) | tf.equal(tf.range(tf.shape(index)[1]), 0)[None, :]  # [n, w]
@@ -223,9 +233,7 @@ def _row_kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig,
                 m = tf.reshape(keep, tf.concat([tf.shape(keep), tf.ones([v.shape.rank - 1],
                                                                         tf.int32)], 0))
                 support[k] = tf.where(m, grid, tf.zeros_like(grid))
-            return generate_meta_embeddings_fn(model, support, mask_, aggregation,
-                                               cfg.adaptation_steps, inner_lr,
-                                               cfg.meg_min_support, cfg.meg_row_shrinkage)
+            return meg(support, mask_)
 
         spec = ({k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
                 tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32))
@@ -259,20 +267,6 @@ def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], ind
     rows = {k: np.asarray(v) for k, v in rows.items() if k != MASK}
     mask = np.asarray(mask, np.float32)
 
-    def take(users, width: Optional[int] = None) -> Dict[str, np.ndarray]:
-        idx = index[users, :width]
-        pad = mask[users, :width] == 0
-        pad[:, 0] = False  # valid, or the meta features of a user with none (cold start)
-        padded = bool(pad.any())
-        grid = {}
-        for k, v in rows.items():
-            grid[k] = v[idx]  # a fresh array: padding zeroed in place
-            if padded:
-                grid[k][pad] = 0
-        return grid
-
-    if mask.shape[0] < FAST_PATH_MIN_USERS:
-        return generate_meta_embeddings(model, take(slice(None)), mask, aggregation, cfg).numpy()
     _check_ids(model, rows)
     # Rows go to TensorFlow once per call; each chunk's grid is gathered in the graph.
     signature = tuple((k, tf.as_dtype(v.dtype), v.ndim) for k, v in sorted(rows.items()))
@@ -283,6 +277,8 @@ def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], ind
     def call(users: np.ndarray, width: int) -> tf.Tensor:
         return fn(tensors, tf.convert_to_tensor(index[users, :width]),
                   tf.convert_to_tensor(mask[users, :width]))
+    if mask.shape[0] < FAST_PATH_MIN_USERS:  # one call on the whole grid
+        return call(np.arange(mask.shape[0]), mask.shape[1]).numpy()
     return _fast_embeddings(call, mask)
 
 
