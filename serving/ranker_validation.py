@@ -43,6 +43,11 @@ class RequestValidationMixin:
             InvalidRequest: naming the first bad field.
         """
         self._validate_common(user_id, candidates, "candidates", user_features)
+        self._validate_candidates(candidates, user_features)
+
+    def _validate_candidates(self, candidates: Sequence[Any],
+                             user_features: Optional[Mapping[str, Any]]) -> None:
+        """Candidate by candidate; raises InvalidRequest naming the first bad field."""
         try:
             shared = {k for k, v in (user_features or {}).items() if v is not None}
             for i, cand in enumerate(candidates):
@@ -67,7 +72,8 @@ class RequestValidationMixin:
 
         A request of plain JSON values (dicts, str, int, float) is checked column by column;
         anything else, and any request that fails a column check, goes through
-        :meth:`validate`, which names the first bad field. Both accept the same requests.
+        the per-candidate check of :meth:`validate`, which names the first bad field. Both
+        accept the same requests.
 
         Returns:
             Feature name -> ``[n]`` values (None where a candidate lacks the feature).
@@ -78,7 +84,7 @@ class RequestValidationMixin:
         self._validate_common(user_id, candidates, "candidates", user_features)
         columns = self._plain_columns(candidates, user_features)
         if columns is None:
-            self.validate(user_id, candidates, user_features)
+            self._validate_candidates(candidates, user_features)
             columns = self._candidate_columns(candidates)
         return columns
 
