@@ -9,7 +9,9 @@ first-order outer gradient + Adam) inside one ``tf.function``:
   vectorized over tasks by ``tf.vectorized_map`` (what JAX's ``vmap`` + ``grad`` does);
 * ``per_task_loop``: a Python loop over tasks, each adapted on its own (``[1, ...]`` slices).
 
-Tracing is excluded (one warm-up step each); ``--rounds`` timed rounds run every row in turn
+Every row's ``tf.function`` is called the way ``MamlTrainer.train_step`` calls its step, on flat
+tensors (:class:`trainer.flat_call.FlatCall`), so rows differ in the step only, not in
+TensorFlow's per-call dispatch. Tracing is excluded (one warm-up step each); ``--rounds`` timed rounds run every row in turn
 and rows give the median, with the paired ratio to the per-task loop (``vs_per_task_loop``).
 ``--profile`` adds each row's top TensorFlow ops (self time per op type,
 :mod:`benchmarks.op_profile`).
@@ -31,6 +33,7 @@ from benchmarks.op_profile import top_ops
 from limaml.config import MamlConfig, ModelConfig
 from schema import features
 from trainer import maml
+from trainer.flat_call import FlatCall
 from trainer.layout import FeatureLayout
 from trainer.model import LimamlModel, global_forward, meta_forward, meta_input
 
@@ -174,12 +177,14 @@ def run(tasks: int = 32, support: int = 16, query: int = 8, meta_dim: int = 32, 
                 model = LimamlModel(layout, mcfg, cfg, seed=0)
                 if impl in ("batched", "batched_xla"):
                     trainer = maml.MamlTrainer(model, cfg, jit_compile=impl == "batched_xla")
-                    step = trainer._step_fn
+                    step = trainer._step  # what MamlTrainer.train_step runs
                 elif impl == "vmap":
                     step = _vmap_step(model, maml.Adam(model.outer_variables(), cfg.meta_lr), cfg)
                 else:
                     step = _per_task_step(model, maml.Adam(model.outer_variables(), cfg.meta_lr),
                                           cfg, tasks)
+                if not isinstance(step, FlatCall):  # every row called the same way
+                    step = FlatCall(step)
                 t0 = time.time()
                 first = step(batch)
                 tf.nest.map_structure(lambda x: x.numpy(), first)

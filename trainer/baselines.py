@@ -22,6 +22,7 @@ import tensorflow as tf
 from limaml.config import ModelConfig, TrainConfig
 from schema import features
 from trainer import evaluate, linear
+from trainer.flat_call import FlatCall
 from trainer.layout import USER_HASH, FeatureLayout
 from trainer.maml import Adam
 from trainer.model import _dot, global_forward, init_global_params
@@ -159,7 +160,7 @@ def _input_keys(model) -> List[str]:
 def _logit_fn(model):
     fn = getattr(model, "_logit_fn", None)
     if fn is None:
-        fn = tf.function(model.logits, reduce_retracing=True, autograph=False)
+        fn = FlatCall(tf.function(model.logits, reduce_retracing=True, autograph=False))
         object.__setattr__(model, "_logit_fn", fn)
     return fn
 
@@ -212,6 +213,7 @@ def fit_baseline(model, data: Mapping[str, np.ndarray], train_cfg: TrainConfig,
     l2 = float(train_cfg.baseline_l2)
     l2_vars = model.l2_variables()
 
+    @FlatCall
     @tf.function(reduce_retracing=True, autograph=False)
     def step(feats, labels):
         with tf.GradientTape() as tape:

@@ -6,6 +6,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from trainer.flat_call import FlatCall
 from trainer.layout import MASK, QUERY, SUPPORT
 from trainer.maml import LABEL, adapt, aggregate, query_embeddings
 from trainer.model import LimamlModel, global_forward, meta_forward
@@ -92,7 +93,7 @@ def _query_logits_fn(model: LimamlModel, steps: int, aggregation: Optional[str]
                        for part in sorted(spec) for k, s in sorted(spec[part].items()))
         key = ("_eval_fn", steps, aggregation, layout)
         if key not in cache:
-            cache[key] = tf.function(logits, input_signature=[spec], autograph=False)
+            cache[key] = FlatCall(tf.function(logits, input_signature=[spec], autograph=False))
         return cache[key](batch)
 
     return call

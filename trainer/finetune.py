@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from limaml.config import MamlConfig
+from trainer.flat_call import FlatCall
 from trainer.layout import MASK, USER_HASH
 from trainer.maml import LABEL, adapt, aggregate
 from trainer.model import LimamlModel, history_width, meta_forward
@@ -131,8 +132,8 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, signature=Non
         spec = None if signature is None else (
             {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
             tf.TensorSpec([None, None], tf.float32))
-        fn = tf.function(_meg_body(model, aggregation, cfg), input_signature=spec,
-                         reduce_retracing=spec is None, autograph=False)
+        fn = FlatCall(tf.function(_meg_body(model, aggregation, cfg), input_signature=spec,
+                                  reduce_retracing=spec is None, autograph=False))
         _FN_CACHE[key] = fn
     return fn
 
@@ -237,7 +238,7 @@ def _row_kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig,
 
         spec = ({k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
                 tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32))
-        fn = tf.function(body, input_signature=spec, autograph=False)
+        fn = FlatCall(tf.function(body, input_signature=spec, autograph=False))
         _FN_CACHE[key] = fn
     return fn
 
@@ -362,6 +363,19 @@ def generate_genre_embeddings(model: LimamlModel, support: Mapping[str, tf.Tenso
         has_rows = tf.reshape(tf.reduce_any(same & (part[MASK] > 0)[:, None, :], axis=2), [-1])  # [U·K]
         emb = tf.where(has_rows[:, None], emb, tf.zeros_like(emb))
     return tf.stop_gradient(tf.reshape(emb, tf.concat([tf.shape(genres), [-1]], 0)))
+
+
+def cold_start_outputs(model: LimamlModel, meta_features: Mapping[str, np.ndarray]) -> np.ndarray:
+    """:func:`cold_start_embedding` of encoded meta features ``{feature: [users]}`` as numpy
+    ``[users, E]``, through one cached traced function per model (MEG calls it once per kernel
+    batch; eagerly its ~40 small ops cost more than the arithmetic)."""
+    key = ("cold", id(model))
+    fn = _FN_CACHE.get(key)
+    if fn is None:
+        fn = FlatCall(tf.function(lambda feats: cold_start_embedding(model, feats),
+                                  reduce_retracing=True, autograph=False))
+        _FN_CACHE[key] = fn
+    return fn({k: np.asarray(v) for k, v in meta_features.items()}).numpy()
 
 
 def cold_start_embedding(model: LimamlModel, meta_x: tf.Tensor) -> tf.Tensor:

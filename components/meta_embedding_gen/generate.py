@@ -83,7 +83,7 @@ def embed_users(model, batch: UserBatch, max_recent: int, aggregation: str,
     win = support_windows(batch, max_recent, kernel_feature_keys(model))
     emb = finetune.embeddings_from_rows(model, win.rows, win.index, win.mask, aggregation)
     meta_first = {k: win.rows[k][win.index[:, 0]] for k in model.layout.meta_feature_names}
-    cold = finetune.cold_start_embedding(model, meta_first).numpy()
+    cold = finetune.cold_start_outputs(model, meta_first)
     rows = store_io.staging_table(win.user_ids, emb.astype(np.float32), win.size, win.last_ts)
     if genres is None:
         return rows, cold.astype(np.float64).sum(axis=0)

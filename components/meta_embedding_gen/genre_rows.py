@@ -32,6 +32,7 @@ from components.meta_embedding_gen.user_batch import UserBatch
 from embeddings import entity_keys
 from schema import features as F
 from trainer import finetune
+from trainer.flat_call import FlatCall
 
 MAX_ENTITIES = 8192
 """Most (user, genre) subtasks per call of the genre kernel."""
@@ -68,10 +69,10 @@ def _kernel(model):
     """The genre kernel of ``model`` as one traced function (cached per model)."""
     fn = _FN_CACHE.get(id(model))
     if fn is None:
-        fn = tf.function(
+        fn = FlatCall(tf.function(
             lambda support, mask, genres, user_emb: finetune.generate_genre_embeddings(
                 model, support, mask, genres, user_emb),
-            reduce_retracing=True, autograph=False)
+            reduce_retracing=True, autograph=False))
         _FN_CACHE[id(model)] = fn
     return fn
 
