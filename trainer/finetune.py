@@ -218,15 +218,19 @@ def _grid_call(model: LimamlModel, take: ChunkReader,
 
 def _row_kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig,
                 signature: Tuple[Tuple[str, tf.DType, int], ...]):
-    """The cached kernel on flat rows: ``fn(rows {feature: [N, ...]}, index [n, w], mask
-    [n, w])`` gathers each chunk's grid in the graph (padding zeroed, position 0 kept: it
-    carries a cold user's meta features) and runs :func:`generate_meta_embeddings_fn`."""
+    """The cached kernel on flat rows: ``fn(rows {feature: [N, ...]}, index [U, S], mask [U, S],
+    users [n], width [])`` takes the chunk's users' windows cut at ``width`` and gathers their
+    grid in the graph (padding zeroed, position 0 kept: it carries a cold user's meta
+    features), then runs :func:`generate_meta_embeddings_fn`. A batch's rows, index and mask
+    go to TensorFlow once; a chunk sends only its user indices."""
     key = _cache_key("rows", model, aggregation, cfg, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
         meg = _meg_body(model, aggregation, cfg)
 
-        def body(rows, index, mask_):
+        def body(rows, index_all, mask_all, users, width):
+            index = tf.gather(index_all, users)[:, :width]                            # [n, w]
+            mask_ = tf.gather(mask_all, users)[:, :width]
             keep = (mask_ > 0) | tf.equal(tf.range(tf.shape(index)[1]), 0)[None, :]  # [n, w]
             support = {}
             for k, v in rows.items():
@@ -237,7 +241,8 @@ def _row_kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig,
             return meg(support, mask_)
 
         spec = ({k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
-                tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32))
+                tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32),
+                tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32))
         fn = FlatCall(tf.function(body, input_signature=spec, autograph=False))
         _FN_CACHE[key] = fn
     return fn
@@ -273,11 +278,11 @@ def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], ind
     signature = tuple((k, tf.as_dtype(v.dtype), v.ndim) for k, v in sorted(rows.items()))
     fn = _row_kernel(model, aggregation, cfg, signature)
     tensors = {k: tf.convert_to_tensor(v) for k, v in rows.items()}
-    index = np.asarray(index, np.int64)
+    index_t = tf.convert_to_tensor(np.asarray(index, np.int64))
+    mask_t = tf.convert_to_tensor(mask)
 
     def call(users: np.ndarray, width: int) -> tf.Tensor:
-        return fn(tensors, tf.convert_to_tensor(index[users, :width]),
-                  tf.convert_to_tensor(mask[users, :width]))
+        return fn(tensors, index_t, mask_t, np.asarray(users, np.int64), np.asarray(width, np.int32))
     if mask.shape[0] < FAST_PATH_MIN_USERS:  # one call on the whole grid
         return call(np.arange(mask.shape[0]), mask.shape[1]).numpy()
     return _fast_embeddings(call, mask)
@@ -369,13 +374,16 @@ def cold_start_outputs(model: LimamlModel, meta_features: Mapping[str, np.ndarra
     """:func:`cold_start_embedding` of encoded meta features ``{feature: [users]}`` as numpy
     ``[users, E]``, through one cached traced function per model (MEG calls it once per kernel
     batch; eagerly its ~40 small ops cost more than the arithmetic)."""
-    key = ("cold", id(model))
+    arrays = {k: np.asarray(v) for k, v in meta_features.items()}
+    signature = _signature(arrays)
+    key = ("cold", id(model), signature)
     fn = _FN_CACHE.get(key)
-    if fn is None:
+    if fn is None:  # traced once for any number of users
+        spec = ({k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},)
         fn = FlatCall(tf.function(lambda feats: cold_start_embedding(model, feats),
-                                  reduce_retracing=True, autograph=False))
+                                  input_signature=spec, autograph=False))
         _FN_CACHE[key] = fn
-    return fn({k: np.asarray(v) for k, v in meta_features.items()}).numpy()
+    return fn(arrays).numpy()
 
 
 def cold_start_embedding(model: LimamlModel, meta_x: tf.Tensor) -> tf.Tensor:
