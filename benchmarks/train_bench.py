@@ -11,8 +11,9 @@ first-order outer gradient + Adam) inside one ``tf.function``:
 
 Every row's ``tf.function`` is called the way ``MamlTrainer.train_step`` calls its step, on flat
 tensors (:class:`trainer.flat_call.FlatCall`), so rows differ in the step only, not in
-TensorFlow's per-call dispatch. Tracing is excluded (one warm-up step each); ``--rounds`` timed rounds run every row in turn
-and rows give the median, with the paired ratio to the per-task loop (``vs_per_task_loop``).
+TensorFlow's per-call dispatch. Tracing is excluded (one warm-up step each); ``--rounds``
+timed rounds run every row in turn and rows give the median, with the paired ratio to the
+per-task loop (``vs_per_task_loop``).
 ``--profile`` adds each row's top TensorFlow ops (self time per op type,
 :mod:`benchmarks.op_profile`).
 
