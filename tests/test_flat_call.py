@@ -141,3 +141,28 @@ def test_the_tf_function_api_is_still_there():
     fc(tf.constant(1.0))
     assert fc.experimental_get_tracing_count() == 1
     assert fc.get_concrete_function(tf.constant(2.0)) is not None
+
+
+class _Counting:
+    """A tf.function whose concrete-function lookups are counted."""
+
+    def __init__(self, fn):
+        self.fn, self.lookups = fn, 0
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def get_concrete_function(self, *args):
+        self.lookups += 1
+        return self.fn.get_concrete_function(*args)
+
+
+def test_inputs_the_concrete_function_cannot_take_flat_are_looked_at_once():
+    # float64 numpy for a float32 signature: the tf.function casts, the flat call cannot
+    spec = tf.TensorSpec([None], tf.float32)
+    counting = _Counting(tf.function(lambda a: a * 2.0, input_signature=[spec], autograph=False))
+    fc = FlatCall(counting)
+    for i in range(4):
+        np.testing.assert_array_equal(fc(np.arange(3, dtype=np.float64) + i).numpy(),
+                                      2.0 * (np.arange(3) + i))
+    assert counting.lookups == 1 and fc.concrete_functions() == 0

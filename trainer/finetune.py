@@ -129,9 +129,8 @@ def _kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig, signature=Non
     key = _cache_key("grid", model, aggregation, cfg, signature)
     fn = _FN_CACHE.get(key)
     if fn is None:
-        spec = None if signature is None else (
-            {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
-            tf.TensorSpec([None, None], tf.float32))
+        spec = None if signature is None else (_specs(signature),
+                                               tf.TensorSpec([None, None], tf.float32))
         fn = FlatCall(tf.function(_meg_body(model, aggregation, cfg), input_signature=spec,
                                   reduce_retracing=spec is None, autograph=False))
         _FN_CACHE[key] = fn
@@ -240,7 +239,7 @@ def _row_kernel(model: LimamlModel, aggregation: str, cfg: MamlConfig,
                 support[k] = tf.where(m, grid, tf.zeros_like(grid))
             return meg(support, mask_)
 
-        spec = ({k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},
+        spec = (_specs(signature),
                 tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32),
                 tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32))
         fn = FlatCall(tf.function(body, input_signature=spec, autograph=False))
@@ -275,7 +274,7 @@ def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], ind
 
     _check_ids(model, rows)
     # Rows go to TensorFlow once per call; each chunk's grid is gathered in the graph.
-    signature = tuple((k, tf.as_dtype(v.dtype), v.ndim) for k, v in sorted(rows.items()))
+    signature = _signature(rows)
     fn = _row_kernel(model, aggregation, cfg, signature)
     tensors = {k: tf.convert_to_tensor(v) for k, v in rows.items()}
     index_t = tf.convert_to_tensor(np.asarray(index, np.int64))
@@ -290,6 +289,11 @@ def embeddings_from_rows(model: LimamlModel, rows: Mapping[str, np.ndarray], ind
 
 def _signature(support: Mapping[str, object]) -> Tuple[Tuple[str, tf.DType, int], ...]:
     return tuple((k, tf.as_dtype(v.dtype), len(v.shape)) for k, v in sorted(support.items()))
+
+
+def _specs(signature: Tuple[Tuple[str, tf.DType, int], ...]) -> Dict[str, tf.TensorSpec]:
+    """Input specs of a :func:`_signature`: every dimension of any size."""
+    return {k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature}
 
 
 def generate_meta_embeddings(model: LimamlModel, support_batch: Mapping[str, tf.Tensor],
@@ -379,7 +383,7 @@ def cold_start_outputs(model: LimamlModel, meta_features: Mapping[str, np.ndarra
     key = ("cold", id(model), signature)
     fn = _FN_CACHE.get(key)
     if fn is None:  # traced once for any number of users
-        spec = ({k: tf.TensorSpec([None] * rank, dtype) for k, dtype, rank in signature},)
+        spec = (_specs(signature),)
         fn = FlatCall(tf.function(lambda feats: cold_start_embedding(model, feats),
                                   input_signature=spec, autograph=False))
         _FN_CACHE[key] = fn

@@ -4,7 +4,7 @@ TensorFlow 2.16's ``tf.function.__call__`` binds, canonicalises and type-matches
 on every call before it runs the traced graph: ~40-60 µs per input tensor on this project's
 2-core machines (0.6-1.0 ms for the 17 tensors of the MEG kernel, more than the kernel's own work
 on a small chunk). :class:`FlatCall` keeps the concrete functions a ``tf.function`` has traced,
-keyed by the inputs' nesting, dtypes and ranks, and runs the matching one on the flattened
+keyed by the inputs' nesting and dtypes, and runs the matching one on the flattened
 tensors (``ConcreteFunction._call_flat``, where the normal call ends up), after checking each
 input's shape against the shape it was traced for. Anything else (a first call, inputs of a new
 shape class, Python values among the inputs, a TensorFlow without ``_call_flat``) goes through
@@ -54,6 +54,7 @@ class FlatCall:
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self._entries: Dict[Any, List[Tuple[_Dims, Any]]] = {}
+        self._plain: set = set()  # keys whose concrete functions do not take the flat tensors
         self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
@@ -71,7 +72,8 @@ class FlatCall:
             if _fits(shapes, dims):
                 return concrete._call_flat(flat, concrete.captured_inputs)  # pylint: disable=protected-access
         out = self.fn(*args)
-        self._remember(key, args, flat)
+        if key not in self._plain:
+            self._remember(key, args, flat)
         return out
 
     def _remember(self, key: Any, args: Sequence[Any], flat: List[tf.Tensor]) -> None:
@@ -80,7 +82,8 @@ class FlatCall:
         inputs = concrete.inputs[:len(flat)]
         if len(concrete.inputs) - len(flat) != len(concrete.captured_inputs) or any(
                 p.dtype != t.dtype for p, t in zip(inputs, flat)):
-            return  # not a one-to-one tensor signature: keep the normal call for this key
+            self._plain.add(key)  # not a one-to-one tensor signature (e.g. numpy float64 cast
+            return                # to a float32 input): the normal call, without looking again
         dims = tuple(None if p.shape.rank is None else tuple(p.shape.as_list()) for p in inputs)
         with self._lock:
             entries = self._entries.setdefault(key, [])
