@@ -42,11 +42,18 @@ class PipelinePaths:
 def beam_args(workers: int = 1) -> List[str]:
     """Beam pipeline args: DirectRunner in-process, or multi-process with ``workers`` > 1.
 
+    One worker gives no flags at all: Beam's DirectRunner defaults are one in-process worker, and
+    TFX's Beam components, given any flag, first package the installed TFX as an "ephemeral"
+    sdist for remote workers (a 49 MB copy and a ``setup.py sdist`` subprocess, ~1.5 s per
+    component, left in the temp folder) unless a dependency flag is set. Local workers already
+    have TFX, so that package is only cost. ``workers`` > 1 needs the multi-processing flags and
+    pays it.
+
     On a cluster pass e.g. ``--runner=DataflowRunner --project=P --region=R --temp_location=gs://...``
     or ``--runner=FlinkRunner --flink_master=HOST:PORT --environment_type=LOOPBACK`` instead.
     """
     if workers <= 1:
-        return ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+        return []
     return [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
 
 
