@@ -63,13 +63,16 @@ def crossing(tmp_path_factory):
     return frame, tdir, expected
 
 
-def test_an_output_of_two_columns_is_transformed_row_by_row(crossing, monkeypatch):
+# packed 5: item ids (9 distinct) go alone, labels packed; chunk 4: item ids over three calls
+@pytest.mark.parametrize("packed,chunk", [(8192, 64), (5, 4)])
+def test_an_output_of_two_columns_is_transformed_row_by_row(crossing, monkeypatch, packed, chunk):
     frame, tdir, expected = crossing
+    monkeypatch.setattr(refresh_encoding, "PACKED_DISTINCT", packed)
     row_calls = []
     rows = refresh_encoding._transform_rows
     monkeypatch.setattr(refresh_encoding, "_transform_rows",
                         lambda *a, **k: row_calls.append(tuple(a[3])) or rows(*a, **k))
-    got = refresh_encoding.encode_with_transform(frame, tdir, chunk_rows=64)
+    got = refresh_encoding.encode_with_transform(frame, tdir, chunk_rows=chunk)
     assert row_calls == [("gender_x_item",)]  # the cross only; the rest column by column
     assert set(got) == {F.ITEM_ID, "gender_x_item", F.LABEL, F.USER_ID, F.TIMESTAMP}
     for name in (F.ITEM_ID, "gender_x_item", F.LABEL):
@@ -89,6 +92,18 @@ def test_single_column_outputs_names_what_each_column_determines(crossing):
     assert alone[F.ITEM_ID] == (F.ITEM_ID,) and alone[F.LABEL] == (F.LABEL,)
     assert alone[F.GENDER] == () and alone[F.TIMESTAMP] == ()
     assert "gender_x_item" in every and all("gender_x_item" not in v for v in alone.values())
+
+
+def test_the_loaders_pruning_answers_as_feeding_one_row_does(crossing):
+    import tensorflow_transform as tft
+
+    frame, tdir, _ = crossing
+    output = tft.TFTransformOutput(tdir)
+    graph = refresh_encoding.load_transform(output)
+    spec = refresh_encoding.raw_spec_of(output)
+    assert graph.outputs_from([F.GENDER, F.ITEM_ID]) == {F.ITEM_ID, "gender_x_item"}
+    fed_one_row = refresh_encoding.single_column_outputs(lambda feed: graph(feed), frame, spec)
+    assert refresh_encoding.single_column_outputs(graph, frame, spec) == fed_one_row
 
 
 @pytest.mark.parametrize("values", [

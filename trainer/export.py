@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 import tensorflow as tf
 
@@ -172,6 +172,22 @@ class TransformGraph(tf.Module):
 
     def __call__(self, features: Mapping[str, Any]) -> Dict[str, Any]:
         return self._loader.apply_transform_model(features)
+
+    def outputs_from(self, raw_names: Iterable[str]) -> Optional[Set[str]]:
+        """The outputs a call fed only ``raw_names`` returns, without running the graph.
+
+        TFT's loader decides that from the graph's dependencies on each call (its private
+        ``_get_feeds`` / ``_get_fetches_keys``); this asks it directly. None where the loader
+        has no such pruning (a TF1 graph loaded in compat mode, another TFT): call it then.
+        """
+        loader = self._loader
+        try:
+            if loader.load_v2_in_compat:
+                return None
+            unfed = loader._get_unfed_input_keys(list(raw_names))  # pylint: disable=protected-access
+            return set(loader._get_fetches_keys(loader._get_feeds(unfed)))  # pylint: disable=protected-access
+        except AttributeError:
+            return None
 
 
 def raw_input_names(spec: Mapping[str, Any]) -> Tuple[str, ...]:

@@ -19,6 +19,8 @@ from components.meta_embedding_gen.compact_columns import compact
 from schema import features as F
 
 ENCODE_CHUNK_ROWS = 65_536
+PACKED_DISTINCT = 8_192
+"""Columns with at most this many distinct values are transformed together, in one call."""
 
 
 # Raw columns meta-embedding generation reads: the model's features, the user id (task key and
@@ -121,8 +123,9 @@ def single_column_outputs(transform: Transform, frame: pd.DataFrame, spec: Dict[
 
     TFT's loader (``apply_transform_model``, what ``transform_raw_features`` calls) returns only
     the outputs whose raw inputs were all fed (it prunes by the graph's own dependencies), so
-    feeding one column of one row returns exactly the outputs computed from that column alone.
-    An output that needs two columns (a feature cross) appears only when both are fed.
+    feeding one column returns exactly the outputs computed from that column alone. An output
+    that needs two columns (a feature cross) appears only when both are fed. The loader is
+    asked without a run where it can say (``TransformGraph.outputs_from``), else fed one row.
 
     Args:
         transform: the Transform graph (:func:`load_transform`).
@@ -135,12 +138,21 @@ def single_column_outputs(transform: Transform, frame: pd.DataFrame, spec: Dict[
     """
     fed = needed_raw_features(spec)
     one = frame.iloc[:1]
-    every = tuple(sorted(transform(_raw_tensors(one, spec))))
+    ask = getattr(transform, "outputs_from", lambda _names: None)
+
+    def outputs(names: Sequence[str]) -> set:
+        got = ask(names)
+        if got is None:
+            got = set(transform({name: _feed(name, _converted(one[name].to_numpy(), fed[name]),
+                                             fed[name]) for name in names}))
+        return got
+
+    every = tuple(sorted(outputs(list(fed))))
     seen: set = set()
     alone: Dict[str, Tuple[str, ...]] = {}
-    for name, feat in fed.items():
-        got = transform({name: _feed(name, _converted(one[name].to_numpy(), feat), feat)})
-        alone[name] = tuple(sorted(set(got) - seen))
+    for name in fed:
+        got = outputs([name])
+        alone[name] = tuple(sorted(got - seen))
         seen.update(got)
     return alone, every
 
@@ -172,17 +184,48 @@ def _distinct(col: np.ndarray, feat: Any) -> Tuple[np.ndarray, np.ndarray]:
     return codes, np.asarray(uniques, dtype=values.dtype)
 
 
-def _transform_column(transform: Transform, name: str, col: np.ndarray, feat: Any,
-                      names: Sequence[str],
-                      chunk_rows: int) -> Dict[str, np.ndarray]:
-    """Outputs ``names`` of raw column ``name`` alone: each distinct value once, then gathered."""
-    codes, uniques = _distinct(col, feat)
-    parts: Dict[str, List[np.ndarray]] = {k: [] for k in names}
-    for lo in range(0, uniques.shape[0], chunk_rows):
-        got = transform({name: _feed(name, uniques[lo:lo + chunk_rows], feat)})
-        for out_name in names:
-            parts[out_name].append(_as_numpy(got[out_name]))
-    return {k: np.take(compact(np.concatenate(v)), codes, axis=0) for k, v in parts.items()}
+def _transform_columns(transform: Transform, frame: pd.DataFrame, fed: Dict[str, Any],
+                       wanted: Mapping[str, Sequence[str]], chunk_rows: int
+                       ) -> Dict[str, np.ndarray]:
+    """Outputs of single raw columns, each column's distinct values transformed once.
+
+    Columns with at most :data:`PACKED_DISTINCT` distinct values share one call: row i of its
+    feed holds each column's i-th distinct value (a column with fewer repeats its first one),
+    so an output of column c alone is, at row i, its value for c's i-th distinct value; rows
+    past c's count are dropped. Outputs of several columns come back from that call too,
+    computed on unrelated values, and are not used. A column with more distinct values (user
+    ids) goes alone, ``chunk_rows`` values per call, so no column is padded to its size.
+
+    Args:
+        transform: the Transform graph (:func:`load_transform`).
+        frame: canonical rows ``[N]``.
+        fed: the raw spec entries of the needed columns (:func:`needed_raw_features`).
+        wanted: ``{column: outputs of that column alone}`` (columns without outputs left out).
+        chunk_rows: rows of the feed per call.
+
+    Returns:
+        ``{output: [N, ...]}`` in the frame's row order, each in the narrowest dtype holding it.
+    """
+    distinct = {name: _distinct(frame[name].to_numpy(), fed[name]) for name in wanted}
+    small = [name for name in wanted if distinct[name][1].shape[0] <= PACKED_DISTINCT]
+    packs = ([small] if small else []) + [[name] for name in wanted if name not in small]
+    out: Dict[str, np.ndarray] = {}
+    for pack in packs:
+        size = max(distinct[name][1].shape[0] for name in pack)
+        parts: Dict[str, List[np.ndarray]] = {k: [] for name in pack for k in wanted[name]}
+        for lo in range(0, size, chunk_rows):
+            rows = np.arange(lo, min(lo + chunk_rows, size))
+            got = transform({name: _feed(name, distinct[name][1][np.where(
+                rows < distinct[name][1].shape[0], rows, 0)], fed[name]) for name in pack})
+            for name in pack:
+                n = max(0, min(rows.shape[0], distinct[name][1].shape[0] - lo))
+                for out_name in wanted[name]:
+                    parts[out_name].append(_as_numpy(got[out_name])[:n])
+        for name in pack:
+            for out_name in wanted[name]:
+                out[out_name] = np.take(compact(np.concatenate(parts[out_name])), distinct[name][0],
+                                        axis=0)
+    return out
 
 
 def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
@@ -221,11 +264,10 @@ def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
     if len(frame):
         taken = (F.USER_ID, F.TIMESTAMP)  # from the frame, below
         alone, every = single_column_outputs(transform, frame, spec)
-        for name, outputs in alone.items():
-            wanted = [k for k in outputs if k not in taken]
-            if wanted:
-                out.update(_transform_column(transform, name, frame[name].to_numpy(), fed[name],
-                                             wanted, chunk_rows))
+        wanted = {name: [k for k in outputs if k not in taken] for name, outputs in alone.items()}
+        wanted = {name: outputs for name, outputs in wanted.items() if outputs}
+        if wanted:
+            out.update(_transform_columns(transform, frame, fed, wanted, chunk_rows))
         crossed = [k for k in every if k not in out and k not in taken]
         if crossed:
             out.update(_transform_rows(transform, frame, spec, crossed, chunk_rows))
