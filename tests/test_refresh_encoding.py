@@ -63,11 +63,18 @@ def crossing(tmp_path_factory):
     return frame, tdir, expected
 
 
-# packed 5: item ids (9 distinct) go alone, labels packed; chunk 4: item ids over three calls
-@pytest.mark.parametrize("packed,chunk", [(8192, 64), (5, 4)])
-def test_an_output_of_two_columns_is_transformed_row_by_row(crossing, monkeypatch, packed, chunk):
+# packed 5: item ids (9 distinct) go alone, labels packed; chunk 4: item ids over three calls;
+# categorical: string columns as read_prepared(categorical=True) gives them (an unused first category)
+@pytest.mark.parametrize("packed,chunk,categorical", [(8192, 64, False), (5, 4, False),
+                                                      (8192, 64, True), (5, 4, True)])
+def test_an_output_of_two_columns_is_transformed_row_by_row(crossing, monkeypatch, packed, chunk,
+                                                            categorical):
     frame, tdir, expected = crossing
     monkeypatch.setattr(refresh_encoding, "PACKED_DISTINCT", packed)
+    if categorical:
+        frame = frame.copy()
+        for name in (F.USER_ID, F.ITEM_ID, F.GENDER):
+            frame[name] = pd.Categorical(frame[name], categories=[""] + sorted(set(frame[name])))
     row_calls = []
     rows = refresh_encoding._transform_rows
     monkeypatch.setattr(refresh_encoding, "_transform_rows",
@@ -78,6 +85,7 @@ def test_an_output_of_two_columns_is_transformed_row_by_row(crossing, monkeypatc
     for name in (F.ITEM_ID, "gender_x_item", F.LABEL):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     assert len(np.unique(got["gender_x_item"])) > len(np.unique(got[F.ITEM_ID]))  # a real cross
+    assert got[F.USER_ID].dtype == object and isinstance(got[F.USER_ID][0], str)
     np.testing.assert_array_equal(got[F.USER_ID], frame[F.USER_ID].to_numpy())
     np.testing.assert_array_equal(got[F.TIMESTAMP], frame[F.TIMESTAMP].to_numpy())
 

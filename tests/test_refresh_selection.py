@@ -1,4 +1,5 @@
-"""Refresh's selection (components/meta_embedding_gen/refresh_selection.py): ``last_k``.
+"""Refresh's selection (components/meta_embedding_gen/refresh_selection.py): ``last_k`` and
+``changed_users``, on object and categorical string columns.
 
 Expected rows come from a plain-Python reference (per user: rows sorted by (time, item) with
 ties in frame order, then the last k), on frames planted with exact ties and out of order.
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.meta_embedding_gen.refresh_selection import last_k
+from components.meta_embedding_gen.refresh_selection import changed_users, last_k
 from schema import features as F
 
 
@@ -51,6 +52,42 @@ def test_last_k_on_sorted_frame_matches_the_reference():
     for k in (1, 4, 50):
         assert last_k(ordered, users, k)[F.LABEL].tolist() == _reference(ordered, users, k)
         assert last_k(frame, users, k)[F.LABEL].tolist() == _reference(frame, users, k)
+
+
+def _categorical(frame: pd.DataFrame, sorted_categories: bool) -> pd.DataFrame:
+    """The string columns as ``Categorical`` (categories in string order, or reversed)."""
+    out = frame.copy()
+    for name in (F.USER_ID, F.ITEM_ID):
+        cats = sorted(set(frame[name].dropna()), reverse=not sorted_categories)
+        out[name] = pd.Categorical(frame[name], categories=cats)
+    return out
+
+
+@pytest.mark.parametrize("sorted_categories", [True, False])
+def test_categorical_columns_select_what_object_columns_do(sorted_categories):
+    """``read_prepared(categorical=True)`` frames (codes in string order) and categories in any
+    other order: the same rows as the reference on the object frame; changed users sorted."""
+    rng = np.random.default_rng(4)
+    n = 300
+    frame = _frame(list(zip([f"u{u}" for u in rng.integers(0, 30, n)], rng.integers(0, 20, n),
+                            [f"i{i}" for i in rng.integers(0, 12, n)], range(n))))
+    cat = _categorical(frame, sorted_categories)
+    users = np.array(sorted(set(frame[F.USER_ID]))[1::2], dtype=object)
+    for k in (1, 3, 40):
+        assert last_k(cat, users, k)[F.LABEL].tolist() == _reference(frame, users, k)
+    ordered = cat.sort_values([F.USER_ID, F.TIMESTAMP, F.ITEM_ID], kind="stable")
+    for k in (2, 40):
+        plain = ordered.astype({F.USER_ID: object, F.ITEM_ID: object})
+        assert last_k(ordered, users, k)[F.LABEL].tolist() == _reference(plain, users, k)
+    subset = cat[cat[F.USER_ID].isin(users)]  # unobserved categories stay in the dtype
+    assert changed_users(subset, None).tolist() == sorted(users.tolist())
+
+
+def test_a_missing_item_id_in_a_categorical_column_sorts_as_in_an_object_one():
+    frame = _frame([("u1", 1, "b", 0), ("u1", 1, None, 1), ("u1", 1, "a", 2), ("u2", 4, None, 3)])
+    users = np.array(["u1", "u2"], dtype=object)
+    want = last_k(frame, users, 2)[F.LABEL].tolist()
+    assert last_k(_categorical(frame, True), users, 2)[F.LABEL].tolist() == want == [0, 1, 3]
 
 
 def test_last_k_rejects_k_below_one():

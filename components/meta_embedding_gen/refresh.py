@@ -207,7 +207,7 @@ def refresh(model_dir: str, data_dir: str, as_of: Any, store: Optional[str] = No
 
     from limaml.data import canonical
 
-    frame = canonical.read_prepared(data_dir)
+    frame = canonical.read_prepared(data_dir, categorical=True)  # string columns by their codes
     check_columns(frame, raw_spec_of(tft.TFTransformOutput(tdir)), data_dir)
     target = open_store(spec, timeout_s, client, create=create)
     stored = read_stored_version(target, spec, version, timeout_s)

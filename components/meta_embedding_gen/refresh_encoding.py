@@ -168,13 +168,20 @@ def _transform_rows(transform: Transform, frame: pd.DataFrame, spec: Dict[str, A
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
-def _distinct(col: np.ndarray, feat: Any) -> Tuple[np.ndarray, np.ndarray]:
+def _distinct(col: Any, feat: Any) -> Tuple[np.ndarray, np.ndarray]:
     """``(codes [N], distinct converted values [D])`` with ``converted(col) == values[codes]``.
 
-    Python objects are hashed as they are and only the distinct ones converted (the cast is the
-    costly part); with a missing value (None, NaN), which the hash would merge, the whole
-    column is converted first.
+    A pandas categorical column (no missing value) gives its codes, renumbered over the
+    categories in use, and those categories converted. Python objects are hashed as they are
+    and only the distinct ones converted (the cast is the costly part); with a missing value
+    (None, NaN), which the hash would merge, the whole column is converted first.
     """
+    if isinstance(getattr(col, "dtype", None), pd.CategoricalDtype):
+        codes = col.cat.codes.to_numpy()
+        if not (codes < 0).any():
+            codes, used = pd.factorize(codes)
+            return codes, _converted(col.cat.categories.to_numpy(dtype=object)[used], feat)
+    col = np.asarray(col)
     if col.dtype == object:
         codes, uniques = pd.factorize(col)  # a missing value gets code -1
         if not codes.size or codes.min() >= 0:
@@ -206,7 +213,7 @@ def _transform_columns(transform: Transform, frame: pd.DataFrame, fed: Dict[str,
     Returns:
         ``{output: [N, ...]}`` in the frame's row order, each in the narrowest dtype holding it.
     """
-    distinct = {name: _distinct(frame[name].to_numpy(), fed[name]) for name in wanted}
+    distinct = {name: _distinct(frame[name], fed[name]) for name in wanted}
     small = [name for name in wanted if distinct[name][1].shape[0] <= PACKED_DISTINCT]
     packs = ([small] if small else []) + [[name] for name in wanted if name not in small]
     out: Dict[str, np.ndarray] = {}
@@ -226,6 +233,15 @@ def _transform_columns(transform: Transform, frame: pd.DataFrame, fed: Dict[str,
                 out[out_name] = np.take(compact(np.concatenate(parts[out_name])), distinct[name][0],
                                         axis=0)
     return out
+
+
+def _strings(col: pd.Series) -> np.ndarray:
+    """A column as an object array of ``str`` (a categorical one by its categories, once each)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = col.cat.codes.to_numpy()
+        if not (codes < 0).any():
+            return col.cat.categories.astype(str).to_numpy(dtype=object)[codes]
+    return col.astype(str).to_numpy().astype(object)
 
 
 def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
@@ -271,6 +287,6 @@ def encode_with_transform(frame: pd.DataFrame, transform_dir: str,
         crossed = [k for k in every if k not in out and k not in taken]
         if crossed:
             out.update(_transform_rows(transform, frame, spec, crossed, chunk_rows))
-    out[F.USER_ID] = frame[F.USER_ID].astype(str).to_numpy().astype(object)
+    out[F.USER_ID] = _strings(frame[F.USER_ID])
     out[F.TIMESTAMP] = frame[F.TIMESTAMP].to_numpy().astype(np.int64)
     return out

@@ -28,13 +28,24 @@ def changed_users(frame: pd.DataFrame, stored: Optional[StoredVersion]) -> np.nd
     Returns:
         Sorted user ids [C] (object).
     """
-    newest = frame.groupby(F.USER_ID, sort=True)[F.TIMESTAMP].max()
-    users = newest.index.to_numpy().astype(object)
+    col = frame[F.USER_ID]
+    if isinstance(col.dtype, pd.CategoricalDtype):  # by the integer codes (pandas 1.5's groupby
+        codes = col.cat.codes.to_numpy()            # ignores sort= on observed categories)
+        seen = codes >= 0
+        by_code = pd.Series(frame[F.TIMESTAMP].to_numpy()[seen]).groupby(codes[seen], sort=True).max()
+        users = col.cat.categories.to_numpy(dtype=object)[by_code.index.to_numpy()]
+        newest = by_code.to_numpy()
+        if not col.cat.categories.is_monotonic_increasing:
+            order = np.argsort(users, kind="stable")
+            users, newest = users[order], newest[order]
+    else:
+        by_user = frame.groupby(F.USER_ID, sort=True)[F.TIMESTAMP].max()
+        users, newest = by_user.index.to_numpy().astype(object), by_user.to_numpy()
     if stored is None:
         return users
     pos = pd.Index(stored.user_ids).get_indexer(users)
     last = np.where(pos >= 0, stored.last_interaction_ts[np.maximum(pos, 0)], np.iinfo(np.int64).min)
-    return users[(pos < 0) | (newest.to_numpy() > last)]
+    return users[(pos < 0) | (newest > last)]
 
 
 def last_k(frame: pd.DataFrame, users: np.ndarray, k: int) -> pd.DataFrame:
@@ -55,8 +66,8 @@ def last_k(frame: pd.DataFrame, users: np.ndarray, k: int) -> pd.DataFrame:
     if k < 1:
         raise ValueError(f"k must be >= 1 (interactions per user), got {k}")
     rows = np.flatnonzero(frame[F.USER_ID].isin(users).to_numpy())  # positions in ``frame``
-    user = pd.factorize(frame[F.USER_ID].to_numpy()[rows], sort=True, use_na_sentinel=False)[0]
-    item = pd.factorize(frame[F.ITEM_ID].to_numpy()[rows], sort=True, use_na_sentinel=False)[0]
+    user = _order_codes(frame[F.USER_ID], rows)
+    item = _order_codes(frame[F.ITEM_ID], rows)
     keys = (item, frame[F.TIMESTAMP].to_numpy()[rows], user)  # last key first (np.lexsort)
     if _ordered(keys):  # prepared data is stored in this order: nothing to sort
         order = np.arange(user.shape[0])
@@ -65,6 +76,23 @@ def last_k(frame: pd.DataFrame, users: np.ndarray, k: int) -> pd.DataFrame:
     by_user = user[order]
     after = np.searchsorted(by_user, by_user, side="right") - np.arange(by_user.shape[0]) - 1
     return frame.iloc[rows[order[after < k]]].reset_index(drop=True)  # one copy of the rows
+
+
+def _sorted_categories(col: pd.Series) -> bool:
+    """A categorical column whose categories are in string order and has no missing value."""
+    return (isinstance(col.dtype, pd.CategoricalDtype) and col.cat.categories.is_monotonic_increasing
+            and not (col.cat.codes.to_numpy() < 0).any())
+
+
+def _order_codes(col: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Integers ``[len(rows)]`` ordered as the values of ``col`` at ``rows`` are.
+
+    A categorical column with sorted categories (``read_prepared(categorical=True)``) gives its
+    codes; anything else is factorized (sorted; a missing value gets a code of its own).
+    """
+    if _sorted_categories(col):
+        return col.cat.codes.to_numpy()[rows]
+    return pd.factorize(col.to_numpy()[rows], sort=True, use_na_sentinel=False)[0]
 
 
 def _ordered(keys) -> bool:

@@ -155,13 +155,30 @@ def write_prepared(frame: pd.DataFrame, output_dir: str, manifest: Dict[str, Any
     return os.path.join(output_dir, INTERACTIONS_DIR)
 
 
-def read_prepared(prepared_dir: str) -> pd.DataFrame:
-    """Reads a prepared dataset's interactions (canonical columns, sorted by user and time)."""
+def read_prepared(prepared_dir: str, categorical: bool = False) -> pd.DataFrame:
+    """Reads a prepared dataset's interactions (canonical columns, sorted by user and time).
+
+    Args:
+        prepared_dir: ``limaml data prepare`` output.
+        categorical: string columns as pandas ``Categorical`` with lexicographically sorted
+            categories (code order = string order), read from Parquet's dictionaries: ~3x
+            faster to read than a Python ``str`` per row, and grouping, sorting and distinct
+            values work on the integer codes. Default: object columns of ``str``.
+    """
     path = os.path.join(prepared_dir, INTERACTIONS_DIR, INTERACTIONS_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path} not found; prepare the data first: limaml data prepare DATASET --output {prepared_dir}")
-    return pq.read_table(path).to_pandas()
+    if not categorical:
+        return pq.read_table(path).to_pandas()
+    schema = pq.read_schema(path)
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    frame = pq.read_table(path, read_dictionary=strings).to_pandas()
+    for name in strings:
+        cats = frame[name].cat.categories
+        if not cats.is_monotonic_increasing:
+            frame[name] = frame[name].cat.reorder_categories(cats.sort_values())
+    return frame
 
 
 def read_manifest(prepared_dir: str) -> Dict[str, Any]:
