@@ -46,6 +46,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from limaml.config import EmbeddingConfig
 from limaml.console import console
 
 STAGES = ("generate", "parquet", "bigtable", "kernel")
@@ -60,8 +61,9 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="K: most recent interactions per user used by MEG (default 32)")
     p.add_argument("--interactions", type=float, default=10.0,
                    help="mean interactions per user, long-tailed (default 10)")
-    p.add_argument("--users-per-batch", type=int, default=2048,
-                   help="users per call of the fine-tune kernel (default 2048)")
+    p.add_argument("--users-per-batch", type=int, default=EmbeddingConfig().users_per_batch,
+                   help="users per call of the fine-tune kernel (default: EmbeddingConfig's, "
+                        f"{EmbeddingConfig().users_per_batch})")
     p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                    help=f"comma-separated, in order, from {','.join(STAGES)} "
                         f"(default {','.join(DEFAULT_STAGES)}); parquet/bigtable need generate")
@@ -128,7 +130,7 @@ def build_inputs(num_users: int, num_items: int, mean_interactions: float, max_r
 def _model_and_loader(workdir: str, enc, max_recent: int, users_per_batch: int):
     from components.common.model_layout import meta_block_dir
     from components.meta_embedding_gen.meta_block import MetaBlockLoader
-    from limaml.config import EmbeddingConfig, LimamlConfig
+    from limaml.config import LimamlConfig
     from trainer.export import export_meta_block
     from trainer.layout import build_layout
     from trainer.model import LimamlModel
