@@ -137,6 +137,24 @@ def test_parquet_path_equals_kernel_on_hand_stacked_supports(world, tmp_path, ro
     check(got, hand_stacked(world, world.as_of))
 
 
+def test_row_groups_share_one_schema_wide_enough_for_every_group(tmp_path):
+    # The first group's ids fit uint8 and its multi-hot is 0/1; later groups need int16 / floats.
+    cols = {F.USER_ID: np.array(["a", "a", "b", "c", "c"], object),
+            F.TIMESTAMP: np.array([1, 2, 3, 4, 5], np.int64),
+            F.ITEM_ID: np.array([1, 2, 1000, 3, -4], np.int64),
+            F.GENRES: np.array([[0, 1], [1, 0], [0, 1], [0.5, 1], [1, 1]], np.float32)}
+    path = inputs.write_grouped_parquet(UserBatch.from_grouped(cols), str(tmp_path / "in"), 1)
+    f = pq.ParquetFile(path)
+    assert f.num_row_groups == 3
+    assert f.schema_arrow.field(F.ITEM_ID).type == "int16"
+    back = [inputs.arrow_to_columns(f.read_row_group(i)) for i in range(3)]
+    for name in (F.ITEM_ID, F.GENRES, F.TIMESTAMP):
+        got = np.concatenate([b[name] for b in back])
+        np.testing.assert_array_equal(got, cols[name], err_msg=name)
+        assert len({b[name].dtype for b in back}) == 1, name
+    assert back[0][F.GENRES].dtype == np.float32  # not 0/1 in every group: kept as floats
+
+
 def test_without_as_of_cold_user_is_generated_too(world, tmp_path):
     batch = UserBatch.group(world.cols)
     path = inputs.write_grouped_parquet(batch, str(tmp_path / "in"), 11)

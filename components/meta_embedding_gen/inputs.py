@@ -39,7 +39,7 @@ WIDTH_KEY = b"limaml.width"
 """Field metadata of a ``[N, W]`` column stored as fixed-size binary: W."""
 
 
-def columns_to_arrow(columns: Mapping[str, np.ndarray]) -> pa.Table:
+def columns_to_arrow(columns: Mapping[str, np.ndarray], narrow: bool = True) -> pa.Table:
     """``{column: [N] or [N, W]}`` -> Arrow table.
 
     A ``[N, W]`` column (the genre multi-hot) becomes one fixed-size binary value of
@@ -47,20 +47,21 @@ def columns_to_arrow(columns: Mapping[str, np.ndarray]) -> pa.Table:
     reads those at memory speed, where a list column of W values per row took 6-15x as long
     (2M rows x 64: write 2.2 -> 0.2-0.4 s, read 1.0 -> 0.15-0.6 s). Numbers are stored in the
     narrowest dtype holding them exactly (a 0/1 float matrix as uint8, ids as uint8 / int16 /
-    int32: :func:`~components.meta_embedding_gen.compact_columns.compact`).
+    int32: :func:`~components.meta_embedding_gen.compact_columns.compact`); ``narrow=False``
+    keeps the given dtypes (parts of one file must share its schema).
     """
     arrays, fields = [], []
     for name, col in columns.items():
         col = np.asarray(col)
         if col.ndim == 1:
-            if name != F.USER_ID:
+            if name != F.USER_ID and narrow:
                 col = compact(col)  # ids and counts in the narrowest integer type (same values)
             arr = pa.array(col, type=pa.string() if name == F.USER_ID else None)
             fields.append(pa.field(name, arr.type))
         elif col.ndim == 2:
             if col.dtype == object:
                 raise ValueError(f"column {name!r} is [N, W] of Python objects; store numbers")
-            col = np.ascontiguousarray(compact(col))  # a multi-hot as uint8 (same values)
+            col = np.ascontiguousarray(compact(col) if narrow else col)  # a multi-hot as uint8
             width = col.shape[1] * col.dtype.itemsize
             if width == 0:
                 raise ValueError(f"column {name!r} has shape {col.shape}: no values per row to store")
@@ -113,10 +114,17 @@ def write_grouped_parquet(batch: UserBatch, folder: str, rows_per_group: int) ->
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, INPUT_FILE)
     cuts = user_cuts(batch.offsets, rows_per_group)
+    # One dtype per column for the whole file, the narrowest holding all of it: narrowed row
+    # group by row group, a later group could need a wider type than the file's schema.
+    dtypes = {name: compact(np.asarray(col)).dtype for name, col in batch.columns.items()
+              if name != F.USER_ID and np.asarray(col).ndim in (1, 2)}
     writer = None
     try:
         for lo, hi in zip(cuts[:-1], cuts[1:]):
-            table = columns_to_arrow(batch.take_users(lo, hi).columns)
+            part = batch.take_users(lo, hi).columns
+            table = columns_to_arrow({name: (np.asarray(col).astype(dtypes[name], copy=False)
+                                             if name in dtypes else col)
+                                      for name, col in part.items()}, narrow=False)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table, row_group_size=table.num_rows)
