@@ -222,10 +222,10 @@ def _transform_columns(transform: Transform, frame: pd.DataFrame, fed: Dict[str,
         parts: Dict[str, List[np.ndarray]] = {k: [] for name in pack for k in wanted[name]}
         for lo in range(0, size, chunk_rows):
             rows = np.arange(lo, min(lo + chunk_rows, size))
-            got = transform({name: _feed(name, distinct[name][1][np.where(
-                rows < distinct[name][1].shape[0], rows, 0)], fed[name]) for name in pack})
+            got = transform({name: _feed(name, _padded(distinct[name][1], rows), fed[name])
+                             for name in pack})
             for name in pack:
-                n = max(0, min(rows.shape[0], distinct[name][1].shape[0] - lo))
+                n = max(0, min(rows.shape[0], distinct[name][1].shape[0] - lo))  # real rows
                 for out_name in wanted[name]:
                     parts[out_name].append(_as_numpy(got[out_name])[:n])
         for name in pack:
@@ -233,6 +233,11 @@ def _transform_columns(transform: Transform, frame: pd.DataFrame, fed: Dict[str,
                 out[out_name] = np.take(compact(np.concatenate(parts[out_name])), distinct[name][0],
                                         axis=0)
     return out
+
+
+def _padded(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``, with ``values[0]`` at the rows past its end."""
+    return values[np.where(rows < values.shape[0], rows, 0)]
 
 
 def _strings(col: pd.Series) -> np.ndarray:
