@@ -222,6 +222,17 @@ def test_row_group_boundary_inside_a_user_does_not_split_it(world, tmp_path):
     assert total == world.cols[F.USER_ID].shape[0]
 
 
+def test_string_columns_come_back_as_str_one_object_per_distinct_value():
+    import pyarrow as pa
+
+    ids = ["u1", "u1", "é2", "u3", "u3", "u3"]
+    got = inputs.arrow_to_columns(pa.table({F.USER_ID: pa.array(ids, pa.string())}))[F.USER_ID]
+    assert got.dtype == object and got.tolist() == ids and all(type(v) is str for v in got)
+    assert got[0] is got[1] and got[3] is got[4] is got[5]  # rows share their value's str
+    with_null = inputs.arrow_to_columns(pa.table({"s": pa.array(["a", None, "a"], pa.string())}))
+    assert with_null["s"].tolist() == ["a", None, "a"]
+
+
 def test_matrix_columns_round_trip_as_fixed_size_binary_and_old_list_files_still_read(tmp_path):
     import pyarrow as pa
 
