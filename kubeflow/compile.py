@@ -22,16 +22,20 @@ CUTOFF_TS = "cutoff-ts"
 #   --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
 #   --experiments=use_runner_v2 --sdk_container_image=<the image>
 # Beam on Flink: --runner=FlinkRunner --flink_master=HOST:8081 --environment_type=EXTERNAL ...
-DEFAULT_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+DEFAULT_BEAM_ARGS = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
+                     "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
 
 
 def default_beam_args(image: str) -> list:
-    """The in-pod DirectRunner's flags, naming ``image`` as the SDK workers' image.
+    """The in-pod runner's flags (Beam's FnApiRunner, one process per core), naming ``image``
+    as the SDK workers' image.
 
     The image already holds TFX and this project, and naming it tells TFX's Beam components so:
     without a dependency flag each of them first packages the installed TFX as an "ephemeral"
     sdist for remote workers (a 49 MB copy and a ``setup.py sdist`` subprocess, ~1.5 s per
-    component). The DirectRunner itself does not read the flag.
+    component). The FnApiRunner itself does not read the flag. It is named instead of the
+    DirectRunner, which would first try to download and run Beam's Prism runner
+    (:func:`pipeline.settings.beam_args`).
     """
     return DEFAULT_BEAM_ARGS + [f"--sdk_container_image={image}"]
 

@@ -39,22 +39,36 @@ class PipelinePaths:
                    report_dir=os.path.join(output, "report"))
 
 
-def beam_args(workers: int = 1) -> List[str]:
-    """Beam pipeline args: DirectRunner in-process, or multi-process with ``workers`` > 1.
+FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+PROJECT_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "setup.py")
 
-    One worker gives no flags at all: Beam's DirectRunner defaults are one in-process worker, and
-    TFX's Beam components, given any flag, first package the installed TFX as an "ephemeral"
-    sdist for remote workers (a 49 MB copy and a ``setup.py sdist`` subprocess, ~1.5 s per
-    component, left in the temp folder) unless a dependency flag is set. Local workers already
-    have TFX, so that package is only cost. ``workers`` > 1 needs the multi-processing flags and
-    pays it.
+
+def beam_args(workers: int = 1) -> List[str]:
+    """Beam pipeline args of a local run: in process, or ``workers`` processes.
+
+    * ``--runner`` names Beam's ``FnApiRunner``, where the ``DirectRunner`` ends up for these
+      batch pipelines anyway, but only after trying the Prism runner first (Beam 2.74), which
+      downloads a binary from GitHub: offline that fails in ~0.1 s per component (and leaves a
+      ``beam-temp*`` folder); online the components would quietly run on a runner the tests
+      never run; behind a firewall that drops packets, the download could hang.
+    * ``--setup_file`` names this project's ``setup.py`` as the workers' dependencies. TFX's
+      Beam components otherwise first package the installed TFX as an "ephemeral" sdist for
+      remote workers (a 49 MB copy and a ``setup.py sdist`` subprocess, ~1.5 s per component,
+      left in the temp folder); the FnApiRunner stages nothing (it runs in this environment).
+      Without a ``setup.py`` beside the package (an installed wheel), the flag is left out and
+      TFX builds its package.
+    * ``workers`` > 1: ``--direct_num_workers`` processes (``--direct_running_mode``).
 
     On a cluster pass e.g. ``--runner=DataflowRunner --project=P --region=R --temp_location=gs://...``
     or ``--runner=FlinkRunner --flink_master=HOST:PORT --environment_type=LOOPBACK`` instead.
     """
-    if workers <= 1:
-        return []
-    return [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    args = [f"--runner={FN_API_RUNNER}"]
+    if os.path.isfile(PROJECT_SETUP_FILE):
+        args.append(f"--setup_file={PROJECT_SETUP_FILE}")
+    if workers > 1:
+        args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    return args
 
 
 # Component ids of the pipeline (``pipeline/pipeline.py`` names its nodes with these; ML Metadata

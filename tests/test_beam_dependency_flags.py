@@ -1,6 +1,7 @@
 """Beam flags of the local runner and the Kubeflow pods: TFX's Beam components must not package
 the installed TFX as an "ephemeral" sdist (a 49 MB copy and a ``setup.py sdist`` subprocess per
-component, left in the temp folder) for workers that already have it."""
+component, left in the temp folder) for workers that already have it, and local runs must not
+try Beam's Prism runner (a binary downloaded from GitHub) before the in-process runner."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import json
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, SetupOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
 from tfx.utils import dependency_utils
@@ -51,21 +53,51 @@ def test_tfx_packages_itself_when_given_bare_direct_runner_flags(packaging):
     assert packaging == [1]
 
 
-def test_one_local_worker_runs_in_process_without_the_package(packaging):
+@pytest.fixture
+def prism(monkeypatch):
+    """Records every attempt to run a pipeline on Beam's Prism runner (and fails it, as offline)."""
+    from apache_beam.runners.portability import prism_runner
+
+    calls = []
+
+    def run_pipeline(self, pipeline, options):
+        calls.append(1)
+        raise RuntimeError("Prism is not available here")
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", run_pipeline)
+    return calls
+
+
+def test_the_default_direct_runner_tries_prism_first(prism):
+    # What the local flags avoid: with no runner named, Beam's DirectRunner tries Prism.
+    with _executor([])._make_beam_pipeline() as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x), equal_to([1, 2]))
+    assert prism == [1]
+
+
+def test_one_local_worker_runs_in_process_without_the_package_or_prism(packaging, prism):
     executor = _executor(beam_args(1))
     assert packaging == []
     with executor._make_beam_pipeline() as p:
         direct = p.options.view_as(DirectOptions)
         assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "in_memory")
         assert_that(p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x + 1), equal_to([2, 3, 4]))
+    assert prism == []
+    assert isinstance(p.runner, FnApiRunner)
 
 
-def test_several_local_workers_keep_the_multi_processing_flags():
-    direct = beam.options.pipeline_options.PipelineOptions(beam_args(3)).view_as(DirectOptions)
-    assert (direct.direct_num_workers, direct.direct_running_mode) == (3, "multi_processing")
+def test_several_local_workers_run_in_processes_without_the_package_or_prism(packaging, prism):
+    executor = _executor(beam_args(2))
+    assert packaging == []
+    with executor._make_beam_pipeline() as p:
+        direct = p.options.view_as(DirectOptions)
+        assert (direct.direct_num_workers, direct.direct_running_mode) == (2, "multi_processing")
+        assert_that(p | beam.Create(list(range(5))) | beam.Map(lambda x: -x),
+                    equal_to([0, -1, -2, -3, -4]))
+    assert prism == []
 
 
-def test_kubeflow_pods_name_their_image_and_run_without_the_package(packaging):
+def test_kubeflow_pods_name_their_image_and_run_without_the_package(packaging, prism):
     args = default_beam_args("example.org/limaml:test")
     assert args[:len(DEFAULT_BEAM_ARGS)] == DEFAULT_BEAM_ARGS
     executor = _executor(args)
@@ -74,6 +106,7 @@ def test_kubeflow_pods_name_their_image_and_run_without_the_package(packaging):
         assert p.options.view_as(SetupOptions).extra_packages is None
         assert_that(p | beam.Create(list(range(6))) | beam.Map(lambda x: x * x),
                     equal_to([0, 1, 4, 9, 16, 25]))
+    assert prism == [] and isinstance(p.runner, FnApiRunner)
 
 
 def test_compiled_spec_carries_the_image_flag(tmp_path):
