@@ -8,6 +8,7 @@ from tfx.orchestration import data_types
 
 from limaml.config import LimamlConfig
 from pipeline.pipeline import create_pipeline
+from pipeline.settings import FN_API_RUNNER
 
 DEFAULT_IMAGE = "gcr.io/YOUR_PROJECT/limaml:0.1.0"
 IMAGE_WORKDIR = "/opt/limaml"  # where kubeflow/Dockerfile installs the package (editable)
@@ -22,7 +23,7 @@ CUTOFF_TS = "cutoff-ts"
 #   --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
 #   --experiments=use_runner_v2 --sdk_container_image=<the image>
 # Beam on Flink: --runner=FlinkRunner --flink_master=HOST:8081 --environment_type=EXTERNAL ...
-DEFAULT_BEAM_ARGS = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
+DEFAULT_BEAM_ARGS = [f"--runner={FN_API_RUNNER}",
                      "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
 
 

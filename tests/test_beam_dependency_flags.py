@@ -75,26 +75,17 @@ def test_the_default_direct_runner_tries_prism_first(prism):
     assert prism == [1]
 
 
-def test_one_local_worker_runs_in_process_without_the_package_or_prism(packaging, prism):
-    executor = _executor(beam_args(1))
+@pytest.mark.parametrize("workers,mode", [(1, "in_memory"), (2, "multi_processing")])
+def test_local_workers_run_on_the_fn_api_runner_without_the_package_or_prism(packaging, prism,
+                                                                            workers, mode):
+    executor = _executor(beam_args(workers))
     assert packaging == []
     with executor._make_beam_pipeline() as p:
         direct = p.options.view_as(DirectOptions)
-        assert (direct.direct_num_workers, direct.direct_running_mode) == (1, "in_memory")
-        assert_that(p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x + 1), equal_to([2, 3, 4]))
-    assert prism == []
-    assert isinstance(p.runner, FnApiRunner)
-
-
-def test_several_local_workers_run_in_processes_without_the_package_or_prism(packaging, prism):
-    executor = _executor(beam_args(2))
-    assert packaging == []
-    with executor._make_beam_pipeline() as p:
-        direct = p.options.view_as(DirectOptions)
-        assert (direct.direct_num_workers, direct.direct_running_mode) == (2, "multi_processing")
+        assert (direct.direct_num_workers, direct.direct_running_mode) == (workers, mode)
         assert_that(p | beam.Create(list(range(5))) | beam.Map(lambda x: -x),
                     equal_to([0, -1, -2, -3, -4]))
-    assert prism == []
+    assert prism == [] and isinstance(p.runner, FnApiRunner)
 
 
 def test_kubeflow_pods_name_their_image_and_run_without_the_package(packaging, prism):
@@ -102,7 +93,7 @@ def test_kubeflow_pods_name_their_image_and_run_without_the_package(packaging, p
     assert args[:len(DEFAULT_BEAM_ARGS)] == DEFAULT_BEAM_ARGS
     executor = _executor(args)
     assert packaging == []
-    with executor._make_beam_pipeline() as p:  # the DirectRunner ignores the image flag
+    with executor._make_beam_pipeline() as p:  # the FnApiRunner ignores the image flag
         assert p.options.view_as(SetupOptions).extra_packages is None
         assert_that(p | beam.Create(list(range(6))) | beam.Map(lambda x: x * x),
                     equal_to([0, 1, 4, 9, 16, 25]))
@@ -114,3 +105,4 @@ def test_compiled_spec_carries_the_image_flag(tmp_path):
     compile_pipeline(str(path), LimamlConfig(), image="example.org/limaml:test")
     text = json.dumps(json.loads(path.read_text()))
     assert "--sdk_container_image=example.org/limaml:test" in text
+    assert "--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner" in text
