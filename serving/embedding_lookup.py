@@ -265,6 +265,44 @@ class EmbeddingLookup:
         return LookupResult(embeddings=out, cold=cold, source=source, degraded=degraded,
                             model_version=version)
 
+    def lookup_cached(self, user_ids: Union[Sequence[str], np.ndarray],
+                      model_version: str) -> Optional[LookupResult]:
+        """:meth:`lookup` from memory only, for callers that must not block (an event loop).
+
+        Returns:
+            What :meth:`lookup` would return when every id is in the cache (and, where one is
+            known to have no row, the version's cold-start default is known too); None when
+            the store would have to be asked. Never calls the store.
+
+        Raises:
+            ValueError / TypeError: malformed ids or version.
+        """
+        version = validate_model_version(str(model_version))
+        ids = as_user_id_array(user_ids)
+        n, e = ids.shape[0], self.embedding_dim
+        with self._lock:
+            cache = self._cache
+            vals = [cache.get((version, u), _MISS) for u in ids]
+            if any(v is _MISS for v in vals):
+                return None
+            cold = np.fromiter((v is None for v in vals), dtype=bool, count=n)
+            cold |= ids == COLD_START_USER
+            cold_vec = self._cold.get(version)
+            if cold_vec is None and cold.any():
+                return None
+            for u in ids:
+                cache.move_to_end((version, u))
+        self.stats["calls"] += 1
+        self.stats["cache_hits"] += n
+        out = np.empty((n, e), dtype=np.float32)
+        if (~cold).any():
+            out[~cold] = np.stack([vals[i] for i in np.flatnonzero(~cold)])
+        if cold.any():
+            out[cold] = cold_vec
+        return LookupResult(embeddings=out, cold=cold,
+                            source=np.full(n, SOURCE_CACHE, dtype=object), degraded=None,
+                            model_version=version)
+
     def warm_up(self, model_version: str, timeout_s: Optional[float] = None) -> np.ndarray:
         """Loads a version's cold-start default (and, for Parquet, the version) before serving.
 

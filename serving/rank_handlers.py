@@ -4,6 +4,9 @@
 * :func:`handle_rank_body`: ranks one body with the :class:`~serving.ranker.Ranker` and maps
   every ranker error to its status and short code (the table in :mod:`serving.ranker_service`);
   5xx messages are generic, the details go to the log. It never raises.
+* :func:`prepare_rank_body` and :func:`finish_rank_job`: the same in two steps, for a batching
+  service: the blocking part (parse, validate, look up, build columns) on a worker thread,
+  then the Predict on the event loop (:mod:`serving.async_predict_batcher`); same answers.
 * :func:`handle_ready`: the ``/readyz`` answer.
 
 Used by the ASGI app (:mod:`serving.ranker_app`).
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, Union
 
 from embeddings.record import VersionNotCommittedError
 from serving.ranker import Ranker
@@ -21,7 +24,10 @@ from serving.ranker_errors import (
     InvalidRequest,
     ModelServerError,
     ModelServerUnavailable,
+    _VersionGone,
+    _WouldBlock,
 )
+from serving.ranker_types import PredictJob, RankResponse
 
 log = logging.getLogger(__name__)
 
@@ -108,27 +114,103 @@ def handle_rank_body(ranker: Ranker, body: bytes) -> Tuple[int, Dict[str, Any]]:
         else:
             resp = ranker.rank(payload["user_id"], payload["candidates"],
                                payload.get("user_features"))
-        out = resp.to_json()
-        out["degraded"] = _public_degraded(out["degraded"])
-        return 200, out
-    except _HttpError as exc:
+        return _ok(resp)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes its status
+        return _failure(exc)
+
+
+WOULD_BLOCK = object()
+"""What :func:`prepare_rank_body` returns ``in_memory_only`` when the body needs a blocking call."""
+
+
+def prepare_rank_body(ranker: Ranker, body: bytes, in_memory_only: bool = False
+                      ) -> Union[PredictJob, Tuple[int, Dict[str, Any]], object]:
+    """A ``/v1/rank`` body up to its Predict.
+
+    Args:
+        ranker: the ranker.
+        body: the request body.
+        in_memory_only: never block (on an event loop): return :data:`WOULD_BLOCK` where the
+            served version, the signature or the user's embedding is not in memory (then call
+            it again without, on a worker thread).
+
+    Returns:
+        The :class:`PredictJob` for :func:`finish_rank_job` when the request goes through the
+        cross-request batcher, else the finished ``(HTTP status, JSON object)``, or
+        :data:`WOULD_BLOCK`; never raises.
+    """
+    try:
+        payload = parse_rank_body(body)
+        step = ranker.prepare(payload["user_id"], payload.get("candidates"),
+                              payload.get("item_ids"), payload.get("user_features"),
+                              in_memory_only=in_memory_only)
+        return step if isinstance(step, PredictJob) else _ok(step)
+    except _WouldBlock:
+        return WOULD_BLOCK
+    except Exception as exc:  # noqa: BLE001 - every failure becomes its status
+        return _failure(exc)
+
+
+async def finish_rank_job(ranker: Ranker, body: bytes, job: PredictJob, batcher: Any,
+                          run_blocking: Callable[..., Awaitable[Any]]
+                          ) -> Tuple[int, Dict[str, Any]]:
+    """Sends a prepared job through the event loop's batcher and answers it; never raises.
+
+    Args:
+        ranker: the ranker that prepared ``job``.
+        body: the request body (prepared again, with a refreshed version, if the job's version
+            was unloaded meanwhile).
+        job: from :func:`prepare_rank_body`.
+        batcher: the loop's :class:`~serving.async_predict_batcher.AsyncPredictBatcher`.
+        run_blocking: ``await run_blocking(fn, *args)`` runs ``fn`` on a worker thread.
+    """
+    try:
+        try:
+            scores, answered = await batcher.predict(job)
+        except Exception as exc:  # noqa: BLE001 - mapped to the ranker's errors
+            raise ranker.job_failure(job, exc) from None
+        return _ok(job.response(scores, answered))
+    except _VersionGone:
+        # A new push unloaded the pinned version between status and Predict: the blocking path
+        # refreshes the version, looks the embedding up again for it and sends once more.
+        return await run_blocking(_rank_refreshed, ranker, body)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes its status
+        return _failure(exc)
+
+
+def _rank_refreshed(ranker: Ranker, body: bytes) -> Tuple[int, Dict[str, Any]]:
+    try:
+        ranker.model_version(refresh=True)
+    except Exception as exc:  # noqa: BLE001
+        return _failure(exc)
+    return handle_rank_body(ranker, body)
+
+
+def _ok(resp: RankResponse) -> Tuple[int, Dict[str, Any]]:
+    out = resp.to_json()
+    out["degraded"] = _public_degraded(out["degraded"])
+    return 200, out
+
+
+def _failure(exc: Exception) -> Tuple[int, Dict[str, Any]]:
+    """The status and body of a failed request (details of 5xx go to the log only)."""
+    if isinstance(exc, _HttpError):
         return _error(exc.status, exc.code, exc.message, exc.field)
-    except InvalidRequest as exc:
+    if isinstance(exc, InvalidRequest):
         return _error(400, "bad_request", _printable(str(exc)), exc.field)
-    except EmbeddingLookupError as exc:
+    if isinstance(exc, EmbeddingLookupError):
         log.warning("ranker service: %s", exc)
         return _embedding_failure(exc)
-    except ModelServerUnavailable as exc:
+    if isinstance(exc, ModelServerUnavailable):
         log.warning("ranker service: %s", exc)
         return _error(503, "model_unavailable", "the model server is unavailable")
-    except ModelServerError as exc:
+    if isinstance(exc, ModelServerError):
         log.error("ranker service: %s", exc)
         return _error(502, "model_error", "the model server rejected the request")
-    except RecursionError:
+    if isinstance(exc, RecursionError):
         return _error(400, "bad_request", "request is nested too deeply", "body")
-    except Exception:  # noqa: BLE001 - answer 500, keep serving
-        log.exception("ranker service: unexpected error")
-        return _error(500, "internal", "internal error")
+    log.error("ranker service: unexpected error", exc_info=exc)
+    return _error(500, "internal", "internal error")
 
 
 def _printable(text: str) -> str:

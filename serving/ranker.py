@@ -45,7 +45,7 @@ Modules (one concept each; this one holds the scoring path and composes the rest
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import grpc
 import numpy as np
@@ -64,13 +64,14 @@ from serving.ranker_errors import (
     ModelServerError,
     ModelServerUnavailable,
     _VersionGone,
+    _WouldBlock,
 )
 from serving.ranker_errors import RankerError as RankerError
 from serving.ranker_items import CandidateColumnsMixin
 from serving.ranker_model_client import _AVAILABLE as _AVAILABLE
 from serving.ranker_model_client import _UNAVAILABLE_CODES as _UNAVAILABLE_CODES
 from serving.ranker_model_client import ModelServerClientMixin, _VersionCache
-from serving.ranker_types import EmbeddingLookup, RankResponse
+from serving.ranker_types import EmbeddingLookup, PredictJob, RankResponse
 from serving.ranker_types import LookupResultLike as LookupResultLike
 from serving.ranker_validation import RequestValidationMixin
 from serving.tf_example import (
@@ -167,11 +168,9 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         self.fallback_counts: Dict[str, int] = dict.fromkeys(MB.FALLBACKS, 0)
         self._fallback_lock = threading.Lock()
         self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
-        self._channel = grpc.insecure_channel(
-            model_channel_target,
-            options=[("grpc.max_receive_message_length", int(max_message_bytes)),
-                     ("grpc.max_send_message_length", int(max_message_bytes))],
-        )
+        self._channel_options = [("grpc.max_receive_message_length", int(max_message_bytes)),
+                                 ("grpc.max_send_message_length", int(max_message_bytes))]
+        self._channel = grpc.insecure_channel(model_channel_target, options=self._channel_options)
         self._raw_inputs: Dict[int, Optional[Dict[str, int]]] = {}
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._status = model_service_pb2_grpc.ModelServiceStub(self._channel)
@@ -215,8 +214,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             ModelServerError: the model server rejected the request (contract mismatch).
             EmbeddingLookupError: the lookup raised or returned a malformed result.
         """
-        columns = self.validated_columns(user_id, candidates, user_features)
-        return self._rank_columns(user_id, columns, len(candidates), user_features)
+        return self.prepare(user_id, candidates, user_features=user_features, defer=False)
 
     def rank_items(
         self,
@@ -238,6 +236,42 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             InvalidRequest: no item cache, a malformed id list, or an id the cache does not know.
             ModelServerUnavailable, ModelServerError, EmbeddingLookupError: as :meth:`rank`.
         """
+        return self.prepare(user_id, item_ids=item_ids, user_features=user_features, defer=False)
+
+    def prepare(
+        self,
+        user_id: str,
+        candidates: Optional[Sequence[Mapping[str, Any]]] = None,
+        item_ids: Optional[Sequence[str]] = None,
+        user_features: Optional[Mapping[str, Any]] = None,
+        defer: bool = True,
+        in_memory_only: bool = False,
+    ) -> Union[RankResponse, PredictJob]:
+        """:meth:`rank` (``candidates``) or :meth:`rank_items` (``item_ids``), up to the Predict.
+
+        With ``defer`` and the cross-request batcher on, a request for ``predict_raw`` stops
+        before its Predict and comes back as a :class:`PredictJob` (validated, embeddings
+        looked up at the pinned version, columns built) for an asynchronous batcher to send
+        (:mod:`serving.async_predict_batcher`; :meth:`job_failure` maps its errors). Any other
+        request is answered here.
+
+        With ``in_memory_only`` it never blocks (for an event loop): it raises ``_WouldBlock``
+        as soon as it would ask the model server (a stale served version, unknown signatures)
+        or the embedding store (a user not in the lookup's cache), or would send the Predict
+        itself; prepare such a request again without it, on a worker thread.
+
+        Returns:
+            The job, or the finished response.
+
+        Raises:
+            As :meth:`rank` and :meth:`rank_items`; ``_WouldBlock`` (see above).
+        """
+        if in_memory_only and (self.multi_block or not defer or self._batcher is None):
+            raise _WouldBlock("only a single-block predict_raw job is prepared in memory")
+        if item_ids is None:
+            columns = self.validated_columns(user_id, candidates, user_features)
+            return self._rank_columns(user_id, columns, len(candidates), user_features, defer,
+                                      in_memory_only)
         if self.item_cache is None:
             raise InvalidRequest("item_ids", "this ranker has no item cache; send candidates "
                                              "with their features")
@@ -252,7 +286,32 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         except FeatureError as exc:
             raise InvalidRequest(exc.field, str(exc)) from None
         columns: Dict[str, list] = {F.ITEM_ID: list(item_ids)}
-        return self._rank_columns(user_id, columns, len(item_ids), user_features)
+        return self._rank_columns(user_id, columns, len(item_ids), user_features, defer,
+                                  in_memory_only)
+
+    def job_failure(self, job: PredictJob, exc: Exception) -> Exception:
+        """The ranker error for a failed Predict of ``job``: ``ModelServerUnavailable`` or
+        ``ModelServerError`` as :meth:`rank` raises them, or ``_VersionGone`` when the pinned
+        version was unloaded meanwhile (refresh the version and rank the request again)."""
+        if isinstance(exc, grpc.RpcError):
+            return self._predict_failure(job.version, exc)
+        if isinstance(exc, ValueError):
+            return ModelServerError(f"model {self.model_name!r} version {job.version} signature "
+                                    f"{PR.RAW_SIGNATURE!r}: {exc}")
+        return exc
+
+    def async_batcher(self, max_rows: int = 8192):
+        """A :class:`~serving.async_predict_batcher.AsyncPredictBatcher` on a new ``grpc.aio``
+        channel to the model server, for the event loop this is called on (the channel is
+        bound to it); None when this ranker does not batch requests."""
+        if self._batcher is None:
+            return None
+        from serving.async_predict_batcher import AsyncPredictBatcher
+
+        channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        return AsyncPredictBatcher(stub.Predict, self.model_name, self.timeout_s,
+                                   self._metadata, max_rows=max_rows, close=channel.close)
 
     def warm_up(self) -> Optional[RankResponse]:
         """Sends one request through the fast path (first item of the cache, blank user
@@ -296,17 +355,20 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         return version
 
     def _rank_columns(self, user_id: str, columns: Dict[str, list], n: int,
-                      user_features: Optional[Mapping[str, Any]]) -> RankResponse:
+                      user_features: Optional[Mapping[str, Any]], defer: bool = False,
+                      in_memory_only: bool = False) -> Union[RankResponse, PredictJob]:
         self._fill_items(columns, n)
-        version = self.model_version()
+        version = self.model_version(cached_only=in_memory_only)
+        if in_memory_only:
+            return self._rank_at(version, user_id, columns, n, user_features, defer, True)
         try:
-            return self._rank_at(version, user_id, columns, n, user_features)
+            return self._rank_at(version, user_id, columns, n, user_features, defer)
         except _VersionGone:
             # The pinned version was unloaded between status and predict (a new push): refresh
             # once and redo the lookup so the embedding matches the new version.
             version = self.model_version(refresh=True)
             try:
-                return self._rank_at(version, user_id, columns, n, user_features)
+                return self._rank_at(version, user_id, columns, n, user_features, defer)
             except _VersionGone as exc:
                 raise ModelServerUnavailable(str(exc)) from None
 
@@ -364,15 +426,21 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         return self._rpc_failure("Predict", exc)
 
     def _rank_at(self, version: int, user_id: str, columns: Dict[str, list], n: int,
-                 user_features: Optional[Mapping[str, Any]]) -> RankResponse:
+                 user_features: Optional[Mapping[str, Any]], defer: bool = False,
+                 in_memory_only: bool = False) -> Union[RankResponse, PredictJob]:
         fallbacks = None
         if self.multi_block:
             emb, cold, degraded, fallbacks = self._candidate_embeddings(version, user_id, columns, n)
         else:
-            emb, cold, degraded = self._embedding(user_id, version)
-        inputs = self._raw_inputs_of(version)
+            emb, cold, degraded = self._embedding(user_id, version, in_memory_only)
+        inputs = self._raw_inputs_of(version, in_memory_only)
+        if in_memory_only and not inputs:
+            raise _WouldBlock(f"version {version} is served through {SERVING_SIGNATURE}")
         raw = self._raw_columns(inputs, user_id, columns, n, user_features) if inputs else None
         if raw is not None and self._batcher is not None:
+            if defer:
+                return PredictJob(version, dict(inputs), raw, np.asarray(emb, np.float32), n,
+                                  cold, degraded, fallbacks)
             try:
                 scores, answered = self._batcher.predict(version, inputs, raw, emb, n)
             except grpc.RpcError as exc:

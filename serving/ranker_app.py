@@ -4,8 +4,13 @@
 optional bearer token of ``/v1/rank`` (the probes stay open); reads a body of at most
 ``max_body_bytes`` within ``body_timeout_s`` (Content-Length required); and runs the blocking
 ranker on ``workers`` threads, answering 503 at once when ``max_pending`` requests are already in
-the ranker. The answers themselves come from :mod:`serving.rank_handlers`; the API is described
-in :mod:`serving.ranker_service`.
+the ranker. With a batching ranker (``batch_requests``) the Predict runs on this event loop,
+where the requests queued during one Predict share the next
+(:mod:`serving.async_predict_batcher`), and a request is prepared (parsed, validated, embedding
+looked up, columns built) on the loop itself when its body is at most :data:`INLINE_BODY_BYTES`
+and all it needs is in memory, else on a worker thread, which is free again once it is prepared.
+The answers themselves come from :mod:`serving.rank_handlers`; the API is described in
+:mod:`serving.ranker_service`.
 """
 from __future__ import annotations
 
@@ -15,8 +20,16 @@ import hmac
 import json
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
-from serving.rank_handlers import _error, handle_rank_body, handle_ready
+from serving.rank_handlers import (
+    WOULD_BLOCK,
+    _error,
+    finish_rank_job,
+    handle_rank_body,
+    handle_ready,
+    prepare_rank_body,
+)
 from serving.ranker import Ranker
+from serving.ranker_types import PredictJob
 
 RANK_PATH = "/v1/rank"
 HEALTH_PATH = "/healthz"
@@ -25,6 +38,8 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_WORKERS = 8
 DEFAULT_MAX_PENDING = 1024
+INLINE_BODY_BYTES = 64 << 10
+"""Largest body a batching app prepares on its event loop (when all it needs is in memory)."""
 
 
 _Send = Callable[[Dict[str, Any]], Awaitable[None]]
@@ -58,10 +73,18 @@ class RankerApp:
         self._expected = f"Bearer {auth_token}".encode("utf-8") if auth_token else None
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ranker")
         self._pending = 0  # touched only on the event loop
+        self._batcher: Any = None  # the loop's AsyncPredictBatcher, made on first use
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     def close(self) -> None:
-        """Stops the worker threads (after running requests)."""
+        """Stops the worker threads (after running requests) and closes the loop's channel."""
         self._pool.shutdown(wait=False)
+        batcher, loop, self._batcher = self._batcher, self._loop, None
+        if batcher is not None and loop is not None and loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(batcher.aclose(), loop).result(timeout=2.0)
+            except Exception:  # noqa: BLE001 - closing on the way out
+                pass
 
     async def __call__(self, scope: Dict[str, Any], receive: _Receive, send: _Send) -> None:
         if scope["type"] != "http":
@@ -118,8 +141,32 @@ class RankerApp:
         if self._pending >= self.max_pending:
             return (*_error(503, "overloaded", "too many requests waiting; retry"),
                     [(b"retry-after", b"1")])
-        status, obj = await self._run(handle_rank_body, self.ranker, body)
+        status, obj = await self._rank(body)
         return status, obj, []
+
+    async def _rank(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
+        if self.ranker._batcher is None:  # one Predict per request, on the worker
+            return await self._run(handle_rank_body, self.ranker, body)
+        if self._batcher is None:
+            self._loop = asyncio.get_running_loop()
+            self._batcher = self.ranker.async_batcher()
+        self._pending += 1
+        try:
+            # On the loop when the body is small and all it needs is in memory (no thread
+            # hand-off, no GIL contention); else, or when a store or server call is due, on a
+            # worker thread.
+            step = (prepare_rank_body(self.ranker, body, in_memory_only=True)
+                    if len(body) <= INLINE_BODY_BYTES else WOULD_BLOCK)
+            if step is WOULD_BLOCK:
+                step = await self._blocking(prepare_rank_body, self.ranker, body)
+            if not isinstance(step, PredictJob):
+                return step
+            return await finish_rank_job(self.ranker, body, step, self._batcher, self._blocking)
+        finally:
+            self._pending -= 1
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         self._pending += 1

@@ -20,7 +20,7 @@ import numpy as np
 from embeddings.entity_keys import SEPARATOR as ENTITY_SEPARATOR
 from schema import features as F
 from serving import multi_block as MB
-from serving.ranker_errors import EmbeddingLookupError, InvalidRequest
+from serving.ranker_errors import EmbeddingLookupError, InvalidRequest, _WouldBlock
 
 
 class EmbeddingsMixin:
@@ -31,9 +31,19 @@ class EmbeddingsMixin:
     fallback_counts: Dict[str, int]
     _fallback_lock: threading.Lock
 
-    def _embedding(self, user_id: str, version: int):
+    def _embedding(self, user_id: str, version: int, cached_only: bool = False):
+        """``(embedding [E], cold, degraded)``; ``cached_only``: from the lookup's cache
+        (``lookup_cached``) or ``_WouldBlock``."""
         try:
-            res = self._lookup.lookup([user_id], str(version))
+            if cached_only:
+                peek = getattr(self._lookup, "lookup_cached", None)
+                res = peek([user_id], str(version)) if peek is not None else None
+                if res is None:
+                    raise _WouldBlock(f"user {user_id!r} is not in the lookup's cache")
+            else:
+                res = self._lookup.lookup([user_id], str(version))
+        except _WouldBlock:
+            raise
         except Exception as exc:  # noqa: BLE001 - report any lookup failure as one error type
             raise EmbeddingLookupError(
                 f"embedding lookup for user {user_id!r} at model version {version} failed: "

@@ -50,3 +50,8 @@ class EmbeddingLookupError(RankerError):
 
 class _VersionGone(Exception):
     pass
+
+
+class _WouldBlock(Exception):
+    """An in-memory-only :meth:`serving.ranker.Ranker.prepare` needs a network or store call
+    (stale served version, unknown signature, embedding not cached): prepare it on a worker."""

@@ -22,7 +22,7 @@ import grpc
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from serving import predict_request as PR
-from serving.ranker_errors import ModelServerError, ModelServerUnavailable
+from serving.ranker_errors import ModelServerError, ModelServerUnavailable, _WouldBlock
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,12 @@ class ModelServerClientMixin:
     _version_lock: threading.Lock
     _raw_inputs: Dict[int, Optional[Dict[str, int]]]
 
-    def model_version(self, refresh: bool = False) -> int:
+    def model_version(self, refresh: bool = False, cached_only: bool = False) -> int:
         """The highest AVAILABLE version of the model, cached for ``version_refresh_s``.
+
+        Args:
+            refresh: ask the server even if the cached answer is fresh.
+            cached_only: never ask: raise ``_WouldBlock`` instead.
 
         Raises:
             ModelServerUnavailable: if the server cannot be asked or serves no version.
@@ -73,6 +77,8 @@ class ModelServerClientMixin:
             if (not refresh and cached.version is not None
                     and now - cached.fetched_at < self.version_refresh_s):
                 return cached.version
+        if cached_only:
+            raise _WouldBlock("the served version is to be asked again")
         req = get_model_status_pb2.GetModelStatusRequest()
         req.model_spec.name = self.model_name
         try:
@@ -92,12 +98,15 @@ class ModelServerClientMixin:
             self._version = _VersionCache(version, time.monotonic())
         return version
 
-    def _raw_inputs_of(self, version: int) -> Optional[Dict[str, int]]:
-        """``predict_raw`` inputs of a served version (None: use ``serving_default``)."""
+    def _raw_inputs_of(self, version: int, cached_only: bool = False) -> Optional[Dict[str, int]]:
+        """``predict_raw`` inputs of a served version (None: use ``serving_default``);
+        ``cached_only``: raise ``_WouldBlock`` rather than ask the server."""
         if not self.use_raw_signature:
             return None
         if version in self._raw_inputs:
             return self._raw_inputs[version]
+        if cached_only:
+            raise _WouldBlock(f"the signatures of version {version} are to be asked")
         req = get_model_metadata_pb2.GetModelMetadataRequest()
         req.model_spec.name = self.model_name
         req.model_spec.version.value = version

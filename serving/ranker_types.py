@@ -51,3 +51,36 @@ class RankResponse:
         if self.fallbacks is not None:
             out["fallbacks"] = dict(self.fallbacks)
         return out
+
+
+@dataclass
+class PredictJob:
+    """A validated request whose ``predict_raw`` Predict is still to be sent (by a batcher).
+
+    Attributes:
+        version: the pinned model version (its embeddings were looked up).
+        inputs: the ``predict_raw`` inputs (name -> dtype enum), without the embedding.
+        columns: input name -> ``[n]`` values (UTF-8 bytes for strings, arrays for numbers).
+        emb: float32 ``[E]`` (one user) or ``[n, W]`` (multi-block rows).
+        n: candidates.
+        cold: the cold-start flag of the response.
+        degraded: the lookup's degradation reason, or None.
+        fallbacks: a multi-block model's per-candidate fallback counts, else None.
+    """
+
+    version: int
+    inputs: Dict[str, int]
+    columns: Dict[str, Any]
+    emb: np.ndarray
+    n: int
+    cold: Any = False
+    degraded: Optional[str] = None
+    fallbacks: Optional[Dict[str, int]] = None
+
+    def key(self) -> tuple:
+        """Jobs of one key can share a Predict: same version, inputs and embedding width."""
+        return (self.version, tuple(sorted(self.inputs.items())), self.emb.shape[-1])
+
+    def response(self, scores: List[float], answered: int) -> RankResponse:
+        """The job's answer once its Predict returned ``scores`` from version ``answered``."""
+        return RankResponse(scores, str(answered), self.cold, self.degraded, self.fallbacks)

@@ -337,3 +337,28 @@ def test_concurrent_lookups_are_exact(parquet_two_versions):
         t.join()
     assert errors == []
     lk.close()
+
+
+def test_lookup_cached_answers_from_memory_only_and_like_lookup(parquet_two_versions):
+    """``lookup_cached`` (the ranker's event-loop path) never asks the store: None until every
+    id (and, for users without a row, the version's cold-start default) is cached, then the
+    same embeddings, cold flags and LRU touch as ``lookup``."""
+    store, ids, emb1, _ = parquet_two_versions
+    counting = CountingStore(store)
+    lk = EmbeddingLookup(counting, E, timeout_s=2.0, cache_size=2)
+    q = [ids[3], "stranger", ids[7]]
+    assert lk.lookup_cached(q, "1") is None and counting.calls == 0
+    lk.lookup([ids[3], ids[7]], "1")  # known users cached; the cold default not yet known
+    assert lk.lookup_cached([ids[7], "stranger"], "1") is None
+    got = lk.lookup_cached([ids[3]], "1")  # touches ids[3]: ids[7] is now least recent
+    np.testing.assert_array_equal(got.embeddings, emb1[[3]])
+    lk.lookup(["stranger"], "1")  # evicts ids[7], learns the cold default
+    assert counting.calls == 2
+    assert lk.lookup_cached(q, "1") is None  # ids[7] is gone
+    got = lk.lookup_cached([ids[3], "stranger", "stranger"], "1")
+    np.testing.assert_array_equal(got.embeddings, np.stack([emb1[3], COLD1, COLD1]))
+    assert got.cold.tolist() == [False, True, True] and got.degraded is None
+    assert got.source.tolist() == ["cache"] * 3 and got.model_version == "1"
+    assert lk.lookup_cached([ids[3]], "2") is None  # another version's cache is separate
+    assert counting.calls == 2
+    lk.close()

@@ -235,3 +235,170 @@ class _RpcError(grpc.RpcError):
 
     def details(self):
         return self._details
+
+
+class _CachingLookup(_Lookup):
+    """``_Lookup`` plus ``lookup_cached``: a user is in memory once looked up (both counted)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.seen, self.store_calls, self.cached_hits = set(), 0, 0
+
+    def lookup(self, user_ids, model_version):
+        self.store_calls += 1
+        self.seen.update(user_ids)
+        return super().lookup(user_ids, model_version)
+
+    def lookup_cached(self, user_ids, model_version):
+        if not set(user_ids) <= self.seen:
+            return None
+        self.cached_hits += 1
+        return super().lookup(user_ids, model_version)
+
+
+def _post(conn, body):
+    conn.request("POST", "/v1/rank", body=json.dumps(body),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+def test_batching_service_predicts_on_its_event_loop_with_each_requests_own_scores(
+        limaml_served, stack):
+    """The HTTP service of a batching ranker: 32 requests from 8 keep-alive clients (users,
+    candidate counts, ids-only or full candidates) get exactly the one-at-a-time
+    ``serving_default`` scores, in fewer Predicts than requests, all sent by the event loop's
+    batcher; a user's first request is prepared on a worker (store lookup), later ones on the
+    loop (cached)."""
+    import threading
+
+    server, _, slow, _ = stack
+    lookup = _CachingLookup(limaml_served.embedding_dim)
+    ranker = Ranker(server.target, "limaml", lookup, batch_requests=True,
+                    item_cache=ItemCache.from_records(limaml_served.items))
+    svc = start_ranker_service(ranker)
+    jobs = []
+    for k in range(32):
+        u = k % 5
+        user, uf = limaml_served.user_ids[u], limaml_served.user_features[u]
+        cands = _cands(limaml_served, 1 + (7 * k) % 30, offset=k)
+        body = {"user_id": user, "user_features": uf}
+        if k % 2:
+            body["item_ids"] = [c[F.ITEM_ID] for c in cands]
+        else:
+            body["candidates"] = cands
+        jobs.append((body, slow.rank(user, cands, uf).scores))
+    got, errors = [None] * len(jobs), []
+    barrier = threading.Barrier(8)
+
+    def client(i):
+        conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+        barrier.wait()
+        for j in range(i, len(jobs), 8):
+            try:
+                got[j] = _post(conn, jobs[j][0])
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for j, ((status, answer), (_, want)) in enumerate(zip(got, jobs)):
+            assert status == 200, answer
+            assert answer["model_version"] == "1" and answer["cold_start"] is False
+            np.testing.assert_allclose(answer["scores"], want, rtol=0, atol=ATOL, err_msg=str(j))
+        loop_batcher = svc.app._batcher
+        assert loop_batcher.requests == len(jobs) and loop_batcher.calls < len(jobs)
+        assert ranker._batcher.calls == 0  # nothing went through the thread batcher
+        assert lookup.seen == set(limaml_served.user_ids[:5])
+        assert lookup.cached_hits >= 1 and lookup.store_calls >= 5
+        assert lookup.cached_hits + lookup.store_calls >= len(jobs)
+    finally:
+        svc.stop()
+        ranker.close()
+
+
+def test_loop_predict_failures_answer_like_the_blocking_path(limaml_served, stack):
+    """A Predict sent by the loop that fails UNAVAILABLE answers 503 ``model_unavailable``; one
+    that finds its version unloaded (NOT_FOUND: a push) is ranked again on the blocking path
+    with a refreshed version, and answered 200 with the right scores."""
+    server, _, slow, _ = stack
+    lookup = _CachingLookup(limaml_served.embedding_dim)
+    ranker = Ranker(server.target, "limaml", lookup, batch_requests=True,
+                    item_cache=ItemCache.from_records(limaml_served.items))
+    svc = start_ranker_service(ranker)
+    cands = _cands(limaml_served, 6)
+    user, uf = limaml_served.user_ids[1], limaml_served.user_features[1]
+    body = {"user_id": user, "candidates": cands, "user_features": uf}
+    want = slow.rank(user, cands, uf).scores
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+    try:
+        assert _post(conn, body)[0] == 200
+        batcher = svc.app._batcher
+        real, failures = batcher._predict, []
+
+        async def failing(request, **kwargs):
+            code = failures.pop(0)
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details=f"injected {code.name}")
+
+        batcher._predict = failing
+        failures[:] = [grpc.StatusCode.UNAVAILABLE]
+        status, answer = _post(conn, body)
+        assert status == 503 and answer["code"] == "model_unavailable", answer
+        failures[:] = [grpc.StatusCode.NOT_FOUND]
+        status, answer = _post(conn, body)
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["scores"], want, rtol=0, atol=ATOL)
+        assert ranker._batcher.calls == 1 and not failures  # the retry went the blocking way
+        batcher._predict = real
+        status, answer = _post(conn, body)
+        assert status == 200 and ranker._batcher.calls == 1
+        np.testing.assert_allclose(answer["scores"], want, rtol=0, atol=ATOL)
+    finally:
+        conn.close()
+        svc.stop()
+        ranker.close()
+
+
+def test_in_memory_prepare_never_blocks(limaml_served, stack):
+    """``Ranker.prepare(in_memory_only=True)`` (what the event loop runs) gives up, rather than
+    call the model server or the store, while the served version or its signatures are not
+    known, the version is due for a refresh, or the user's embedding is not cached."""
+    from serving.ranker_errors import _WouldBlock
+    from serving.ranker_types import PredictJob
+
+    server, _, _, _ = stack
+    lookup = _CachingLookup(limaml_served.embedding_dim)
+    cands = _cands(limaml_served, 3)
+    u0, u1 = limaml_served.user_ids[:2]
+    uf = limaml_served.user_features[0]
+    with Ranker(server.target, "limaml", lookup, batch_requests=True) as ranker:
+        with pytest.raises(_WouldBlock, match="served version"):
+            ranker.prepare(u0, cands, user_features=uf, in_memory_only=True)
+        ranker.model_version()
+        with pytest.raises(_WouldBlock, match="not in the lookup's cache"):
+            ranker.prepare(u0, cands, user_features=uf, in_memory_only=True)
+        lookup.seen.add(u0)
+        with pytest.raises(_WouldBlock, match="signatures"):
+            ranker.prepare(u0, cands, user_features=uf, in_memory_only=True)
+        job = ranker.prepare(u0, cands, user_features=uf)  # blocking: asks for the signatures
+        assert isinstance(job, PredictJob) and job.version == 1 and job.n == 3
+        calls = lookup.store_calls
+        fast = ranker.prepare(u0, cands, user_features=uf, in_memory_only=True)
+        assert lookup.store_calls == calls and fast.key() == job.key()
+        for name, col in job.columns.items():
+            assert list(fast.columns[name]) == list(col), name
+        with pytest.raises(_WouldBlock, match="not in the lookup's cache"):
+            ranker.prepare(u1, cands, user_features=uf, in_memory_only=True)
+        ranker.version_refresh_s = 0.0
+        with pytest.raises(_WouldBlock, match="served version"):
+            ranker.prepare(u0, cands, user_features=uf, in_memory_only=True)
+    with Ranker(server.target, "limaml", lookup) as unbatched:  # no batcher: nothing deferred
+        with pytest.raises(_WouldBlock, match="single-block"):
+            unbatched.prepare(u0, cands, user_features=uf, in_memory_only=True)
