@@ -30,6 +30,7 @@ setup(
         "uvicorn==0.54.0",  # the ranker's HTTP server (serving/http_server.py)
         "httptools==0.9.0",  # uvicorn's C HTTP parser (h11, pure Python, is the fallback)
         "uvloop==0.23.0",  # uvicorn's libuv event loop
+        "orjson==3.13.0",  # the ranker service's request and response JSON
         "dill",
         "pandas",
         "matplotlib",

@@ -411,8 +411,11 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
                 out[name] = col
                 continue
             if is_str:
-                out[name] = [absent if v is None else v.encode("utf-8") if isinstance(v, str)
-                             else v for v in col]
+                try:  # plain strings (what JSON gives): encoded by one C-level map
+                    out[name] = list(map(str.encode, col))
+                except TypeError:  # None (absent) or bytes among them
+                    out[name] = [absent if v is None else v.encode("utf-8") if isinstance(v, str)
+                                 else v for v in col]
             else:
                 out[name] = np.asarray([absent if v is None else v for v in col])
         return out

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hmac
-import json
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+import orjson
 
 from serving.rank_handlers import (
     WOULD_BLOCK,
@@ -92,7 +93,7 @@ class RankerApp:
         path, method = scope["path"], scope["method"]
         headers = dict(scope["headers"])
         status, body, extra = await self._route(path, method, headers, receive)
-        data = json.dumps(body).encode("utf-8")
+        data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         out_headers: List[Tuple[bytes, bytes]] = [
             (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
         out_headers.extend(extra)

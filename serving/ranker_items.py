@@ -36,6 +36,9 @@ class CandidateColumnsMixin:
         present = [name for name in ITEM_FEATURE_KINDS if name in columns]
         if not present:  # ids only: whole columns from the cache, no per-candidate work
             need = list(range(n))
+        elif len(present) == len(ITEM_FEATURE_KINDS) and all(
+                _no_none(columns[name]) for name in present):
+            return  # every candidate carries every item feature
         else:
             need = [i for i in range(n)
                     if any(columns.get(name) is None or columns[name][i] is None
@@ -58,3 +61,10 @@ class CandidateColumnsMixin:
             for j, i in enumerate(need):
                 if col[i] is None:
                     col[i] = found[name][j]
+
+
+def _no_none(col: Any) -> bool:
+    """Whether a candidate column has a value in every row (None marks a missing one)."""
+    if isinstance(col, np.ndarray):
+        return col.dtype != object or not any(v is None for v in col)
+    return not any(v is None for v in col)

@@ -9,7 +9,9 @@ sets the attributes declared here).
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from serving.ranker_errors import InvalidRequest
@@ -91,7 +93,7 @@ class RequestValidationMixin:
     def _plain_columns(self, candidates: Sequence[Any],
                        user_features: Optional[Mapping[str, Any]]) -> Optional[Dict[str, list]]:
         """Columns of candidates that pass every check, or None (the per-candidate check decides)."""
-        if not all(type(c) is dict for c in candidates):
+        if set(map(type, candidates)) != _DICT:
             return None
         names = set().union(*candidates)
         if not names.issubset(self._candidate_allowed):
@@ -99,7 +101,7 @@ class RequestValidationMixin:
         columns = {name: [c.get(name) for c in candidates] for name in names}
         for name in self._candidate_required:
             col = columns.get(name)
-            if col is None or any(v is None for v in col):
+            if col is None or any(map(_IS_NONE, col)):
                 return None
         shared = {k for k, v in (user_features or {}).items() if v is not None}
         for name, col in columns.items():
@@ -137,20 +139,23 @@ class RequestValidationMixin:
             raise InvalidRequest(exc.field, str(exc)) from None
 
 
+_DICT, _STR, _INT, _NUMBER = {dict}, {str}, {int}, {int, float}
+_IS_NONE = functools.partial(operator.is_, None)  # _IS_NONE(v): v is None, as a C call
+
+
 def _plain_values_fit(kind: str, values: List[Any]) -> bool:
     """Whether every value is a plain Python value that ``check_value`` accepts for ``kind``."""
     try:
         if kind == "str":
-            if not all(type(v) is str for v in values):
+            if not set(map(type, values)) <= _STR:
                 return False
             "".join(values).encode("utf-8")  # a lone surrogate anywhere fails
             return True
         if kind == "int64":
-            return all(type(v) is int for v in values) and (
+            return set(map(type, values)) <= _INT and (
                 not values or (_INT64_MIN <= min(values) and max(values) <= _INT64_MAX))
         if kind == "float64":
-            return all(type(v) in (int, float) for v in values) and all(
-                math.isfinite(v) for v in values)
+            return set(map(type, values)) <= _NUMBER and all(map(math.isfinite, values))
     except (UnicodeEncodeError, OverflowError):
         return False
     return False

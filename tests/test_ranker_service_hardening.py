@@ -178,3 +178,20 @@ def test_servers_bind_loopback_by_default():
                                           "--embedding-lookup", "a:b"])
     assert args.host == "127.0.0.1"
     assert model_server.build_arg_parser().parse_args([]).host == "127.0.0.1"
+
+
+def test_fast_body_parser_reads_what_json_reads():
+    """``parse_rank_body`` (orjson, stdlib ``json`` where orjson refuses) gives the object the
+    stdlib parser gives: escapes, non-ASCII, exponents, 63-bit integers, and the non-standard
+    ``Infinity`` that the feature checks must see to name its field."""
+    from serving.rank_handlers import parse_rank_body
+
+    bodies = [
+        '{"user_id": "\\u00e9l\\u00e8ve \\ud83d\\ude00 \\"q\\"", "item_ids": ["a/b", "\\n"]}',
+        '{"user_id": "u", "candidates": [{"item_id": "i", "release_year": -0.0, '
+        '"x": 1.5e-7, "y": 9223372036854775807, "z": 0.1, "w": 123456789.123456789}]}',
+        '{"user_id": "u", "candidates": [{"release_year": Infinity}], "user_features": null}',
+    ]
+    for text in bodies:
+        got, want = parse_rank_body(text.encode()), json.loads(text)
+        assert json.dumps(got) == json.dumps(want) and repr(got) == repr(want), text
