@@ -266,7 +266,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         Raises:
             As :meth:`rank` and :meth:`rank_items`; ``_WouldBlock`` (see above).
         """
-        if in_memory_only and (self.multi_block or not defer or self._batcher is None):
+        if in_memory_only and (self.multi_block or not defer or not self.batches_requests):
             raise _WouldBlock("only a single-block predict_raw job is prepared in memory")
         if item_ids is None:
             columns = self.validated_columns(user_id, candidates, user_features)
@@ -289,6 +289,11 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         return self._rank_columns(user_id, columns, len(item_ids), user_features, defer,
                                   in_memory_only)
 
+    @property
+    def batches_requests(self) -> bool:
+        """Whether concurrent ``predict_raw`` requests share Predicts (``batch_requests``)."""
+        return self._batcher is not None
+
     def job_failure(self, job: PredictJob, exc: Exception) -> Exception:
         """The ranker error for a failed Predict of ``job``: ``ModelServerUnavailable`` or
         ``ModelServerError`` as :meth:`rank` raises them, or ``_VersionGone`` when the pinned
@@ -304,7 +309,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         """A :class:`~serving.async_predict_batcher.AsyncPredictBatcher` on a new ``grpc.aio``
         channel to the model server, for the event loop this is called on (the channel is
         bound to it); None when this ranker does not batch requests."""
-        if self._batcher is None:
+        if not self.batches_requests:
             return None
         from serving.async_predict_batcher import AsyncPredictBatcher
 

@@ -78,7 +78,8 @@ class RankerApp:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     def close(self) -> None:
-        """Stops the worker threads (after running requests) and closes the loop's channel."""
+        """Stops the worker threads (after running requests); closes the batcher's channel
+        while its event loop still runs (once the loop has stopped, the channel goes with it)."""
         self._pool.shutdown(wait=False)
         batcher, loop, self._batcher = self._batcher, self._loop, None
         if batcher is not None and loop is not None and loop.is_running():
@@ -146,7 +147,7 @@ class RankerApp:
         return status, obj, []
 
     async def _rank(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
-        if self.ranker._batcher is None:  # one Predict per request, on the worker
+        if not self.ranker.batches_requests:  # one Predict per request, on the worker
             return await self._run(handle_rank_body, self.ranker, body)
         if self._batcher is None:
             self._loop = asyncio.get_running_loop()
