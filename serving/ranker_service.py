@@ -55,7 +55,9 @@ Authentication (optional): with ``auth_token`` set (``--auth-token-file`` or
 
 Server: uvicorn on a socket with a listen backlog of 2048, keep-alive, a request-head deadline,
 bounded head size, at most ``max_pending`` requests in the ranker at once (queued for
-``workers`` threads), the rest answered 503 at once (see :func:`start_ranker_service`).
+``workers`` threads), the rest answered 503 at once (see :func:`start_ranker_service`). With a
+batching ranker (``batch_requests``) the Predicts are sent from the event loop and requests
+whose inputs are in memory are prepared there too (:mod:`serving.ranker_app`).
 
 Run: ``start_ranker_service(ranker, port=0)`` in process, or ``python -m serving.ranker_service
 --model-target host:8500 --model-name global_block --embedding-lookup pkg.module:factory``
