@@ -212,6 +212,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="token sent to the model server (its --auth_token_file)")
     parser.add_argument("--item-catalog",
                         help="JSON lines of items (item_id + item features) for the item cache")
+    parser.add_argument("--batch-requests", action=argparse.BooleanOptionalAction, default=True,
+                        help="concurrent requests share one Predict, sent from the event loop "
+                             "(default on, as in limaml serve; --no-batch-requests: one "
+                             "Predict per request)")
     return parser
 
 
@@ -228,7 +232,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             items = ItemCache.from_records(json.loads(line) for line in fh if line.strip())
     ranker = Ranker(args.model_target, args.model_name, lookup, timeout_s=args.timeout_s,
                     max_candidates=args.max_candidates, item_cache=items,
-                    auth_token=guard.read_token(args.model_token_file))
+                    auth_token=guard.read_token(args.model_token_file),
+                    batch_requests=args.batch_requests)
     try:
         ranker.warm_up()
     except Exception as exc:  # noqa: BLE001 - a cold first call is slow, not wrong

@@ -440,6 +440,9 @@ def test_kubernetes_manifests_are_consistent(tmp_path):
     ranker = docs[("Deployment", "limaml-ranker")]["spec"]["template"]["spec"]["containers"][0]
     args = build_arg_parser().parse_args(ranker["args"])
     assert args.model_target == f"limaml-tfserving:{grpc_port}"
+    assert args.batch_requests  # the pod batches, as `limaml serve` does
+    assert build_arg_parser().parse_args(ranker["args"] + ["--no-batch-requests"]).batch_requests \
+        is False
     assert args.model_name == model.name
     env_map = ranker["envFrom"][0]["configMapRef"]["name"]
     store_env = docs[("ConfigMap", env_map)]["data"]
