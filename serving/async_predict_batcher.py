@@ -11,8 +11,10 @@ probabilities.
 Batching: when no Predict is in flight, a job starts one at once (a lone request waits for
 nothing); jobs that arrive while a Predict is in flight queue, and the next Predict carries all of
 them (up to ``max_rows`` rows, one Predict per model version and input set, rows in arrival
-order). A failed Predict fails every job it carried with the same exception. Everything here
-runs on one event loop; it is not thread-safe.
+order). A job arrives with its rows already in wire form (``PredictJob.rows``), so the next
+request is joined from them (:mod:`serving.predict_wire`) the moment the previous Predict
+returns, and sent as bytes. A failed Predict fails every job it carried with the same
+exception. Everything here runs on one event loop; it is not thread-safe.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import asyncio
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from serving import predict_request as PR
-from serving.predict_batcher import merged_request
+from serving.predict_wire import batch_request_bytes
 from serving.ranker_types import PredictJob
 
 _AsyncPredict = Callable[..., Awaitable[Any]]
@@ -30,8 +32,9 @@ class AsyncPredictBatcher:
     """Batches prepared ``predict_raw`` jobs of concurrent requests into shared Predicts.
 
     Args:
-        predict: ``await predict(request, timeout=..., metadata=...)`` (a ``grpc.aio`` stub's
-            ``Predict``).
+        predict: ``await predict(request_bytes, timeout=..., metadata=...)``: a ``grpc.aio``
+            ``unary_unary`` call of ``PredictionService/Predict`` that sends the serialized
+            request as it is (``request_serializer=None``) and returns a ``PredictResponse``.
         model_name: the served model.
         timeout_s: deadline of one Predict.
         metadata: gRPC metadata of every call (e.g. the bearer token), or None.
@@ -106,7 +109,10 @@ class AsyncPredictBatcher:
     async def _send(self, entries: List[Tuple[PredictJob, asyncio.Future]]) -> None:
         jobs = [job for job, _ in entries]
         try:
-            req, total = merged_request(self.model_name, jobs)
+            total = sum(job.n for job in jobs)
+            first = jobs[0]
+            req = batch_request_bytes(self.model_name, first.version, first.inputs,
+                                      [job.rows for job in jobs])
             resp = await self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
             self.calls += 1
             scores = PR.probabilities(resp, total)

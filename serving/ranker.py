@@ -50,13 +50,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import grpc
 import numpy as np
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from schema import features as F
 from serving import multi_block as MB
 from serving import predict_request as PR
 from serving.item_cache import ItemCache
 from serving.predict_batcher import PredictBatcher
+from serving.predict_wire import encode_rows
 from serving.ranker_embeddings import EmbeddingsMixin
 from serving.ranker_errors import (
     EmbeddingLookupError,
@@ -83,6 +84,7 @@ from serving.tf_example import (
 )
 
 SERVING_SIGNATURE = PR.SERVING_SIGNATURE
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 RAW_SIGNATURE = PR.RAW_SIGNATURE
 EXAMPLES_INPUT = PR.EXAMPLES_INPUT
 PROBABILITIES_OUTPUT = PR.PROBABILITIES_OUTPUT
@@ -314,8 +316,10 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         from serving.async_predict_batcher import AsyncPredictBatcher
 
         channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        return AsyncPredictBatcher(stub.Predict, self.model_name, self.timeout_s,
+        predict = channel.unary_unary(  # the request goes as the bytes the batcher joined
+            PREDICT_METHOD, request_serializer=None,
+            response_deserializer=predict_pb2.PredictResponse.FromString)
+        return AsyncPredictBatcher(predict, self.model_name, self.timeout_s,
                                    self._metadata, max_rows=max_rows, close=channel.close)
 
     def warm_up(self) -> Optional[RankResponse]:
@@ -446,9 +450,10 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             raise _WouldBlock(f"version {version} is served through {SERVING_SIGNATURE}")
         raw = self._raw_columns(inputs, user_id, columns, n, user_features) if inputs else None
         if raw is not None and self._batcher is not None:
-            if defer:
-                return PredictJob(version, dict(inputs), raw, np.asarray(emb, np.float32), n,
-                                  cold, degraded, fallbacks)
+            if defer:  # encoded now, so that batching it later is a join (serving/predict_wire.py)
+                emb32 = np.asarray(emb, np.float32)
+                return PredictJob(version, dict(inputs), raw, emb32, n, cold, degraded, fallbacks,
+                                  rows=encode_rows(inputs, raw, emb32, n))
             try:
                 scores, answered = self._batcher.predict(version, inputs, raw, emb, n)
             except grpc.RpcError as exc:

@@ -66,6 +66,8 @@ class PredictJob:
         cold: the cold-start flag of the response.
         degraded: the lookup's degradation reason, or None.
         fallbacks: a multi-block model's per-candidate fallback counts, else None.
+        rows: the rows in wire form (:class:`serving.predict_wire.EncodedRows`), which the event
+            loop's batcher joins into one request; None: build the request from the columns.
     """
 
     version: int
@@ -76,6 +78,7 @@ class PredictJob:
     cold: Any = False
     degraded: Optional[str] = None
     fallbacks: Optional[Dict[str, int]] = None
+    rows: Any = None
 
     def key(self) -> tuple:
         """Jobs of one key can share a Predict: same version, inputs and embedding width."""

@@ -12,6 +12,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from schema import features as F
 from serving.async_predict_batcher import AsyncPredictBatcher
+from serving.predict_wire import encode_rows
 from serving.ranker_types import PredictJob
 
 INPUTS = {F.RELEASE_YEAR: types_pb2.DT_FLOAT}
@@ -25,7 +26,9 @@ class HeldServer:
         self.entered = asyncio.Queue()
         self.release = asyncio.Semaphore(0)
 
-    async def __call__(self, request, timeout=None, metadata=None):
+    async def __call__(self, request_bytes, timeout=None, metadata=None):
+        request = predict_pb2.PredictRequest.FromString(request_bytes)  # what goes on the wire
+        assert request.model_spec.signature_name == "predict_raw"
         year = np.frombuffer(request.inputs[F.RELEASE_YEAR].tensor_content, "<f4")
         emb = np.frombuffer(request.inputs[F.META_EMBEDDING].tensor_content, "<f4").reshape(len(year), -1)
         self.batches.append(len(year))
@@ -40,8 +43,10 @@ class HeldServer:
 
 
 def _job(years, emb, version=3):
-    return PredictJob(version, dict(INPUTS), {F.RELEASE_YEAR: np.array(years, np.float32)},
-                      np.array(emb, np.float32), len(years))
+    columns = {F.RELEASE_YEAR: np.array(years, np.float32)}
+    emb = np.array(emb, np.float32)
+    return PredictJob(version, dict(INPUTS), columns, emb, len(years),
+                      rows=encode_rows(INPUTS, columns, emb, len(years)))
 
 
 def test_jobs_queued_during_a_predict_share_the_next_and_each_gets_its_slice():
