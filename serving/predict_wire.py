@@ -11,13 +11,15 @@ returned. The bytes parse to the message :func:`serving.predict_request.raw_requ
 
 Per input of ``[N]`` rows (``[N, W]`` for ``meta_embedding``), the piece is:
 
-* strings: the ``string_val`` entries (field 8, one per row);
+* strings: the ``string_val`` entries (field 8, one per row; a value shared by every row, as
+  the user's id and features are, is encoded once and repeated);
 * numbers and the embedding: the rows' little-endian bytes, later sent as ``tensor_content``.
 
 Field numbers are read from the protos' descriptors, not written out here.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, Mapping, Sequence
 
@@ -47,7 +49,12 @@ _SPEC_SIGNATURE = _number(model_pb2.ModelSpec, "signature_name")
 _MAP_KEY, _MAP_VALUE, _WRAPPED_VALUE = 1, 2, 1  # map entries; google.protobuf.Int64Value.value
 
 
+_ONE_BYTE = [bytes((v,)) for v in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -106,7 +113,11 @@ def encode_rows(inputs: Mapping[str, int], columns: Mapping[str, object],
         if len(col) != n:  # type: ignore[arg-type]
             raise ValueError(f"input {name!r} has {len(col)} values for {n} rows")  # type: ignore[arg-type]
         if dtype == types_pb2.DT_STRING:
-            pieces[name] = tensor_pb2.TensorProto(string_val=col).SerializeToString()
+            if n and col.count(col[0]) == n:  # type: ignore[union-attr]
+                # one value on every row (the user's id and features): one entry, repeated
+                pieces[name] = tensor_pb2.TensorProto(string_val=col[:1]).SerializeToString() * n  # type: ignore[index]
+            else:
+                pieces[name] = tensor_pb2.TensorProto(string_val=col).SerializeToString()
         else:
             arr = np.ascontiguousarray(col, dtype=np.dtype(PR._NUMPY_OF[dtype]).newbyteorder("<"))
             pieces[name] = arr.tobytes()
@@ -120,8 +131,25 @@ def encode_rows(inputs: Mapping[str, int], columns: Mapping[str, object],
 
 
 def _tensor(dtype: int, dims: Sequence[int], body: bytes) -> bytes:
-    shape = b"".join(_bytes_field(_SHAPE_DIM, _int_field(_DIM_SIZE, d)) for d in dims)
-    return _int_field(_T_DTYPE, dtype) + _bytes_field(_T_SHAPE, shape) + body
+    shape = b"".join([_bytes_field(_SHAPE_DIM, _int_field(_DIM_SIZE, d)) for d in dims])
+    return b"".join((_int_field(_T_DTYPE, dtype), _bytes_field(_T_SHAPE, shape), body))
+
+
+@functools.lru_cache(maxsize=64)
+def _map_key(name: str) -> bytes:
+    return _bytes_field(_MAP_KEY, name.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=64)
+def _head(model_name: str, version: int) -> bytes:
+    """The request's ``model_spec`` field."""
+    spec = (_bytes_field(_SPEC_NAME, model_name.encode("utf-8"))
+            + _bytes_field(_SPEC_VERSION, _int_field(_WRAPPED_VALUE, int(version)))
+            + _bytes_field(_SPEC_SIGNATURE, PR.RAW_SIGNATURE.encode("utf-8")))
+    return _bytes_field(_REQ_SPEC, spec)
+
+
+_TAIL = _bytes_field(_REQ_FILTER, PR.PROBABILITIES_OUTPUT.encode("utf-8"))
 
 
 def batch_request_bytes(model_name: str, version: int, inputs: Mapping[str, int],
@@ -141,22 +169,19 @@ def batch_request_bytes(model_name: str, version: int, inputs: Mapping[str, int]
     widths = {p.width for p in parts}
     if len(widths) != 1:
         raise ValueError(f"parts of embedding widths {sorted(widths)} cannot share a Predict")
-    entries = []
+    out = [_head(model_name, int(version))]
     for name, dtype in (*inputs.items(), (F.META_EMBEDDING, types_pb2.DT_FLOAT)):
-        joined = b"".join(p.pieces[name] for p in parts)
+        joined = (parts[0].pieces[name] if len(parts) == 1
+                  else b"".join([p.pieces[name] for p in parts]))
         if name == F.META_EMBEDDING:
             tensor = _tensor(dtype, (total, widths.pop()), _bytes_field(_T_CONTENT, joined))
         elif dtype == types_pb2.DT_STRING:
             tensor = _tensor(dtype, (total,), joined)
         else:
             tensor = _tensor(dtype, (total,), _bytes_field(_T_CONTENT, joined))
-        entry = _bytes_field(_MAP_KEY, name.encode("utf-8")) + _bytes_field(_MAP_VALUE, tensor)
-        entries.append(_bytes_field(_REQ_INPUTS, entry))
-    spec = (_bytes_field(_SPEC_NAME, model_name.encode("utf-8"))
-            + _bytes_field(_SPEC_VERSION, _int_field(_WRAPPED_VALUE, int(version)))
-            + _bytes_field(_SPEC_SIGNATURE, PR.RAW_SIGNATURE.encode("utf-8")))
-    return (_bytes_field(_REQ_SPEC, spec) + b"".join(entries)
-            + _bytes_field(_REQ_FILTER, PR.PROBABILITIES_OUTPUT.encode("utf-8")))
+        out.append(_bytes_field(_REQ_INPUTS, _map_key(name) + _bytes_field(_MAP_VALUE, tensor)))
+    out.append(_TAIL)
+    return b"".join(out)
 
 
 __all__ = ["EncodedRows", "batch_request_bytes", "encode_rows"]

@@ -12,6 +12,7 @@ from serving import predict_request as PR
 from serving.predict_wire import batch_request_bytes, encode_rows
 
 INPUTS = {F.ITEM_ID: types_pb2.DT_STRING, F.GENRES: types_pb2.DT_STRING,
+          "user_id": types_pb2.DT_STRING, "gender": types_pb2.DT_STRING,
           F.RELEASE_YEAR: types_pb2.DT_INT64, "f32": types_pb2.DT_FLOAT,
           "f64": types_pb2.DT_DOUBLE, "i32": types_pb2.DT_INT32}
 
@@ -21,6 +22,8 @@ def _part(rng, n, width, per_row):
         F.ITEM_ID: [f"item-{rng.integers(1 << 40)}".encode() for _ in range(n)],
         F.GENRES: [("é|" * int(rng.integers(0, 90)) + "Drama").encode("utf-8") if i % 3 else b""
                    for i in range(n)],  # empty, short and >127-byte strings
+        "user_id": [f"user-{n}".encode()] * n,  # one value on every row: encoded once
+        "gender": [b""] * n,
         F.RELEASE_YEAR: rng.integers(-(1 << 62), 1 << 62, size=n),
         "f32": rng.normal(size=n).astype(np.float32),
         "f64": rng.normal(size=n),
