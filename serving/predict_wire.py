@@ -113,11 +113,12 @@ def encode_rows(inputs: Mapping[str, int], columns: Mapping[str, object],
         if len(col) != n:  # type: ignore[arg-type]
             raise ValueError(f"input {name!r} has {len(col)} values for {n} rows")  # type: ignore[arg-type]
         if dtype == types_pb2.DT_STRING:
-            if n and col.count(col[0]) == n:  # type: ignore[union-attr]
+            values = col if isinstance(col, list) else list(col)  # type: ignore[call-overload]
+            if n and values.count(values[0]) == n:
                 # one value on every row (the user's id and features): one entry, repeated
-                pieces[name] = tensor_pb2.TensorProto(string_val=col[:1]).SerializeToString() * n  # type: ignore[index]
+                pieces[name] = tensor_pb2.TensorProto(string_val=values[:1]).SerializeToString() * n
             else:
-                pieces[name] = tensor_pb2.TensorProto(string_val=col).SerializeToString()
+                pieces[name] = tensor_pb2.TensorProto(string_val=values).SerializeToString()
         else:
             arr = np.ascontiguousarray(col, dtype=np.dtype(PR._NUMPY_OF[dtype]).newbyteorder("<"))
             pieces[name] = arr.tobytes()

@@ -23,7 +23,7 @@ def _part(rng, n, width, per_row):
         F.GENRES: [("é|" * int(rng.integers(0, 90)) + "Drama").encode("utf-8") if i % 3 else b""
                    for i in range(n)],  # empty, short and >127-byte strings
         "user_id": [f"user-{n}".encode()] * n,  # one value on every row: encoded once
-        "gender": [b""] * n,
+        "gender": np.array([b""] * n, dtype=object),  # as the item cache holds strings
         F.RELEASE_YEAR: rng.integers(-(1 << 62), 1 << 62, size=n),
         "f32": rng.normal(size=n).astype(np.float32),
         "f64": rng.normal(size=n),
