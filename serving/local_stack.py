@@ -239,7 +239,8 @@ def start_local_stack(
         auth_token: bearer token the ranker's ``/v1/rank`` requires (None: open).
         model_auth_token: token the stand-in model server requires of the ranker (None: open).
         batch_requests: the ranker batches concurrent requests into shared Predicts
-            (:mod:`serving.predict_batcher`; on by default, False: one Predict per request).
+            (its HTTP service sends them from the event loop, :mod:`serving.async_predict_batcher`;
+            on by default, False: one Predict per request).
         model_server_process: without the TF Serving binary, run the stand-in as its own
             process (as the binary runs) instead of threads of this one, so that its Predicts
             and the ranker's request handling do not share one GIL (``limaml serve`` does).

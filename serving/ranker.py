@@ -114,8 +114,10 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             :mod:`serving.multi_block`).
         genre_fallback: a multi-block model's genre slot when the user × genre row is missing
             (:func:`serving.multi_block.served_genre_fallback` of the pushed version).
-        batch_requests: concurrent ``predict_raw`` requests share one Predict
-            (:mod:`serving.predict_batcher`); False: one Predict per request.
+        batch_requests: concurrent ``predict_raw`` requests share one Predict: across threads
+            calling :meth:`rank` (:mod:`serving.predict_batcher`), and in the HTTP service on
+            its event loop (:meth:`prepare`, :meth:`async_batcher`); False: one Predict per
+            request.
         batch_window_ms: with ``batch_requests``, how long the request that starts a Predict
             waits for others first (0: none; requests arriving during a Predict share the next).
 
