@@ -74,8 +74,9 @@ class AsyncPredictBatcher:
         self._pending.append((job, future))
         if not self._sending:
             self._sending = True
-            self._drainer = loop.create_task(self._drain())  # its own task: a caller only
-        return await future                                   # ever waits for its own answer
+            # its own task (kept referenced): a caller only ever waits for its own answer
+            self._drainer = loop.create_task(self._drain())
+        return await future
 
     async def _drain(self) -> None:
         """Sends what is queued, then what queued meanwhile, until nothing is left."""

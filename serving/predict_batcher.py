@@ -171,12 +171,24 @@ class PredictBatcher:
                 self._hand_on()
 
     def _send(self, items: List[_Item]) -> None:
+        first = items[0]
         try:
-            req, total = merged_request(self.model_name, items)
+            if len(items) == 1:  # alone: its own columns, no copies
+                columns, emb, total = first.columns, first.emb, first.n
+            else:
+                columns = {}
+                for name, dtype in first.inputs.items():
+                    parts = [item.columns[name] for item in items]
+                    columns[name] = ([v for part in parts for v in part] if dtype == types_pb2.DT_STRING
+                                     else np.concatenate([np.asarray(part) for part in parts]))
+                total = sum(item.n for item in items)
+                emb = np.concatenate([np.broadcast_to(item.emb, (item.n, item.emb.shape[-1]))
+                                      for item in items], axis=0)
+            req = PR.raw_request(self.model_name, first.version, first.inputs, columns, emb, total)
             resp = self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
             self.calls += 1
             scores = PR.probabilities(resp, total)
-            answered = int(resp.model_spec.version.value or items[0].version)
+            answered = int(resp.model_spec.version.value or first.version)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
             for item in items:
                 item.error = exc
@@ -188,30 +200,3 @@ class PredictBatcher:
             start += item.n
             item.wake.set()
         self.requests += len(items)
-
-
-def merged_request(model_name: str, items: Sequence[Any]) -> Tuple[Any, int]:
-    """One ``predict_raw`` ``PredictRequest`` carrying every item's rows, in item order.
-
-    Args:
-        model_name: the served model.
-        items: requests of one :meth:`_Item.key` (same version, inputs and embedding width),
-            each with ``version``, ``inputs``, ``columns`` (input -> ``[n]`` values), ``emb``
-            (``[E]`` or ``[n, W]``) and ``n``.
-
-    Returns:
-        ``(request, total rows)``; item ``i``'s scores are rows ``sum(n[:i])`` to ``sum(n[:i+1])``.
-    """
-    first = items[0]
-    if len(items) == 1:  # alone: its own columns, no copies
-        columns, emb, total = first.columns, first.emb, first.n
-    else:
-        columns = {}
-        for name, dtype in first.inputs.items():
-            parts = [item.columns[name] for item in items]
-            columns[name] = ([v for part in parts for v in part] if dtype == types_pb2.DT_STRING
-                             else np.concatenate([np.asarray(part) for part in parts]))
-        total = sum(item.n for item in items)
-        emb = np.concatenate([np.broadcast_to(item.emb, (item.n, item.emb.shape[-1]))
-                              for item in items], axis=0)
-    return PR.raw_request(model_name, first.version, first.inputs, columns, emb, total), total

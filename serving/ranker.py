@@ -255,7 +255,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
 
         With ``defer`` and the cross-request batcher on, a request for ``predict_raw`` stops
         before its Predict and comes back as a :class:`PredictJob` (validated, embeddings
-        looked up at the pinned version, columns built) for an asynchronous batcher to send
+        looked up at the pinned version, rows encoded) for an asynchronous batcher to send
         (:mod:`serving.async_predict_batcher`; :meth:`job_failure` maps its errors). Any other
         request is answered here.
 
@@ -453,9 +453,8 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         raw = self._raw_columns(inputs, user_id, columns, n, user_features) if inputs else None
         if raw is not None and self._batcher is not None:
             if defer:  # encoded now, so that batching it later is a join (serving/predict_wire.py)
-                emb32 = np.asarray(emb, np.float32)
-                return PredictJob(version, dict(inputs), raw, emb32, n, cold, degraded, fallbacks,
-                                  rows=encode_rows(inputs, raw, emb32, n))
+                return PredictJob(version, dict(inputs), encode_rows(inputs, raw, emb, n), cold,
+                                  degraded, fallbacks)
             try:
                 scores, answered = self._batcher.predict(version, inputs, raw, emb, n)
             except grpc.RpcError as exc:

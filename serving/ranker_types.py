@@ -60,29 +60,29 @@ class PredictJob:
     Attributes:
         version: the pinned model version (its embeddings were looked up).
         inputs: the ``predict_raw`` inputs (name -> dtype enum), without the embedding.
-        columns: input name -> ``[n]`` values (UTF-8 bytes for strings, arrays for numbers).
-        emb: float32 ``[E]`` (one user) or ``[n, W]`` (multi-block rows).
-        n: candidates.
+        rows: the candidates' inputs and embedding rows in wire form
+            (:class:`serving.predict_wire.EncodedRows`), which the event loop's batcher joins
+            into one request.
         cold: the cold-start flag of the response.
         degraded: the lookup's degradation reason, or None.
         fallbacks: a multi-block model's per-candidate fallback counts, else None.
-        rows: the rows in wire form (:class:`serving.predict_wire.EncodedRows`), which the event
-            loop's batcher joins into one request; None: build the request from the columns.
     """
 
     version: int
     inputs: Dict[str, int]
-    columns: Dict[str, Any]
-    emb: np.ndarray
-    n: int
+    rows: Any
     cold: Any = False
     degraded: Optional[str] = None
     fallbacks: Optional[Dict[str, int]] = None
-    rows: Any = None
+
+    @property
+    def n(self) -> int:
+        """Candidates."""
+        return self.rows.n
 
     def key(self) -> tuple:
         """Jobs of one key can share a Predict: same version, inputs and embedding width."""
-        return (self.version, tuple(sorted(self.inputs.items())), self.emb.shape[-1])
+        return (self.version, tuple(sorted(self.inputs.items())), self.rows.width)
 
     def response(self, scores: List[float], answered: int) -> RankResponse:
         """The job's answer once its Predict returned ``scores`` from version ``answered``."""

@@ -44,9 +44,8 @@ class HeldServer:
 
 def _job(years, emb, version=3):
     columns = {F.RELEASE_YEAR: np.array(years, np.float32)}
-    emb = np.array(emb, np.float32)
-    return PredictJob(version, dict(INPUTS), columns, emb, len(years),
-                      rows=encode_rows(INPUTS, columns, emb, len(years)))
+    return PredictJob(version, dict(INPUTS),
+                      encode_rows(INPUTS, columns, np.array(emb, np.float32), len(years)))
 
 
 def test_jobs_queued_during_a_predict_share_the_next_and_each_gets_its_slice():
