@@ -17,6 +17,12 @@ HTTP ranker service on loopback, then, for each candidate count, runs a load-gen
     signature     that signature
     ids_only      the request carried item ids only (features from the ranker's item cache)
     requests      how many timed requests the row is based on
+    predict_p50_ms, queue_p50_ms, server_p50_ms, outside_predict_p50_ms
+                  medians from the answers' ``Server-Timing`` headers
+                  (:mod:`serving.server_timing`; batching ranker only): the Predict round trip
+                  (model server and gRPC), waiting for the Predict in flight, the ranker's
+                  total, and latency - queue - predict (client, HTTP and ranker: everything
+                  but the model server)
 
 Modules: :mod:`benchmarks.load_client` (the load generator), :mod:`benchmarks.serve_floor` (the
 in-process floor), :mod:`benchmarks.serve_inputs` (constant lookup, synthetic candidates); this
@@ -30,7 +36,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from benchmarks.load_client import _CLIENT, _percentiles
+from benchmarks.load_client import _CLIENT, _percentiles, _timing_split
 from benchmarks.serve_floor import _floor_embeddings, _floor_p50_ms, _raw_floor_inputs
 from benchmarks.serve_inputs import ConstantEmbeddingLookup, synthetic_candidates
 from schema import features as F
@@ -172,7 +178,8 @@ def run_serve_bench(
                         "qps": len(lat) / max(out["elapsed_s"], 1e-9), "floor_p50_ms": floor,
                         "signature": "predict_raw" if raw is not None else "serving_default",
                         "ids_only": bool(ids_only), "requests": len(lat),
-                        "meta_blocks": "+".join(meta_blocks)}
+                        "meta_blocks": "+".join(meta_blocks),
+                        **_timing_split(lat, out.get("server_timing", [None] * len(lat)))}
                     rows.append(row)
     finally:
         service.stop()
@@ -185,12 +192,14 @@ def run_serve_bench(
 def format_rows(rows: Sequence[Dict[str, float]]) -> str:
     """A small fixed-width table of ``run_serve_bench`` rows."""
     head = (f"{'candidates':>10} {'conc':>5} {'p50_ms':>8} {'p95_ms':>8} {'p99_ms':>8} "
-            f"{'qps':>8} {'floor_p50':>9}")
+            f"{'qps':>8} {'floor_p50':>9} {'predict_p50':>11} {'outside_p50':>11}")
     lines = [head]
     for r in rows:
+        split = "".join(f" {r[k]:>11.2f}" if k in r else f" {'-':>11}"
+                        for k in ("predict_p50_ms", "outside_predict_p50_ms"))
         lines.append(f"{r['candidates']:>10} {r.get('concurrency', 1):>5} {r['p50_ms']:>8.2f} "
                      f"{r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['qps']:>8.1f} "
-                     f"{r['floor_p50_ms']:>9.2f}")
+                     f"{r['floor_p50_ms']:>9.2f}{split}")
     return "\n".join(lines)
 
 

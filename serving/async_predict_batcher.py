@@ -19,6 +19,7 @@ exception. Everything here runs on one event loop; it is not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from serving import predict_request as PR
@@ -63,7 +64,8 @@ class AsyncPredictBatcher:
         """Scores one prepared job; returns when the Predict that carried it is answered.
 
         Returns:
-            ``(probabilities [n], version that answered)``.
+            ``(probabilities [n], version that answered)``; the job's ``queue_s`` and
+            ``predict_s`` are set (the ranker's ``Server-Timing``).
 
         Raises:
             grpc.RpcError: the Predict failed (``grpc.aio.AioRpcError``).
@@ -71,6 +73,7 @@ class AsyncPredictBatcher:
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        job.queued_at = time.perf_counter()
         self._pending.append((job, future))
         if not self._sending:
             self._sending = True
@@ -114,7 +117,9 @@ class AsyncPredictBatcher:
             first = jobs[0]
             req = batch_request_bytes(self.model_name, first.version, first.inputs,
                                       [job.rows for job in jobs])
+            sent = time.perf_counter()
             resp = await self._predict(req, timeout=self.timeout_s, metadata=self._metadata)
+            rtt = time.perf_counter() - sent
             self.calls += 1
             scores = PR.probabilities(resp, total)
             answered = int(resp.model_spec.version.value or jobs[0].version)
@@ -125,6 +130,8 @@ class AsyncPredictBatcher:
             return
         start = 0
         for job, future in entries:
+            job.queue_s = max(sent - job.queued_at, 0.0) if job.queued_at is not None else None
+            job.predict_s = rtt
             if not future.done():  # its caller may have been cancelled (client went away)
                 future.set_result((scores[start:start + job.n], answered))
             start += job.n

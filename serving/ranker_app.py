@@ -9,7 +9,8 @@ where the requests queued during one Predict share the next
 (:mod:`serving.async_predict_batcher`), and a request is prepared (parsed, validated, embedding
 looked up, columns built) on the loop itself when its body is at most :data:`INLINE_BODY_BYTES`
 and all it needs is in memory, else on a worker thread, which is free again once it is prepared.
-The answers themselves come from :mod:`serving.rank_handlers`; the API is described in
+Each ranking answer carries a ``Server-Timing`` header (:mod:`serving.server_timing`). The
+answers themselves come from :mod:`serving.rank_handlers`; the API is described in
 :mod:`serving.ranker_service`.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hmac
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
 import orjson
 
@@ -31,6 +33,7 @@ from serving.rank_handlers import (
 )
 from serving.ranker import Ranker
 from serving.ranker_types import PredictJob
+from serving.server_timing import HEADER as SERVER_TIMING, RankTiming
 
 RANK_PATH = "/v1/rank"
 HEALTH_PATH = "/healthz"
@@ -43,6 +46,7 @@ INLINE_BODY_BYTES = 64 << 10
 """Largest body a batching app prepares on its event loop (when all it needs is in memory)."""
 
 
+_Headers = List[Tuple[bytes, Union[bytes, RankTiming]]]  # a RankTiming: Server-Timing, finished
 _Send = Callable[[Dict[str, Any]], Awaitable[None]]
 _Receive = Callable[[], Awaitable[Dict[str, Any]]]
 
@@ -97,12 +101,13 @@ class RankerApp:
         data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         out_headers: List[Tuple[bytes, bytes]] = [
             (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        out_headers.extend(extra)
+        for name, value in extra:
+            out_headers.append((name, value.finish() if isinstance(value, RankTiming) else value))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": data})
 
     async def _route(self, path: str, method: str, headers: Dict[bytes, bytes],
-                     receive: _Receive) -> Tuple[int, Dict[str, Any], List[Tuple[bytes, bytes]]]:
+                     receive: _Receive) -> Tuple[int, Dict[str, Any], _Headers]:
         close = [(b"connection", b"close")]
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             return 200, {"status": "ok"}, []
@@ -143,12 +148,15 @@ class RankerApp:
         if self._pending >= self.max_pending:
             return (*_error(503, "overloaded", "too many requests waiting; retry"),
                     [(b"retry-after", b"1")])
-        status, obj = await self._rank(body)
-        return status, obj, []
+        timing = RankTiming(started_at=time.perf_counter())  # total: until the answer is encoded
+        status, obj = await self._rank(body, timing)
+        return status, obj, [(SERVER_TIMING, timing)]
 
-    async def _rank(self, body: bytes) -> Tuple[int, Dict[str, Any]]:
+    async def _rank(self, body: bytes, timing: RankTiming) -> Tuple[int, Dict[str, Any]]:
+        """The answer to a ranking body; fills ``timing`` (``Server-Timing``) as it goes."""
         if not self.ranker.batches_requests:  # one Predict per request, on the worker
             return await self._run(handle_rank_body, self.ranker, body)
+        start = time.perf_counter()
         if self._batcher is None:
             self._loop = asyncio.get_running_loop()
             self._batcher = self.ranker.async_batcher()
@@ -163,7 +171,10 @@ class RankerApp:
                 step = await self._blocking(prepare_rank_body, self.ranker, body)
             if not isinstance(step, PredictJob):
                 return step
-            return await finish_rank_job(self.ranker, body, step, self._batcher, self._blocking)
+            timing.prepare_s = time.perf_counter() - start
+            answer = await finish_rank_job(self.ranker, body, step, self._batcher, self._blocking)
+            timing.queue_s, timing.predict_s = step.queue_s, step.predict_s
+            return answer
         finally:
             self._pending -= 1
 

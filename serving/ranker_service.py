@@ -45,6 +45,11 @@ Responses (always a JSON object, ``Content-Type: application/json``):
 
 5xx messages are generic: the details (hosts, paths, table names) go to the log only.
 
+Every ``/v1/rank`` answer carries ``Server-Timing: prepare;dur=.., queue;dur=.., predict;dur=..,
+total;dur=..`` (ms; :mod:`serving.server_timing`): the ranker's preparation, the wait for the
+Predict in flight, the Predict's round trip to the model server and the ranker's total (a ranker
+without ``batch_requests`` reports ``total`` only).
+
 ``GET /healthz`` -> 200 ``{"status": "ok"}`` while the process serves HTTP (liveness).
 ``GET /readyz``  -> 200 ``{"status": "ready", "model_version": "2"}`` when the model server
 serves a version *and* that version's meta embeddings are readable from the store, else 503.

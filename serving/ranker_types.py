@@ -6,7 +6,7 @@ result of a ranking request.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
@@ -66,6 +66,11 @@ class PredictJob:
         cold: the cold-start flag of the response.
         degraded: the lookup's degradation reason, or None.
         fallbacks: a multi-block model's per-candidate fallback counts, else None.
+        queued_at: ``time.perf_counter()`` when the batcher queued the job (None before).
+        queue_s: set by the batcher once answered: seconds between the job being queued and
+            its Predict going out (None until then).
+        predict_s: set by the batcher once answered: the round trip of the Predict that
+            carried the job (None until then).
     """
 
     version: int
@@ -74,6 +79,9 @@ class PredictJob:
     cold: Any = False
     degraded: Optional[str] = None
     fallbacks: Optional[Dict[str, int]] = None
+    queued_at: Optional[float] = field(default=None, compare=False)
+    queue_s: Optional[float] = field(default=None, compare=False)
+    predict_s: Optional[float] = field(default=None, compare=False)
 
     @property
     def n(self) -> int:

@@ -126,3 +126,32 @@ def test_bad_settings_are_refused():
         AsyncPredictBatcher(lambda *a, **k: None, "m", 1.0, max_rows=0)
     with pytest.raises(ValueError, match="timeout_s"):
         AsyncPredictBatcher(lambda *a, **k: None, "m", 0.0)
+
+
+def test_each_job_learns_its_queue_wait_and_the_round_trip_of_its_predict():
+    """Planted delays: a's Predict is held 80 ms while b and c queue; theirs is held 40 ms.
+    a waited for nothing and its round trip is >= 80 ms; b and c waited >= 60 ms for a's
+    Predict (queued 20 ms in) and share one round trip of >= 40 ms (the Server-Timing
+    ``queue`` and ``predict`` of each request)."""
+    async def scenario():
+        server = HeldServer()
+        batcher = AsyncPredictBatcher(server, "m", timeout_s=5.0)
+        jobs = [_job([0.1], [0.0]), _job([0.2], [0.0]), _job([0.3], [0.0])]
+        assert all(j.queue_s is None and j.predict_s is None for j in jobs)
+        a = asyncio.create_task(batcher.predict(jobs[0]))
+        await asyncio.wait_for(server.entered.get(), 10)
+        await asyncio.sleep(0.02)
+        rest = [asyncio.create_task(batcher.predict(j)) for j in jobs[1:]]
+        await asyncio.sleep(0.06)
+        server.release.release()  # a answered 80 ms after it went out
+        await asyncio.wait_for(server.entered.get(), 10)
+        await asyncio.sleep(0.04)
+        server.release.release()
+        await asyncio.gather(a, *rest)
+        return jobs
+
+    a, b, c = asyncio.run(scenario())
+    assert a.predict_s >= 0.079 and a.queue_s < b.queue_s
+    assert b.queue_s >= 0.059 and c.queue_s >= 0.059
+    assert b.predict_s == c.predict_s and 0.039 <= b.predict_s < a.predict_s + 5.0
+    assert a.queue_s + a.predict_s <= b.queue_s + 0.03  # b went out once a had come back

@@ -401,3 +401,58 @@ def test_in_memory_prepare_never_blocks(limaml_served, stack):
     with Ranker(server.target, "limaml", lookup) as unbatched:  # no batcher: nothing deferred
         with pytest.raises(_WouldBlock, match="single-block"):
             unbatched.prepare(u0, cands, user_features=uf, in_memory_only=True)
+
+
+def test_rank_answers_say_where_their_time_went(limaml_served, stack):
+    """``Server-Timing`` of a batching service with a Predict held back 60 ms (planted): its
+    ``predict`` is >= 60 ms, ``total`` covers prepare + queue + predict and the client's own
+    latency covers ``total``; the scores are still right. A ranker without batching reports
+    ``total`` only (its Predict is inside the blocking call)."""
+    import asyncio
+    import time
+
+    from serving.server_timing import parse_server_timing
+
+    server, _, slow, _ = stack
+    cands = _cands(limaml_served, 5)
+    user, uf = limaml_served.user_ids[2], limaml_served.user_features[2]
+    body = json.dumps({"user_id": user, "candidates": cands, "user_features": uf})
+    want = slow.rank(user, cands, uf).scores
+    for batching in (True, False):
+        ranker = Ranker(server.target, "limaml", _CachingLookup(limaml_served.embedding_dim),
+                        batch_requests=batching)
+        svc = start_ranker_service(ranker)
+        conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+        try:
+            conn.request("POST", "/v1/rank", body=body)
+            first = conn.getresponse()
+            assert first.status == 200, first.read()
+            first.read()
+            if batching:
+                real = svc.app._batcher._predict
+
+                async def held(request, **kwargs):
+                    await asyncio.sleep(0.06)
+                    return await real(request, **kwargs)
+
+                svc.app._batcher._predict = held
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/rank", body=body)
+            resp = conn.getresponse()
+            answer = json.loads(resp.read())
+            latency_ms = (time.perf_counter() - t0) * 1000.0
+            assert resp.status == 200, answer
+            np.testing.assert_allclose(answer["scores"], want, rtol=0, atol=ATOL)
+            timing = parse_server_timing(resp.getheader("Server-Timing"))
+            if batching:
+                assert set(timing) == {"prepare", "queue", "predict", "total"}, timing
+                assert timing["predict"] >= 59.0 and timing["queue"] < timing["predict"]
+                parts = timing["prepare"] + timing["queue"] + timing["predict"]
+                assert parts <= timing["total"] + 0.01 <= latency_ms + 0.01
+            else:
+                assert set(timing) == {"total"}, timing
+                assert 0.0 < timing["total"] <= latency_ms
+        finally:
+            conn.close()
+            svc.stop()
+            ranker.close()
