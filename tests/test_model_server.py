@@ -434,6 +434,9 @@ def test_kubernetes_manifests_are_consistent(tmp_path):
     assert "--model_config_file=/config/models.config" in container["args"]
     assert container["volumeMounts"][0]["mountPath"] == "/config"
     assert tfs["volumes"][0]["configMap"]["name"] == "limaml-tfserving-config"
+    cpus = int(container["resources"]["requests"]["cpu"])  # thread pools sized to the pod
+    assert f"--tensorflow_intra_op_parallelism={cpus}" in container["args"]
+    assert f"--tensorflow_inter_op_parallelism={cpus}" in container["args"]
     tfs_service = docs[("Service", "limaml-tfserving")]["spec"]
     grpc_port = next(p["port"] for p in tfs_service["ports"] if p["name"] == "grpc")
 
@@ -495,3 +498,28 @@ def test_broken_or_partial_push_keeps_serving_the_old_version(toy_model_base, tm
         assert resp.model_spec.version.value == 1
     finally:
         handle.stop()
+
+
+def test_stand_in_takes_tf_servings_thread_flags():
+    """``--tensorflow_intra_op_parallelism`` / ``--tensorflow_inter_op_parallelism`` (TF
+    Serving's names) size TensorFlow's pools in a fresh interpreter (before any model loads);
+    0 keeps TensorFlow's default; a negative count is refused naming the flag."""
+    import subprocess
+    import sys
+
+    from serving.model_server.cli import build_arg_parser, configure_threads
+
+    args = build_arg_parser().parse_args(["--tensorflow_intra_op_parallelism=3",
+                                          "--model_base_path=/m"])
+    assert (args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism) == (3, 0)
+    code = ("import tensorflow as tf; from serving.model_server.cli import configure_threads; "
+            "configure_threads({}, {}); t = tf.config.threading; "
+            "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(model_server.__file__))))
+    for intra, inter, want in ((1, 3, "1 3"), (0, 0, "0 0")):
+        out = subprocess.run([sys.executable, "-c", code.format(intra, inter)], cwd=repo,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split("\n")[-2] == want
+    with pytest.raises(ValueError, match="--tensorflow_inter_op_parallelism=-1"):
+        configure_threads(0, -1)

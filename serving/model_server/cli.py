@@ -25,10 +25,34 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grpc_socket_path", default="", help="also listen on this UNIX socket")
     parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest gRPC message")
+    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                        help="threads of one op (0: TensorFlow's choice, as in TF Serving)")
+    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                        help="ops run at once (0: TensorFlow's choice, as in TF Serving)")
     parser.add_argument("--auth_token_file", default="",
                         help="require 'authorization: Bearer <token>' metadata "
                              "(else $LIMAML_MODEL_TOKEN; neither: no check)")
     return parser
+
+
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """Sizes TensorFlow's thread pools (TF Serving's ``--tensorflow_*_parallelism``).
+
+    Call before any model is loaded; 0 leaves TensorFlow's default.
+
+    Raises:
+        ValueError: a negative count, naming the flag.
+    """
+    import tensorflow as tf
+
+    for flag, value in (("--tensorflow_intra_op_parallelism", intra_op),
+                        ("--tensorflow_inter_op_parallelism", inter_op)):
+        if value < 0:
+            raise ValueError(f"{flag}={value}; give a thread count >= 0 (0: TensorFlow's choice)")
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -36,6 +60,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    try:
+        configure_threads(args.tensorflow_intra_op_parallelism,
+                          args.tensorflow_inter_op_parallelism)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.model_config_file:
         configs = load_model_config_file(args.model_config_file)
     elif args.model_base_path:
