@@ -4,8 +4,9 @@ Two signatures of the exported global block (``trainer/export.py``):
 
 * ``serving_default``: input ``examples``, serialized ``tf.Example``s (raw features +
   ``meta_embedding``), one per candidate; what any TF Serving client may send.
-* ``predict_raw`` (:data:`RAW_SIGNATURE`): one tensor per raw feature, a row per candidate
-  (``[N]``), and ``meta_embedding`` ``[N, E]``. Built here from whole columns: strings go in
+* ``predict_raw`` (:data:`RAW_SIGNATURE`): one tensor per raw feature the global block reads
+  (item columns; older exports also took the user's), a row per candidate (``[N]``), and
+  ``meta_embedding`` ``[N, E]``. Built here from whole columns: strings go in
   ``string_val`` with one ``extend``, numbers and the embedding in ``tensor_content`` with one
   ``tobytes``; no per-candidate protobuf message.
 

@@ -153,6 +153,13 @@ def test_run_fn_exports_serving_contract_and_resumes(pipeline, tmp_path):
     dense_in = {k: tf.constant(t[k]) for k in model.layout.global_feature_names}
     dense = loaded.signatures["predict_dense"](meta_embedding=tf.constant(emb), **dense_in)
     np.testing.assert_allclose(dense["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # predict_raw takes the raw columns of the encoded features the global block reads (named
+    # alike in this schema), none of the user's meta features, and scores like the others
+    raw_sig = loaded.signatures[export.RAW_SIGNATURE]
+    raw_spec = raw_sig.structured_input_signature[1]
+    assert set(raw_spec) == set(model.layout.global_feature_names) | {features.META_EMBEDDING}
+    assert not set(raw_spec) & (set(features.USER_FEATURES) | {features.USER_ID})
+    _assert_raw_scores(raw_sig, rows, expected)
     # meta block: SavedModel generate == Python fine-tuning of the restored model
     mb = tf.saved_model.load(os.path.join(serving, "meta_block"))
     sup = {k: tf.constant(v[:5]) for k, v in pipeline.tasks["support"].items()
@@ -188,6 +195,55 @@ def test_baseline_run_fn_exports_same_contract(pipeline, tmp_path, kind, source)
     p = loaded.signatures["serving_default"](examples=serialized)["probabilities"].numpy()
     assert p.shape == (7,) and np.all((p > 0) & (p < 1))
     assert "predict_dense" in loaded.signatures
+    # a wide & deep baseline reads the user id (hashed by the Transform): predict_raw keeps it
+    raw_sig = loaded.signatures[export.RAW_SIGNATURE]
+    assert (features.USER_ID in raw_sig.structured_input_signature[1]) == (kind == "wide_deep")
+    rows = [dict(r, meta_embedding=np.zeros(4, np.float32)) for r in pipeline.raw[:7]]
+    _assert_raw_scores(raw_sig, rows, p)
+
+
+def _assert_raw_scores(raw_sig, rows, expected) -> None:
+    """``predict_raw`` on the rows' raw columns (those it takes) scores ``expected``."""
+    inputs = {}
+    for name, ts in raw_sig.structured_input_signature[1].items():
+        values = [r[name] for r in rows]
+        inputs[name] = tf.constant(np.stack(values) if name == features.META_EMBEDDING
+                                   else np.asarray(values), dtype=ts.dtype)
+    got = raw_sig(**inputs)["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+class _DependencyTransform:
+    """A Transform whose outputs need the raw columns listed (what ``outputs_from`` asks)."""
+
+    DEPS = {"a_enc": {"a"}, "ab_cross": {"a", "b"}, "c_enc": {"c"}, "d_default": {"d"}}
+
+    def __init__(self, knows: bool = True):
+        self.knows, self.asked = knows, []
+
+    def outputs_from(self, names):
+        self.asked.append(tuple(names))
+        if not self.knows:
+            return None
+        return {out for out, deps in self.DEPS.items() if deps <= set(names)}
+
+
+@pytest.mark.parametrize("wanted,kept", [
+    ({"a_enc"}, ("a",)),
+    ({"ab_cross"}, ("a", "b")),
+    ({"a_enc", "c_enc"}, ("a", "c")),
+    ({"ab_cross", "c_enc"}, ("a", "b", "c")),
+    ({"d_default"}, None),           # needs a column that is not a raw input
+    ({"z"}, None),                   # nothing makes it
+])
+def test_needed_raw_names_keeps_only_what_the_wanted_outputs_depend_on(wanted, kept):
+    assert export.needed_raw_names(_DependencyTransform(), ("a", "b", "c"), wanted) == kept
+
+
+def test_needed_raw_names_keeps_everything_when_the_transform_cannot_say():
+    transform = _DependencyTransform(knows=False)
+    assert export.needed_raw_names(transform, ("a", "b", "c"), {"a_enc"}) is None
+    assert transform.asked == [("a", "b", "c")]
 
 
 def test_run_fn_pretrains_once_then_meta_trains_and_a_resume_skips_pretraining(pipeline, tmp_path,

@@ -13,10 +13,11 @@ stores, :mod:`embeddings.entity_keys`). Below, ``[N, E]`` in the signatures read
 * ``predict_dense(<encoded global features>, meta_embedding: float32[N, E])`` -> same output, for
   callers that already hold encoded tensors.
 * ``predict_raw(<raw features>, meta_embedding: float32[N, E])`` -> same output: one dense ``[N]``
-  tensor per raw serving feature (a row per candidate, dtypes of the raw feature spec), the
-  Transform graph applied inside, exactly as ``serving_default`` does after parsing. The ranker's
-  low-latency path: a ``PredictRequest`` built from numpy columns, no ``tf.Example`` per
-  candidate (:data:`RAW_SIGNATURE`; inputs listed by :func:`raw_input_names`).
+  tensor per raw serving feature the scorer needs (a row per candidate, dtypes of the raw
+  feature spec; :func:`needed_raw_names`: for a LiMAML global block the item's columns, not the
+  user's, which only the meta block reads), the Transform graph applied inside, with the scores
+  ``serving_default`` gives after parsing. The ranker's low-latency path: a ``PredictRequest``
+  built from numpy columns, no ``tf.Example`` per candidate (:data:`RAW_SIGNATURE`).
 
 ``meta_block/``:
 
@@ -84,15 +85,21 @@ class GlobalBlockServing(tf.Module):
             tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
         self.predict_dense = tf.function(self._predict_dense, input_signature=[dense_specs],
                                          autograph=False)
-        self._raw_names = raw_input_names(spec)
+        needed = needed_raw_names(self.tft_layer, raw_input_names(spec), input_names)
+        self._raw_names = needed if needed is not None else raw_input_names(spec)
+        # What predict_raw feeds the Transform: those columns when they suffice, else every
+        # parsed column (the absent ones as parse_example gives them).
+        self._fed_names = needed if needed is not None else tuple(
+            k for k in spec if k != features.META_EMBEDDING)
 
     def _raw_to_parsed(self, raw: Mapping[str, tf.Tensor]) -> Dict[str, Any]:
-        """Dense ``[N]`` raw columns -> what ``parse_example`` gives for ``self._spec``."""
+        """Dense ``[N]`` raw columns -> what ``parse_example`` gives for ``self._fed_names``
+        (where those are the needed raw inputs, the Transform computes only what the scorer
+        reads)."""
         n = tf.shape(raw[features.META_EMBEDDING])[0]
         parsed: Dict[str, Any] = {}
-        for name, feat in self._spec.items():
-            if name == features.META_EMBEDDING:
-                continue
+        for name in self._fed_names:
+            feat = self._spec[name]
             col = raw.get(name)
             if isinstance(feat, tf.io.VarLenFeature):
                 if col is None:  # absent from every example: an empty [N, 0] sparse tensor
@@ -198,6 +205,38 @@ def raw_input_names(spec: Mapping[str, Any]) -> Tuple[str, ...]:
     """
     return tuple(k for k in spec if k in features.CANONICAL_COLUMNS
                  and k not in _NOT_SERVED and k != features.META_EMBEDDING)
+
+
+def needed_raw_names(transform: "TransformGraph", raw_names: Tuple[str, ...],
+                     wanted: Iterable[str]) -> Optional[Tuple[str, ...]]:
+    """The raw columns ``predict_raw`` takes: those the Transform needs for ``wanted``.
+
+    Starting from every raw serving column, each one (in order) is left out when the Transform,
+    fed the rest, still produces every ``wanted`` output (asked of the Transform graph, not by
+    running it: :meth:`TransformGraph.outputs_from`). A LiMAML global block reads item features
+    only, so the user's columns (its meta features, which only the meta block reads) are not
+    sent per candidate and not transformed per request.
+
+    Args:
+        transform: the Transform graph.
+        raw_names: candidate raw columns, in signature order.
+        wanted: encoded features the scorer reads.
+
+    Returns:
+        The kept raw columns, in ``raw_names`` order; None where the Transform cannot say, or
+        needs more than the raw columns (e.g. a derived column's default) for ``wanted``.
+    """
+    wanted = set(wanted)
+    full = transform.outputs_from(raw_names)
+    if full is None or not wanted <= full:
+        return None
+    keep = list(raw_names)
+    for name in raw_names:
+        trial = [k for k in keep if k != name]
+        outputs = transform.outputs_from(trial)
+        if outputs is not None and wanted <= outputs:
+            keep = trial
+    return tuple(keep)
 
 
 def meta_embedding_width(model_cfg) -> int:
