@@ -19,6 +19,7 @@ from components.report.component import Report, ReportSpec
 from components.task_gen.component import TaskGen
 from limaml.config import LimamlConfig
 from pipeline import settings as S
+from pipeline.code_version import source_fingerprint
 from pipeline.settings import PIPELINE_NAME
 from report.eval_config import BlessingThresholds, make_eval_config
 from schema import features as F
@@ -47,10 +48,14 @@ def _trainer(run_fn: str, examples, transform_graph, config: LimamlConfig, kind:
 def create_components(config: LimamlConfig, data_dir: Union[str, data_types.RuntimeParameter],
                       serving_base: Union[str, data_types.RuntimeParameter],
                       cutoff_ts: Union[int, data_types.RuntimeParameter] = 0,
-                      schema_file: Optional[str] = None) -> List[base_node.BaseNode]:
-    """The pipeline's components, wired (see DESIGN.md section 2)."""
+                      schema_file: Optional[str] = None,
+                      code_version: Optional[str] = None) -> List[base_node.BaseNode]:
+    """The pipeline's components, wired (see DESIGN.md section 2); ``code_version`` as in
+    :func:`create_pipeline`."""
     cfg_json = config.to_json()
-    example_gen = ProtocolExampleGen(input_base=data_dir, config=config, cutoff_ts=cutoff_ts)
+    example_gen = ProtocolExampleGen(
+        input_base=data_dir, config=config, cutoff_ts=cutoff_ts,
+        code_version=source_fingerprint() if code_version is None else code_version)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file or F.schema_path())
     validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
@@ -195,7 +200,8 @@ def create_pipeline(config: LimamlConfig, pipeline_root: str,
                     metadata_path: Optional[str] = None, beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True, pipeline_name: str = PIPELINE_NAME,
                     cutoff_ts: Union[int, data_types.RuntimeParameter] = 0,
-                    schema_file: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    schema_file: Optional[str] = None,
+                    code_version: Optional[str] = None) -> tfx.dsl.Pipeline:
     """Assembles the LiMAML pipeline.
 
     Args:
@@ -209,13 +215,17 @@ def create_pipeline(config: LimamlConfig, pipeline_root: str,
         pipeline_name: ``[a-z0-9-]`` only (Kubeflow rule).
         cutoff_ts: cutoff protocol's T (seconds) overriding the config when > 0 (runtime parameter).
         schema_file: curated schema path as seen by the executors (the image's path on Kubeflow).
+        code_version: fingerprint of the pipeline's code, part of the cache key (ExampleGen's
+            execution property: changed code re-runs everything); None: computed from the
+            installed source (:func:`pipeline.code_version.source_fingerprint`).
     """
     if not all(c.islower() or c.isdigit() or c == "-" for c in pipeline_name):
         raise ValueError(f"pipeline_name {pipeline_name!r} must use [a-z0-9-] only (Kubeflow rule)")
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=create_components(config, data_dir, serving_base, cutoff_ts, schema_file),
+        components=create_components(config, data_dir, serving_base, cutoff_ts, schema_file,
+                                     code_version),
         enable_cache=enable_cache,
         metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
                                     if metadata_path else None),
