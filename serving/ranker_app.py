@@ -33,7 +33,8 @@ from serving.rank_handlers import (
 )
 from serving.ranker import Ranker
 from serving.ranker_types import PredictJob
-from serving.server_timing import HEADER as SERVER_TIMING, RankTiming
+from serving.server_timing import HEADER as SERVER_TIMING
+from serving.server_timing import RankTiming
 
 RANK_PATH = "/v1/rank"
 HEALTH_PATH = "/healthz"

@@ -431,7 +431,7 @@ def test_rank_answers_say_where_their_time_went(limaml_served, stack):
             if batching:
                 real = svc.app._batcher._predict
 
-                async def held(request, **kwargs):
+                async def held(request, real=real, **kwargs):
                     await asyncio.sleep(0.06)
                     return await real(request, **kwargs)
 
