@@ -4,9 +4,10 @@ TFX reuses a component's outputs when its inputs and execution properties match 
 execution; the Trainers and custom components name their code by import path
 (``pipeline.run_fns.run_fn``), so changed code under an unchanged name would be served from the
 cache: rerunning into the same ``--output`` after an upgrade kept the old models. The
-fingerprint below goes into ProtocolExampleGen's execution properties (``code_version``), so
-changed code re-runs ExampleGen and, through its new Examples, everything downstream; unchanged
-code keeps every cache hit.
+fingerprint below goes into the execution properties (``code_version``) of ProtocolExampleGen and
+of the schema import (CuratedSchemaGen, keyed by TFX on the schema's path only), so changed code
+or an edited ``schema.pbtxt`` re-runs both and, through their new artifacts, everything
+downstream; unchanged code keeps every cache hit.
 
 It hashes the relative path and bytes of every ``*.py`` and ``*.pbtxt`` file of the packages
 the pipeline's components run (:data:`PIPELINE_PACKAGES`), wherever they are installed (a source

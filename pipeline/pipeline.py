@@ -12,6 +12,7 @@ from tfx.proto import transform_pb2
 
 from components.anomaly_gate.component import AnomalyGate
 from components.block_pusher.component import BlockPusher
+from components.curated_schema_gen.component import CuratedSchemaGen
 from components.embedding_join.component import EmbeddingJoin
 from components.meta_embedding_gen.component import MetaEmbeddingGen
 from components.protocol_example_gen.component import ProtocolExampleGen
@@ -53,11 +54,12 @@ def create_components(config: LimamlConfig, data_dir: Union[str, data_types.Runt
     """The pipeline's components, wired (see DESIGN.md section 2); ``code_version`` as in
     :func:`create_pipeline`."""
     cfg_json = config.to_json()
-    example_gen = ProtocolExampleGen(
-        input_base=data_dir, config=config, cutoff_ts=cutoff_ts,
-        code_version=source_fingerprint() if code_version is None else code_version)
+    code_version = source_fingerprint() if code_version is None else code_version
+    example_gen = ProtocolExampleGen(input_base=data_dir, config=config, cutoff_ts=cutoff_ts,
+                                     code_version=code_version)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file or F.schema_path())
+    schema_gen = CuratedSchemaGen(schema_file=schema_file or F.schema_path(),
+                                  code_version=code_version)
     validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                 schema=schema_gen.outputs["schema"])
     gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
@@ -215,9 +217,10 @@ def create_pipeline(config: LimamlConfig, pipeline_root: str,
         pipeline_name: ``[a-z0-9-]`` only (Kubeflow rule).
         cutoff_ts: cutoff protocol's T (seconds) overriding the config when > 0 (runtime parameter).
         schema_file: curated schema path as seen by the executors (the image's path on Kubeflow).
-        code_version: fingerprint of the pipeline's code, part of the cache key (ExampleGen's
-            execution property: changed code re-runs everything); None: computed from the
-            installed source (:func:`pipeline.code_version.source_fingerprint`).
+        code_version: fingerprint of the pipeline's code, part of the cache key (an execution
+            property of ExampleGen and of the schema import: changed code, the curated schema
+            included, re-runs everything); None: computed from the installed source
+            (:func:`pipeline.code_version.source_fingerprint`).
     """
     if not all(c.islower() or c.isdigit() or c == "-" for c in pipeline_name):
         raise ValueError(f"pipeline_name {pipeline_name!r} must use [a-z0-9-] only (Kubeflow rule)")

@@ -66,17 +66,21 @@ def test_the_project_fingerprint_covers_the_pipeline_packages(tmp_path):
     assert source_fingerprint(str(tmp_path)) != source_fingerprint()
 
 
-def test_changed_code_reruns_example_gen_and_unchanged_code_hits_the_cache(tmp_path):
-    """Three local runs of ProtocolExampleGen over the same data (LocalDagRunner, SQLite ML
-    Metadata): code version A executes, A again is served from the cache, B executes."""
+def test_changed_code_reruns_example_gen_and_the_schema_import_and_unchanged_code_hits_the_cache(
+        tmp_path):
+    """Three local runs of ProtocolExampleGen and CuratedSchemaGen (same data, same schema path;
+    LocalDagRunner, SQLite ML Metadata): code version A executes both, A again serves both from
+    the cache, B executes both again. TFX's own ImportSchemaGen, keyed on the path, stays cached."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
     from tfx import v1 as tfx
 
+    from components.curated_schema_gen.component import CuratedSchemaGen
     from components.protocol_example_gen.component import ProtocolExampleGen
     from limaml.config import LimamlConfig, ProtocolConfig
     from limaml.data import prepare, synthetic
     from pipeline.settings import beam_args
+    from schema import features as F
 
     config = LimamlConfig(dataset="synthetic",
                           protocol=ProtocolConfig(name="cutoff", cutoff_quantile=0.75))
@@ -85,16 +89,24 @@ def test_changed_code_reruns_example_gen_and_unchanged_code_hits_the_cache(tmp_p
                     synthetic_cfg=synthetic.SyntheticConfig(num_users=40, num_items=20,
                                                             mean_interactions=8, seed=5))
     db = str(tmp_path / "metadata.sqlite")
-    states = []
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(db)
+    runs = []
     for version in ("code-a", "code-a", "code-b"):
-        gen = ProtocolExampleGen(input_base=data_dir, config=config, code_version=version)
+        components = [
+            ProtocolExampleGen(input_base=data_dir, config=config, code_version=version),
+            CuratedSchemaGen(schema_file=F.schema_path(), code_version=version),
+            tfx.components.ImportSchemaGen(schema_file=F.schema_path()).with_id("PlainSchema")]
+        store = metadata_store.MetadataStore(connection)
+        before = len(store.get_executions())
         tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
             pipeline_name="code-version", pipeline_root=str(tmp_path / "root"),
-            components=[gen], enable_cache=True, beam_pipeline_args=beam_args(),
-            metadata_connection_config=(
-                tfx.orchestration.metadata.sqlite_metadata_connection_config(db))))
-        store = metadata_store.MetadataStore(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(db))
-        states.append(store.get_executions()[-1].last_known_state)
+            components=components, enable_cache=True, beam_pipeline_args=beam_args(),
+            metadata_connection_config=connection))
+        store = metadata_store.MetadataStore(connection)
+        types = {t.id: t.name for t in store.get_execution_types()}
+        runs.append({types[e.type_id].rsplit(".", 1)[-1]: e.last_known_state
+                     for e in store.get_executions()[before:]})
     done, cached = metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED
-    assert states == [done, cached, done]
+    for node in ("ProtocolExampleGen", "CuratedSchemaGen"):
+        assert [r[node] for r in runs] == [done, cached, done], (node, runs)
+    assert [r["ImportSchemaGen"] for r in runs] == [done, cached, cached]

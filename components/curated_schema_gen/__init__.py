@@ -1,0 +1,1 @@
+"""CuratedSchemaGen: TFX's ImportSchemaGen whose cache key includes the code's fingerprint."""
