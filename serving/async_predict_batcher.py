@@ -41,6 +41,8 @@ class AsyncPredictBatcher:
         metadata: gRPC metadata of every call (e.g. the bearer token), or None.
         max_rows: most candidate rows in one Predict (a job is never split).
         close: coroutine function closing the channel behind ``predict`` (:meth:`aclose`).
+        ready: coroutine function that returns once the channel behind ``predict`` is
+            connected (``grpc.aio.Channel.channel_ready``; :meth:`connect`).
 
     Raises:
         ValueError: for a non-positive ``timeout_s`` or ``max_rows``.
@@ -48,12 +50,14 @@ class AsyncPredictBatcher:
 
     def __init__(self, predict: _AsyncPredict, model_name: str, timeout_s: float,
                  metadata: Optional[Sequence[Tuple[str, str]]] = None, max_rows: int = 8192,
-                 close: Optional[Callable[[], Awaitable[None]]] = None) -> None:
+                 close: Optional[Callable[[], Awaitable[None]]] = None,
+                 ready: Optional[Callable[[], Awaitable[None]]] = None) -> None:
         if timeout_s <= 0 or max_rows < 1:
             raise ValueError(f"timeout_s={timeout_s}, max_rows={max_rows}: both must be > 0")
         self._predict, self.model_name = predict, model_name
         self.timeout_s, self._metadata, self.max_rows = float(timeout_s), metadata, int(max_rows)
-        self._close = close
+        self._close, self._ready = close, ready
+        self.connected = False  # set by connect()
         self._pending: List[Tuple[PredictJob, asyncio.Future]] = []
         self._sending = False
         self._drainer: Optional[asyncio.Task] = None
@@ -136,6 +140,24 @@ class AsyncPredictBatcher:
                 future.set_result((scores[start:start + job.n], answered))
             start += job.n
         self.requests += len(entries)
+
+    async def connect(self, timeout_s: float) -> bool:
+        """Connects the channel ahead of the first Predict (a new channel connects lazily, and
+        the first request would pay it: ~25-30 ms here). Never raises.
+
+        Returns:
+            Whether the channel is connected; False also when there is no ``ready`` to call or
+            the model server did not answer within ``timeout_s`` (requests then connect as
+            usual, and fail as usual while it is down).
+        """
+        if self._ready is None:
+            return False
+        try:
+            await asyncio.wait_for(self._ready(), timeout_s)
+        except Exception:  # noqa: BLE001 - a server that is down now may be up for the requests
+            return False
+        self.connected = True
+        return True
 
     async def aclose(self) -> None:
         """Closes the channel (when one was given)."""

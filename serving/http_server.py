@@ -171,6 +171,7 @@ def serve_asgi(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     start_timeout_s: float = 10.0,
     http: str = "auto",
+    lifespan: str = "off",
 ) -> AsgiServerHandle:
     """Serves ``app`` (ASGI 3) on a background thread; returns once it accepts connections.
 
@@ -185,6 +186,8 @@ def serve_asgi(
         max_connections: open connections (and running requests) before answering 503.
         start_timeout_s: how long to wait for the server to start.
         http: ``"auto"`` (httptools on uvloop when installed, else h11 on asyncio) or ``"h11"``.
+        lifespan: ``"on"``: the app gets ASGI's lifespan startup (before the first connection
+            is accepted) and shutdown events; ``"off"``: it does not.
 
     Returns:
         The handle (``host``, ``port``, ``url``, ``stop()``).
@@ -212,7 +215,7 @@ def serve_asgi(
         "max_header_bytes": int(max_header_bytes)})
     loop = "uvloop" if fast is not None and _has_uvloop() else "asyncio"
     config = uvicorn.Config(
-        app, http=protocol, loop=loop, lifespan="off", log_config=None, access_log=False,
+        app, http=protocol, loop=loop, lifespan=lifespan, log_config=None, access_log=False,
         backlog=backlog, timeout_keep_alive=keep_alive_s, limit_concurrency=max_connections,
         h11_max_incomplete_event_size=max_header_bytes, server_header=False, date_header=False,
         timeout_graceful_shutdown=5,

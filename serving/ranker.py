@@ -44,6 +44,7 @@ Modules (one concept each; this one holds the scoring path and composes the rest
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
@@ -85,6 +86,7 @@ from serving.tf_example import (
 
 SERVING_SIGNATURE = PR.SERVING_SIGNATURE
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+WARM_UP_CANDIDATES = 16  # the second warm-up request's candidates (first: one)
 RAW_SIGNATURE = PR.RAW_SIGNATURE
 EXAMPLES_INPUT = PR.EXAMPLES_INPUT
 PROBABILITIES_OUTPUT = PR.PROBABILITIES_OUTPUT
@@ -322,15 +324,18 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             PREDICT_METHOD, request_serializer=None,
             response_deserializer=predict_pb2.PredictResponse.FromString)
         return AsyncPredictBatcher(predict, self.model_name, self.timeout_s,
-                                   self._metadata, max_rows=max_rows, close=channel.close)
+                                   self._metadata, max_rows=max_rows, close=channel.close,
+                                   ready=channel.channel_ready)
 
-    def warm_up(self) -> Optional[RankResponse]:
-        """Sends one request through the fast path (first item of the cache, blank user
-        features), so the model server's first call of the served version (function and table
-        initialisation, seconds on a busy machine) is not paid by clients under their deadline.
+    def warm_up(self, candidates: int = WARM_UP_CANDIDATES) -> Optional[RankResponse]:
+        """Sends requests through the fast path (the cache's first items, blank user
+        features), so the model server's first calls of the served version are not paid by
+        clients under their deadline: one of a single candidate (function and table
+        initialisation, seconds on a busy machine), then one of ``candidates`` (TF's first
+        multi-row call, ~20 ms more on the stand-in, when its parallel kernels start).
 
         Returns:
-            The warm-up response, or None without an item cache.
+            The last warm-up response, or None without an item cache.
 
         Raises:
             Whatever :meth:`rank_items` raises.
@@ -338,9 +343,13 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         cache = self.item_cache
         if cache is None or not len(cache):
             return None
-        item = next(iter(cache._index))
-        return self.rank_items("warm-up", [item], {name: "" for name in self._user_allowed
-                                                   if SERVING_FEATURE_KINDS[name] == "str"})
+        blank = {name: "" for name in self._user_allowed if SERVING_FEATURE_KINDS[name] == "str"}
+        count = max(1, min(int(candidates), self.max_candidates))
+        items = list(itertools.islice(iter(cache._index), count))
+        response = self.rank_items("warm-up", items[:1], blank)
+        if len(items) > 1:
+            response = self.rank_items("warm-up", items, blank)
+        return response
 
     def readiness(self) -> int:
         """The served version, once the model server serves it and its embeddings are readable.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hmac
+import logging
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 
@@ -36,6 +37,7 @@ from serving.ranker_types import PredictJob
 from serving.server_timing import HEADER as SERVER_TIMING
 from serving.server_timing import RankTiming
 
+log = logging.getLogger(__name__)
 RANK_PATH = "/v1/rank"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -43,6 +45,7 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_WORKERS = 8
 DEFAULT_MAX_PENDING = 1024
+DEFAULT_CONNECT_TIMEOUT_S = 3.0
 INLINE_BODY_BYTES = 64 << 10
 """Largest body a batching app prepares on its event loop (when all it needs is in memory)."""
 
@@ -62,12 +65,13 @@ class RankerApp:
         workers: threads running the ranker (gRPC and embedding calls block).
         max_pending: most requests in the ranker (running or queued); more get 503 at once.
         auth_token: required ``Authorization: Bearer`` token of ``/v1/rank``; None: open.
+        connect_timeout_s: how long the lifespan startup waits for the model server's channel.
     """
 
     def __init__(self, ranker: Ranker, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, workers: int = DEFAULT_WORKERS,
-                 max_pending: int = DEFAULT_MAX_PENDING, auth_token: Optional[str] = None
-                 ) -> None:
+                 max_pending: int = DEFAULT_MAX_PENDING, auth_token: Optional[str] = None,
+                 connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
         if workers < 1 or max_pending < 1 or max_body_bytes < 1 or body_timeout_s <= 0:
             raise ValueError(f"workers={workers}, max_pending={max_pending}, "
                              f"max_body_bytes={max_body_bytes}, body_timeout_s={body_timeout_s}:"
@@ -76,6 +80,7 @@ class RankerApp:
         self.max_body_bytes = int(max_body_bytes)
         self.body_timeout_s = float(body_timeout_s)
         self.max_pending = int(max_pending)
+        self.connect_timeout_s = float(connect_timeout_s)
         self._expected = f"Bearer {auth_token}".encode("utf-8") if auth_token else None
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ranker")
         self._pending = 0  # touched only on the event loop
@@ -94,6 +99,9 @@ class RankerApp:
                 pass
 
     async def __call__(self, scope: Dict[str, Any], receive: _Receive, send: _Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
@@ -106,6 +114,24 @@ class RankerApp:
             out_headers.append((name, value.finish() if isinstance(value, RankTiming) else value))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": data})
+
+    async def _lifespan(self, receive: _Receive, send: _Send) -> None:
+        """ASGI lifespan: at startup a batching app makes its batcher and connects its channel
+        (so the first request does not pay the connection); startup never fails on it."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.ranker.batches_requests and self._batcher is None:
+                    self._loop = asyncio.get_running_loop()
+                    self._batcher = self.ranker.async_batcher()
+                    if not await self._batcher.connect(self.connect_timeout_s):
+                        log.warning("ranker service: model server at %s not reachable within "
+                                    "%.1f s at start; requests will connect when it is",
+                                    self.ranker.target, self.connect_timeout_s)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def _route(self, path: str, method: str, headers: Dict[bytes, bytes],
                      receive: _Receive) -> Tuple[int, Dict[str, Any], _Headers]:

@@ -87,6 +87,7 @@ from serving.rank_handlers import handle_rank_body, handle_ready, parse_rank_bod
 from serving.ranker import Ranker
 from serving.ranker_app import (
     DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PENDING,
     DEFAULT_WORKERS,
@@ -153,6 +154,7 @@ def start_ranker_service(
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     header_timeout_s: float = 10.0,
     auth_token: Optional[str] = None,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> RankerServiceHandle:
     """Serves ``ranker`` over HTTP (uvicorn) on a background thread.
 
@@ -166,6 +168,8 @@ def start_ranker_service(
         body_timeout_s: most seconds for a body after its head.
         header_timeout_s: most seconds for a request head.
         auth_token: bearer token ``/v1/rank`` requires; None: no check.
+        connect_timeout_s: a batching ranker connects its model-server channel before serving,
+            waiting at most this long (a server that is down delays the start by this much).
 
     Returns:
         The handle (``port``, ``url``, ``stop()``).
@@ -174,9 +178,12 @@ def start_ranker_service(
         OSError: the address cannot be bound.
     """
     app = RankerApp(ranker, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
-                    workers=workers, max_pending=max_pending, auth_token=auth_token)
+                    workers=workers, max_pending=max_pending, auth_token=auth_token,
+                    connect_timeout_s=connect_timeout_s)
     try:
-        server = serve_asgi(app, host=host, port=port, header_timeout_s=header_timeout_s)
+        # lifespan: a batching app connects its model-server channel before serving
+        server = serve_asgi(app, host=host, port=port, header_timeout_s=header_timeout_s,
+                            lifespan="on")
     except BaseException:
         app.close()
         raise

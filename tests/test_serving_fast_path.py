@@ -161,12 +161,26 @@ def test_http_ids_only_request(limaml_served, stack):
 
 
 def test_warm_up_goes_through_predict_raw(limaml_served, stack):
+    """Warm-up sends one single-candidate request, then one of ``candidates`` (capped by the
+    cache and ``max_candidates``), both on predict_raw."""
     server, _, _, lookup = stack
     items = ItemCache.from_records(limaml_served.items)
     with Ranker(server.target, "limaml", lookup, item_cache=items) as ranker:
+        sent = []
+        real = ranker.rank_items
+        ranker.rank_items = lambda user, ids, uf: sent.append(list(ids)) or real(user, ids, uf)
         resp = ranker.warm_up()
-        assert resp is not None and len(resp.scores) == 1 and resp.model_version == "1"
+        first = next(iter(items._index))
+        want = min(16, len(items))
+        assert [len(s) for s in sent] == [1, want] and sent[0] == [first] == sent[1][:1]
+        assert len(set(sent[1])) == want
+        assert resp is not None and len(resp.scores) == want and resp.model_version == "1"
         assert ranker._raw_inputs[1] is not None
+        sent.clear()
+        ranker.warm_up(candidates=1)
+        assert sent == [[first]]
+    with Ranker(server.target, "limaml", lookup, item_cache=items, max_candidates=3) as capped:
+        assert len(capped.warm_up().scores) == min(3, len(items))
     with Ranker(server.target, "limaml", lookup) as no_cache:
         assert no_cache.warm_up() is None
 
@@ -456,3 +470,52 @@ def test_rank_answers_say_where_their_time_went(limaml_served, stack):
             conn.close()
             svc.stop()
             ranker.close()
+
+
+def test_a_batching_service_connects_its_channel_before_serving(limaml_served, stack):
+    """At start (ASGI lifespan) a batching service makes its loop's batcher and connects the
+    model-server channel; the first request uses that batcher. With the model server down the
+    service still starts (after the connect timeout), unconnected, and answers 503
+    ``model_unavailable`` until the server is up."""
+    import time
+
+    server, _, slow, _ = stack
+    cands = _cands(limaml_served, 4)
+    user, uf = limaml_served.user_ids[3], limaml_served.user_features[3]
+    ranker = Ranker(server.target, "limaml", _CachingLookup(limaml_served.embedding_dim),
+                    batch_requests=True)
+    svc = start_ranker_service(ranker)
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+    try:
+        batcher = svc.app._batcher
+        assert batcher is not None and batcher.connected and batcher.calls == 0
+        status, answer = _post(conn, {"user_id": user, "candidates": cands, "user_features": uf})
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["scores"], slow.rank(user, cands, uf).scores,
+                                   rtol=0, atol=ATOL)
+        assert svc.app._batcher is batcher and batcher.calls == 1
+    finally:
+        conn.close()
+        svc.stop()
+        ranker.close()
+
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    down = Ranker(dead, "limaml", _CachingLookup(limaml_served.embedding_dim),
+                  batch_requests=True, timeout_s=1.0)
+    t0 = time.monotonic()
+    svc = start_ranker_service(down, connect_timeout_s=0.5)
+    started_s = time.monotonic() - t0
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+    try:
+        assert svc.app._batcher is not None and not svc.app._batcher.connected
+        assert 0.45 <= started_s < 9.0
+        status, answer = _post(conn, {"user_id": user, "candidates": cands, "user_features": uf})
+        assert status == 503 and answer["code"] == "model_unavailable", answer
+    finally:
+        conn.close()
+        svc.stop()
+        down.close()
