@@ -72,10 +72,11 @@ class RankerApp:
                  body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, workers: int = DEFAULT_WORKERS,
                  max_pending: int = DEFAULT_MAX_PENDING, auth_token: Optional[str] = None,
                  connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
-        if workers < 1 or max_pending < 1 or max_body_bytes < 1 or body_timeout_s <= 0:
+        if (workers < 1 or max_pending < 1 or max_body_bytes < 1 or body_timeout_s <= 0
+                or connect_timeout_s <= 0):
             raise ValueError(f"workers={workers}, max_pending={max_pending}, "
-                             f"max_body_bytes={max_body_bytes}, body_timeout_s={body_timeout_s}:"
-                             " all must be positive")
+                             f"max_body_bytes={max_body_bytes}, body_timeout_s={body_timeout_s}, "
+                             f"connect_timeout_s={connect_timeout_s}: all must be positive")
         self.ranker = ranker
         self.max_body_bytes = int(max_body_bytes)
         self.body_timeout_s = float(body_timeout_s)

@@ -506,6 +506,8 @@ def test_a_batching_service_connects_its_channel_before_serving(limaml_served, s
         dead = f"127.0.0.1:{probe.getsockname()[1]}"
     down = Ranker(dead, "limaml", _CachingLookup(limaml_served.embedding_dim),
                   batch_requests=True, timeout_s=1.0)
+    with pytest.raises(ValueError, match="connect_timeout_s=0"):
+        start_ranker_service(down, connect_timeout_s=0)
     t0 = time.monotonic()
     svc = start_ranker_service(down, connect_timeout_s=0.5)
     started_s = time.monotonic() - t0
