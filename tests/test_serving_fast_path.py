@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 
 import grpc
 import numpy as np
@@ -521,3 +522,37 @@ def test_a_batching_service_connects_its_channel_before_serving(limaml_served, s
         conn.close()
         svc.stop()
         down.close()
+
+
+def test_the_stand_in_replays_a_versions_warm_up_records_at_load(limaml_served, tmp_path):
+    """A version exported with TF Serving warm-up records is warmed at load (2 records); a record
+    that fails is skipped and one that works still runs; an unreadable file warms nothing; the
+    version serves in every case."""
+    import shutil
+
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.model_server.predict import run_predict
+    from serving.model_server.registry import load_servable
+
+    assert load_servable("limaml", 1, limaml_served.version_dir).warmed_up == 2
+    copy = str(tmp_path / "7")
+    shutil.copytree(limaml_served.version_dir, copy)
+    path = os.path.join(copy, "assets.extra", "tf_serving_warmup_requests")
+    good = [prediction_log_pb2.PredictionLog.FromString(r)
+            for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    bad = prediction_log_pb2.PredictionLog()
+    bad.CopyFrom(good[0])
+    bad.predict_log.request.inputs.pop(F.ITEM_ID)  # a required input missing
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in (bad, good[1]):
+            writer.write(log.SerializeToString())
+    servable = load_servable("limaml", 7, copy)
+    assert servable.warmed_up == 1
+    with open(path, "wb") as fh:
+        fh.write(b"not a TFRecord file")
+    servable = load_servable("limaml", 7, copy)
+    assert servable.warmed_up == 0
+    request = good[1].predict_log.request
+    request.model_spec.name = "limaml"
+    assert len(run_predict(servable, request).outputs["probabilities"].float_val) == 16

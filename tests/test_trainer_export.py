@@ -160,6 +160,7 @@ def test_run_fn_exports_serving_contract_and_resumes(pipeline, tmp_path):
     assert set(raw_spec) == set(model.layout.global_feature_names) | {features.META_EMBEDDING}
     assert not set(raw_spec) & (set(features.USER_FEATURES) | {features.USER_ID})
     _assert_raw_scores(raw_sig, rows, expected)
+    _assert_warmup_records(os.path.join(serving, "global_block"), raw_sig)
     # meta block: SavedModel generate == Python fine-tuning of the restored model
     mb = tf.saved_model.load(os.path.join(serving, "meta_block"))
     sup = {k: tf.constant(v[:5]) for k, v in pipeline.tasks["support"].items()
@@ -200,6 +201,29 @@ def test_baseline_run_fn_exports_same_contract(pipeline, tmp_path, kind, source)
     assert (features.USER_ID in raw_sig.structured_input_signature[1]) == (kind == "wide_deep")
     rows = [dict(r, meta_embedding=np.zeros(4, np.float32)) for r in pipeline.raw[:7]]
     _assert_raw_scores(raw_sig, rows, p)
+
+
+def _assert_warmup_records(model_dir, raw_sig) -> None:
+    """The export's TF Serving warm-up file: one ``predict_raw`` request of 1 blank row and one
+    of 16, carrying exactly the signature's inputs, each of which the signature answers."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    spec = raw_sig.structured_input_signature[1]
+    path = os.path.join(model_dir, "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r)
+            for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    assert len(logs) == 2
+    for log, n in zip(logs, (1, 16)):
+        request = log.predict_log.request
+        assert request.model_spec.signature_name == export.RAW_SIGNATURE
+        assert set(request.inputs) == set(spec)
+        feeds = {k: tf.constant(tf.make_ndarray(v), dtype=spec[k].dtype)
+                 for k, v in request.inputs.items()}
+        for k, t in feeds.items():
+            assert t.shape[0] == n and (t.shape.rank == 1 or k == features.META_EMBEDDING)
+            assert not np.any(t.numpy()) if t.dtype != tf.string else set(t.numpy()) == {b""}
+        p = raw_sig(**feeds)["probabilities"].numpy()
+        assert p.shape == (n,) and np.all(np.isfinite(p))
 
 
 def _assert_raw_scores(raw_sig, rows, expected) -> None:

@@ -19,6 +19,9 @@ stores, :mod:`embeddings.entity_keys`). Below, ``[N, E]`` in the signatures read
   ``serving_default`` gives after parsing. The ranker's low-latency path: a ``PredictRequest``
   built from numpy columns, no ``tf.Example`` per candidate (:data:`RAW_SIGNATURE`).
 
+Beside them, ``assets.extra/tf_serving_warmup_requests`` (:mod:`trainer.serving_warmup`):
+``predict_raw`` requests of blank rows that TF Serving replays when it loads the version.
+
 ``meta_block/``:
 
 * a SavedModel whose ``generate`` / ``generate_latest`` / ``generate_mean`` / ``generate_max``
@@ -43,6 +46,7 @@ from schema import features
 from trainer import finetune
 from trainer.layout import MASK, USER_HASH, FeatureLayout
 from trainer.model import LimamlModel, global_forward
+from trainer.serving_warmup import WARMUP_FILE, write_warmup
 
 META_BLOCK_JSON = "meta_block.json"
 RAW_SIGNATURE = "predict_raw"
@@ -159,6 +163,8 @@ class GlobalBlockServing(tf.Module):
             "predict_dense": flat_fn.get_concrete_function(),
             RAW_SIGNATURE: raw_fn.get_concrete_function(),
         })
+        # TF Serving (and the stand-in) replay these at load, on every replica
+        write_warmup(path, RAW_SIGNATURE, dict(zip(raw_names, raw_specs)))
 
 
 class TransformGraph(tf.Module):
@@ -357,4 +363,8 @@ def reexport_global_block(model_dir: str, out_dir: str) -> None:
     model, _, _ = load_meta_block(meta_dir)
     tft_output = tft.TFTransformOutput(os.path.join(meta_dir, "transform_graph"))
     export_global_block(out_dir, model, tft_output)
-    shutil.copytree(os.path.join(model_dir, "assets.extra"), os.path.join(out_dir, "assets.extra"))
+    # the old version's extras (meta block, Transform copy), not its warm-up requests: the
+    # export just wrote the ones for its own signatures
+    shutil.copytree(os.path.join(model_dir, "assets.extra"), os.path.join(out_dir, "assets.extra"),
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(os.path.basename(WARMUP_FILE)))

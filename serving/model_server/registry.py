@@ -31,6 +31,7 @@ class Servable:
         path: the SavedModel directory.
         signature_defs: signature key -> ``SignatureDef`` of the ``serve`` meta graph.
         functions: signature key -> callable concrete function.
+        warmed_up: warm-up records replayed at load (:mod:`serving.model_server.warmup`).
     """
 
     name: str
@@ -39,6 +40,7 @@ class Servable:
     signature_defs: Dict[str, meta_graph_pb2.SignatureDef]
     functions: Dict[str, Callable]
     _module: object = field(default=None, repr=False)
+    warmed_up: int = 0
     _proto_fed: Dict[str, Optional[ProtoFedSignature]] = field(default_factory=dict, repr=False)
     _proto_fed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -77,11 +79,16 @@ def _read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
 
 
 def load_servable(name: str, version: int, path: str) -> Servable:
-    """Loads one SavedModel version for serving."""
+    """Loads one SavedModel version for serving and replays its warm-up records (as TF
+    Serving does before a version serves)."""
+    from serving.model_server.warmup import replay_warmup  # it imports this module
+
     sig_defs = _read_signature_defs(path)
     module = tf.saved_model.load(path, tags=[_SERVE_TAG])
     functions = dict(module.signatures)
-    return Servable(name, version, path, sig_defs, functions, module)
+    servable = Servable(name, version, path, sig_defs, functions, module)
+    servable.warmed_up = replay_warmup(servable)
+    return servable
 
 
 def _servable_request_string(name: str, version: Optional[int]) -> str:
