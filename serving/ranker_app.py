@@ -123,9 +123,7 @@ class RankerApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 if self.ranker.batches_requests and self._batcher is None:
-                    self._loop = asyncio.get_running_loop()
-                    self._batcher = self.ranker.async_batcher()
-                    if not await self._batcher.connect(self.connect_timeout_s):
+                    if not await self._loop_batcher().connect(self.connect_timeout_s):
                         log.warning("ranker service: model server at %s not reachable within "
                                     "%.1f s at start; requests will connect when it is",
                                     self.ranker.target, self.connect_timeout_s)
@@ -185,9 +183,7 @@ class RankerApp:
         if not self.ranker.batches_requests:  # one Predict per request, on the worker
             return await self._run(handle_rank_body, self.ranker, body)
         start = time.perf_counter()
-        if self._batcher is None:
-            self._loop = asyncio.get_running_loop()
-            self._batcher = self.ranker.async_batcher()
+        batcher = self._loop_batcher()
         self._pending += 1
         try:
             # On the loop when the body is small and all it needs is in memory (no thread
@@ -200,11 +196,19 @@ class RankerApp:
             if not isinstance(step, PredictJob):
                 return step
             timing.prepare_s = time.perf_counter() - start
-            answer = await finish_rank_job(self.ranker, body, step, self._batcher, self._blocking)
+            answer = await finish_rank_job(self.ranker, body, step, batcher, self._blocking)
             timing.queue_s, timing.predict_s = step.queue_s, step.predict_s
             return answer
         finally:
             self._pending -= 1
+
+    def _loop_batcher(self) -> Any:
+        """This event loop's batcher (and channel), made on first use: at startup, or by the
+        first request when the server runs without lifespan events."""
+        if self._batcher is None:
+            self._loop = asyncio.get_running_loop()
+            self._batcher = self.ranker.async_batcher()
+        return self._batcher
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

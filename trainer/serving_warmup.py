@@ -19,7 +19,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+from components.common.model_layout import WARMUP_REQUESTS_FILE
+
+WARMUP_FILE = WARMUP_REQUESTS_FILE
 WARMUP_ROWS = (1, 16)  # one request per row count: the single-row and the multi-row kernels
 
 

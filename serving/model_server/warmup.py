@@ -14,9 +14,9 @@ import os
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from components.common.model_layout import WARMUP_REQUESTS_FILE
 from serving.model_server.registry import Servable
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000  # TF Serving's limit
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def replay_warmup(servable: Servable) -> int:
     """
     from serving.model_server.predict import run_predict  # imports the registry
 
-    path = os.path.join(servable.path, WARMUP_FILE)
+    path = os.path.join(servable.path, WARMUP_REQUESTS_FILE)
     if not tf.io.gfile.exists(path):
         return 0
     done = 0
@@ -54,4 +54,4 @@ def replay_warmup(servable: Servable) -> int:
     return done
 
 
-__all__ = ["MAX_RECORDS", "WARMUP_FILE", "replay_warmup"]
+__all__ = ["MAX_RECORDS", "replay_warmup"]
