@@ -200,6 +200,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.bench_args = [a for a in (list(extra) + list(args.bench_args)) if a != "--"]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "grpc_serving", False):
+        # Before the command imports grpc, which reads it once (serving/grpc_io.py).
+        from serving.grpc_io import prefer_polling_io
+
+        prefer_polling_io()
     log = None if verbose else _start_library_log(args)
     try:
         return args.func(args)

@@ -27,4 +27,5 @@ def register(sub: "argparse._SubParsersAction") -> None:
     for name, (_, help_text) in _TARGETS.items():
         p = targets.add_parser(name, help=help_text, add_help=False)
         p.add_argument("bench_args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_run)
+        # the serving benchmark's ranker runs in this process: gRPC's polling I/O, as in serve
+        p.set_defaults(func=_run, grpc_serving=name == "serve")

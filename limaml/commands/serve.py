@@ -193,7 +193,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface of the ranker HTTP service (0.0.0.0: all)")
     _add_stack_flags(serve, default_ports=True)
-    serve.set_defaults(func=_cmd_serve, log_folder="run")
+    serve.set_defaults(func=_cmd_serve, log_folder="run", grpc_serving=True)
 
     score = sub.add_parser(
         "score", help="score candidates for one user (one request) and print the JSON response")
@@ -209,4 +209,4 @@ def register(sub: "argparse._SubParsersAction") -> None:
     score.add_argument("--http-timeout-s", type=float, default=60.0)
     score.add_argument("--compact", action="store_true", help="one-line JSON")
     _add_stack_flags(score, default_ports=False)
-    score.set_defaults(func=_cmd_score, log_folder="run")
+    score.set_defaults(func=_cmd_score, log_folder="run", grpc_serving=True)

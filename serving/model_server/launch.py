@@ -10,11 +10,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
+from serving.grpc_io import serving_environ
 from serving.model_server.config import _abs_path, load_model_config_file, single_model_config
 from serving.model_server.errors import MODEL_SERVER_BINARY, STAND_IN_KIND, _State
 from serving.model_server.guard import TOKEN_ENV
@@ -30,6 +31,18 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stand_in_environ(base: Mapping[str, str], auth_token: Optional[str]) -> Dict[str, str]:
+    """The environment of a stand-in process: ``base`` with this project first on
+    ``PYTHONPATH``, gRPC's polling I/O unless ``base`` chose (:mod:`serving.grpc_io`), and the
+    token (in the environment, not on the command line, where ``ps`` shows it) or none."""
+    env = serving_environ(base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, base.get("PYTHONPATH", "")) if p)
+    env.pop(TOKEN_ENV, None)
+    if auth_token:
+        env[TOKEN_ENV] = auth_token
+    return env
 
 
 def wait_until_available(
@@ -161,11 +174,7 @@ def launch_model_server(
     if exe is None:  # the stand-in as a process: TF Serving's flags, plus --host
         exe, kind = sys.executable, STAND_IN_KIND
         head = [exe, "-m", "serving.model_server", f"--host={host}"]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p))
-        env.pop(TOKEN_ENV, None)
-        if auth_token:
-            env[TOKEN_ENV] = auth_token  # not on the command line, where `ps` shows it
+        env = stand_in_environ(os.environ, auth_token)
     else:
         kind, head = MODEL_SERVER_BINARY, [exe]
         if loopback:
