@@ -1,78 +1,23 @@
-"""The serving benchmark's load generator: a stdlib-only client run in its own interpreter.
+"""The serving benchmark's load generator and the summaries of what it measured.
 
-``python -c _CLIENT host port body_path max_requests max_seconds warmup concurrency`` starts
-``concurrency`` threads, each with its own keep-alive ``http.client`` connection, that share a
-budget of ``max_requests`` timed ``POST /v1/rank`` requests (after ``warmup`` untimed ones each)
-for at most ``max_seconds``; it prints ``{"latencies_ms": [...], "server_timing": [...],
-"elapsed_s": ...}`` as one JSON line (``server_timing``: each timed answer's ``Server-Timing``
-header, in the order of ``latencies_ms``), or exits non-zero with the service's error.
-:func:`_percentiles` summarizes the latencies, :func:`_timing_split` the headers.
+:data:`CLIENT_SCRIPT` is the load generator (:mod:`benchmarks.http_load`), run with
+``python CLIENT_SCRIPT host port body_path max_requests max_seconds warmup concurrency`` in its own
+interpreter; it prints ``{"latencies_ms": [...], "server_timing": [...], "elapsed_s": ...}``.
+:func:`_percentiles` summarizes the latencies, :func:`_timing_split` the ``Server-Timing`` headers.
 
 Used by :func:`benchmarks.serve_bench.run_serve_bench`.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from serving.server_timing import parse_server_timing
 
-# The load generator: runs in its own interpreter, imports only the stdlib. `concurrency` threads,
-# each with its own keep-alive connection, share the request budget.
-_CLIENT = r"""
-import http.client, json, sys, threading, time
-host, port, body_path, max_requests, max_seconds, warmup, concurrency = sys.argv[1:8]
-body = open(body_path, "rb").read()
-headers = {"Content-Type": "application/json"}
-def once(conn):
-    conn.request("POST", "/v1/rank", body=body, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    if resp.status != 200:
-        raise SystemExit("ranker service answered %d: %s" % (resp.status, data[:500]))
-    return resp.getheader("server-timing")
-lat, timings, errors, lock = [], [], [], threading.Lock()
-budget = [int(max_requests)]
-def worker():
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        for _ in range(int(warmup)):
-            once(conn)
-        start_evt.wait()
-        mine, mine_timing = [], []
-        while time.perf_counter() < deadline[0]:
-            with lock:
-                if budget[0] <= 0:
-                    break
-                budget[0] -= 1
-            t0 = time.perf_counter()
-            header = once(conn)
-            mine.append((time.perf_counter() - t0) * 1000.0)
-            mine_timing.append(header)
-        with lock:
-            lat.extend(mine)
-            timings.extend(mine_timing)
-    except BaseException as exc:
-        errors.append(str(exc))
-    finally:
-        conn.close()
-start_evt = threading.Event()
-deadline = [0.0]
-threads = [threading.Thread(target=worker) for _ in range(int(concurrency))]
-for t in threads:
-    t.start()
-time.sleep(0.05 * int(warmup))
-start = time.perf_counter()
-deadline[0] = start + float(max_seconds)
-start_evt.set()
-for t in threads:
-    t.join()
-elapsed = time.perf_counter() - start
-if errors:
-    raise SystemExit(errors[0])
-print(json.dumps({"latencies_ms": lat, "server_timing": timings, "elapsed_s": elapsed}))
-"""
+CLIENT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http_load.py")
+"""The load generator, a stdlib-only script (:mod:`benchmarks.http_load`)."""
 
 
 def _percentiles(lat_ms: Sequence[float]) -> Dict[str, float]:

@@ -36,7 +36,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from benchmarks.load_client import _CLIENT, _percentiles, _timing_split
+from benchmarks.load_client import CLIENT_SCRIPT, _percentiles, _timing_split
 from benchmarks.serve_floor import _floor_embeddings, _floor_p50_ms, _raw_floor_inputs
 from benchmarks.serve_inputs import ConstantEmbeddingLookup, synthetic_candidates
 from schema import features as F
@@ -163,7 +163,7 @@ def run_serve_bench(
                 floor = _floor_p50_ms(saved_model_dir, examples, max_requests, max_seconds, raw)
                 for conc in concurrencies:
                     proc = subprocess.run(
-                        [sys.executable, "-c", _CLIENT, "127.0.0.1", str(service.port),
+                        [sys.executable, CLIENT_SCRIPT, "127.0.0.1", str(service.port),
                          body_path, str(max_requests), str(max_seconds), str(warmup),
                          str(conc)],
                         capture_output=True, text=True, timeout=max_seconds + 120,
