@@ -5,7 +5,8 @@ binding eight keyword tensors to the signature cost the stand-in about as much a
 itself (100 candidates: 1.1 ms against 0.6 ms). :class:`ProtoFedSignature` wraps a signature
 in a ``tf.function`` that takes one ``DT_STRING [k]`` tensor of serialized input protos and
 parses them in the graph (``ParseTensor``, the C++ ``Tensor::FromProto`` that TF Serving uses),
-so a Predict is one ``SerializeToString`` per input and one function call.
+so a Predict is one ``SerializeToString`` per input and one function call, made on the flat
+tensor (``_call_flat``) without TensorFlow's per-call argument binding.
 
 The parsed tensors have the proto's shape, not the signature's, so :meth:`ProtoFedSignature.check_shapes`
 compares each input's shape with the signature's before the call (what the concrete function's
@@ -49,6 +50,14 @@ class ProtoFedSignature:
             return fn(**feeds)
 
         self._call = call.get_concrete_function()
+        # Its only input is the ``[k]`` string tensor it was traced for, so the call can skip
+        # TensorFlow's per-call argument binding (~0.15 ms here) and run the traced function on
+        # it directly (TensorFlow 2.16's ``_call_flat``, where the normal call ends; also used
+        # by trainer.flat_call); a TensorFlow without it takes the normal call.
+        flat = getattr(self._call, "_call_flat", None)
+        captured = self._call.captured_inputs
+        self._run: Callable[[tf.Tensor], Dict[str, tf.Tensor]] = (
+            (lambda protos: flat([protos], captured)) if flat is not None else self._call)
 
     def check_shapes(self, inputs: Mapping[str, tensor_pb2.TensorProto]) -> None:
         """Checks every input's rank and known dimensions against the signature.
@@ -78,7 +87,7 @@ class ProtoFedSignature:
         """
         self.check_shapes(inputs)
         protos = tf.constant([inputs[a].SerializeToString() for a in self.aliases])
-        return self._call(protos)
+        return self._run(protos)
 
 
 __all__ = ["ProtoFedSignature", "ShapeMismatch"]
