@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from serving.model_server.config import load_model_config_file, single_model_config
 from serving.model_server.guard import DEFAULT_MAX_MESSAGE_BYTES, read_token
 from serving.model_server.server import serve_models
+from serving.parent_watch import parent_is_gone, watch_parent
 from serving.signals import wait_for_stop_signal
 
 
@@ -29,6 +30,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="threads of one op (0: TensorFlow's choice, as in TF Serving)")
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
                         help="ops run at once (0: TensorFlow's choice, as in TF Serving)")
+    parser.add_argument("--parent_pid", type=int, default=0,
+                        help="stop when this process (the launcher) is gone (0: never); "
+                             "serving.model_server.launch passes its own pid")
     parser.add_argument("--auth_token_file", default="",
                         help="require 'authorization: Bearer <token>' metadata "
                              "(else $LIMAML_MODEL_TOKEN; neither: no check)")
@@ -65,6 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           args.tensorflow_inter_op_parallelism)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.parent_pid and parent_is_gone(args.parent_pid):
+        print(f"parent process {args.parent_pid} is already gone; not starting", file=sys.stderr)
+        return 1
     if args.model_config_file:
         configs = load_model_config_file(args.model_config_file)
     elif args.model_base_path:
@@ -77,6 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           auth_token=read_token(args.auth_token_file),
                           grpc_socket_path=args.grpc_socket_path or None)
     print(f"serving {[c.name for c in configs]} on port {handle.port}", flush=True)
+    if args.parent_pid:
+        watch_parent(args.parent_pid)  # SIGTERM to itself once the launcher is gone
     wait_for_stop_signal()
     handle.stop()
     return 0

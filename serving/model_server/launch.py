@@ -173,7 +173,8 @@ def launch_model_server(
     env = None
     if exe is None:  # the stand-in as a process: TF Serving's flags, plus --host
         exe, kind = sys.executable, STAND_IN_KIND
-        head = [exe, "-m", "serving.model_server", f"--host={host}"]
+        head = [exe, "-m", "serving.model_server", f"--host={host}",
+                f"--parent_pid={os.getpid()}"]  # it stops if this process dies unstopped
         env = stand_in_environ(os.environ, auth_token)
     else:
         kind, head = MODEL_SERVER_BINARY, [exe]
@@ -207,6 +208,7 @@ def launch_model_server(
         shutil.rmtree(private, ignore_errors=True)
 
     handle = ModelServerHandle(port, kind, stop, socket_path=socket_path)
+    handle.pid = proc.pid
     try:
         wait_until_available(handle.target, names, ready_timeout_s, alive,
                              auth_token=auth_token)

@@ -25,6 +25,7 @@ class ModelServerHandle:
     Attributes:
         port: the gRPC port on 127.0.0.1.
         kind: ``"stand-in"`` or ``"tensorflow_model_server"``.
+        pid: the server's process id when it runs as its own process, else None.
     """
 
     def __init__(self, port: int, kind: str, stop_fn: Callable[[float], None],
@@ -35,6 +36,7 @@ class ModelServerHandle:
         self.socket_path = socket_path
         self._stop_fn = stop_fn
         self._stopped = False
+        self.pid: Optional[int] = None
 
     @property
     def target(self) -> str:
