@@ -149,9 +149,16 @@ def probabilities(resp: predict_pb2.PredictResponse, n: int) -> List[float]:
     if PROBABILITIES_OUTPUT not in resp.outputs:
         raise ValueError(f"outputs {sorted(resp.outputs)}; expected {PROBABILITIES_OUTPUT!r}")
     proto = resp.outputs[PROBABILITIES_OUTPUT]
+    if proto.float_val and proto.dtype == types_pb2.DT_FLOAT:
+        # TF Serving's typed field (float32 values): read as they are, no numpy round trip
+        scores = list(proto.float_val)
+        if len(scores) != n:
+            raise ValueError(f"{len(scores)} probabilities for {n} candidates; the signature "
+                             "must return one per candidate")
+        return scores
     if proto.float_val:
         values = np.asarray(proto.float_val, dtype=np.float32)
-    elif proto.tensor_content:
+    elif proto.tensor_content and proto.dtype == types_pb2.DT_FLOAT:
         values = np.frombuffer(proto.tensor_content, dtype="<f4")
     else:
         from tensorflow import make_ndarray

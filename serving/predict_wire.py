@@ -11,8 +11,9 @@ returned. The bytes parse to the message :func:`serving.predict_request.raw_requ
 
 Per input of ``[N]`` rows (``[N, W]`` for ``meta_embedding``), the piece is:
 
-* strings: the ``string_val`` entries (field 8, one per row; a value shared by every row, as
-  the user's id and features are, is encoded once and repeated);
+* strings: the ``string_val`` entries (field 8, one per row, each value's entry cached:
+  :class:`StringEntries`; a value shared by every row, as the user's id and features are, is
+  encoded once and repeated);
 * numbers and the embedding: the rows' little-endian bytes, later sent as ``tensor_content``.
 
 Field numbers are read from the protos' descriptors, not written out here.
@@ -78,6 +79,49 @@ def _bytes_field(field: int, payload: bytes) -> bytes:
     return _tag(field, 2) + _varint(len(payload)) + payload
 
 
+_T_STRING_VAL = _number(tensor_pb2.TensorProto, "string_val")
+
+
+class StringEntries:
+    """The ``string_val`` entries (tag, length, bytes) of string values, cached by value.
+
+    Item ids and genres repeat from request to request: joining cached entries costs ~3 µs for
+    100 values, building and serializing a ``TensorProto`` ~16 µs (per column, per request).
+    At ``max_entries`` the cache starts over. Safe to share between threads (a value missing
+    meanwhile is encoded again).
+    """
+
+    def __init__(self, max_entries: int = 1 << 18) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries={max_entries}; give at least 1")
+        self.max_entries = int(max_entries)
+        self._entries: Dict[bytes, bytes] = {}
+
+    def join(self, values: Sequence[bytes]) -> bytes:
+        """The entries of ``values`` (UTF-8 bytes), in order: the column's ``string_val``."""
+        try:
+            return b"".join(map(self._entries.get, values))  # None for a new value: TypeError
+        except TypeError:
+            return b"".join([self._entries.get(v) or self._add(v) for v in values])
+
+    def _add(self, value: bytes) -> bytes:
+        if isinstance(value, str):  # as the message API takes it: UTF-8
+            data = value.encode("utf-8")
+        elif isinstance(value, bytes):
+            data = value
+        else:
+            raise TypeError(f"string values must be bytes or str, got {type(value).__name__} "
+                            f"{value!r}")
+        entry = _bytes_field(_T_STRING_VAL, data)
+        if len(self._entries) >= self.max_entries:
+            self._entries = {}
+        self._entries[value] = entry
+        return entry
+
+
+_STRING_ENTRIES = StringEntries()
+
+
 @dataclass(frozen=True)
 class EncodedRows:
     """One request's ``predict_raw`` rows in wire form (see the module doc).
@@ -116,9 +160,9 @@ def encode_rows(inputs: Mapping[str, int], columns: Mapping[str, object],
             values = col if isinstance(col, list) else list(col)  # type: ignore[call-overload]
             if n and values.count(values[0]) == n:
                 # one value on every row (the user's id and features): one entry, repeated
-                pieces[name] = tensor_pb2.TensorProto(string_val=values[:1]).SerializeToString() * n
+                pieces[name] = _STRING_ENTRIES.join(values[:1]) * n
             else:
-                pieces[name] = tensor_pb2.TensorProto(string_val=values).SerializeToString()
+                pieces[name] = _STRING_ENTRIES.join(values)
         else:
             arr = np.ascontiguousarray(col, dtype=np.dtype(PR._NUMPY_OF[dtype]).newbyteorder("<"))
             pieces[name] = arr.tobytes()
@@ -185,4 +229,4 @@ def batch_request_bytes(model_name: str, version: int, inputs: Mapping[str, int]
     return b"".join(out)
 
 
-__all__ = ["EncodedRows", "batch_request_bytes", "encode_rows"]
+__all__ = ["EncodedRows", "StringEntries", "batch_request_bytes", "encode_rows"]

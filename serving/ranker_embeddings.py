@@ -34,6 +34,17 @@ class EmbeddingsMixin:
     def _embedding(self, user_id: str, version: int, cached_only: bool = False):
         """``(embedding [E], cold, degraded)``; ``cached_only``: from the lookup's cache
         (``lookup_cached``) or ``_WouldBlock``."""
+        one = getattr(self._lookup, "peek", None) if cached_only else None
+        if one is not None:  # one user, no arrays (EmbeddingLookup.peek)
+            try:
+                got = one(user_id, str(version))
+            except Exception as exc:  # noqa: BLE001 - as for the other lookups below
+                raise EmbeddingLookupError(
+                    f"embedding lookup for user {user_id!r} at model version {version} failed: "
+                    f"{type(exc).__name__}: {exc}", str(version)) from exc
+            if got is None:
+                raise _WouldBlock(f"user {user_id!r} is not in the lookup's cache")
+            return self._checked_one(user_id, got[0], got[1])
         try:
             if cached_only:
                 peek = getattr(self._lookup, "lookup_cached", None)
@@ -61,6 +72,17 @@ class EmbeddingsMixin:
                 f"embedding lookup returned a non-finite embedding for user {user_id!r}"
             )
         return emb[0], bool(cold[0]), getattr(res, "degraded", None)
+
+    @staticmethod
+    def _checked_one(user_id: str, emb: np.ndarray, cold: bool):
+        """``(embedding [E], cold, None)`` of a cached user, checked as a lookup's answer is."""
+        if emb.ndim != 1 or emb.shape[0] < 1:
+            raise EmbeddingLookupError(f"embedding lookup returned an embedding of shape "
+                                       f"{emb.shape} for user {user_id!r}; expected [E]")
+        if not np.isfinite(emb).all():
+            raise EmbeddingLookupError(
+                f"embedding lookup returned a non-finite embedding for user {user_id!r}")
+        return emb, bool(cold), None
 
     def _candidate_embeddings(self, version: int, user_id: str, columns: Dict[str, list], n: int):
         """Multi-block: ``([n, 2E], cold, degraded, fallbacks)`` from one batched lookup."""

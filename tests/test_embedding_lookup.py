@@ -339,6 +339,45 @@ def test_concurrent_lookups_are_exact(parquet_two_versions):
     lk.close()
 
 
+def test_peek_answers_one_user_as_lookup_cached_does(parquet_two_versions):
+    """``peek`` (one user, the ranker's event loop): None exactly where ``lookup_cached`` is None,
+    else its embedding and cold flag; it touches the LRU entry and counts a hit like it."""
+    store, ids, emb1, _ = parquet_two_versions
+    counting = CountingStore(store)
+    lk = EmbeddingLookup(counting, E, timeout_s=2.0, cache_size=2)
+
+    def agree(user, version="1"):
+        got, ref = lk.peek(user, version), lk.lookup_cached([user], version)
+        assert (got is None) == (ref is None), user
+        if got is not None:
+            np.testing.assert_array_equal(got[0], ref.embeddings[0])
+            assert got[1] == bool(ref.cold[0])
+        return got
+
+    assert agree(ids[3]) is None and agree("stranger") is None
+    lk.lookup([ids[3], ids[7]], "1")
+    assert agree("stranger") is None  # no row, and the cold default is not known yet
+    got = agree(ids[7])
+    np.testing.assert_array_equal(got[0], emb1[7])
+    assert got[1] is False
+    got[0][:] = 99.0  # a copy: the cache keeps its own
+    np.testing.assert_array_equal(lk.peek(ids[7], "1")[0], emb1[7])
+    hits = lk.stats["cache_hits"]
+    assert lk.peek(ids[3], "1") is not None and lk.stats["cache_hits"] == hits + 1
+    lk.lookup(["stranger"], "1")  # ids[3] was touched last: ids[7] is evicted
+    assert agree(ids[7]) is None
+    got = agree("stranger")
+    np.testing.assert_array_equal(got[0], COLD1)
+    assert got[1] is True
+    assert agree(ids[3], "2") is None  # another version's cache is separate
+    assert counting.calls == 2
+    with pytest.raises(TypeError, match="must be str"):
+        lk.peek(3, "1")
+    with pytest.raises(ValueError, match="model_version"):
+        lk.peek(ids[3], "bad version!")
+    lk.close()
+
+
 def test_lookup_cached_answers_from_memory_only_and_like_lookup(parquet_two_versions):
     """``lookup_cached`` (the ranker's event-loop path) never asks the store: None until every
     id (and, for users without a row, the version's cold-start default) is cached, then the

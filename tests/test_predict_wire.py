@@ -60,3 +60,24 @@ def test_mismatched_rows_and_widths_are_refused():
     b = encode_rows(INPUTS, cols, np.zeros(2, np.float32), 4)
     with pytest.raises(ValueError, match="widths"):
         batch_request_bytes("m", 1, INPUTS, [a, b])
+
+
+def test_string_entries_are_the_message_apis_bytes():
+    """Cached entries join to what TensorProto(string_val=...) serializes: empty, one-byte and
+    two-byte lengths, non-ASCII, str as UTF-8, repeats; also once the cache started over."""
+    from tensorflow.core.framework import tensor_pb2
+
+    from serving.predict_wire import StringEntries
+
+    values = [b"", b"a", "Ωmega".encode(), b"x" * 127, b"y" * 128, b"z" * 300, b"a", b""]
+    want = tensor_pb2.TensorProto(string_val=values).SerializeToString()
+    entries = StringEntries(max_entries=3)
+    assert entries.join(values) == want
+    assert entries.join(values) == want  # from the cache (what fits)
+    assert len(entries._entries) <= 3
+    assert entries.join(["Ωmega", "b"]) == tensor_pb2.TensorProto(
+        string_val=["Ωmega".encode(), b"b"]).SerializeToString()
+    with pytest.raises(TypeError, match="bytes or str, got int"):
+        entries.join([b"a", 7])
+    with pytest.raises(ValueError, match="max_entries=0"):
+        StringEntries(0)
