@@ -52,3 +52,26 @@ def test_bad_inputs_are_still_refused(signature):
     bad["x"].tensor_content = b"\x00" * 3  # 3 bytes for a [1, 2] float tensor
     with pytest.raises(tf.errors.InvalidArgumentError):
         fed(bad)
+
+
+def test_fits_only_the_signatures_exact_inputs_and_leaves_the_request_alone(signature):
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    fed = ProtoFedSignature(signature)
+    req = predict_pb2.PredictRequest()
+    for alias, proto in _protos([[1.0, 2.0]], [b"a"]).items():
+        req.inputs[alias].CopyFrom(proto)
+    assert fed.fits(req.inputs)
+    missing = predict_pb2.PredictRequest()
+    missing.inputs["x"].CopyFrom(req.inputs["x"])
+    assert not fed.fits(missing.inputs)
+    assert list(missing.inputs) == ["x"]  # asking for "tag" did not add it
+    extra = predict_pb2.PredictRequest()
+    extra.CopyFrom(req)
+    extra.inputs["other"].CopyFrom(req.inputs["x"])
+    assert not fed.fits(extra.inputs)
+    wrong = predict_pb2.PredictRequest()
+    wrong.CopyFrom(req)
+    wrong.inputs["x"].dtype = types_pb2.DT_DOUBLE
+    assert not fed.fits(wrong.inputs)

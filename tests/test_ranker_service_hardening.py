@@ -106,6 +106,40 @@ def test_slow_header_connections_are_dropped(parts):
         assert _call(svc.port, "POST", "/v1/rank", GOOD)[0] == 200
 
 
+def test_a_body_that_never_completes_gets_408_and_the_service_goes_on(parts):
+    """Content-Length promises more than arrives: 408 after body_timeout_s, the connection
+    closed; a body that arrives in pieces within the deadline is ranked."""
+    _, _, ranker = parts
+    with start_ranker_service(ranker, body_timeout_s=0.4) as svc:
+        body = json.dumps(GOOD).encode()
+        sock = socket.create_connection(("127.0.0.1", svc.port))
+        sock.settimeout(10)
+        sock.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        t0 = time.monotonic()
+        answer = b""
+        while b"body_timeout" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        waited = time.monotonic() - t0
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"not received within 0.4 s" in answer
+        assert 0.3 < waited < 5
+        slow = socket.create_connection(("127.0.0.1", svc.port))
+        slow.settimeout(10)
+        slow.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.1)
+        slow.sendall(body[10:])
+        reply = slow.recv(65536)
+        slow.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        assert _call(svc.port, "POST", "/v1/rank", GOOD)[0] == 200
+
+
 def test_readyz_needs_the_served_versions_embeddings(parts):
     store, _, ranker = parts
     with start_ranker_service(ranker) as svc:

@@ -21,9 +21,23 @@ def _dtype_name(enum_value: int) -> str:
 
 def tensor_to_proto_field(value: np.ndarray) -> tensor_pb2.TensorProto:
     """Encodes an array in typed repeated fields (TF Serving's ``AsProtoField``)."""
+    proto = tensor_pb2.TensorProto()
+    return fill_proto_field(proto, value)
+
+
+def fill_proto_field(proto: tensor_pb2.TensorProto, value: np.ndarray) -> tensor_pb2.TensorProto:
+    """:func:`tensor_to_proto_field` written into an empty ``proto`` (e.g. a response's output
+    entry, which then needs no copy); returns ``proto``, or a new proto for dtypes without a
+    typed field."""
     arr = np.asarray(value)
+    if arr.dtype == np.float32:  # the scores: the common case first
+        proto.dtype = types_pb2.DT_FLOAT
+        for d in arr.shape:
+            proto.tensor_shape.dim.add().size = int(d)
+        proto.float_val.extend(arr.reshape(-1).tolist())
+        return proto
     dtype = tf.as_dtype(arr.dtype if arr.dtype != object else tf.string)
-    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
+    proto.dtype = dtype.as_datatype_enum
     proto.tensor_shape.CopyFrom(
         tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in arr.shape]
@@ -130,14 +144,17 @@ def run_predict(servable: Servable, request) -> predict_pb2.PredictResponse:
             "Expected prediction signature method_name to be one of {"
             + ", ".join(_PREDICT_METHODS) + "}. Was: " + signature.method_name,
         )
-    _verify_inputs(signature, request)
+    fed = servable.proto_fed(sig_name)
+    if fed is None or not fed.fits(request.inputs):
+        _verify_inputs(signature, request)  # names the problem, or passes (inputs with defaults)
     aliases = _output_aliases(signature, list(request.output_filter))
     for alias, proto in request.inputs.items():
         try:
             check_tensor_proto(alias, proto, DEFAULT_MAX_ELEMENTS)
         except TensorCheckError as exc:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-    fed = servable.proto_fed(sig_name) if len(request.inputs) == len(signature.inputs) else None
+    if fed is not None and len(request.inputs) != len(signature.inputs):
+        fed = None  # inputs with defaults left out: converted here
     try:
         outputs = fed(request.inputs) if fed is not None else _call_converted(
             fn, signature, request)
@@ -152,5 +169,8 @@ def run_predict(servable: Servable, request) -> predict_pb2.PredictResponse:
     response.model_spec.version.value = servable.version
     response.model_spec.signature_name = sig_name
     for alias in aliases:
-        response.outputs[alias].CopyFrom(tensor_to_proto_field(outputs[alias].numpy()))
+        entry = response.outputs[alias]
+        filled = fill_proto_field(entry, outputs[alias].numpy())
+        if filled is not entry:  # a dtype without a typed field (make_tensor_proto's own)
+            entry.CopyFrom(filled)
     return response

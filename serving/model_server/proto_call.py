@@ -42,6 +42,7 @@ class ProtoFedSignature:
                              "tensors; call the function itself")
         self.aliases: List[str] = sorted(kwargs)
         self.specs: Dict[str, tf.TensorSpec] = {a: kwargs[a] for a in self.aliases}
+        self._dtypes = tuple((a, s.dtype.as_datatype_enum) for a, s in self.specs.items())
 
         @tf.function(input_signature=[tf.TensorSpec([len(self.aliases)], tf.string)])
         def call(protos: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -58,6 +59,17 @@ class ProtoFedSignature:
         captured = self._call.captured_inputs
         self._run: Callable[[tf.Tensor], Dict[str, tf.Tensor]] = (
             (lambda protos: flat([protos], captured)) if flat is not None else self._call)
+
+    def fits(self, inputs: Mapping[str, tensor_pb2.TensorProto]) -> bool:
+        """Whether ``inputs`` are exactly the signature's inputs, each of its dtype (the
+        request's input check passes; when not, that check says what is wrong)."""
+        if len(inputs) != len(self._dtypes):
+            return False
+        for alias, dtype in self._dtypes:
+            proto = inputs.get(alias)
+            if proto is None or proto.dtype != dtype:
+                return False
+        return True
 
     def check_shapes(self, inputs: Mapping[str, tensor_pb2.TensorProto]) -> None:
         """Checks every input's rank and known dimensions against the signature.
