@@ -37,3 +37,14 @@ def test_examples_without_an_item_feature_give_an_empty_cache_not_a_crash(tmp_pa
     rows = [{"item_id": f"i{k}", "release_year": 1990 + k, "user_id": "u1"} for k in range(5)]
     cache = ItemCache.from_examples(write_examples(str(tmp_path / "no-genres"), rows))
     assert len(cache) == 0
+
+
+def test_a_column_with_a_missing_value_is_seen_wherever_it_is():
+    import numpy as np
+
+    from serving.ranker_items import _no_none
+
+    assert _no_none(["a", "b", 0, 0.0, ""]) and _no_none([]) and _no_none(np.arange(3))
+    assert not _no_none(["a", None, "c"]) and not _no_none([None]) and not _no_none([1, 2, None])
+    assert not _no_none(np.array(["a", None], dtype=object))
+    assert _no_none(np.array(["a", "b"], dtype=object))
