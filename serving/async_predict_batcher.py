@@ -8,13 +8,14 @@ embedding lookup, columns: :meth:`serving.ranker.Ranker.prepare`) and is free ag
 queues the prepared :class:`~serving.ranker_types.PredictJob` and awaits its slice of the
 probabilities.
 
-Batching: when no Predict is in flight, a job starts one at once (a lone request waits for
-nothing); jobs that arrive while a Predict is in flight queue, and the next Predict carries all of
-them (up to ``max_rows`` rows, one Predict per model version and input set, rows in arrival
-order). A job arrives with its rows already in wire form (``PredictJob.rows``), so the next
-request is joined from them (:mod:`serving.predict_wire`) the moment the previous Predict
-returns, and sent as bytes. A failed Predict fails every job it carried with the same
-exception. Everything here runs on one event loop; it is not thread-safe.
+Batching: when no Predict is in flight, a job starts one at once, from its caller's own coroutine
+(a lone request waits for nothing); jobs that arrive while a Predict is in flight queue, and the
+next Predict (sent by a drain task) carries all of them (up to ``max_rows`` rows, one Predict
+per model version and input set, rows in arrival order). A job arrives with its rows already
+in wire form (``PredictJob.rows``), so the next request is joined from them
+(:mod:`serving.predict_wire`) the moment the previous Predict returns, and sent as bytes. A
+failed Predict fails every job it carried with the same exception. Everything here runs on one
+event loop; it is not thread-safe.
 """
 from __future__ import annotations
 
@@ -78,6 +79,18 @@ class AsyncPredictBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         job.queued_at = time.perf_counter()
+        if not self._sending and not self._pending:
+            # Nothing in flight or queued: the caller sends its own Predict (no drain task to
+            # start and switch to); jobs queued meanwhile get the drain task once it returns.
+            self._sending = True
+            try:
+                await self._send([(job, future)])
+            finally:
+                if self._pending:
+                    self._drainer = loop.create_task(self._drain())  # still sending
+                else:
+                    self._sending = False
+            return future.result()
         self._pending.append((job, future))
         if not self._sending:
             self._sending = True

@@ -219,6 +219,8 @@ def serve_asgi(
         backlog=backlog, timeout_keep_alive=keep_alive_s, limit_concurrency=max_connections,
         h11_max_incomplete_event_size=max_header_bytes, server_header=False, date_header=False,
         timeout_graceful_shutdown=5,
+        # the apps never read the client's address or scheme: no X-Forwarded-* rewriting layer
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},

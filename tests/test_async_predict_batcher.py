@@ -155,3 +155,29 @@ def test_each_job_learns_its_queue_wait_and_the_round_trip_of_its_predict():
     assert b.queue_s >= 0.059 and c.queue_s >= 0.059
     assert b.predict_s == c.predict_s and 0.039 <= b.predict_s < a.predict_s + 5.0
     assert a.queue_s + a.predict_s <= b.queue_s + 0.03  # b went out once a had come back
+
+
+def test_a_lone_job_sends_its_own_predict_and_a_cancelled_sender_strands_nobody():
+    """With nothing in flight the caller sends its Predict itself (no drain task); cancelled
+    while it is in flight (its client went away), the jobs queued behind it are still sent."""
+    async def scenario():
+        server = HeldServer()
+        batcher = AsyncPredictBatcher(server, "m", timeout_s=5.0)
+        lone = asyncio.create_task(batcher.predict(_job([0.5], [0.25])))
+        await asyncio.wait_for(server.entered.get(), 10)
+        server.release.release()
+        assert await asyncio.wait_for(lone, 10) == (pytest.approx([0.75]), 3)
+        assert batcher._drainer is None and not batcher._sending
+        a = asyncio.create_task(batcher.predict(_job([0.1], [0.0])))
+        await asyncio.wait_for(server.entered.get(), 10)
+        b = asyncio.create_task(batcher.predict(_job([0.2], [0.1])))
+        await asyncio.sleep(0.02)
+        a.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        assert await asyncio.wait_for(server.entered.get(), 10) == 1  # b, by the drain task
+        server.release.release()
+        assert await asyncio.wait_for(b, 10) == (pytest.approx([0.3]), 3)
+        assert not batcher._sending
+
+    asyncio.run(scenario())
