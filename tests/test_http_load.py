@@ -117,32 +117,28 @@ def test_run_load_counts_requests_and_keeps_each_timing_with_its_latency():
     assert all(line.startswith(b"POST /v1/rank HTTP/1.1") for line, _ in seen)
 
 
-def test_the_script_exits_with_the_services_error(tmp_path):
-    server, _ = _serve(503)
+def _script(tmp_path, status: int, requests: int, concurrency: int):
+    """Runs the load generator as the bench does, against a server answering ``status``."""
+    server, _ = _serve(status)
     body = tmp_path / "body.json"
     body.write_bytes(b"{}")
     try:
-        proc = subprocess.run([sys.executable, CLIENT_SCRIPT, "127.0.0.1",
-                               str(server.server_address[1]), str(body), "5", "10", "1", "2"],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run([sys.executable, CLIENT_SCRIPT, "127.0.0.1",
+                               str(server.server_address[1]), str(body), str(requests), "10", "1",
+                               str(concurrency)], capture_output=True, text=True, timeout=60)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_script_exits_with_the_services_error(tmp_path):
+    proc = _script(tmp_path, 503, requests=5, concurrency=2)
     assert proc.returncode != 0
     assert "ranker service answered 503" in proc.stderr
 
 
 def test_the_script_prints_one_json_line(tmp_path):
-    server, _ = _serve(200)
-    body = tmp_path / "body.json"
-    body.write_bytes(b"{}")
-    try:
-        proc = subprocess.run([sys.executable, CLIENT_SCRIPT, "127.0.0.1",
-                               str(server.server_address[1]), str(body), "12", "10", "1", "3"],
-                              capture_output=True, text=True, timeout=60)
-    finally:
-        server.shutdown()
-        server.server_close()
+    proc = _script(tmp_path, 200, requests=12, concurrency=3)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip())
     assert len(out["latencies_ms"]) == len(out["server_timing"]) == 12
