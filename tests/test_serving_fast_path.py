@@ -328,9 +328,10 @@ def test_batching_service_predicts_on_its_event_loop_with_each_requests_own_scor
             assert answer["model_version"] == "1" and answer["cold_start"] is False
             np.testing.assert_allclose(answer["scores"], want, rtol=0, atol=ATOL, err_msg=str(j))
         loop_batcher = svc.app._batcher
-        assert loop_batcher.requests == len(jobs) and loop_batcher.calls < len(jobs)
+        # the jobs plus the start-up warm-up Predict (one job of its own)
+        assert loop_batcher.requests == len(jobs) + 1 and loop_batcher.calls < len(jobs) + 1
         assert ranker._batcher.calls == 0  # nothing went through the thread batcher
-        assert lookup.seen == set(limaml_served.user_ids[:5])
+        assert lookup.seen == set(limaml_served.user_ids[:5]) | {"warm-up"}
         assert lookup.cached_hits >= 1 and lookup.store_calls >= 5
         assert lookup.cached_hits + lookup.store_calls >= len(jobs)
     finally:
@@ -471,6 +472,38 @@ def test_rank_answers_say_where_their_time_went(limaml_served, stack):
             conn.close()
             svc.stop()
             ranker.close()
+
+
+def test_a_batching_service_warms_its_loops_channel_up_before_serving(limaml_served, stack):
+    """With an item cache, start-up also sends one warm-up Predict (one candidate) through the
+    event loop's batcher, so the first client's request is the loop's second gRPC call; the
+    first request is then answered with the one-at-a-time scores. Without an item cache (the
+    test below) nothing is sent."""
+    server, _, slow, _ = stack
+    cands = _cands(limaml_served, 4)
+    user, uf = limaml_served.user_ids[3], limaml_served.user_features[3]
+    ranker = Ranker(server.target, "limaml", _CachingLookup(limaml_served.embedding_dim),
+                    item_cache=ItemCache.from_records(limaml_served.items), batch_requests=True)
+    job = ranker.warm_up_job()
+    assert job is not None and job.n == 1
+    svc = start_ranker_service(ranker)
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+    try:
+        batcher = svc.app._batcher
+        assert batcher.connected and (batcher.calls, batcher.requests) == (1, 1)
+        status, answer = _post(conn, {"user_id": user, "candidates": cands, "user_features": uf})
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["scores"], slow.rank(user, cands, uf).scores,
+                                   rtol=0, atol=ATOL)
+        assert (batcher.calls, batcher.requests) == (2, 2)
+    finally:
+        conn.close()
+        svc.stop()
+        ranker.close()
+    plain = Ranker(server.target, "limaml", _CachingLookup(limaml_served.embedding_dim),
+                   item_cache=ItemCache.from_records(limaml_served.items), batch_requests=False)
+    assert plain.warm_up_job() is None  # no loop batcher to warm
+    plain.close()
 
 
 def test_a_batching_service_connects_its_channel_before_serving(limaml_served, stack):
