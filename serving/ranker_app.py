@@ -140,8 +140,9 @@ class RankerApp:
     async def _warm_up_loop(self, batcher: Any) -> None:
         """One small Predict through the loop's batcher (:meth:`Ranker.warm_up_job`): the
         loop's first gRPC call costs 5-25 ms more than the next ones. Never raises."""
-        try:
-            job = await self._blocking(self.ranker.warm_up_job)
+        try:  # each step bounded: a slow store or model server delays the start by seconds
+            job = await asyncio.wait_for(self._blocking(self.ranker.warm_up_job),
+                                         self.connect_timeout_s)
             if job is not None:
                 await asyncio.wait_for(batcher.predict(job), self.connect_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a cold first call is slow, not wrong
