@@ -12,11 +12,25 @@ Used by :func:`benchmarks.serve_bench.run_serve_bench`.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from schema import features as F
+
+
+def _p50_ms(call: Callable[[], Any], max_calls: int, max_seconds: float) -> float:
+    """p50 in ms of ``call()["probabilities"].numpy()``, after 3 untimed calls, over at most
+    ``max_calls`` calls or ``max_seconds``."""
+    for _ in range(3):
+        call()
+    lat = []
+    deadline = time.perf_counter() + max_seconds
+    while len(lat) < max_calls and time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        call()["probabilities"].numpy()
+        lat.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.percentile(lat, 50))
 
 
 def _floor_p50_ms(saved_model_dir: str, examples: List[bytes], max_calls: int,
@@ -30,15 +44,7 @@ def _floor_p50_ms(saved_model_dir: str, examples: List[bytes], max_calls: int,
     else:
         fn = loaded.signatures["serving_default"]
         kwargs = {"examples": tf.constant(examples)}
-    for _ in range(3):
-        fn(**kwargs)
-    lat = []
-    deadline = time.perf_counter() + max_seconds
-    while len(lat) < max_calls and time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        fn(**kwargs)["probabilities"].numpy()
-        lat.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.percentile(lat, 50))
+    return _p50_ms(lambda: fn(**kwargs), max_calls, max_seconds)
 
 
 def _graph_floor_p50_ms(saved_model_dir: str, raw_inputs: Dict[str, Any], max_calls: int,
@@ -55,16 +61,9 @@ def _graph_floor_p50_ms(saved_model_dir: str, raw_inputs: Dict[str, Any], max_ca
     fed = ProtoFedSignature(loaded.signatures["predict_raw"])
     protos = {k: tf.make_tensor_proto(v) for k, v in raw_inputs.items()}
     feed = tf.constant([protos[a].SerializeToString() for a in fed.aliases])
-    for _ in range(3):
-        fed._run(feed)
-    lat = []
-    deadline = time.perf_counter() + max_seconds
-    while len(lat) < max_calls and time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        fed._run(feed)["probabilities"].numpy()
-        lat.append((time.perf_counter() - t0) * 1000.0)
+    p50 = _p50_ms(lambda: fed._run(feed), max_calls, max_seconds)
     del loaded
-    return float(np.percentile(lat, 50))
+    return p50
 
 
 def _raw_floor_inputs(saved_model_dir: str, user_id: str, cands: Sequence[Mapping[str, Any]],

@@ -152,23 +152,20 @@ def probabilities(resp: predict_pb2.PredictResponse, n: int) -> List[float]:
     if proto.float_val and proto.dtype == types_pb2.DT_FLOAT:
         # TF Serving's typed field (float32 values): read as they are, no numpy round trip
         scores = list(proto.float_val)
-        if len(scores) != n:
-            raise ValueError(f"{len(scores)} probabilities for {n} candidates; the signature "
-                             "must return one per candidate")
-        return scores
-    if proto.float_val:
-        values = np.asarray(proto.float_val, dtype=np.float32)
-    elif proto.tensor_content and proto.dtype == types_pb2.DT_FLOAT:
-        values = np.frombuffer(proto.tensor_content, dtype="<f4")
     else:
-        from tensorflow import make_ndarray
+        if proto.float_val:
+            values = np.asarray(proto.float_val, dtype=np.float32)
+        elif proto.tensor_content and proto.dtype == types_pb2.DT_FLOAT:
+            values = np.frombuffer(proto.tensor_content, dtype="<f4")
+        else:
+            from tensorflow import make_ndarray
 
-        values = np.asarray(make_ndarray(proto), dtype=np.float32)
-    values = values.reshape(-1)
-    if values.shape[0] != n:
-        raise ValueError(f"{values.shape[0]} probabilities for {n} candidates; the signature "
+            values = np.asarray(make_ndarray(proto), dtype=np.float32)
+        scores = values.reshape(-1).tolist()
+    if len(scores) != n:
+        raise ValueError(f"{len(scores)} probabilities for {n} candidates; the signature "
                          "must return one per candidate")
-    return values.tolist()
+    return scores
 
 
 __all__ = ["EXAMPLES_INPUT", "PROBABILITIES_OUTPUT", "RAW_SIGNATURE", "SERVING_SIGNATURE",

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -340,12 +340,10 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         Raises:
             Whatever :meth:`rank_items` raises.
         """
-        cache = self.item_cache
-        if cache is None or not len(cache):
+        warm = self._warm_up_items(candidates)
+        if warm is None:
             return None
-        blank = {name: "" for name in self._user_allowed if SERVING_FEATURE_KINDS[name] == "str"}
-        count = max(1, min(int(candidates), self.max_candidates))
-        items = list(itertools.islice(iter(cache._index), count))
+        items, blank = warm
         response = self.rank_items("warm-up", items[:1], blank)
         if len(items) > 1:
             response = self.rank_items("warm-up", items, blank)
@@ -364,12 +362,21 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
             Whatever :meth:`prepare` raises (model server or store unreachable, ...). It may
             block (status, signatures, embedding lookup): call it on a worker thread.
         """
+        warm = self._warm_up_items(1) if self.batches_requests else None
+        if warm is None:
+            return None
+        step = self.prepare("warm-up", item_ids=warm[0], user_features=warm[1])
+        return step if isinstance(step, PredictJob) else None
+
+    def _warm_up_items(self, count: int) -> Optional[Tuple[List[str], Dict[str, str]]]:
+        """The item cache's first ``count`` ids (at least 1, at most ``max_candidates``) and
+        blank user features; None without an item cache."""
         cache = self.item_cache
-        if cache is None or not len(cache) or not self.batches_requests:
+        if cache is None or not len(cache):
             return None
         blank = {name: "" for name in self._user_allowed if SERVING_FEATURE_KINDS[name] == "str"}
-        step = self.prepare("warm-up", item_ids=[next(iter(cache._index))], user_features=blank)
-        return step if isinstance(step, PredictJob) else None
+        count = max(1, min(int(count), self.max_candidates))
+        return list(itertools.islice(iter(cache._index), count)), blank
 
     def readiness(self) -> int:
         """The served version, once the model server serves it and its embeddings are readable.

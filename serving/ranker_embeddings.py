@@ -23,6 +23,13 @@ from serving import multi_block as MB
 from serving.ranker_errors import EmbeddingLookupError, InvalidRequest, _WouldBlock
 
 
+def _lookup_failure(user_id: str, version: int, exc: Exception) -> EmbeddingLookupError:
+    """Any failure of a user's embedding lookup, as the one error type the ranker maps."""
+    return EmbeddingLookupError(
+        f"embedding lookup for user {user_id!r} at model version {version} failed: "
+        f"{type(exc).__name__}: {exc}", str(version))
+
+
 class EmbeddingsMixin:
     """Looks up the meta embedding(s) a request is scored with."""
 
@@ -39,9 +46,7 @@ class EmbeddingsMixin:
             try:
                 got = one(user_id, str(version))
             except Exception as exc:  # noqa: BLE001 - as for the other lookups below
-                raise EmbeddingLookupError(
-                    f"embedding lookup for user {user_id!r} at model version {version} failed: "
-                    f"{type(exc).__name__}: {exc}", str(version)) from exc
+                raise _lookup_failure(user_id, version, exc) from exc
             if got is None:
                 raise _WouldBlock(f"user {user_id!r} is not in the lookup's cache")
             return self._checked_one(user_id, got[0], got[1])
@@ -56,10 +61,7 @@ class EmbeddingsMixin:
         except _WouldBlock:
             raise
         except Exception as exc:  # noqa: BLE001 - report any lookup failure as one error type
-            raise EmbeddingLookupError(
-                f"embedding lookup for user {user_id!r} at model version {version} failed: "
-                f"{type(exc).__name__}: {exc}", str(version)
-            ) from exc
+            raise _lookup_failure(user_id, version, exc) from exc
         emb = np.asarray(getattr(res, "embeddings", None), dtype=np.float32)
         cold = np.asarray(getattr(res, "cold", None))
         if emb.ndim != 2 or emb.shape[0] != 1 or emb.shape[1] < 1 or cold.shape != (1,):
@@ -67,11 +69,8 @@ class EmbeddingsMixin:
                 f"embedding lookup returned embeddings of shape {emb.shape} and cold of shape "
                 f"{cold.shape} for 1 user; expected [1, E] and [1]"
             )
-        if not np.all(np.isfinite(emb)):
-            raise EmbeddingLookupError(
-                f"embedding lookup returned a non-finite embedding for user {user_id!r}"
-            )
-        return emb[0], bool(cold[0]), getattr(res, "degraded", None)
+        row, is_cold, _ = self._checked_one(user_id, emb[0], cold[0])
+        return row, is_cold, getattr(res, "degraded", None)
 
     @staticmethod
     def _checked_one(user_id: str, emb: np.ndarray, cold: bool):

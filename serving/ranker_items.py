@@ -8,8 +8,6 @@ id the cache does not know is an :class:`~serving.ranker_errors.InvalidRequest`.
 """
 from __future__ import annotations
 
-import functools
-import operator
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
@@ -17,6 +15,7 @@ import numpy as np
 from schema import features as F
 from serving.item_cache import ITEM_FEATURE_KINDS, ItemCache, missing_item_error
 from serving.ranker_errors import InvalidRequest
+from serving.ranker_validation import _IS_NONE
 
 
 class CandidateColumnsMixin:
@@ -63,9 +62,6 @@ class CandidateColumnsMixin:
             for j, i in enumerate(need):
                 if col[i] is None:
                     col[i] = found[name][j]
-
-
-_IS_NONE = functools.partial(operator.is_, None)
 
 
 def _no_none(col: Any) -> bool:

@@ -13,8 +13,9 @@ from serving.grpc_io import GRPC_EXPERIMENTS_ENV, POLLING_IO_EXPERIMENTS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _fresh(code: str, env_extra=None, drop=()) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in drop and k != GRPC_EXPERIMENTS_ENV}
+def _fresh(code: str, env_extra=None) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a new interpreter, without this process's GRPC_EXPERIMENTS."""
+    env = {k: v for k, v in os.environ.items() if k != GRPC_EXPERIMENTS_ENV}
     env.update(env_extra or {})
     env["PYTHONPATH"] = ROOT
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -22,17 +23,14 @@ def _fresh(code: str, env_extra=None, drop=()) -> subprocess.CompletedProcess:
 
 
 def test_serving_environ_adds_the_setting_and_keeps_the_users():
-    assert serving_env({"A": "1"}) == {"A": "1", GRPC_EXPERIMENTS_ENV: POLLING_IO_EXPERIMENTS}
-    assert serving_env({GRPC_EXPERIMENTS_ENV: "-x"})[GRPC_EXPERIMENTS_ENV] == "-x"
+    env = grpc_io.serving_environ
+    assert env({"A": "1"}) == {"A": "1", GRPC_EXPERIMENTS_ENV: POLLING_IO_EXPERIMENTS}
+    assert env({GRPC_EXPERIMENTS_ENV: "-x"})[GRPC_EXPERIMENTS_ENV] == "-x"
     # empty: the user asked for gRPC's defaults
-    assert serving_env({GRPC_EXPERIMENTS_ENV: ""})[GRPC_EXPERIMENTS_ENV] == ""
+    assert env({GRPC_EXPERIMENTS_ENV: ""})[GRPC_EXPERIMENTS_ENV] == ""
     base = {"A": "1"}
-    serving_env(base)
+    env(base)
     assert base == {"A": "1"}  # a copy
-
-
-def serving_env(base):
-    return grpc_io.serving_environ(base)
 
 
 def test_prefer_polling_io_changes_nothing_once_grpc_is_imported():

@@ -41,12 +41,13 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 import tensorflow as tf
 
+from components.common.model_layout import WARMUP_REQUESTS_FILE
 from limaml.config import LimamlConfig
 from schema import features
 from trainer import finetune
 from trainer.layout import MASK, USER_HASH, FeatureLayout
 from trainer.model import LimamlModel, global_forward
-from trainer.serving_warmup import WARMUP_FILE, write_warmup
+from trainer.serving_warmup import write_warmup
 
 META_BLOCK_JSON = "meta_block.json"
 RAW_SIGNATURE = "predict_raw"
@@ -367,4 +368,4 @@ def reexport_global_block(model_dir: str, out_dir: str) -> None:
     # export just wrote the ones for its own signatures
     shutil.copytree(os.path.join(model_dir, "assets.extra"), os.path.join(out_dir, "assets.extra"),
                     dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(os.path.basename(WARMUP_FILE)))
+                    ignore=shutil.ignore_patterns(os.path.basename(WARMUP_REQUESTS_FILE)))

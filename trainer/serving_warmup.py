@@ -21,7 +21,6 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from components.common.model_layout import WARMUP_REQUESTS_FILE
 
-WARMUP_FILE = WARMUP_REQUESTS_FILE
 WARMUP_ROWS = (1, 16)  # one request per row count: the single-row and the multi-row kernels
 
 
@@ -58,8 +57,9 @@ def warmup_requests(signature: str, inputs: Mapping[str, tf.TensorSpec],
 
 def write_warmup(saved_model_dir: str, signature: str, inputs: Mapping[str, tf.TensorSpec],
                  rows: Sequence[int] = WARMUP_ROWS) -> str:
-    """Writes :data:`WARMUP_FILE` under ``saved_model_dir``; returns its path."""
-    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    """Writes the warm-up file (``WARMUP_REQUESTS_FILE``) under ``saved_model_dir``; returns
+    its path."""
+    path = os.path.join(saved_model_dir, WARMUP_REQUESTS_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for request in warmup_requests(signature, inputs, rows):
@@ -69,4 +69,4 @@ def write_warmup(saved_model_dir: str, signature: str, inputs: Mapping[str, tf.T
     return path
 
 
-__all__ = ["WARMUP_FILE", "WARMUP_ROWS", "warmup_requests", "write_warmup"]
+__all__ = ["WARMUP_ROWS", "warmup_requests", "write_warmup"]
