@@ -5,8 +5,8 @@ For a request ``(user_id, candidates)`` the ranker (DESIGN.md sections 1 and 5):
 1. validates the request (types from ``schema.features.CANONICAL_COLUMNS``; missing,
    unknown or ill-typed features and too many candidates raise ``InvalidRequest`` naming the
    field), before any network call;
-2. finds the model version being served (``GetModelStatus``, highest AVAILABLE version; cached
-   for ``version_refresh_s``);
+2. finds the model version being served (``GetModelStatus``, highest AVAILABLE version; asked
+   again in the background once the cached answer is ``version_refresh_s`` old);
 3. looks up the user's meta embedding *for that version* through the embedding lookup; unknown
    users or a down/slow store give the cold-start default and a reason, which the response
    carries (``cold_start``, ``degraded``);
@@ -103,7 +103,8 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
         max_candidates: most candidates per request.
         required_features: features every candidate must carry (default: item id and item
             features from ``schema.features``).
-        version_refresh_s: how long the served version is cached before asking again.
+        version_refresh_s: how old the cached served version may get before the next request
+            asks again, in the background (requests never wait for it after the first).
         item_cache: item features by item id; with it a candidate needs only ``item_id``
             (features it carries win over the cache).
         use_raw_signature: send ``predict_raw`` requests where the served version has the

@@ -1,7 +1,9 @@
 """The ranker's TF Serving client side: which version is served and which signature to call.
 
 * :meth:`ModelServerClientMixin.model_version`: the highest AVAILABLE version
-  (``GetModelStatus``), cached for ``version_refresh_s``.
+  (``GetModelStatus``). Only the first call waits for the server: after that the cached answer
+  is returned at once, and once it is ``version_refresh_s`` old the server is asked again on a
+  background thread (stale-while-revalidate), so no request pays ``GetModelStatus``.
 * :meth:`ModelServerClientMixin._raw_inputs_of`: the ``predict_raw`` inputs of a served version
   (``GetModelMetadata``, asked once per version), or None to use ``serving_default``.
 * gRPC failures map to :class:`~serving.ranker_errors.ModelServerUnavailable` (outage codes) or
@@ -42,8 +44,12 @@ _UNAVAILABLE_CODES = frozenset({
 
 @dataclass
 class _VersionCache:
+    """The served version as last asked: ``next_ask_at`` (monotonic) is when it goes stale;
+    ``refreshing``: a background ask is in flight."""
+
     version: Optional[int] = None
-    fetched_at: float = field(default=-1e18)
+    next_ask_at: float = field(default=-1e18)
+    refreshing: bool = False
 
 
 class ModelServerClientMixin:
@@ -62,23 +68,38 @@ class ModelServerClientMixin:
     _raw_inputs: Dict[int, Optional[Dict[str, int]]]
 
     def model_version(self, refresh: bool = False, cached_only: bool = False) -> int:
-        """The highest AVAILABLE version of the model, cached for ``version_refresh_s``.
+        """The highest AVAILABLE version of the model.
+
+        Once known, the cached version is returned at once. When it is ``version_refresh_s``
+        old, this call also starts one background ``GetModelStatus`` (stale-while-revalidate);
+        its answer serves the calls after it. If the server fails that ask, the cached version
+        stays and the next ask waits another ``version_refresh_s``: a version unloaded
+        meanwhile shows up as the Predict's NOT_FOUND, and the caller asks with ``refresh``.
 
         Args:
-            refresh: ask the server even if the cached answer is fresh.
-            cached_only: never ask: raise ``_WouldBlock`` instead.
+            refresh: ask the server now and wait for its answer.
+            cached_only: never ask before the first answer: raise ``_WouldBlock`` instead.
 
         Raises:
             ModelServerUnavailable: if the server cannot be asked or serves no version.
         """
-        now = time.monotonic()
-        with self._version_lock:
-            cached = self._version
-            if (not refresh and cached.version is not None
-                    and now - cached.fetched_at < self.version_refresh_s):
+        if not refresh:
+            with self._version_lock:
+                cached = self._version
+                stale = time.monotonic() >= cached.next_ask_at and not cached.refreshing
+                if cached.version is not None and stale:
+                    cached.refreshing = True
+            if cached.version is not None:
+                if stale:
+                    threading.Thread(target=self._refresh_version, name="limaml-version-refresh",
+                                     daemon=True).start()
                 return cached.version
-        if cached_only:
-            raise _WouldBlock("the served version is to be asked again")
+            if cached_only:
+                raise _WouldBlock("the served version is not known yet")
+        return self._ask_version()
+
+    def _ask_version(self) -> int:
+        """Asks the server for its highest AVAILABLE version and caches the answer."""
         req = get_model_status_pb2.GetModelStatusRequest()
         req.model_spec.name = self.model_name
         try:
@@ -95,8 +116,22 @@ class ModelServerClientMixin:
             )
         version = max(available)
         with self._version_lock:
-            self._version = _VersionCache(version, time.monotonic())
+            self._version = _VersionCache(version, time.monotonic() + self.version_refresh_s)
         return version
+
+    def _refresh_version(self) -> None:
+        """The background ask of :meth:`model_version`; on failure keeps the cached version
+        until ``version_refresh_s`` from now."""
+        try:
+            self._ask_version()
+        except Exception as exc:  # noqa: BLE001 - a failed refresh keeps the cached version
+            with self._version_lock:
+                cached = self._version
+                self._version = _VersionCache(cached.version,
+                                              time.monotonic() + self.version_refresh_s)
+            log.warning("refreshing the served version of %r failed; still using version %s "
+                        "until the next try in %.1f s: %s", self.model_name, cached.version,
+                        self.version_refresh_s, exc)
 
     def _raw_inputs_of(self, version: int, cached_only: bool = False) -> Optional[Dict[str, int]]:
         """``predict_raw`` inputs of a served version (None: use ``serving_default``);

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
@@ -256,6 +258,104 @@ def test_new_version_is_picked_up_with_its_own_embeddings(toy_model_base, lookup
         assert lookup.calls == [(("alice",), "1"), (("alice",), "2")]
         np.testing.assert_allclose(r2.scores, toy_scores(2, np.tile(KNOWN["2"]["alice"], (4, 1)),
                                                          _years(cands)), atol=1e-6, rtol=0)
+    finally:
+        ranker.close()
+        handle.stop()
+
+
+class GatedStatus:
+    """Wraps a ModelService stub: counts GetModelStatus asks and answers, and holds each ask
+    until ``gate`` is set."""
+
+    def __init__(self, stub) -> None:
+        self._stub = stub
+        self.gate = threading.Event()
+        self.gate.set()
+        self.asked = 0
+        self.finished = 0  # answered or failed
+        self.entered = threading.Event()
+
+    def GetModelStatus(self, request, **kwargs):  # noqa: N802 - stub method name
+        self.asked += 1
+        self.entered.set()
+        try:
+            assert self.gate.wait(10), "the test never opened the gate"
+            return self._stub.GetModelStatus(request, **kwargs)
+        finally:
+            self.finished += 1
+
+
+def _wait(predicate, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _serves(ranker, versions) -> bool:
+    try:
+        status = ranker._status._stub.GetModelStatus(_status_request("m"), timeout=5)
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+    return [(s.version, s.state) for s in status.model_version_status][:len(versions)] == versions
+
+
+def test_a_stale_version_is_asked_again_in_the_background(toy_model_base, lookup, tmp_path):
+    """Once the cached version is due, a request gets it at once while ONE background
+    GetModelStatus runs (held here until the test lets it answer); the answer (a new push)
+    serves the requests after it, with that version's embeddings."""
+    base = tmp_path / "model"
+    shutil.copytree(os.path.join(toy_model_base, "1"), base / "1")
+    handle = model_server.start_model_server(str(base), "m", poll_interval_s=0.05)
+    ranker = Ranker(handle.target, "m", lookup, timeout_s=5.0, version_refresh_s=3600)
+    ranker._status = status = GatedStatus(ranker._status)
+    try:
+        assert ranker.model_version() == 1 and status.asked == 1
+        shutil.copytree(os.path.join(toy_model_base, "2"), base / "2")
+        _wait(lambda: _serves(ranker, [(2, 30)]), "version 2 to load")
+        assert ranker.model_version() == 1 and status.asked == 1  # fresh: not asked again
+        ranker._version.next_ask_at = 0.0  # due
+        status.gate.clear()
+        status.entered.clear()
+        assert ranker.model_version() == 1  # returned while the ask is held at the gate
+        assert status.entered.wait(10) and status.finished == 1
+        assert ranker.model_version() == 1 and status.asked == 2  # one ask in flight, no more
+        status.gate.set()
+        _wait(lambda: ranker._version.version == 2, "the background answer")
+        lookup.calls.clear()
+        r = ranker.rank("alice", make_candidates(3, seed=4))
+        assert r.model_version == "2" and status.asked == 2
+        assert lookup.calls == [(("alice",), "2")]
+    finally:
+        status.gate.set()
+        ranker.close()
+        handle.stop()
+
+
+def test_a_failed_background_ask_keeps_the_version_and_waits(toy_model_base, lookup, tmp_path,
+                                                              caplog):
+    """With the model server gone, a due refresh fails in the background: the request still
+    gets the cached version, the failure is logged, and the next ask waits a full
+    ``version_refresh_s`` instead of following every request. An explicit refresh still
+    reports the outage."""
+    base = tmp_path / "model"
+    shutil.copytree(os.path.join(toy_model_base, "1"), base / "1")
+    handle = model_server.start_model_server(str(base), "m")
+    ranker = Ranker(handle.target, "m", lookup, timeout_s=2.0, version_refresh_s=3600)
+    ranker._status = status = GatedStatus(ranker._status)
+    try:
+        assert ranker.model_version() == 1
+        handle.stop()
+        ranker._version.next_ask_at = 0.0
+        with caplog.at_level(logging.WARNING, logger="serving.ranker_model_client"):
+            assert ranker.model_version() == 1
+            _wait(lambda: status.finished == 2 and not ranker._version.refreshing,
+                  "the background ask to fail")
+        assert "still using version 1" in caplog.text
+        assert ranker._version.next_ask_at > time.monotonic() + 3000
+        assert ranker.model_version() == 1 and status.asked == 2
+        with pytest.raises(ModelServerUnavailable, match="GetModelStatus"):
+            ranker.model_version(refresh=True)
     finally:
         ranker.close()
         handle.stop()

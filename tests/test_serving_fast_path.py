@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import time
 
 import grpc
 import numpy as np
@@ -385,7 +386,8 @@ def test_loop_predict_failures_answer_like_the_blocking_path(limaml_served, stac
 def test_in_memory_prepare_never_blocks(limaml_served, stack):
     """``Ranker.prepare(in_memory_only=True)`` (what the event loop runs) gives up, rather than
     call the model server or the store, while the served version or its signatures are not
-    known, the version is due for a refresh, or the user's embedding is not cached."""
+    known, or the user's embedding is not cached. A version due for a refresh is used as it is,
+    and the server is asked again in the background."""
     from serving.ranker_errors import _WouldBlock
     from serving.ranker_types import PredictJob
 
@@ -411,9 +413,22 @@ def test_in_memory_prepare_never_blocks(limaml_served, stack):
         assert fast.rows == job.rows  # the same encoded rows as the blocking prepare
         with pytest.raises(_WouldBlock, match="not in the lookup's cache"):
             ranker.prepare(u1, cands, user_features=uf, in_memory_only=True)
-        ranker.version_refresh_s = 0.0
-        with pytest.raises(_WouldBlock, match="served version"):
-            ranker.prepare(u0, cands, user_features=uf, in_memory_only=True)
+        asked = []
+        real_status = ranker._status
+
+        class _CountingStatus:
+            def GetModelStatus(self, request, **kwargs):  # noqa: N802 - stub method name
+                asked.append(request.model_spec.name)
+                return real_status.GetModelStatus(request, **kwargs)
+
+        ranker._status = _CountingStatus()
+        ranker._version.next_ask_at = 0.0  # due for a refresh: asked in the background
+        stale = ranker.prepare(u0, cands, user_features=uf, in_memory_only=True)
+        assert stale.key() == job.key() and stale.version == 1
+        deadline = time.monotonic() + 10
+        while not asked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert asked == ["limaml"]
     with Ranker(server.target, "limaml", lookup) as unbatched:  # no batcher: nothing deferred
         with pytest.raises(_WouldBlock, match="single-block"):
             unbatched.prepare(u0, cands, user_features=uf, in_memory_only=True)
@@ -425,7 +440,6 @@ def test_rank_answers_say_where_their_time_went(limaml_served, stack):
     latency covers ``total``; the scores are still right. A ranker without batching reports
     ``total`` only (its Predict is inside the blocking call)."""
     import asyncio
-    import time
 
     from serving.server_timing import parse_server_timing
 
@@ -511,8 +525,6 @@ def test_a_batching_service_connects_its_channel_before_serving(limaml_served, s
     model-server channel; the first request uses that batcher. With the model server down the
     service still starts (after the connect timeout), unconnected, and answers 503
     ``model_unavailable`` until the server is up."""
-    import time
-
     server, _, slow, _ = stack
     cands = _cands(limaml_served, 4)
     user, uf = limaml_served.user_ids[3], limaml_served.user_features[3]
