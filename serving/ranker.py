@@ -189,6 +189,7 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
                          if batch_requests else None)
         self._version = _VersionCache()
         self._version_lock = threading.Lock()
+        self._closed = False
         self._candidate_allowed = tuple(f for f in SERVING_FEATURE_KINDS if f != F.USER_ID)
         self._candidate_required = ((F.ITEM_ID,) if item_cache is not None
                                     else self.required_features)
@@ -421,7 +422,8 @@ class Ranker(RequestValidationMixin, CandidateColumnsMixin, ModelServerClientMix
                 raise ModelServerUnavailable(str(exc)) from None
 
     def close(self) -> None:
-        """Closes the gRPC channel."""
+        """Closes the gRPC channel (no background status ask starts after this)."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> "Ranker":

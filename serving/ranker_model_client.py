@@ -65,6 +65,7 @@ class ModelServerClientMixin:
     _status: Any
     _version: _VersionCache
     _version_lock: threading.Lock
+    _closed: bool
     _raw_inputs: Dict[int, Optional[Dict[str, int]]]
 
     def model_version(self, refresh: bool = False, cached_only: bool = False) -> int:
@@ -75,6 +76,7 @@ class ModelServerClientMixin:
         its answer serves the calls after it. If the server fails that ask, the cached version
         stays and the next ask waits another ``version_refresh_s``: a version unloaded
         meanwhile shows up as the Predict's NOT_FOUND, and the caller asks with ``refresh``.
+        A closed ranker starts no background ask.
 
         Args:
             refresh: ask the server now and wait for its answer.
@@ -86,7 +88,8 @@ class ModelServerClientMixin:
         if not refresh:
             with self._version_lock:
                 cached = self._version
-                stale = time.monotonic() >= cached.next_ask_at and not cached.refreshing
+                stale = (time.monotonic() >= cached.next_ask_at and not cached.refreshing
+                         and not self._closed)
                 if cached.version is not None and stale:
                     cached.refreshing = True
             if cached.version is not None:
@@ -125,6 +128,8 @@ class ModelServerClientMixin:
         try:
             self._ask_version()
         except Exception as exc:  # noqa: BLE001 - a failed refresh keeps the cached version
+            if self._closed:  # the channel was closed under the ask: nothing to report
+                return
             with self._version_lock:
                 cached = self._version
                 self._version = _VersionCache(cached.version,

@@ -337,7 +337,7 @@ def test_a_failed_background_ask_keeps_the_version_and_waits(toy_model_base, loo
     """With the model server gone, a due refresh fails in the background: the request still
     gets the cached version, the failure is logged, and the next ask waits a full
     ``version_refresh_s`` instead of following every request. An explicit refresh still
-    reports the outage."""
+    reports the outage. A closed ranker asks no more."""
     base = tmp_path / "model"
     shutil.copytree(os.path.join(toy_model_base, "1"), base / "1")
     handle = model_server.start_model_server(str(base), "m")
@@ -356,6 +356,14 @@ def test_a_failed_background_ask_keeps_the_version_and_waits(toy_model_base, loo
         assert ranker.model_version() == 1 and status.asked == 2
         with pytest.raises(ModelServerUnavailable, match="GetModelStatus"):
             ranker.model_version(refresh=True)
+        assert status.asked == 3
+        ranker.close()  # a closed ranker starts no background ask (it would only fail)
+        ranker._version.next_ask_at = 0.0
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="serving.ranker_model_client"):
+            assert ranker.model_version() == 1
+            time.sleep(0.3)
+        assert status.asked == 3 and "still using version" not in caplog.text
     finally:
         ranker.close()
         handle.stop()
