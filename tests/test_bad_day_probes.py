@@ -76,3 +76,20 @@ def test_a_probe_that_does_not_return_is_a_hang_and_the_run_goes_on(ws):
     assert "ZeroDivisionError" in rows[1].observed
     assert bdp.summary_line(rows).startswith("3 probes: 1 passed, 2 failed (lost data 0, corrupted 0, traceback 0, "
                                              "hang 1, wrong error 1, accepted bad input 0)")
+
+
+def test_http_verdicts_read_the_error_code_however_the_json_is_spaced():
+    """The serving probes' verdicts: the service answers compact JSON (orjson), so the code is
+    read from the parsed body; a wrong or missing code, or a body that is not JSON, is a wrong
+    error, as is an unexpected status."""
+    compact = b'{"error":"user_id: bad","code":"bad_request","field":"user_id"}'
+    spaced = b'{"error": "user_id: bad", "code": "bad_request"}'
+    whole = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 63\r\n\r\n" + compact
+    for raw in (compact, spaced, whole):
+        assert bdp.classify_http(400, [400], raw, code="bad_request")[0] == bdp.PASS
+    assert bdp.classify_http(400, [400], compact, code="too_large")[0] == bdp.WRONG
+    assert bdp.classify_http(400, [400], b'{"error":"x"}', code="bad_request")[0] == bdp.WRONG
+    assert bdp.classify_http(400, [400], b"bad_request", code="bad_request")[0] == bdp.WRONG
+    assert bdp.classify_http(400, [400], b'["code","bad_request"]', code="bad_request")[0] == bdp.WRONG
+    assert bdp.classify_http(404, [400], compact, code="bad_request")[0] == bdp.WRONG
+    assert bdp.classify_http(500, [400], compact)[0] == bdp.TRACEBACK
