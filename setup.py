@@ -31,6 +31,7 @@ setup(
         "httptools==0.9.0",  # uvicorn's C HTTP parser (h11, pure Python, is the fallback)
         "uvloop==0.23.0",  # uvicorn's libuv event loop
         "orjson==3.13.0",  # the ranker service's request and response JSON
+        "prometheus-client==0.26.0",  # the ranker service's GET /metrics
         "dill",
         "pandas",
         "matplotlib",

@@ -1,7 +1,8 @@
 """The ranker service's ASGI application: routing, authentication, bodies and backpressure.
 
-:class:`RankerApp` routes ``POST /v1/rank``, ``GET /healthz`` and ``GET /readyz``; checks the
-optional bearer token of ``/v1/rank`` (the probes stay open); reads a body of at most
+:class:`RankerApp` routes ``POST /v1/rank``, ``GET /healthz``, ``GET /readyz`` and ``GET
+/metrics`` (Prometheus, :mod:`serving.ranker_metrics`); checks the optional bearer token of
+``/v1/rank`` (the probes and the metrics stay open); reads a body of at most
 ``max_body_bytes`` within ``body_timeout_s`` (Content-Length required); and runs the blocking
 ranker on ``workers`` threads, answering 503 at once when ``max_pending`` requests are already in
 the ranker. With a batching ranker (``batch_requests``) the Predict runs on this event loop,
@@ -33,6 +34,8 @@ from serving.rank_handlers import (
     prepare_rank_body,
 )
 from serving.ranker import Ranker
+from serving.ranker_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.ranker_metrics import RankerMetrics
 from serving.ranker_types import PredictJob
 from serving.server_timing import HEADER as SERVER_TIMING
 from serving.server_timing import RankTiming
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 RANK_PATH = "/v1/rank"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
+METRICS_PATH = "/metrics"
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_BODY_TIMEOUT_S = 10.0
 DEFAULT_WORKERS = 8
@@ -88,6 +92,8 @@ class RankerApp:
         self._pending = 0  # touched only on the event loop
         self._batcher: Any = None  # the loop's AsyncPredictBatcher, made on first use
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self.metrics = RankerMetrics(ranker, RANK_PATH, (HEALTH_PATH, READY_PATH, METRICS_PATH),
+                                     lambda: self._pending)
 
     def close(self) -> None:
         """Stops the worker threads (after running requests); closes the batcher's channel
@@ -107,15 +113,27 @@ class RankerApp:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        if path == METRICS_PATH and method in ("GET", "HEAD"):
+            data = self.metrics.render()
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", METRICS_CONTENT_TYPE),
+                (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+            self.metrics.observe(path, 200, {})
+            return
         headers = dict(scope["headers"])
         status, body, extra = await self._route(path, method, headers, receive)
         data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         out_headers: List[Tuple[bytes, bytes]] = [
             (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        timing = None
         for name, value in extra:
-            out_headers.append((name, value.finish() if isinstance(value, RankTiming) else value))
+            if isinstance(value, RankTiming):
+                timing, value = value, value.finish()
+            out_headers.append((name, value))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": data})
+        self.metrics.observe(path, status, body, timing)  # after the answer: off its latency
 
     async def _lifespan(self, receive: _Receive, send: _Send) -> None:
         """ASGI lifespan: at startup a batching app makes its batcher, connects its channel and
@@ -159,10 +177,11 @@ class RankerApp:
         if path == RANK_PATH and method != "POST":
             return (*_error(405, "method_not_allowed", f"use POST for {RANK_PATH}"), [])
         if path != RANK_PATH:
-            if path in (HEALTH_PATH, READY_PATH):
+            if path in (HEALTH_PATH, READY_PATH, METRICS_PATH):
                 return (*_error(405, "method_not_allowed", f"use GET for {path}"), [])
             return (*_error(404, "not_found", f"unknown path; use POST {RANK_PATH}, "
-                                              f"GET {HEALTH_PATH} or GET {READY_PATH}"), [])
+                                              f"GET {HEALTH_PATH}, GET {READY_PATH} or "
+                                              f"GET {METRICS_PATH}"), [])
         if self._expected is not None and not hmac.compare_digest(
                 headers.get(b"authorization", b""), self._expected):
             return (*_error(401, "unauthorized", "missing or wrong bearer token"),

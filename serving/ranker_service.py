@@ -54,9 +54,14 @@ without ``batch_requests`` reports ``total`` only).
 ``GET /readyz``  -> 200 ``{"status": "ready", "model_version": "2"}`` when the model server
 serves a version *and* that version's meta embeddings are readable from the store, else 503.
 
+``GET /metrics``  -> 200, Prometheus' text format (``text/plain; version=0.0.4``): answers by
+path and status, ranking errors by code, cold starts, degraded answers, candidates, histograms of
+the ranking's ``total`` and ``predict`` times, the served version and the pending requests
+(:mod:`serving.ranker_metrics`).
+
 Authentication (optional): with ``auth_token`` set (``--auth-token-file`` or
 ``LIMAML_RANKER_TOKEN``), ``POST /v1/rank`` needs ``Authorization: Bearer <token>``; the probes
-(``/healthz``, ``/readyz``) stay open for the kubelet.
+(``/healthz``, ``/readyz``) stay open for the kubelet, and ``/metrics`` for the scraper.
 
 Server: uvicorn on a socket with a listen backlog of 2048, keep-alive, a request-head deadline,
 bounded head size, at most ``max_pending`` requests in the ranker at once (queued for

@@ -17,7 +17,9 @@ Test modules use: ``from serving_fixtures import *`` (see the import fallback th
 """
 from __future__ import annotations
 
+import http.client
 import os
+import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional
 
@@ -174,8 +176,39 @@ def _stop_all() -> None:
             handle.stop()
 
 
+def scrape_metrics(port: int) -> Dict[str, float]:
+    """``GET /metrics`` parsed by prometheus_client's own parser: ``'name{k="v",...}'`` -> value
+    (labels sorted by name)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain")
+        text = resp.read().decode("utf-8")
+    finally:
+        conn.close()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def scrape_metrics_until(port: int, key: str, value: float) -> Dict[str, float]:
+    """Scrapes until ``key`` reaches ``value`` (an answer is counted right after it is sent)."""
+    deadline = time.monotonic() + 10
+    while True:
+        got = scrape_metrics(port)
+        if got.get(key) == value or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
 __all__ = [
     "EMBED_DIM", "MODEL_NAME", "MODEL_NAME_ALL", "WEIGHTS", "ToyWeights", "toy_scores",
     "make_candidates", "save_toy_global_block", "toy_model_base", "toy_model_server",
-    "toy_multi_server",
+    "toy_multi_server", "scrape_metrics", "scrape_metrics_until",
 ]

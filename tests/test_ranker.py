@@ -23,10 +23,10 @@ from serving.tf_example import serialize_candidates
 
 try:
     from serving_fixtures import *  # noqa: F401,F403
-    from serving_fixtures import EMBED_DIM, MODEL_NAME, make_candidates, toy_scores
+    from serving_fixtures import EMBED_DIM, MODEL_NAME, make_candidates, scrape_metrics_until, toy_scores
 except ImportError:  # tests/ is a package
     from tests.serving_fixtures import *  # noqa: F401,F403
-    from tests.serving_fixtures import EMBED_DIM, MODEL_NAME, make_candidates, toy_scores
+    from tests.serving_fixtures import EMBED_DIM, MODEL_NAME, make_candidates, scrape_metrics_until, toy_scores
 
 
 @dataclass
@@ -545,3 +545,43 @@ def test_http_concurrent_requests(service, ranker):
     for (_status, body), expected in zip(got, want):
         np.testing.assert_allclose(body["scores"], expected["scores"], atol=1e-7, rtol=0)
         assert body["cold_start"] == expected["cold_start"]
+
+
+def test_metrics_count_what_the_service_answered(service, lookup):
+    """``GET /metrics`` after a planted mix of answers: 3 rankings (a known user with 4
+    candidates, an unknown one with 3, the known one with 2 while the store is down: cold and
+    degraded), one malformed body, one unknown path, one liveness probe. Every count is the
+    planted one; the ranking histogram holds the 3 answers and no Predict (no batching)."""
+    port = service.port
+    assert _http(port, "POST", "/v1/rank", {"user_id": "alice",
+                                            "candidates": make_candidates(4)})[0] == 200
+    assert _http(port, "POST", "/v1/rank", {"user_id": "bob",
+                                            "candidates": make_candidates(3)})[0] == 200
+    lookup.down = True
+    assert _http(port, "POST", "/v1/rank", {"user_id": "alice",
+                                            "candidates": make_candidates(2)})[0] == 200
+    assert _http(port, "POST", "/v1/rank", {"candidates": make_candidates(1)})[0] == 400
+    status, body = _http(port, "GET", "/nope")
+    assert status == 404 and "GET /metrics" in body["error"]
+    assert _http(port, "GET", "/healthz")[0] == 200
+    assert _http(port, "POST", "/metrics")[0] == 405
+    m = scrape_metrics_until(port, 'limaml_ranker_requests_total{path="/metrics",status="405"}', 1.0)
+    assert m['limaml_ranker_requests_total{path="/v1/rank",status="200"}'] == 3
+    assert m['limaml_ranker_requests_total{path="/v1/rank",status="400"}'] == 1
+    assert m['limaml_ranker_requests_total{path="other",status="404"}'] == 1
+    assert m['limaml_ranker_requests_total{path="/healthz",status="200"}'] == 1
+    assert m['limaml_ranker_rank_errors_total{code="bad_request"}'] == 1
+    assert m["limaml_ranker_cold_start_total"] == 2  # bob, and alice with the store down
+    assert m["limaml_ranker_degraded_total"] == 1
+    assert m["limaml_ranker_candidates_total"] == 4 + 3 + 2
+    assert m["limaml_ranker_rank_seconds_count"] == 3 and m["limaml_ranker_rank_seconds_sum"] > 0
+    assert m['limaml_ranker_rank_seconds_bucket{le="+Inf"}'] == 3
+    buckets = [m[f'limaml_ranker_rank_seconds_bucket{{le="{b}"}}'] for b in
+               ("0.0005", "0.001", "0.002", "0.005", "0.01", "0.1", "1.0", "2.5")]
+    assert buckets == sorted(buckets)  # cumulative
+    assert m["limaml_ranker_predict_seconds_count"] == 0
+    assert m["limaml_ranker_served_version"] == 2  # the toy server serves its latest, 2
+    assert m["limaml_ranker_pending_requests"] == 0
+    again = scrape_metrics_until(port, 'limaml_ranker_requests_total{path="/metrics",status="200"}', 1.0)
+    assert again['limaml_ranker_requests_total{path="/metrics",status="200"}'] == 1
+

@@ -25,8 +25,10 @@ from serving.tf_example import serialize_candidates
 
 try:
     from limaml_serving_fixture import limaml_served  # noqa: F401
+    from serving_fixtures import scrape_metrics_until
 except ImportError:  # pragma: no cover - run from the repo root
     from tests.limaml_serving_fixture import limaml_served  # noqa: F401
+    from tests.serving_fixtures import scrape_metrics_until
 
 ATOL = 1e-5
 
@@ -486,6 +488,61 @@ def test_rank_answers_say_where_their_time_went(limaml_served, stack):
             conn.close()
             svc.stop()
             ranker.close()
+
+
+def test_metrics_of_a_batching_service_time_its_predicts(limaml_served, stack):
+    """A batching service behind a token: two rankings, the second with its Predict held back
+    60 ms (planted), and one without the token. ``/metrics`` (open without the token) counts
+    both Predicts, the held one above the 50 ms bucket, the 401 as an ``unauthorized`` error,
+    the candidates and the served version."""
+    import asyncio
+
+    server, _, _, _ = stack
+    cands = _cands(limaml_served, 5)
+    user, uf = limaml_served.user_ids[1], limaml_served.user_features[1]
+    body = json.dumps({"user_id": user, "candidates": cands, "user_features": uf}).encode()
+    ranker = Ranker(server.target, "limaml", _CachingLookup(limaml_served.embedding_dim),
+                    batch_requests=True)
+    svc = start_ranker_service(ranker, auth_token="s3cret")
+    good = {"Content-Type": "application/json", "Authorization": "Bearer s3cret"}
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/rank", body=body, headers=good)
+        first = conn.getresponse()
+        assert first.status == 200, first.read()
+        first.read()
+        real = svc.app._batcher._predict
+
+        async def held(request, real=real, **kwargs):
+            await asyncio.sleep(0.06)
+            return await real(request, **kwargs)
+
+        svc.app._batcher._predict = held
+        conn.request("POST", "/v1/rank", body=body, headers=good)
+        second = conn.getresponse()
+        assert second.status == 200, second.read()
+        second.read()
+        conn.request("POST", "/v1/rank", body=body)
+        refused = conn.getresponse()
+        assert refused.status == 401
+        refused.read()
+        m = scrape_metrics_until(svc.port, 'limaml_ranker_rank_errors_total{code="unauthorized"}',
+                                 1.0)
+        assert m['limaml_ranker_rank_errors_total{code="unauthorized"}'] == 1
+        assert m['limaml_ranker_requests_total{path="/v1/rank",status="200"}'] == 2
+        assert m["limaml_ranker_predict_seconds_count"] == 2
+        above_50ms = (m['limaml_ranker_predict_seconds_bucket{le="+Inf"}']
+                      - m['limaml_ranker_predict_seconds_bucket{le="0.05"}'])
+        assert above_50ms >= 1  # the held Predict, in seconds
+        assert 0.06 <= m["limaml_ranker_predict_seconds_sum"] < 5.0
+        assert m["limaml_ranker_rank_seconds_sum"] >= m["limaml_ranker_predict_seconds_sum"]
+        assert m["limaml_ranker_rank_seconds_count"] == 2
+        assert m["limaml_ranker_candidates_total"] == 10
+        assert m["limaml_ranker_served_version"] == 1
+    finally:
+        conn.close()
+        svc.stop()
+        ranker.close()
 
 
 def test_a_batching_service_warms_its_loops_channel_up_before_serving(limaml_served, stack):
