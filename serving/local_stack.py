@@ -147,8 +147,8 @@ class LocalStack:
         else:
             lines.append(f"embeddings: parquet {self.store_location} (E={self.embedding_dim})")
         blocks = "user + user x genre" if getattr(self.ranker, "multi_block", False) else "user"
-        lines.append(f"ranker: {self.ranker_url}  (POST /v1/rank, GET /healthz, GET /readyz; "
-                     f"meta blocks: {blocks})")
+        lines.append(f"ranker: {self.ranker_url}  (POST /v1/rank, GET /healthz, GET /readyz, "
+                     f"GET /metrics; meta blocks: {blocks})")
         return lines
 
     def stop(self) -> None:
