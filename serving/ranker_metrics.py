@@ -149,7 +149,7 @@ class RankerMetrics:
                                   "A ranking's time in the ranker (Server-Timing total).")
         yield self._predict_s.family("limaml_ranker_predict_seconds",
                                      "Round trip of the Predict that carried a ranking.")
-        version = self._ranker._version.version
+        version = self._ranker.cached_version
         if version is not None:
             yield GaugeMetricFamily("limaml_ranker_served_version",
                                     "The model version the ranker scores with (cached).",

@@ -101,6 +101,11 @@ class ModelServerClientMixin:
                 raise _WouldBlock("the served version is not known yet")
         return self._ask_version()
 
+    @property
+    def cached_version(self) -> Optional[int]:
+        """The served version as last asked (None before the first answer); never asks."""
+        return self._version.version
+
     def _ask_version(self) -> int:
         """Asks the server for its highest AVAILABLE version and caches the answer."""
         req = get_model_status_pb2.GetModelStatusRequest()

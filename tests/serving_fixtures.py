@@ -176,11 +176,21 @@ def _stop_all() -> None:
             handle.stop()
 
 
-def scrape_metrics(port: int) -> Dict[str, float]:
-    """``GET /metrics`` parsed by prometheus_client's own parser: ``'name{k="v",...}'`` -> value
+def parse_metrics(text: str) -> Dict[str, float]:
+    """Prometheus text parsed by prometheus_client's own parser: ``'name{k="v",...}'`` -> value
     (labels sorted by name)."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def scrape_metrics(port: int) -> Dict[str, float]:
+    """``GET /metrics`` of a service on ``port``, as :func:`parse_metrics` gives it."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", "/metrics")
@@ -189,12 +199,7 @@ def scrape_metrics(port: int) -> Dict[str, float]:
         text = resp.read().decode("utf-8")
     finally:
         conn.close()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
+    return parse_metrics(text)
 
 
 def scrape_metrics_until(port: int, key: str, value: float) -> Dict[str, float]:
@@ -210,5 +215,5 @@ def scrape_metrics_until(port: int, key: str, value: float) -> Dict[str, float]:
 __all__ = [
     "EMBED_DIM", "MODEL_NAME", "MODEL_NAME_ALL", "WEIGHTS", "ToyWeights", "toy_scores",
     "make_candidates", "save_toy_global_block", "toy_model_base", "toy_model_server",
-    "toy_multi_server", "scrape_metrics", "scrape_metrics_until",
+    "toy_multi_server", "parse_metrics", "scrape_metrics", "scrape_metrics_until",
 ]

@@ -6,11 +6,15 @@ from typing import Dict
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from serving.ranker import Ranker
 from serving.ranker_metrics import RankerMetrics
 from serving.server_timing import RankTiming
+
+try:
+    from serving_fixtures import parse_metrics
+except ImportError:  # tests/ is a package
+    from tests.serving_fixtures import parse_metrics
 
 
 class _NoLookup:
@@ -19,12 +23,7 @@ class _NoLookup:
 
 
 def _samples(metrics: RankerMetrics) -> Dict[str, float]:
-    out = {}
-    for family in text_string_to_metric_families(metrics.render().decode("utf-8")):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
+    return parse_metrics(metrics.render().decode("utf-8"))
 
 
 @pytest.fixture()
